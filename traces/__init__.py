@@ -1,0 +1,42 @@
+"""The DuckDB trace store: schema, one writer per process, and query helpers."""
+
+from loopwright.traces.queries import (
+    cache_lookup,
+    discard_partial_tasks,
+    list_runs,
+    run_by_name,
+    run_summary,
+    task_statuses,
+)
+from loopwright.traces.records import (
+    CacheRecord,
+    CallRecord,
+    NodeRecord,
+    TaskRecord,
+    VerdictRecord,
+    new_id,
+    utcnow,
+)
+from loopwright.traces.schema import SCHEMA_VERSION
+from loopwright.traces.store import TraceStore, TraceStoreError
+from loopwright.traces.writer import TraceWriter
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CacheRecord",
+    "CallRecord",
+    "NodeRecord",
+    "TaskRecord",
+    "TraceStore",
+    "TraceStoreError",
+    "TraceWriter",
+    "VerdictRecord",
+    "cache_lookup",
+    "discard_partial_tasks",
+    "list_runs",
+    "new_id",
+    "run_by_name",
+    "run_summary",
+    "task_statuses",
+    "utcnow",
+]

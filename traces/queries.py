@@ -1,0 +1,102 @@
+"""Small read helpers over the trace store. Everything else is plain SQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loopwright.traces.store import TraceStore
+
+_CHILD_TABLES = ("nodes", "calls", "verdicts")
+
+
+def run_by_name(store: TraceStore, name: str) -> dict[str, Any] | None:
+    rows = store.query("SELECT * FROM runs WHERE name = ?", [name])
+    return rows[0] if rows else None
+
+
+def task_statuses(store: TraceStore, run_id: str) -> dict[str, str]:
+    """task_id -> status for one run."""
+    rows = store.query("SELECT task_id, status FROM tasks WHERE run_id = ?", [run_id])
+    return {r["task_id"]: r["status"] for r in rows}
+
+
+def discard_partial_tasks(store: TraceStore, run_id: str) -> list[str]:
+    """Delete the trace rows of every unfinished task of a run, so a rerun is not duplicated.
+
+    Returns the ids of the tasks that will be run again.
+    """
+    rows = store.query(
+        "SELECT task_id FROM tasks WHERE run_id = ? AND status NOT IN ('done')", [run_id]
+    )
+    ids = [r["task_id"] for r in rows]
+    if ids:
+        cur = store.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        for table in _CHILD_TABLES:
+            cur.execute(
+                f"DELETE FROM {table} WHERE run_id = ? AND task_id IN "
+                "(SELECT task_id FROM tasks WHERE run_id = ? AND status <> 'done')",
+                [run_id, run_id],
+            )
+        cur.execute("COMMIT")
+    return ids
+
+
+def cache_lookup(store: TraceStore, cache_key: str, n: int) -> list[dict[str, Any]] | None:
+    """The cached samples 0..n-1 for a request, or None unless all n are cached."""
+    rows = store.query(
+        "SELECT * FROM call_cache WHERE cache_key = ? AND sample_index < ? ORDER BY sample_index",
+        [cache_key, n],
+    )
+    return rows if len(rows) == n else None
+
+
+def list_runs(store: TraceStore) -> list[dict[str, Any]]:
+    """One summary row per run, newest first."""
+    return store.query(
+        """
+        SELECT r.name, r.loop, r.model, r.status,
+               count(t.task_id) AS tasks,
+               count(t.task_id) FILTER (WHERE t.status = 'done') AS done,
+               count(t.task_id) FILTER (WHERE t.status = 'failed') AS failed,
+               avg(CASE WHEN t.graded THEN 1.0 ELSE 0.0 END)
+                   FILTER (WHERE t.status = 'done') AS pass_rate,
+               coalesce(sum(t.total_tokens), 0) AS tokens,
+               coalesce(sum(t.calls), 0) AS calls,
+               coalesce(sum(t.cost_usd), 0) AS cost_usd,
+               date_diff('millisecond', r.started_at, coalesce(r.finished_at, max(t.finished_at)))
+                   / 1000.0 AS wall_s,
+               r.started_at
+        FROM runs r LEFT JOIN tasks t USING (run_id)
+        GROUP BY ALL
+        ORDER BY r.started_at DESC
+        """
+    )
+
+
+def run_summary(store: TraceStore, run_id: str) -> dict[str, Any]:
+    """Aggregates for one run: tasks, pass rates, tokens, calls, cost, stop reasons."""
+    row = store.query(
+        """
+        SELECT count(*) AS tasks,
+               count(*) FILTER (WHERE status = 'done') AS done,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               avg(CASE WHEN graded THEN 1.0 ELSE 0.0 END) FILTER (WHERE status = 'done')
+                   AS graded_pass_rate,
+               avg(CASE WHEN verdict THEN 1.0 ELSE 0.0 END) FILTER (WHERE status = 'done')
+                   AS verified_rate,
+               coalesce(sum(total_tokens), 0) AS tokens,
+               coalesce(sum(calls), 0) AS calls,
+               coalesce(sum(cost_usd), 0) AS cost_usd,
+               avg(rounds) FILTER (WHERE status = 'done') AS mean_rounds
+        FROM tasks WHERE run_id = ?
+        """,
+        [run_id],
+    )[0]
+    reasons = store.query(
+        "SELECT stop_reason, count(*) AS n FROM tasks WHERE run_id = ? AND status = 'done' "
+        "GROUP BY 1 ORDER BY 2 DESC",
+        [run_id],
+    )
+    row["stop_reasons"] = {r["stop_reason"]: r["n"] for r in reasons}
+    return row

@@ -1,0 +1,142 @@
+"""DuckDB schema for the trace store.
+
+Every table carries ``run_id``; nodes and calls also carry ``loop``, ``model`` and ``round`` so a
+harvested row keeps its provenance without joins. Bump ``SCHEMA_VERSION`` and add a migration
+to ``MIGRATIONS`` when a table changes.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+TABLES: dict[str, str] = {
+    "schema_version": """
+        CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER NOT NULL,
+            applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )""",
+    "runs": """
+        CREATE TABLE IF NOT EXISTS runs (
+            run_id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL UNIQUE,
+            loop VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            tasks_spec VARCHAR,
+            config JSON,
+            config_hash VARCHAR,
+            seed BIGINT,
+            version VARCHAR,
+            status VARCHAR NOT NULL,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP
+        )""",
+    "tasks": """
+        CREATE TABLE IF NOT EXISTS tasks (
+            run_id VARCHAR NOT NULL,
+            task_id VARCHAR NOT NULL,
+            idx INTEGER,
+            kind VARCHAR,
+            prompt VARCHAR,
+            reference VARCHAR,
+            final_answer VARCHAR,
+            final_node_id VARCHAR,
+            verdict BOOLEAN,
+            graded BOOLEAN,
+            score DOUBLE,
+            stop_reason VARCHAR,
+            rounds INTEGER,
+            prompt_tokens BIGINT,
+            completion_tokens BIGINT,
+            total_tokens BIGINT,
+            cost_usd DOUBLE,
+            calls INTEGER,
+            wall_s DOUBLE,
+            status VARCHAR NOT NULL,
+            error VARCHAR,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            PRIMARY KEY (run_id, task_id)
+        )""",
+    "nodes": """
+        CREATE TABLE IF NOT EXISTS nodes (
+            node_id VARCHAR PRIMARY KEY,
+            parent_id VARCHAR,
+            run_id VARCHAR NOT NULL,
+            task_id VARCHAR NOT NULL,
+            loop VARCHAR,
+            model VARCHAR,
+            role VARCHAR NOT NULL,
+            depth INTEGER,
+            round INTEGER,
+            content VARCHAR,
+            answer VARCHAR,
+            score DOUBLE,
+            value DOUBLE,
+            visits INTEGER,
+            is_final BOOLEAN,
+            created_at TIMESTAMP
+        )""",
+    "calls": """
+        CREATE TABLE IF NOT EXISTS calls (
+            call_id VARCHAR PRIMARY KEY,
+            request_id VARCHAR NOT NULL,
+            run_id VARCHAR,
+            task_id VARCHAR,
+            node_id VARCHAR,
+            loop VARCHAR,
+            round INTEGER,
+            role VARCHAR,
+            model VARCHAR NOT NULL,
+            messages JSON,
+            temperature DOUBLE,
+            max_tokens INTEGER,
+            n INTEGER,
+            seed BIGINT,
+            sample_index INTEGER,
+            output VARCHAR,
+            finish_reason VARCHAR,
+            logprob_mean DOUBLE,
+            prompt_tokens BIGINT,
+            completion_tokens BIGINT,
+            cost_usd DOUBLE,
+            latency_s DOUBLE,
+            attempts INTEGER,
+            cache_hit BOOLEAN,
+            cache_key VARCHAR,
+            error VARCHAR,
+            created_at TIMESTAMP
+        )""",
+    "verdicts": """
+        CREATE TABLE IF NOT EXISTS verdicts (
+            verdict_id VARCHAR PRIMARY KEY,
+            run_id VARCHAR NOT NULL,
+            task_id VARCHAR NOT NULL,
+            node_id VARCHAR,
+            stage VARCHAR NOT NULL,
+            verifier VARCHAR NOT NULL,
+            verifier_version VARCHAR,
+            passed BOOLEAN,
+            score DOUBLE,
+            feedback VARCHAR,
+            details JSON,
+            latency_s DOUBLE,
+            created_at TIMESTAMP
+        )""",
+    "call_cache": """
+        CREATE TABLE IF NOT EXISTS call_cache (
+            cache_key VARCHAR NOT NULL,
+            sample_index INTEGER NOT NULL,
+            model VARCHAR,
+            output VARCHAR,
+            finish_reason VARCHAR,
+            logprob_mean DOUBLE,
+            prompt_tokens BIGINT,
+            completion_tokens BIGINT,
+            cost_usd DOUBLE,
+            created_at TIMESTAMP,
+            PRIMARY KEY (cache_key, sample_index)
+        )""",
+}
+
+# Tables rows may only be appended to (never updated): the writer batches these as Arrow.
+APPEND_TABLES = ("nodes", "calls", "verdicts")
