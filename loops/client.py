@@ -112,7 +112,10 @@ class _ScriptedProvider(CustomLLM):
             raise litellm.BadRequestError("n>1 not supported", model=model, llm_provider="scripted")
         texts = []
         for _ in range(n):
-            reply = sm.next_reply(messages, dict(optional_params))
+            try:
+                reply = sm.next_reply(messages, dict(optional_params))
+            except scripted.ScriptExhausted as exc:  # a test bug, not a transient error
+                raise litellm.BadRequestError(str(exc), model=model, llm_provider="scripted") from exc
             if isinstance(reply, scripted.Fault):
                 if reply.kind == "malformed":
                     return ModelResponse(model=f"scripted/{model}", choices=[])
@@ -318,7 +321,7 @@ class ModelClient:
         cacheable = self.config.cache and self.writer is not None and (
             params["temperature"] == 0 or seed is not None
         )
-        key = cache_key(self.model, messages, params) if cacheable else None
+        key = cache_key(f"{self.model}@{self.config.api_base or ''}", messages, params) if cacheable else None
         samples: list[Sample] | None = None
         request_id = new_id()
         attempts = 0
@@ -444,7 +447,9 @@ class ModelClient:
         except litellm.AuthenticationError as exc:
             raise UserError(f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})") from exc
         except Exception as exc:
-            raise ModelCallError(f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))") from exc
+            err = ModelCallError(f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))")
+            err.attempts = attempts  # type: ignore[attr-defined]
+            raise err from exc
         return samples, attempts
 
     def _parse(self, resp: Any, n: int) -> list[Sample]:
@@ -516,7 +521,7 @@ class ModelClient:
                 n=n,
                 seed=params["seed"],
                 latency_s=latency,
-                attempts=self.config.max_attempts,
+                attempts=getattr(exc, "attempts", self.config.max_attempts),
                 error=str(exc),
             )
         )

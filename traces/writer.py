@@ -61,6 +61,8 @@ class TraceWriter:
         """Queue one record; returns at once."""
         if self._error is not None:
             raise RuntimeError("trace writer failed") from self._error
+        if type(record) not in _TABLE_OF:
+            raise TypeError(f"not a trace record: {type(record).__name__}")
         self._q.put(record)
 
     def flush(self, timeout: float | None = 60.0) -> None:

