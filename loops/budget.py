@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from loopwright.loops.errors import BudgetExhausted
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class BudgetLimits(BaseModel):
@@ -28,6 +27,8 @@ class Budget:
         self.limits = limits or BudgetLimits()
         self.parent = parent
         self.tokens = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
         self.calls = 0
         self.usd = 0.0
         self.started = time.monotonic()
@@ -52,10 +53,12 @@ class Budget:
         if reason:
             raise BudgetExhausted(reason)
 
-    def charge(self, tokens: int, calls: int, usd: float) -> None:
+    def charge(self, prompt_tokens: int, completion_tokens: int, calls: int, usd: float) -> None:
         with self._lock:
-            self.tokens += tokens
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+            self.tokens += prompt_tokens + completion_tokens
             self.calls += calls
             self.usd += usd
         if self.parent:
-            self.parent.charge(tokens, calls, usd)
+            self.parent.charge(prompt_tokens, completion_tokens, calls, usd)

@@ -21,25 +21,24 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else litellm fetches it
 
-import httpx  # noqa: E402
-import litellm  # noqa: E402
-from litellm import CustomLLM  # noqa: E402
-from litellm.types.utils import Choices, Message, ModelResponse, Usage  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
-from tenacity import (  # noqa: E402
+import httpx
+import litellm
+from litellm import CustomLLM
+from litellm.types.utils import Choices, Message, ModelResponse, Usage
+from loopwright.loops import scripted
+from loopwright.loops.budget import Budget
+from loopwright.loops.errors import ModelCallError, UserError
+from loopwright.loops.local_model import LocalEngine, LocalModelError, spec_for
+from loopwright.traces.queries import cache_lookup
+from loopwright.traces.records import CacheRecord, CallRecord, new_id
+from loopwright.traces.writer import TraceWriter
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
 )
-
-from loopwright.loops import scripted  # noqa: E402
-from loopwright.loops.budget import Budget  # noqa: E402
-from loopwright.loops.errors import ModelCallError, UserError  # noqa: E402
-from loopwright.loops.local_model import LocalEngine, LocalModelError, spec_for  # noqa: E402
-from loopwright.traces.queries import cache_lookup  # noqa: E402
-from loopwright.traces.records import CacheRecord, CallRecord, new_id  # noqa: E402
-from loopwright.traces.writer import TraceWriter  # noqa: E402
 
 litellm.suppress_debug_info = True
 litellm.telemetry = False
@@ -52,7 +51,9 @@ class MalformedResponse(Exception):
 
 
 # -- custom litellm providers ------------------------------------------------------------
-def _response(model: str, texts: Sequence[tuple[str, str, int, float | None]], prompt_tokens: int) -> ModelResponse:
+def _response(
+    model: str, texts: Sequence[tuple[str, str, int, float | None]], prompt_tokens: int
+) -> ModelResponse:
     choices = []
     for i, (text, finish, _tok, lp) in enumerate(texts):
         ch = Choices(index=i, finish_reason=finish, message=Message(role="assistant", content=text))
@@ -71,11 +72,15 @@ def _response(model: str, texts: Sequence[tuple[str, str, int, float | None]], p
 
 
 class _LocalProvider(CustomLLM):
-    async def acompletion(self, model: str, messages: list, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
+    async def acompletion(
+        self, model: str, messages: list, optional_params: dict, **_: Any
+    ) -> ModelResponse:  # type: ignore[override]
         engine = LocalEngine.get(model)
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(_local_pool, engine.generate, messages, optional_params)
+            out = await loop.run_in_executor(
+                _local_pool, engine.generate, messages, optional_params
+            )
         except LocalModelError as exc:
             raise litellm.BadRequestError(str(exc), model=model, llm_provider="local") from exc
         texts = [
@@ -91,21 +96,29 @@ def _raise_fault(fault: scripted.Fault, model: str) -> None:
     if kind == "rate_limit":
         headers = {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else {}
         resp = httpx.Response(429, headers=headers, request=req)
-        raise litellm.RateLimitError("scripted rate limit", llm_provider=p, model=model, response=resp)
+        raise litellm.RateLimitError(
+            "scripted rate limit", llm_provider=p, model=model, response=resp
+        )
     if kind == "timeout":
         raise litellm.Timeout("scripted timeout", model=model, llm_provider=p)
     if kind == "server_error":
         resp = httpx.Response(500, request=req)
-        raise litellm.InternalServerError("scripted 500", llm_provider=p, model=model, response=resp)
+        raise litellm.InternalServerError(
+            "scripted 500", llm_provider=p, model=model, response=resp
+        )
     if kind == "connection":
-        raise litellm.APIConnectionError("scripted connection reset", llm_provider=p, model=model, request=req)
+        raise litellm.APIConnectionError(
+            "scripted connection reset", llm_provider=p, model=model, request=req
+        )
     if kind == "bad_request":
         resp = httpx.Response(400, request=req)
         raise litellm.BadRequestError("scripted 400", model=model, llm_provider=p, response=resp)
 
 
 class _ScriptedProvider(CustomLLM):
-    async def acompletion(self, model: str, messages: list, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
+    async def acompletion(
+        self, model: str, messages: list, optional_params: dict, **_: Any
+    ) -> ModelResponse:  # type: ignore[override]
         sm = scripted.lookup(model)
         n = int(optional_params.get("n") or 1)
         if n > 1 and not sm.supports_n:
@@ -115,7 +128,9 @@ class _ScriptedProvider(CustomLLM):
             try:
                 reply = sm.next_reply(messages, dict(optional_params))
             except scripted.ScriptExhausted as exc:  # a test bug, not a transient error
-                raise litellm.BadRequestError(str(exc), model=model, llm_provider="scripted") from exc
+                raise litellm.BadRequestError(
+                    str(exc), model=model, llm_provider="scripted"
+                ) from exc
             if isinstance(reply, scripted.Fault):
                 if reply.kind == "malformed":
                     return ModelResponse(model=f"scripted/{model}", choices=[])
@@ -234,7 +249,9 @@ def _supports_n(model: str) -> bool:
         return scripted.lookup(model.split("/", 1)[1]).supports_n
     try:
         _, prov, _, _ = litellm.get_llm_provider(model)
-        return "n" in (litellm.get_supported_openai_params(model=model, custom_llm_provider=prov) or [])
+        return "n" in (
+            litellm.get_supported_openai_params(model=model, custom_llm_provider=prov) or []
+        )
     except Exception:
         return False
 
@@ -273,7 +290,9 @@ def check_model(model: str, api_base: str | None = None) -> None:
 class ModelClient:
     """Sample completions; every sample is budgeted, cached and traced."""
 
-    def __init__(self, config: ClientConfig | str | None = None, *, writer: TraceWriter | None = None) -> None:
+    def __init__(
+        self, config: ClientConfig | str | None = None, *, writer: TraceWriter | None = None
+    ) -> None:
         if isinstance(config, str) or config is None:
             config = ClientConfig(model=config or ClientConfig().model)
         self.config = config
@@ -318,10 +337,16 @@ class ModelClient:
         if budget is not None:
             budget.check(calls=n)
         # Unseeded sampling at temperature > 0 is not replayable, so it is never cached.
-        cacheable = self.config.cache and self.writer is not None and (
-            params["temperature"] == 0 or seed is not None
+        cacheable = (
+            self.config.cache
+            and self.writer is not None
+            and (params["temperature"] == 0 or seed is not None)
         )
-        key = cache_key(f"{self.model}@{self.config.api_base or ''}", messages, params) if cacheable else None
+        key = (
+            cache_key(f"{self.model}@{self.config.api_base or ''}", messages, params)
+            if cacheable
+            else None
+        )
         samples: list[Sample] | None = None
         request_id = new_id()
         attempts = 0
@@ -338,7 +363,9 @@ class ModelClient:
                 else:  # fan out: n requests of one sample, each with its own derived seed
                     parts = await asyncio.gather(
                         *(
-                            self._request(messages, {**params, "seed": None if seed is None else seed + i}, 1)
+                            self._request(
+                                messages, {**params, "seed": None if seed is None else seed + i}, 1
+                            )
                             for i in range(n)
                         )
                     )
@@ -348,7 +375,9 @@ class ModelClient:
                         samples.extend(got)
                         attempts = max(attempts, tries)
             except ModelCallError as exc:
-                self._trace_failure(request_id, messages, params, n, ctx, exc, time.perf_counter() - t0)
+                self._trace_failure(
+                    request_id, messages, params, n, ctx, exc, time.perf_counter() - t0
+                )
                 raise
             latency = time.perf_counter() - t0
             if key is not None and self.writer is not None:
@@ -366,10 +395,13 @@ class ModelClient:
                             cost_usd=s.cost_usd,
                         )
                     )
-        tokens = sum(s.tokens for s in samples)
-        cost = sum(s.cost_usd for s in samples)
         if budget is not None:
-            budget.charge(tokens, len(samples), cost)
+            budget.charge(
+                sum(s.prompt_tokens for s in samples),
+                sum(s.completion_tokens for s in samples),
+                len(samples),
+                sum(s.cost_usd for s in samples),
+            )
         if self.writer is not None:
             msg_json = json.dumps(messages)
             for s in samples:
@@ -404,7 +436,9 @@ class ModelClient:
                 )
         return samples
 
-    async def _request(self, messages: list[dict[str, Any]], params: dict[str, Any], n: int) -> tuple[list[Sample], int]:
+    async def _request(
+        self, messages: list[dict[str, Any]], params: dict[str, Any], n: int
+    ) -> tuple[list[Sample], int]:
         cfg = self.config
         kwargs: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
         if n > 1:
@@ -445,9 +479,13 @@ class ModelClient:
                         )
                     samples = self._parse(resp, n)
         except litellm.AuthenticationError as exc:
-            raise UserError(f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})") from exc
+            raise UserError(
+                f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})"
+            ) from exc
         except Exception as exc:
-            err = ModelCallError(f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))")
+            err = ModelCallError(
+                f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))"
+            )
             err.attempts = attempts  # type: ignore[attr-defined]
             raise err from exc
         return samples, attempts
@@ -502,8 +540,16 @@ class ModelClient:
             cache_hit=True,
         )
 
-    def _trace_failure(self, request_id: str, messages: list[dict[str, Any]], params: dict[str, Any],
-                       n: int, ctx: CallContext, exc: Exception, latency: float) -> None:
+    def _trace_failure(
+        self,
+        request_id: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        n: int,
+        ctx: CallContext,
+        exc: Exception,
+        latency: float,
+    ) -> None:
         if self.writer is None:
             return
         self.writer.write(

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from loopwright.loops.errors import UserError, unknown
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LocalModelSpec(BaseModel):

@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FaultKind = Literal["rate_limit", "timeout", "server_error", "connection", "bad_request", "malformed"]
+FaultKind = Literal[
+    "rate_limit", "timeout", "server_error", "connection", "bad_request", "malformed"
+]
 
 Reply = "str | Fault"
 

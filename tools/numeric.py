@@ -61,8 +61,12 @@ def check_number(response: str, reference: str) -> NumericVerdict:
     got = extract_number(response)
     want = to_fraction(reference)
     if got is None:
-        return NumericVerdict(passed=False, extracted=None, reference=reference,
-                              feedback="no final numeric answer found")
+        return NumericVerdict(
+            passed=False,
+            extracted=None,
+            reference=reference,
+            feedback="no final numeric answer found",
+        )
     value = to_fraction(got)
     ok = value is not None and want is not None and value == want
     return NumericVerdict(

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-
 from loopwright.traces.schema import SCHEMA_VERSION, TABLES
 
 

@@ -7,6 +7,7 @@ in the database always has its whole trace.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -14,7 +15,6 @@ from collections import defaultdict
 from typing import Any
 
 import pyarrow as pa
-
 from loopwright.traces.records import (
     CacheRecord,
     CallRecord,
@@ -54,10 +54,14 @@ class TraceWriter:
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self.rows_written = 0
-        self._thread = threading.Thread(target=self._run, name="loopwright-trace-writer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="loopwright-trace-writer", daemon=True
+        )
         self._thread.start()
 
-    def write(self, record: NodeRecord | CallRecord | VerdictRecord | TaskRecord | CacheRecord) -> None:
+    def write(
+        self, record: NodeRecord | CallRecord | VerdictRecord | TaskRecord | CacheRecord
+    ) -> None:
         """Queue one record; returns at once."""
         if self._error is not None:
             raise RuntimeError("trace writer failed") from self._error
@@ -116,7 +120,9 @@ class TraceWriter:
                 else:
                     pending[_TABLE_OF[type(nxt)]].append(nxt.row())
                     count += 1
-            if count and (stop or barriers or count >= self.batch_rows or time.monotonic() >= deadline):
+            if count and (
+                stop or barriers or count >= self.batch_rows or time.monotonic() >= deadline
+            ):
                 self._commit(pending)
                 pending = defaultdict(list)
                 count = 0
@@ -136,15 +142,15 @@ class TraceWriter:
                 if key:  # keep the last version of each row in the batch
                     rows = list({tuple(r[k] for k in key): r for r in rows}.values())
                 batch = pa.Table.from_pylist(rows)  # noqa: F841  (DuckDB scans it by name)
-                verb = "INSERT OR REPLACE" if table == "tasks" else (
-                    "INSERT OR IGNORE" if table == "call_cache" else "INSERT"
+                verb = (
+                    "INSERT OR REPLACE"
+                    if table == "tasks"
+                    else ("INSERT OR IGNORE" if table == "call_cache" else "INSERT")
                 )
                 cur.execute(f"{verb} INTO {table} BY NAME SELECT * FROM batch")
                 self.rows_written += len(rows)
             cur.execute("COMMIT")
         except BaseException as exc:  # surface on the next write/flush, keep the thread alive
-            try:
+            with contextlib.suppress(Exception):
                 cur.execute("ROLLBACK")
-            except Exception:
-                pass
             self._error = exc

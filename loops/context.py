@@ -1,0 +1,100 @@
+"""What a node needs at run time, passed in through the graph config — never globals."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from loopwright.loops.budget import Budget
+from loopwright.loops.client import CallContext, ModelClient, Sample
+from loopwright.loops.tasks import Task
+from loopwright.loops.verify import Verifier
+from loopwright.traces.records import NodeRecord, VerdictRecord
+from loopwright.traces.writer import TraceWriter
+from pydantic import BaseModel
+
+
+@dataclass
+class LoopContext:
+    """Everything one task's loop may touch: model, verifier, budget, trace writer."""
+
+    task: Task
+    client: ModelClient
+    verifier: Verifier | None
+    budget: Budget
+    options: BaseModel
+    loop: str
+    run_id: str = "adhoc"
+    seed: int = 0
+    writer: TraceWriter | None = None
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+    def call_seed(self, role: str, round_: int, extra: int = 0) -> int:
+        """A deterministic per-call seed: same run seed, task, role and round -> same seed."""
+        blob = f"{self.seed}|{self.task.id}|{role}|{round_}|{extra}".encode()
+        return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
+
+    async def sample(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        role: str,
+        round_: int,
+        n: int = 1,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> list[Sample]:
+        return await self.client.sample(
+            messages,
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=self.call_seed(role, round_) if seed is None else seed,
+            budget=self.budget,
+            context=CallContext(
+                run_id=self.run_id, task_id=self.task.id, loop=self.loop, round=round_, role=role
+            ),
+        )
+
+    def add_node(
+        self,
+        sample: Sample | None,
+        *,
+        role: str,
+        parent_id: str | None,
+        depth: int,
+        round_: int,
+        content: str | None = None,
+        answer: str | None = None,
+        score: float | None = None,
+    ) -> NodeRecord:
+        """Record a node; nodes are written when the task finishes (with is_final set)."""
+        node = NodeRecord(
+            node_id=sample.node_id
+            if sample
+            else NodeRecord.model_fields["node_id"].default_factory(),  # type: ignore[misc]
+            parent_id=parent_id,
+            run_id=self.run_id,
+            task_id=self.task.id,
+            loop=self.loop,
+            model=self.client.model,
+            role=role,
+            depth=depth,
+            round=round_,
+            content=sample.text if sample and content is None else content,
+            answer=answer,
+            score=score,
+        )
+        self.nodes.append(node)
+        return node
+
+    def record_verdict(self, verdict: VerdictRecord) -> None:
+        if self.writer is not None:
+            self.writer.write(verdict)
+
+
+def ctx_of(config: RunnableConfig) -> LoopContext:
+    return config["configurable"]["loopwright"]  # type: ignore[no-any-return]

@@ -1,0 +1,323 @@
+"""Run a loop over a task set: concurrency, per-task failure records, budgets, resume.
+
+A task counts as finished once its ``done`` row is committed; its nodes, calls and verdicts
+are queued before that row, so a finished task always has its whole trace. On ``resume`` the
+rows of unfinished tasks are deleted and those tasks run again, so none is duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from langgraph.errors import GraphRecursionError
+from loopwright.loops.budget import Budget, BudgetLimits
+from loopwright.loops.client import ClientConfig, ModelClient, check_model
+from loopwright.loops.context import LoopContext
+from loopwright.loops.errors import ModelCallError, UserError
+from loopwright.loops.graphs import get_loop
+from loopwright.loops.graphs.base import LoopSpec
+from loopwright.loops.tasks import Task, load_tasks
+from loopwright.loops.verify import grader_for, verifier_for
+from loopwright.traces import (
+    TaskRecord,
+    TraceStore,
+    TraceWriter,
+    discard_partial_tasks,
+    new_id,
+    run_by_name,
+    run_summary,
+    task_statuses,
+    utcnow,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class RunConfig(BaseModel):
+    """One run: which loop, on which tasks, with which model, under which limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    loop: str = Field(description="Loop name, e.g. self-refine.")
+    tasks: str = Field(
+        description="Task spec: PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:NAME."
+    )
+    model: str = Field("local/smollm2-135m", description="litellm model string.")
+    api_base: str | None = Field(None, description="Endpoint for self-hosted models.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N tasks.")
+    db: str = Field("loopwright.duckdb", description="Trace database path.")
+    run_name: str | None = Field(None, description="Name to resume by; generated if absent.")
+    concurrency: int = Field(4, ge=1, description="Tasks in flight at once.")
+    seed: int = Field(0, description="Run seed; per-call seeds derive from it.")
+    budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
+    run_budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Whole-run limits.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Loop options.")
+    cache: bool = Field(True, description="Reuse identical seeded calls from the DB cache.")
+    resume: bool = Field(False, description="Continue the run named run_name.")
+    timeout_s: float = Field(120.0, gt=0, description="Per model request.")
+    max_attempts: int = Field(6, ge=1, description="Tries per model request.")
+    backoff_base_s: float = Field(1.0, ge=0, description="First retry wait.")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what a run computes (resume must match them)."""
+        return self.model_dump(
+            include={"loop", "tasks", "model", "seed", "options", "budget"}, mode="json"
+        )
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+    failed: int = 0
+    passed: int = 0
+    tokens: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    name: str
+    summary: dict[str, Any]
+    progress: Progress
+
+
+def _version() -> str:
+    try:
+        return version("loopwright")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def prepare(cfg: RunConfig) -> tuple[LoopSpec[Any], BaseModel, list[Task]]:
+    """Validate everything a user can get wrong before anything is written."""
+    spec = get_loop(cfg.loop)
+    try:
+        options = spec.options(**cfg.options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "options"
+        raise UserError(f"{cfg.loop} option {field}: {err['msg']}") from None
+    check_model(cfg.model, cfg.api_base)
+    tasks = load_tasks(cfg.tasks, cfg.limit)
+    return spec, options, tasks
+
+
+async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = None) -> RunResult:
+    """Execute (or resume) a run and return its summary."""
+    spec, options, tasks = prepare(cfg)
+    store = TraceStore(cfg.db)
+    writer = TraceWriter(store)
+    try:
+        run_id, name, todo = _open_run(store, cfg, tasks)
+        progress = Progress(total=len(tasks), skipped=len(tasks) - len(todo))
+        progress.done = progress.skipped
+        if on_progress:
+            on_progress(progress)
+        client = ModelClient(
+            ClientConfig(
+                model=cfg.model,
+                api_base=cfg.api_base,
+                concurrency=max(cfg.concurrency, 1),
+                timeout_s=cfg.timeout_s,
+                max_attempts=cfg.max_attempts,
+                backoff_base_s=cfg.backoff_base_s,
+                cache=cfg.cache,
+            ),
+            writer=writer,
+        )
+        graph = spec.build()
+        run_budget = Budget(cfg.run_budget)
+        sem = asyncio.Semaphore(cfg.concurrency)
+        index = {t.id: i for i, t in enumerate(tasks)}
+
+        async def one(task: Task) -> None:
+            async with sem:
+                rec = await _run_task(
+                    cfg,
+                    spec,
+                    graph,
+                    options,
+                    client,
+                    writer,
+                    run_id,
+                    task,
+                    index[task.id],
+                    run_budget,
+                )
+            progress.done += 1
+            progress.failed += rec.status == "failed"
+            progress.passed += bool(rec.graded)
+            progress.tokens += rec.total_tokens
+            if on_progress:
+                on_progress(progress)
+
+        status = "interrupted"
+        try:
+            await asyncio.gather(*(one(t) for t in todo))
+            status = "done"
+        finally:
+            writer.flush()
+            store.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
+                [status, utcnow(), run_id],
+            )
+        return RunResult(
+            run_id=run_id, name=name, summary=run_summary(store, run_id), progress=progress
+        )
+    finally:
+        writer.close()
+        store.close()
+
+
+def _open_run(store: TraceStore, cfg: RunConfig, tasks: list[Task]) -> tuple[str, str, list[Task]]:
+    if cfg.resume:
+        if not cfg.run_name:
+            raise UserError("--resume needs --run-name NAME of the run to continue")
+        row = run_by_name(store, cfg.run_name)
+        if row is None:
+            raise UserError(
+                f"no run named {cfg.run_name!r} in {cfg.db}: `loopwright runs` lists them"
+            )
+        if row["config_hash"] != cfg.config_hash():
+            raise UserError(
+                f"run {cfg.run_name!r} was started with a different loop/tasks/model/seed/options; "
+                "resume it with the same arguments or start a new --run-name"
+            )
+        run_id = row["run_id"]
+        discard_partial_tasks(store, run_id)
+        done = {tid for tid, st in task_statuses(store, run_id).items() if st == "done"}
+        store.execute(
+            "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id]
+        )
+        todo = [t for t in tasks if t.id not in done]
+        return run_id, cfg.run_name, todo
+    name = cfg.run_name or f"{cfg.loop}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if run_by_name(store, name) is not None:
+        raise UserError(
+            f"a run named {name!r} already exists in {cfg.db}: pass --resume to "
+            "continue it, or choose another --run-name"
+        )
+    run_id = new_id()
+    store.execute(
+        "INSERT INTO runs (run_id, name, loop, model, tasks_spec, config, config_hash, seed, version, "
+        "status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+        [
+            run_id,
+            name,
+            cfg.loop,
+            cfg.model,
+            cfg.tasks,
+            json.dumps(cfg.model_dump(mode="json")),
+            cfg.config_hash(),
+            cfg.seed,
+            _version(),
+            utcnow(),
+        ],
+    )
+    return run_id, name, tasks
+
+
+async def _run_task(
+    cfg: RunConfig,
+    spec: LoopSpec[Any],
+    graph: Any,
+    options: BaseModel,
+    client: ModelClient,
+    writer: TraceWriter,
+    run_id: str,
+    task: Task,
+    idx: int,
+    run_budget: Budget,
+) -> TaskRecord:
+    budget = Budget(cfg.budget, parent=run_budget)
+    ctx = LoopContext(
+        task=task,
+        client=client,
+        verifier=verifier_for(task),
+        budget=budget,
+        options=options,
+        loop=spec.name,
+        run_id=run_id,
+        seed=cfg.seed,
+        writer=writer,
+    )
+    started = utcnow()
+    t0 = time.perf_counter()
+    base = TaskRecord(
+        run_id=run_id,
+        task_id=task.id,
+        idx=idx,
+        kind=task.kind,
+        prompt=task.prompt,
+        reference=task.reference,
+        status="running",
+        started_at=started,
+    )
+    writer.write(base)
+    status, error, outcome = "done", None, None
+    try:
+        final = await graph.ainvoke(
+            spec.initial_state(ctx),
+            config={
+                "configurable": {"loopwright": ctx},
+                "recursion_limit": spec.recursion_limit(options),
+            },
+        )
+        outcome = spec.outcome(ctx, final)
+    except ModelCallError as exc:
+        status, error = "failed", f"model call failed: {exc}"
+    except GraphRecursionError as exc:  # a loop bug; keep the task's record, not the run
+        status, error = "failed", f"loop exceeded its step limit: {exc}"
+    except UserError:
+        raise
+    except Exception as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+    graded = None
+    if outcome is not None and outcome.final_node_id is not None:
+        grader = grader_for(task)
+        if grader is not None:
+            v = grader(task, outcome.final_text or "")
+            graded = v.passed
+            writer.write(
+                v.record(
+                    run_id=run_id, task_id=task.id, node_id=outcome.final_node_id, stage="graded"
+                )
+            )
+        for node in ctx.nodes:
+            node.is_final = node.node_id == outcome.final_node_id
+    for node in ctx.nodes:
+        writer.write(node)
+    rec = base.model_copy(
+        update={
+            "status": status,
+            "error": error,
+            "final_answer": outcome.answer if outcome else None,
+            "final_node_id": outcome.final_node_id if outcome else None,
+            "verdict": outcome.verified if outcome else None,
+            "graded": graded if status == "done" else None,
+            "score": outcome.score if outcome else None,
+            "stop_reason": outcome.stop_reason if outcome else None,
+            "rounds": outcome.rounds if outcome else None,
+            "prompt_tokens": budget.prompt_tokens,
+            "completion_tokens": budget.completion_tokens,
+            "total_tokens": budget.tokens,
+            "cost_usd": budget.usd,
+            "calls": budget.calls,
+            "wall_s": time.perf_counter() - t0,
+            "finished_at": utcnow(),
+        }
+    )
+    writer.write(rec)
+    return rec
