@@ -105,17 +105,22 @@ def run(
         TimeElapsedColumn(),
         console=err,
     )
-    with bar:
-        bar_id = bar.add_task(f"{loop}", total=None, rate="-", tokens=0, failed=0)
+    bar_id = bar.add_task(f"{loop}", total=None, rate="-", tokens=0, failed=0)
 
-        def on_progress(p: Any) -> None:
-            finished = p.done - p.skipped
-            rate = f"{p.passed / finished:.0%}" if finished else "-"
-            bar.update(
-                bar_id, total=p.total, completed=p.done, rate=rate, tokens=p.tokens, failed=p.failed
-            )
+    def on_progress(p: Any) -> None:
+        # The bar starts with the first report, i.e. only once the config has been validated.
+        if not bar.live.is_started:
+            bar.start()
+        finished = p.done - p.skipped
+        rate = f"{p.passed / finished:.0%}" if finished else "-"
+        bar.update(
+            bar_id, total=p.total, completed=p.done, rate=rate, tokens=p.tokens, failed=p.failed
+        )
 
+    try:
         result = asyncio.run(run_loop(cfg, on_progress))
+    finally:
+        bar.stop()
     _print_summary(result, cfg.db)
 
 
@@ -192,7 +197,7 @@ def models() -> None:
 
     t = Table(title="local models (any litellm model string also works)")
     for col in ("model", "installed", "kind", "size MB", "install with", "about"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col in ("model", "installed"), overflow="fold")
     for m in list_local_models():
         t.add_row(
             m["model"],
@@ -228,22 +233,14 @@ def main() -> None:
     from loopwright.traces.store import TraceStoreError
 
     try:
-        app(standalone_mode=False)
+        # standalone mode: typer/click print usage errors themselves and exit 2
+        app()
     except (UserError, TraceStoreError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: finished tasks are saved; continue with --resume --run-name NAME")
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -72,9 +72,9 @@ def _response(
 
 
 class _LocalProvider(CustomLLM):
-    async def acompletion(
+    async def acompletion(  # type: ignore[override]
         self, model: str, messages: list, optional_params: dict, **_: Any
-    ) -> ModelResponse:  # type: ignore[override]
+    ) -> ModelResponse:
         engine = LocalEngine.get(model)
         loop = asyncio.get_running_loop()
         try:
@@ -116,15 +116,15 @@ def _raise_fault(fault: scripted.Fault, model: str) -> None:
 
 
 class _ScriptedProvider(CustomLLM):
-    async def acompletion(
+    async def acompletion(  # type: ignore[override]
         self, model: str, messages: list, optional_params: dict, **_: Any
-    ) -> ModelResponse:  # type: ignore[override]
+    ) -> ModelResponse:
         sm = scripted.lookup(model)
         n = int(optional_params.get("n") or 1)
         if n > 1 and not sm.supports_n:
             raise litellm.BadRequestError("n>1 not supported", model=model, llm_provider="scripted")
-        texts = []
-        for _ in range(n):
+        texts: list[tuple[str, str, int, float | None]] = []
+        for _i in range(n):
             try:
                 reply = sm.next_reply(messages, dict(optional_params))
             except scripted.ScriptExhausted as exc:  # a test bug, not a transient error

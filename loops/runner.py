@@ -65,14 +65,23 @@ class RunConfig(BaseModel):
     max_attempts: int = Field(6, ge=1, description="Tries per model request.")
     backoff_base_s: float = Field(1.0, ge=0, description="First retry wait.")
 
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what a run computes (resume must match them)."""
-        return self.model_dump(
-            include={"loop", "tasks", "model", "seed", "options", "budget"}, mode="json"
-        )
+    def identity(self, options: BaseModel | None = None) -> dict[str, Any]:
+        """The fields that define what a run computes (resume must match them).
 
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        ``options`` are the validated loop options, so defaults written out or left implicit
+        hash the same.
+        """
+        ident = self.model_dump(
+            include={"loop", "tasks", "model", "seed", "options", "budget", "run_budget"},
+            mode="json",
+        )
+        if options is not None:
+            ident["options"] = options.model_dump(mode="json")
+        return ident
+
+    def config_hash(self, options: BaseModel | None = None) -> str:
+        blob = json.dumps(self.identity(options), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass
@@ -120,7 +129,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
     store = TraceStore(cfg.db)
     writer = TraceWriter(store)
     try:
-        run_id, name, todo = _open_run(store, cfg, tasks)
+        run_id, name, todo = _open_run(store, cfg, tasks, cfg.config_hash(options))
         progress = Progress(total=len(tasks), skipped=len(tasks) - len(todo))
         progress.done = progress.skipped
         if on_progress:
@@ -181,7 +190,9 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
         store.close()
 
 
-def _open_run(store: TraceStore, cfg: RunConfig, tasks: list[Task]) -> tuple[str, str, list[Task]]:
+def _open_run(
+    store: TraceStore, cfg: RunConfig, tasks: list[Task], config_hash: str
+) -> tuple[str, str, list[Task]]:
     if cfg.resume:
         if not cfg.run_name:
             raise UserError("--resume needs --run-name NAME of the run to continue")
@@ -190,7 +201,7 @@ def _open_run(store: TraceStore, cfg: RunConfig, tasks: list[Task]) -> tuple[str
             raise UserError(
                 f"no run named {cfg.run_name!r} in {cfg.db}: `loopwright runs` lists them"
             )
-        if row["config_hash"] != cfg.config_hash():
+        if row["config_hash"] != config_hash:
             raise UserError(
                 f"run {cfg.run_name!r} was started with a different loop/tasks/model/seed/options; "
                 "resume it with the same arguments or start a new --run-name"
@@ -220,7 +231,7 @@ def _open_run(store: TraceStore, cfg: RunConfig, tasks: list[Task]) -> tuple[str
             cfg.model,
             cfg.tasks,
             json.dumps(cfg.model_dump(mode="json")),
-            cfg.config_hash(),
+            config_hash,
             cfg.seed,
             _version(),
             utcnow(),

@@ -164,26 +164,21 @@ def _arith_problem(rng: random.Random, i: int) -> Task:
     form = rng.choice(["add", "mul"])
     if form == "add":
         a, b = rng.randint(2, 9), rng.randint(2, 9)
-        text, ans = (
-            f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?",
-            a + b,
-        )
-    elif form == "sub":
-        a = rng.randint(8, 19)
-        b = rng.randint(2, a - 2)
-        text, ans = f"{name} has {a} {thing} and gives away {b}. How many {thing} are left?", a - b
-    elif form == "mul":
-        a, b = rng.randint(2, 9), rng.randint(2, 5)
-        text, ans = (
-            f"{name} has {a} bags with {b} {thing} in each bag. How many {thing} are there in total?",
-            a * b,
-        )
+        text = f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"
+        ans = a + b
     else:
-        a, b, c = rng.randint(2, 6), rng.randint(2, 6), rng.randint(2, 6)
-        text = f"{name} has {a} {thing}, finds {b} more, then gets {c} more. How many {thing} does {name} have?"
-        ans = a + b + c
+        a, b = rng.randint(2, 9), rng.randint(2, 5)
+        text = (
+            f"{name} has {a} bags with {b} {thing} in each bag. "
+            f"How many {thing} are there in total?"
+        )
+        ans = a * b
     return Task(
-        id=f"arith-{i:04d}", prompt=text, kind="math", reference=str(ans), metadata={"form": form}
+        id=f"arith-{i:04d}",
+        prompt=text,
+        kind="math",
+        reference=str(ans),
+        metadata={"form": form},
     )
 
 

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from loopwright.loops.client import ClientConfig, ModelClient
 from loopwright.loops.local_model import LOCAL_MODELS, is_installed
 from loopwright.loops.runner import RunConfig, run
@@ -38,9 +37,7 @@ async def test_one_request_with_n_samples_counts_tokens_per_sample() -> None:
 
 async def test_concurrent_requests_share_the_engine() -> None:
     client = ModelClient(ClientConfig(model="local/smollm2-135m", max_tokens=8, concurrency=4))
-    results = await asyncio.gather(
-        *(client.sample(MSG, seed=i, temperature=0.0) for i in range(6))
-    )
+    results = await asyncio.gather(*(client.sample(MSG, seed=i, temperature=0.0) for i in range(6)))
     texts = {r[0].text for r in results}
     assert len(texts) == 1  # greedy decoding is deterministic across parallel slots
 

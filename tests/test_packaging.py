@@ -35,8 +35,18 @@ def test_every_subpackage_is_declared() -> None:
 @pytest.mark.slow
 def test_wheel_contains_only_loopwright(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
     )
     [wheel] = list(tmp_path.glob("loopwright-*.whl"))

@@ -55,20 +55,28 @@ def list_runs(store: TraceStore) -> list[dict[str, Any]]:
     """One summary row per run, newest first."""
     return store.query(
         """
+        WITH t AS (
+            SELECT run_id,
+                   count(*) AS tasks,
+                   count(*) FILTER (WHERE status = 'done') AS done,
+                   count(*) FILTER (WHERE status = 'failed') AS failed,
+                   avg(CASE WHEN graded THEN 1.0 ELSE 0.0 END)
+                       FILTER (WHERE status = 'done') AS pass_rate,
+                   sum(total_tokens) AS tokens,
+                   sum(calls) AS calls,
+                   sum(cost_usd) AS cost_usd,
+                   max(finished_at) AS last_finished
+            FROM tasks GROUP BY run_id
+        )
         SELECT r.name, r.loop, r.model, r.status,
-               count(t.task_id) AS tasks,
-               count(t.task_id) FILTER (WHERE t.status = 'done') AS done,
-               count(t.task_id) FILTER (WHERE t.status = 'failed') AS failed,
-               avg(CASE WHEN t.graded THEN 1.0 ELSE 0.0 END)
-                   FILTER (WHERE t.status = 'done') AS pass_rate,
-               coalesce(sum(t.total_tokens), 0) AS tokens,
-               coalesce(sum(t.calls), 0) AS calls,
-               coalesce(sum(t.cost_usd), 0) AS cost_usd,
-               date_diff('millisecond', r.started_at, coalesce(r.finished_at, max(t.finished_at)))
+               coalesce(t.tasks, 0) AS tasks, coalesce(t.done, 0) AS done,
+               coalesce(t.failed, 0) AS failed, t.pass_rate,
+               coalesce(t.tokens, 0) AS tokens, coalesce(t.calls, 0) AS calls,
+               coalesce(t.cost_usd, 0) AS cost_usd,
+               date_diff('millisecond', r.started_at, coalesce(r.finished_at, t.last_finished))
                    / 1000.0 AS wall_s,
                r.started_at
-        FROM runs r LEFT JOIN tasks t USING (run_id)
-        GROUP BY ALL
+        FROM runs r LEFT JOIN t USING (run_id)
         ORDER BY r.started_at DESC
         """
     )
