@@ -498,3 +498,16 @@ async def test_builtin_arithmetic_end_to_end(tmp_path: Path) -> None:
     assert result.summary["tasks"] == 6
     assert result.summary["graded_pass_rate"] == 1.0
     assert len(model.calls) == 6
+
+
+async def test_resume_matches_options_after_defaults_are_filled_in(tmp_path: Path) -> None:
+    model = ScriptedModel(mixed_reply)
+    tasks = write_tasks(tmp_path / "t.jsonl", 2)
+    cfg = config(tmp_path, model.register(), tasks, run_name="defaults", options={})
+    await run(cfg)
+    default_rounds = SelfRefineOptions().max_rounds
+    explicit = cfg.model_copy(update={"resume": True, "options": {"max_rounds": default_rounds}})
+    result = await run(explicit)  # same computation, spelled out: resumes, reruns nothing
+    assert result.progress.skipped == 2
+    with pytest.raises(UserError, match="different"):
+        await run(explicit.model_copy(update={"options": {"max_rounds": default_rounds + 1}}))

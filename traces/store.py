@@ -29,6 +29,8 @@ class TraceStore:
                 f"cannot open {self.path}: {first} (is another loopwright process using it?)"
             ) from exc
         self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursors_lock = threading.Lock()
         if not read_only:
             self._migrate()
         else:
@@ -61,6 +63,8 @@ class TraceStore:
         if cur is None:
             cur = self._con.cursor()
             self._local.cur = cur
+            with self._cursors_lock:
+                self._cursors.append(cur)
         return cur
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -73,6 +77,11 @@ class TraceStore:
         self.cursor().execute(sql, params or [])
 
     def close(self) -> None:
+        with self._cursors_lock:
+            for cur in self._cursors:
+                cur.close()
+            self._cursors.clear()
+        self._local = threading.local()
         self._con.close()
 
     def __enter__(self) -> TraceStore:

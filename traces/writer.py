@@ -153,4 +153,5 @@ class TraceWriter:
         except BaseException as exc:  # surface on the next write/flush, keep the thread alive
             with contextlib.suppress(Exception):
                 cur.execute("ROLLBACK")
-            self._error = exc
+            # Drop the frames: they pin DuckDB objects (and the batch) until shutdown.
+            self._error = exc.with_traceback(None)
