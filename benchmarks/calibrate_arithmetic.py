@@ -34,7 +34,10 @@ async def main() -> None:
     async def one(task):  # type: ignore[no-untyped-def]
         msgs = [
             {"role": "system", "content": system},
-            {"role": "user", "content": render("self_refine", "generate_math", question=task.prompt)},
+            {
+                "role": "user",
+                "content": render("self_refine", "generate_math", question=task.prompt),
+            },
         ]
         samples = await client.sample(
             msgs, n=args.samples, seed=args.seed + 1, temperature=args.temperature

@@ -35,7 +35,6 @@ from loopwright.traces.writer import TraceWriter
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
 )
@@ -298,6 +297,9 @@ class ModelClient:
         self.config = config
         self.writer = writer
         self.n_supported = _supports_n(config.model)
+        self._free = config.model.split("/", 1)[0] in ("local", "scripted")
+        self._db_had_cache: bool | None = None
+        self._written_keys: set[str] = set()
         self._sem: asyncio.Semaphore | None = None
         self._sem_loop: asyncio.AbstractEventLoop | None = None
 
@@ -351,8 +353,8 @@ class ModelClient:
         request_id = new_id()
         attempts = 0
         latency = 0.0
-        if key is not None and self.writer is not None:
-            rows = cache_lookup(self.writer.store, key, n)
+        if key is not None and self.writer is not None and self._may_be_cached(key):
+            rows = await asyncio.to_thread(cache_lookup, self.writer.store, key, n)
             if rows is not None:
                 samples = [self._from_cache(r, i) for i, r in enumerate(rows)]
         if samples is None:
@@ -381,6 +383,7 @@ class ModelClient:
                 raise
             latency = time.perf_counter() - t0
             if key is not None and self.writer is not None:
+                self._written_keys.add(key)
                 for s in samples:
                     self.writer.write(
                         CacheRecord(
@@ -436,6 +439,32 @@ class ModelClient:
                 )
         return samples
 
+    async def _once(
+        self, messages: list[dict[str, Any]], kwargs: dict[str, Any], n: int
+    ) -> list[Sample]:
+        cfg = self.config
+        async with self._semaphore():
+            # Backstop for providers (custom ones included) that ignore litellm's timeout.
+            async with asyncio.timeout(cfg.timeout_s + 5):
+                resp = await litellm.acompletion(
+                    model=cfg.model,
+                    messages=messages,
+                    timeout=cfg.timeout_s,
+                    num_retries=0,
+                    max_retries=0,
+                    **kwargs,
+                )
+        return self._parse(resp, n)
+
+    def _delay(self, exc: BaseException | None, failed_attempt: int) -> float:
+        """Retry-After when the provider sent one, else exponential backoff with jitter."""
+        cfg = self.config
+        hinted = retry_after_seconds(exc)
+        if hinted is not None:
+            return min(hinted, cfg.backoff_max_s)
+        expo = cfg.backoff_base_s * (2 ** (failed_attempt - 1))
+        return min(cfg.backoff_max_s, expo) * (0.5 + random.random() / 2)
+
     async def _request(
         self, messages: list[dict[str, Any]], params: dict[str, Any], n: int
     ) -> tuple[list[Sample], int]:
@@ -445,39 +474,27 @@ class ModelClient:
             kwargs["n"] = n
         if cfg.api_base:
             kwargs["api_base"] = cfg.api_base
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            hinted = retry_after_seconds(exc)
-            if hinted is not None:
-                return min(hinted, cfg.backoff_max_s)
-            expo = cfg.backoff_base_s * (2 ** (state.attempt_number - 1))
-            return min(cfg.backoff_max_s, expo) * (0.5 + random.random() / 2)
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(cfg.max_attempts),
-            wait=wait,
-            reraise=True,
-        )
-        attempts = 0
+        attempts = 1
         try:
+            # The first try skips the retry machinery: most calls succeed at once.
+            try:
+                return await self._once(messages, kwargs, n), 1
+            except Exception as exc:
+                if not is_retryable(exc) or cfg.max_attempts == 1:
+                    raise
+                await asyncio.sleep(self._delay(exc, 1))
+            retrying = AsyncRetrying(
+                retry=retry_if_exception(is_retryable),
+                stop=stop_after_attempt(cfg.max_attempts - 1),
+                wait=lambda st: self._delay(
+                    st.outcome.exception() if st.outcome else None, st.attempt_number + 1
+                ),
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    async with self._semaphore():
-                        resp = await asyncio.wait_for(
-                            litellm.acompletion(
-                                model=cfg.model,
-                                messages=messages,
-                                timeout=cfg.timeout_s,
-                                num_retries=0,
-                                max_retries=0,
-                                **kwargs,
-                            ),
-                            timeout=cfg.timeout_s + 5,
-                        )
-                    samples = self._parse(resp, n)
+                    attempts = attempt.retry_state.attempt_number + 1
+                    samples = await self._once(messages, kwargs, n)
         except litellm.AuthenticationError as exc:
             raise UserError(
                 f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})"
@@ -497,10 +514,7 @@ class ModelClient:
         usage = getattr(resp, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_total = int(getattr(usage, "completion_tokens", 0) or 0)
-        try:
-            cost = float(litellm.completion_cost(completion_response=resp) or 0.0)
-        except Exception:
-            cost = 0.0
+        cost = self._cost(resp)
         out: list[Sample] = []
         for i, ch in enumerate(choices[:n]):
             text = getattr(getattr(ch, "message", None), "content", None)
@@ -525,6 +539,25 @@ class ModelClient:
                 )
             )
         return out
+
+    def _may_be_cached(self, key: str) -> bool:
+        """Skip the DB round trip when the cache table was empty and this key is new."""
+        if self._db_had_cache is None and self.writer is not None:
+            rows = self.writer.store.query("SELECT EXISTS (SELECT 1 FROM call_cache) AS any")
+            self._db_had_cache = bool(rows[0]["any"])
+        return bool(self._db_had_cache) or key in self._written_keys
+
+    def _cost(self, resp: Any) -> float:
+        if self._free:
+            return 0.0
+        hidden = getattr(resp, "_hidden_params", None) or {}
+        cost = hidden.get("response_cost")  # litellm already priced it
+        if cost is None:
+            try:
+                cost = litellm.completion_cost(completion_response=resp)
+            except Exception:  # a model missing from the cost map costs "unknown", i.e. 0
+                cost = 0.0
+        return float(cost or 0.0)
 
     def _from_cache(self, row: dict[str, Any], i: int) -> Sample:
         return Sample(

@@ -165,11 +165,12 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
     return {"drafts": [*state["drafts"], draft]}
 
 
-def after_generate(state: State) -> str:
+# Routers are async so LangGraph calls them on the event loop instead of a thread pool.
+async def after_generate(state: State) -> str:
     return END if state.get("stop_reason") or not state.get("drafts") else "verify"
 
 
-def after_verify(state: State, config: RunnableConfig) -> str:
+async def after_verify(state: State, config: RunnableConfig) -> str:
     opts: SelfRefineOptions = ctx_of(config).options  # type: ignore[assignment]
     last = state["drafts"][-1]
     if state.get("stop_reason"):
@@ -181,11 +182,11 @@ def after_verify(state: State, config: RunnableConfig) -> str:
     return "critique"
 
 
-def after_critique(state: State) -> str:
+async def after_critique(state: State) -> str:
     return END if state.get("stop_reason") else "refine"
 
 
-def after_refine(state: State) -> str:
+async def after_refine(state: State) -> str:
     return END if state.get("stop_reason") else "verify"
 
 
