@@ -310,11 +310,17 @@ async def test_sampling_parameters_follow_options(tmp_path: Path) -> None:
         tmp_path,
         model,
         one_task(tmp_path),
-        options={"max_rounds": 2, "temperature": 0.9, "critic_temperature": 0.1, "max_tokens": 77},
+        options={
+            "max_rounds": 2,
+            "temperature": 0.9,
+            "critic_temperature": 0.1,
+            "max_tokens": 77,
+            "critic_max_tokens": 33,
+        },
     )
     temps = [c.params.get("temperature") for c in model.calls]
     assert temps == [0.9, 0.1, 0.9]
-    assert all(c.params.get("max_tokens") == 77 for c in model.calls)
+    assert [c.params.get("max_tokens") for c in model.calls] == [77, 33, 77]
 
 
 # -- budgets -------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ class SelfRefineOptions(BaseModel):
     max_rounds: int = Field(3, ge=0, le=50, description="Refinements after the first draft.")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of drafts.")
     critic_temperature: float = Field(0.3, ge=0, le=2, description="Temperature of critiques.")
-    max_tokens: int = Field(256, gt=0, description="Completion cap per call.")
+    max_tokens: int = Field(256, gt=0, description="Completion cap of drafts and refinements.")
+    critic_max_tokens: int = Field(128, gt=0, description="Completion cap of critiques.")
     stop_on_no_issues: bool = Field(True, description="Stop when the critic finds nothing to fix.")
 
 
@@ -114,7 +115,7 @@ async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
         role="critic",
         round_=last["round"],
         temperature=opts.critic_temperature,
-        max_tokens=opts.max_tokens,
+        max_tokens=opts.critic_max_tokens,
     )
     ctx.add_node(
         s, role="critic", parent_id=last["node_id"], depth=last["depth"] + 1, round_=last["round"]
