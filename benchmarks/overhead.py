@@ -112,6 +112,47 @@ def bare_scripted_factory(model: str, timeout_s: float) -> Callable[[int, int], 
     return bare_scripted
 
 
+def langgraph_floor_factory(model: str, timeout_s: float) -> Callable[[int, int], Awaitable[int]]:
+    """The bare scripted call inside a one-node LangGraph graph: the best a loop executed by
+    LangGraph can do, so the gap between this side and loopwright is loopwright's own cost."""
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class S(TypedDict, total=False):
+        i: int
+        out: str
+
+    async def node(state: S) -> dict[str, Any]:
+        resp = await litellm.acompletion(
+            model=model,
+            messages=_messages(state["i"]),
+            timeout=timeout_s,
+            num_retries=0,
+            max_retries=0,
+            temperature=TEMPERATURE,
+            max_tokens=MAX_TOKENS,
+            seed=state["i"],
+        )
+        return {"out": resp.choices[0].message.content}
+
+    g = StateGraph(S)
+    g.add_node("generate", node)
+    g.add_edge(START, "generate")
+    g.add_edge("generate", END)
+    graph = g.compile()
+
+    async def langgraph_floor(n: int, concurrency: int) -> int:
+        async def call(i: int) -> None:
+            out = await graph.ainvoke({"i": i})
+            assert out["out"] == REPLY
+
+        await _fan_out(n, concurrency, call)
+        return n
+
+    return langgraph_floor
+
+
 class LoopwrightSide:
     """A real self-refine run over ``n`` tasks, traced into a fresh DuckDB file each time."""
 
@@ -372,6 +413,7 @@ async def bench(args: argparse.Namespace) -> None:
         sides: dict[str, Callable[[int, int], Awaitable[int]]] = {
             "bare litellm mock": bare_mock,
             "bare litellm scripted": bare_scripted_factory(bare_model, timeout_s),
+            "litellm in 1-node graph": langgraph_floor_factory(bare_model, timeout_s),
             "loopwright self-refine": side,
         }
         print(
@@ -429,6 +471,11 @@ async def bench(args: argparse.Namespace) -> None:
             f"(b) loopwright / bare litellm, same scripted provider: {lw / base_scr:.2f}  (= below)"
         )
         print(f"    (b) on CPU time instead of wall time:              {cpu_ratio:.2f}")
+        floor = rate["litellm in 1-node graph"] / base_scr
+        print(f"(c) LangGraph floor: 1-node graph / bare litellm:     {floor:.2f}")
+        print(
+            f"(d) loopwright / 1-node LangGraph graph:              {lw / rate['litellm in 1-node graph']:.2f}"
+        )
         print(f"overhead ratio (loopwright / bare litellm): {lw / base_scr:.2f} (target >= 0.80)")
 
         if args.profile:
