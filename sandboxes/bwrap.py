@@ -1,0 +1,252 @@
+"""``bwrap`` backend (default): bubblewrap namespaces + rlimits + a dedicated uid per slot.
+
+Configured after the pitfalls measured in DESIGN.md ("Sandbox"):
+
+* started as root, bwrap keeps capabilities inside and ``--uid`` is cosmetic, so we drop to
+  a real non-root uid (``base_uid + slot``, one per concurrent run) *before* exec'ing bwrap,
+  and pass ``--cap-drop ALL`` as well;
+* only ``/usr``, the ``/lib*``/``/bin``/``/sbin`` links and the interpreter prefix are
+  visible (read-only); ``/tmp`` is a private tmpfs; the work dir is bound at ``/work``;
+* bwrap limits neither forks nor memory: RLIMIT_AS/NPROC/CPU/FSIZE/CORE are set in the child
+  before exec; NPROC is meaningful because each slot uid runs one sandbox at a time;
+* the wall-clock timeout SIGKILLs the whole process group (``--die-with-parent`` then tears
+  down the PID namespace), and as root every leftover process of the slot uid is killed.
+
+Interpreter: this project's Python may live where the slot uid cannot read it (pyenv under
+``/root``, mode 0700). Then the distribution's ``/usr/bin/python3`` is used instead; sandboxed
+code only needs *a* Python, not our venv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from loopwright.sandboxes.base import (
+    INSTALL_HINT,
+    ExecResult,
+    Sandbox,
+    SandboxLimits,
+    SandboxUnavailable,
+    collect,
+    own_process_count,
+    rlimit_setter,
+    write_files,
+)
+
+_SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+_ROOT_ENTRIES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_BWRAP_OWN_PROCESSES = 2  # bwrap's outer process and its PID-namespace init
+_NOT_CHECKED = "not checked"
+_check_cache: dict[type, str | None] = {}
+
+
+def _readable_by_others(path: Path) -> bool:
+    """Whether a uid with no special rights can traverse to and read ``path``."""
+    path = path.resolve()
+    for p in [path, *path.parents]:
+        mode = p.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            return False
+    return bool(path.stat().st_mode & stat.S_IROTH)
+
+
+def _pick_interpreter(dropping_uid: bool) -> tuple[str, list[str]]:
+    """(python path inside the sandbox, extra read-only bind dirs)."""
+    prefix = Path(sys.base_prefix).resolve()
+    candidate = prefix / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if candidate.exists() and (not dropping_uid or _readable_by_others(candidate)):
+        under_usr = prefix == Path("/usr") or Path("/usr") in prefix.parents
+        return str(candidate), [] if under_usr else [str(prefix)]
+    system = Path("/usr/bin/python3")
+    if system.exists():
+        return str(system), []
+    raise SandboxUnavailable(
+        f"no Python the sandbox uid can read ({candidate} is private and /usr/bin/python3 is "
+        "missing): `apt-get install python3-minimal`"
+    )
+
+
+def _decode_bwrap_exit(rc: int) -> int:
+    # bwrap reports a child killed by signal N as 128+N; map it to Popen's -N convention.
+    # (A program that calls exit(128+N) itself is indistinguishable.)
+    if 128 < rc < 128 + signal.NSIG:
+        return -(rc - 128)
+    return rc
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of the slot uid, from a child that has become that uid.
+
+    ``kill(-1, SIGKILL)`` walks the task list under the kernel's tasklist lock, so a fork
+    bomb cannot outrun it; it spares the caller itself and init. Only used as root, where
+    the slot uid belongs to us alone.
+    """
+    pid = os.fork()
+    if pid == 0:  # only raw syscalls here: we are a fork of a possibly threaded process
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            for _ in range(3):
+                os.kill(-1, signal.SIGKILL)
+        except BaseException:
+            pass
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+class BwrapSandbox(Sandbox):
+    """Bubblewrap sandbox: no network, private /tmp and /work, read-only /usr, limited uid."""
+
+    name = "bwrap"
+
+    def __init__(
+        self, *, base_uid: int = 60000, max_slots: int = 64, bwrap: str | None = None
+    ) -> None:
+        """``base_uid``..``base_uid+max_slots-1`` are the slot uids used when running as root."""
+        self._bwrap = bwrap or shutil.which("bwrap")
+        if self._bwrap is None:
+            raise SandboxUnavailable(f"bwrap not found on PATH: {INSTALL_HINT}")
+        self._as_root = os.geteuid() == 0
+        self._base_uid = base_uid
+        self._max_slots = max_slots
+        self._python, self._extra_binds = _pick_interpreter(self._as_root)
+        self._lock_dir = Path("/run/loopwright-sandbox" if self._as_root else tempfile.gettempdir())
+        if _check_cache.get(type(self), _NOT_CHECKED) == _NOT_CHECKED:
+            _check_cache[type(self)] = self._self_test()
+        reason = _check_cache[type(self)]
+        if reason is not None:
+            raise SandboxUnavailable(reason)
+
+    @classmethod
+    def check(cls) -> str | None:
+        """Run ``true`` in a real sandbox once per process; the reason it failed, or None."""
+        try:
+            cls()
+        except SandboxUnavailable as e:
+            return str(e)
+        return None
+
+    def _self_test(self) -> str | None:
+        result = self.run(["/usr/bin/true"], limits=SandboxLimits(timeout_s=10))
+        if result.exit_code == 0:
+            return None
+        detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"bwrap cannot create a sandbox here ({detail}): {INSTALL_HINT}"
+
+    def python_argv(self) -> list[str]:
+        return [self._python, "-I", "-B"]
+
+    # -- slots ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _slot_uid(self) -> Iterator[int]:
+        """Exclusive use of one slot uid, across threads and processes (flock)."""
+        if not self._as_root:
+            yield os.getuid()
+            return
+        self._lock_dir.mkdir(mode=0o700, exist_ok=True)
+        if self._lock_dir.is_symlink() or self._lock_dir.stat().st_uid != 0:
+            raise RuntimeError(f"refusing to use {self._lock_dir}: not a root-owned directory")
+        while True:
+            for slot in range(self._max_slots):
+                fd = os.open(self._lock_dir / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                uid = self._base_uid + slot
+                try:
+                    _kill_uid(uid)  # a crashed earlier holder may have left processes
+                    yield uid
+                finally:
+                    _kill_uid(uid)
+                    os.close(fd)  # releases the flock
+                return
+            time.sleep(0.01)
+
+    # -- running ----------------------------------------------------------------------
+
+    def _bwrap_argv(self, workdir: Path, argv: list[str]) -> list[str]:
+        assert self._bwrap is not None
+        args = [
+            self._bwrap,
+            "--unshare-all",  # user, ipc, pid, net (loopback only), uts, cgroup
+            "--die-with-parent",
+            "--new-session",  # no TIOCSTI into our terminal
+            "--cap-drop",
+            "ALL",
+            "--clearenv",
+            "--setenv", "PATH", _SANDBOX_PATH,
+            "--setenv", "HOME", "/work",
+            "--setenv", "LANG", "C.UTF-8",
+        ]  # fmt: skip
+        for entry in _ROOT_ENTRIES:
+            if os.path.islink(entry):
+                args += ["--symlink", os.readlink(entry), entry]
+            elif os.path.isdir(entry):
+                args += ["--ro-bind", entry, entry]
+        for extra in self._extra_binds:
+            args += ["--ro-bind", extra, extra]
+        args += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--tmpfs", "/tmp",
+            "--bind", str(workdir), "/work",
+            "--chdir", "/work",
+            "--",
+            *argv,
+        ]  # fmt: skip
+        return args
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        files: Mapping[str, str | bytes] | None = None,
+        stdin: str | bytes | None = None,
+        limits: SandboxLimits | None = None,
+    ) -> ExecResult:
+        limits = limits or SandboxLimits()
+        with self._slot_uid() as uid:
+            workdir = Path(tempfile.mkdtemp(prefix="loopwright-bwrap-"))
+            try:
+                write_files(workdir, files)
+                if self._as_root:
+                    for p in [workdir, *workdir.rglob("*")]:
+                        os.lchown(p, uid, uid)
+                    nproc = limits.max_processes + _BWRAP_OWN_PROCESSES
+                else:
+                    # our uid's existing processes count against RLIMIT_NPROC too
+                    nproc = own_process_count() + limits.max_processes + _BWRAP_OWN_PROCESSES
+                started = time.monotonic()
+                proc = subprocess.Popen(
+                    self._bwrap_argv(workdir, argv),
+                    cwd="/",
+                    env={"PATH": _SANDBOX_PATH},
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=rlimit_setter(limits, nproc),
+                    # as root: become the slot uid (no supplementary groups) before bwrap
+                    user=uid if self._as_root else None,
+                    group=uid if self._as_root else None,
+                    extra_groups=[] if self._as_root else None,
+                )
+                return collect(proc, stdin, limits, started, decode_exit=_decode_bwrap_exit)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
