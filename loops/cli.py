@@ -19,7 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Self-improvement loops over language models, traced in DuckDB.",
 )
-console = Console()
+# Piped output gets a wide table instead of rich's 80-column default that truncates names.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
