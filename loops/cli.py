@@ -112,7 +112,7 @@ def run(
         # The bar starts with the first report, i.e. only once the config has been validated.
         if not bar.live.is_started:
             bar.start()
-        finished = p.done - p.skipped
+        finished = p.done - p.failed
         rate = f"{p.passed / finished:.0%}" if finished else "-"
         bar.update(
             bar_id, total=p.total, completed=p.done, rate=rate, tokens=p.tokens, failed=p.failed

@@ -132,6 +132,13 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
         run_id, name, todo = _open_run(store, cfg, tasks, cfg.config_hash(options))
         progress = Progress(total=len(tasks), skipped=len(tasks) - len(todo))
         progress.done = progress.skipped
+        if progress.skipped:  # a resumed run's bar and pass rate include what was already done
+            row = store.query(
+                "SELECT count(*) FILTER (WHERE graded) AS passed, coalesce(sum(total_tokens), 0) "
+                "AS tokens FROM tasks WHERE run_id = ? AND status = 'done'",
+                [run_id],
+            )[0]
+            progress.passed, progress.tokens = int(row["passed"]), int(row["tokens"])
         if on_progress:
             on_progress(progress)
         client = ModelClient(

@@ -285,6 +285,12 @@ async def test_resume_errors(tmp_path: Path) -> None:
     assert len(model.calls) == calls_after_first
     assert result.progress.skipped == 3
     assert result.summary["done"] == 3
+    # The resumed run's progress counts the earlier passes and tokens too.
+    prior = query(
+        cfg.db, "SELECT count(*) FILTER (WHERE graded) AS p, sum(total_tokens) AS t FROM tasks"
+    )[0]
+    assert (result.progress.passed, result.progress.tokens) == (prior["p"], prior["t"])
+    assert result.progress.passed == 3  # mixed_reply: task 0 right at once, 1 and 2 after one fix
 
 
 KILL_SCRIPT = textwrap.dedent(
