@@ -11,7 +11,7 @@ from loopwright.loops.budget import Budget
 from loopwright.loops.client import CallContext, ModelClient, Sample
 from loopwright.loops.tasks import Task
 from loopwright.loops.verify import Verifier
-from loopwright.traces.records import NodeRecord, VerdictRecord
+from loopwright.traces.records import NodeRecord, VerdictRecord, new_id
 from loopwright.traces.writer import TraceWriter
 from pydantic import BaseModel
 
@@ -73,9 +73,7 @@ class LoopContext:
     ) -> NodeRecord:
         """Record a node; nodes are written when the task finishes (with is_final set)."""
         node = NodeRecord(
-            node_id=sample.node_id
-            if sample
-            else NodeRecord.model_fields["node_id"].default_factory(),  # type: ignore[misc]
+            node_id=sample.node_id if sample else new_id(),
             parent_id=parent_id,
             run_id=self.run_id,
             task_id=self.task.id,
