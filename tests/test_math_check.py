@@ -1,0 +1,197 @@
+"""Math-answer checker: extraction, math-verify equivalence in a worker process, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from loopwright.tools import MathChecker, MathVerdict, check_number, extract_answer
+
+MATH500 = Path("/work/shared/data/math500/test.jsonl")
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[MathChecker]:
+    c = MathChecker("strict")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def lenient() -> Iterator[MathChecker]:
+    c = MathChecker("lenient")
+    yield c
+    c.close()
+
+
+# --- extraction -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so the result is \boxed{\frac{1}{\sqrt{2}}} here", r"\frac{1}{\sqrt{2}}"),
+        (r"first \boxed{3} then \boxed{x^{2}+1}.", "x^{2}+1"),
+        (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)"),
+        (r"$\boxed{\$1,000}$", "1000"),
+        ("Natalia sold 48 clips.\n#### 72", "72"),
+        ("#### 1,234", "1234"),
+        ("So the answer is 3.5.", "3.5"),
+        ("The answer is $18 dollars. Then more text 99.", "18 dollars"),
+        ("Therefore the answer is **42**", "42"),
+        ("The answer is: x = 5.\nDone", "x = 5"),
+        ("I got 12 and then 1,000.", "1000"),
+        ("it costs $-7.25.", "-7.25"),
+        ("no digits here", None),
+        ("", None),
+        (r"\boxed{unbalanced", None),
+    ],
+)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_numeric_stand_in_still_works() -> None:
+    assert check_number("#### 72", "72").passed
+    assert not check_number("#### 71", "72").passed
+
+
+# --- equivalence ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [
+        (r"\boxed{\frac{1}{2}}", "0.5"),
+        (r"\boxed{\dfrac{3}{4}}", "3/4"),
+        (r"\boxed{2\sqrt{2}}", r"\sqrt{8}"),
+        (r"\boxed{x=5}", "5"),  # math-verify accepts an equation against its right-hand side
+        (r"\boxed{(1,2)}", "(1,2)"),  # parsed as the open interval (1, 2)
+        (r"\boxed{[1,2]}", r"\left[1, 2\right]"),
+        (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"(3, \pi/2)"),
+        (r"\boxed{10\%}", "10"),  # math-verify itself accepts this, so strict passes too
+        ("#### 1,000", "1000"),  # fast path
+        ("The answer is 0.5.", "1/2"),  # fast path
+    ],
+)
+def test_equivalent_strict(strict: MathChecker, response: str, reference: str) -> None:
+    v = strict.check(response, reference)
+    assert v.passed, v
+    assert not v.timed_out
+    assert v.policy == "strict"
+    assert v.feedback == "the final answer is correct"
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [
+        ("1/3", "0.33"),
+        (r"\boxed{\frac{1}{3}}", "0.33"),
+        (r"\boxed{(1,2)}", "[1,2]"),  # open vs closed interval
+        (r"\boxed{2\sqrt{3}}", r"\sqrt{8}"),
+        ("#### 71", "72"),
+        ("no answer at all", "5"),
+    ],
+)
+def test_not_equivalent(
+    strict: MathChecker, lenient: MathChecker, response: str, reference: str
+) -> None:
+    for checker in (strict, lenient):
+        v = checker.check(response, reference)
+        assert not v.passed, v
+        assert not v.timed_out
+        assert "\n" not in v.feedback
+
+
+def test_lenient_only_units(strict: MathChecker, lenient: MathChecker) -> None:
+    response = "She pays 6 * 3. The answer is 18 dollars."
+    assert not strict.check(response, "18").passed
+    v = lenient.check(response, "18")
+    assert v.passed and v.policy == "lenient" and v.extracted == "18 dollars"
+    assert lenient.check("The answer is 10 percent.", "10").passed
+    assert lenient.check(r"\boxed{10\%}", "10").passed
+    assert not lenient.check("The answer is 18x + 1.", "18").passed
+
+
+def test_verdict_shape(strict: MathChecker) -> None:
+    v = strict.check(r"\boxed{7}", "8")
+    assert isinstance(v, MathVerdict)
+    assert v.extracted == "7" and v.reference == "8"
+    assert v.feedback == "the final answer 7 does not match the expected answer"
+    with pytest.raises(Exception):  # noqa: B017  (frozen pydantic model)
+        v.passed = True  # type: ignore[misc]
+    missing = strict.check("nothing here", "8")
+    assert missing.extracted is None and missing.feedback == "no final answer found"
+
+
+def test_bad_policy() -> None:
+    with pytest.raises(ValueError):
+        MathChecker("loose")  # type: ignore[arg-type]
+
+
+# --- timeouts and threads ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pathological_input_times_out_and_worker_recovers() -> None:
+    # sympy evaluates 9^(9^(9^9)) forever (checked: > 20 s in a plain process).
+    checker = MathChecker("strict", timeout=2.0)
+    try:
+        assert checker.check(r"\boxed{\sqrt{4}}", "2").passed  # warm up: worker startup excluded
+        t0 = time.monotonic()
+        v = checker.check(r"\boxed{9^{9^{9^{9}}}}", "1")
+        elapsed = time.monotonic() - t0
+        assert v.timed_out and not v.passed, v
+        assert elapsed < checker.timeout + 3, elapsed
+        assert "in time" in v.feedback
+        # the killed worker is replaced on the next call
+        after = checker.check(r"\boxed{2\sqrt{2}}", r"\sqrt{8}")
+        assert after.passed and not after.timed_out
+    finally:
+        checker.close()
+
+
+def test_check_from_non_main_thread(strict: MathChecker) -> None:
+    results: list[MathVerdict] = []
+
+    def run() -> None:
+        results.append(strict.check(r"\boxed{\dfrac{3}{4}}", "0.75"))
+        results.append(strict.check(r"\boxed{2\sqrt{2}}", r"\sqrt{8}"))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 6
+    assert all(r.passed for r in results), results
+
+
+async def test_check_via_asyncio_to_thread(strict: MathChecker) -> None:
+    verdicts = await asyncio.gather(
+        asyncio.to_thread(strict.check, r"\boxed{\frac{1}{2}}", "0.5"),
+        asyncio.to_thread(strict.check, r"\boxed{\frac{1}{3}}", "0.33"),
+    )
+    assert [v.passed for v in verdicts] == [True, False]
+
+
+# --- MATH-500 references against themselves ---------------------------------------------------
+
+
+def _math500_answers(n: int = 10) -> list[str]:
+    if not MATH500.exists():
+        return []
+    with MATH500.open() as f:
+        return [json.loads(line)["answer"] for _, line in zip(range(n), f, strict=False)]
+
+
+@pytest.mark.skipif(not MATH500.exists(), reason="MATH-500 data not present")
+@pytest.mark.parametrize("answer", _math500_answers())
+def test_math500_reference_matches_itself(strict: MathChecker, answer: str) -> None:
+    v = strict.check(f"The final answer is $\\boxed{{{answer}}}$.", answer)
+    assert v.passed, v
