@@ -306,7 +306,7 @@ async def _run_task(
     if outcome is not None and outcome.final_node_id is not None:
         grader = grader_for(task)
         if grader is not None:
-            v = grader(task, outcome.final_text or "")
+            v = await asyncio.to_thread(grader, task, outcome.final_text or "")
             graded = v.passed
             writer.write(
                 v.record(

@@ -2,8 +2,8 @@
 
 The in-loop verifier is what a loop may see and optimise; the grader is the final check
 against the reference. Both are stored (``verdicts.stage``) so a loop that games its own
-checks is visible. Until the full math checker and code sandbox land, math tasks are checked
-by their final number and code tasks have no verifier.
+checks is visible. Math tasks are checked by the math checker (math-verify in a worker
+process, lenient about units); code tasks get a verifier with the code-test tools.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from typing import Protocol
 
 from loopwright.loops.tasks import Task
-from loopwright.tools import numeric
+from loopwright.tools import math_check
 from loopwright.traces.records import VerdictRecord
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,21 +55,27 @@ class Verifier(Protocol):
     def __call__(self, task: Task, response: str) -> Verdict: ...
 
 
-class NumericAnswer:
-    """Pass when the response's final number equals the task's reference."""
+class MathAnswer:
+    """Pass when the response's final answer is equivalent to the task's reference.
 
-    name = "numeric-answer"
+    Blocking (sympy may run in the worker): call it through ``asyncio.to_thread`` from loops.
+    """
+
+    name = "math-answer"
+    _checker: math_check.MathChecker | None = None  # one worker process per Python process
 
     def __call__(self, task: Task, response: str) -> Verdict:
+        if MathAnswer._checker is None:
+            MathAnswer._checker = math_check.MathChecker(policy="lenient")
         t0 = time.perf_counter()
-        v = numeric.check_number(response, task.reference or "")
+        v = MathAnswer._checker.check(response, task.reference or "")
         return Verdict(
             passed=v.passed,
             score=1.0 if v.passed else 0.0,
             answer=v.extracted,
             feedback=v.feedback,
             verifier=self.name,
-            version=numeric.VERSION,
+            version=f"{math_check.VERSION}-{v.policy}",
             latency_s=time.perf_counter() - t0,
         )
 
@@ -77,7 +83,7 @@ class NumericAnswer:
 def verifier_for(task: Task) -> Verifier | None:
     """The in-loop verifier for a task, or None when none applies yet."""
     if task.kind == "math" and task.reference is not None:
-        return NumericAnswer()
+        return MathAnswer()
     return None
 
 
@@ -88,5 +94,5 @@ def grader_for(task: Task) -> Verifier | None:
 
 def extract_answer(task: Task, response: str) -> str | None:
     if task.kind == "math":
-        return numeric.extract_number(response)
+        return math_check.extract_answer(response)
     return None

@@ -65,7 +65,10 @@ async def test_self_refine_end_to_end_on_the_local_model(tmp_path: Path) -> None
             )[0]
             assert calls["n"] == t["calls"] and calls["tok"] == t["total_tokens"] > 0
             assert t["stop_reason"] in {"verified", "critic_satisfied", "max_rounds"}
-            assert t["graded"] == (t["final_answer"] == t["reference"])
+            # In-loop verifier and grader use the same checker here, so they agree on the final.
+            assert t["graded"] == t["verdict"]
+            if t["graded"]:
+                assert t["reference"] in (t["final_answer"] or "")
         orphans = store.query(
             "SELECT count(*) AS n FROM nodes c WHERE parent_id IS NOT NULL AND NOT EXISTS "
             "(SELECT 1 FROM nodes p WHERE p.node_id = c.parent_id)"

@@ -7,6 +7,7 @@ Every draft and critique is a node; a refinement's parent is the draft it revise
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, TypedDict
 
@@ -93,7 +94,7 @@ async def verify(state: State, config: RunnableConfig) -> dict[str, Any]:
     last = drafts[-1]
     if ctx.verifier is None:
         return {}
-    v = ctx.verifier(ctx.task, last["text"])
+    v = await asyncio.to_thread(ctx.verifier, ctx.task, last["text"])
     ctx.record_verdict(
         v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=last["node_id"], stage="in_loop")
     )
