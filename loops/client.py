@@ -143,10 +143,6 @@ litellm.custom_provider_map = [
     {"provider": "local", "custom_handler": _LocalProvider()},
     {"provider": "scripted", "custom_handler": _ScriptedProvider()},
 ]
-litellm.custom_provider_map  # noqa: B018
-from litellm.utils import custom_llm_setup  # noqa: E402
-
-custom_llm_setup()
 
 
 # -- retry policy ------------------------------------------------------------------------

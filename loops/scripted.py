@@ -22,8 +22,6 @@ FaultKind = Literal[
     "rate_limit", "timeout", "server_error", "connection", "bad_request", "malformed"
 ]
 
-Reply = "str | Fault"
-
 
 @dataclass(frozen=True)
 class Fault:

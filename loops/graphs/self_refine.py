@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from loopwright.loops.client import Sample
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.prompts import render
 from loopwright.loops.verify import extract_answer
@@ -52,6 +53,20 @@ class State(TypedDict, total=False):
     stop_reason: str | None
 
 
+def _draft(ctx: LoopContext, s: Sample, *, round_: int, depth: int) -> Draft:
+    """A not-yet-verified draft from one sample."""
+    answer = extract_answer(ctx.task, s.text)
+    return Draft(
+        node_id=s.node_id,
+        text=s.text,
+        answer=answer,
+        passed=None,
+        score=None,
+        round=round_,
+        depth=depth,
+    )
+
+
 def _messages(ctx: LoopContext, user: str) -> list[dict[str, Any]]:
     return [
         {"role": "system", "content": render(PROMPTS, "system")},
@@ -75,15 +90,7 @@ async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
         temperature=opts.temperature,
         max_tokens=opts.max_tokens,
     )
-    draft = Draft(
-        node_id=s.node_id,
-        text=s.text,
-        answer=extract_answer(ctx.task, s.text),
-        passed=None,
-        score=None,
-        round=0,
-        depth=0,
-    )
+    draft = _draft(ctx, s, round_=0, depth=0)
     ctx.add_node(s, role="generator", parent_id=None, depth=0, round_=0, answer=draft["answer"])
     return {"drafts": [draft]}
 
@@ -147,15 +154,7 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
         temperature=opts.temperature,
         max_tokens=opts.max_tokens,
     )
-    draft = Draft(
-        node_id=s.node_id,
-        text=s.text,
-        answer=extract_answer(ctx.task, s.text),
-        passed=None,
-        score=None,
-        round=round_,
-        depth=last["depth"] + 1,
-    )
+    draft = _draft(ctx, s, round_=round_, depth=last["depth"] + 1)
     ctx.add_node(
         s,
         role="refiner",
