@@ -48,6 +48,8 @@ class SandboxLimits(BaseModel):
     """Cap on stdout+stderr together; the run is killed once it is exceeded."""
     max_file_mb: int = Field(16, gt=0)
     """Largest file the program may write (RLIMIT_FSIZE), in MiB."""
+    max_disk_mb: int = Field(64, gt=0)
+    """Total size of everything the program may write in its work dir and /tmp, in MiB."""
     cpu_s: int | None = Field(None, gt=0)
     """CPU-seconds limit (RLIMIT_CPU) per process; None derives it from ``timeout_s``."""
 

@@ -113,9 +113,19 @@ class BwrapSandbox(Sandbox):
     name = "bwrap"
 
     def __init__(
-        self, *, base_uid: int = 60000, max_slots: int = 64, bwrap: str | None = None
+        self,
+        *,
+        base_uid: int = 60000,
+        max_slots: int = 64,
+        bwrap: str | None = None,
+        warm: bool = True,
     ) -> None:
-        """``base_uid``..``base_uid+max_slots-1`` are the slot uids used when running as root."""
+        """``base_uid``..``base_uid+max_slots-1`` are the slot uids used when running as root.
+
+        ``warm``: ``run_python`` goes to a long-lived sandboxed interpreter that forks a
+        fresh, limited child per program (the fast path); False starts bwrap per program.
+        """
+        self.warm = warm
         self._bwrap = bwrap or shutil.which("bwrap")
         if self._bwrap is None:
             raise SandboxUnavailable(f"bwrap not found on PATH: {INSTALL_HINT}")
