@@ -222,6 +222,22 @@ def loops() -> None:
             console.print(f"    -o {name}={f.default!r}    {f.description or ''}")
 
 
+def _mount_tools() -> None:
+    from loopwright.loops.cli_tools import check_app, sandbox_app, verify
+
+    app.add_typer(sandbox_app, name="sandbox")
+    app.add_typer(check_app, name="check")
+    app.command("verify")(verify)
+    try:
+        from loopwright.loops.cli_search import search_app
+    except ImportError:  # pragma: no cover - the search tool is part of the package
+        return
+    app.add_typer(search_app, name="search", help="Build and query a local search index.")
+
+
+_mount_tools()
+
+
 def _first_error(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):

@@ -106,6 +106,15 @@ class Sandbox(ABC):
     ) -> ExecResult:
         """Run ``argv`` in a fresh work dir holding ``files`` (relative paths) and collect it."""
 
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing between runs
+        """Release long-lived resources (warm workers, containers); idempotent."""
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @abstractmethod
     def python_argv(self) -> list[str]:
         """The argv prefix that starts this backend's isolated Python interpreter."""
@@ -127,6 +136,14 @@ class Sandbox(ABC):
 
 
 # --- helpers shared by the backends -------------------------------------------------------
+
+
+def safe_relpath(rel: str) -> str:
+    """``rel`` normalised, or ValueError when it would land outside the work dir."""
+    norm = os.path.normpath(rel)
+    if os.path.isabs(rel) or norm in (".", "") or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"sandbox file path must stay inside the work dir: {rel!r}")
+    return norm
 
 
 def write_files(workdir: Path, files: Mapping[str, str | bytes] | None) -> None:
@@ -166,6 +183,33 @@ def rlimit_setter(limits: SandboxLimits, nproc: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+def child_setup(
+    limits: SandboxLimits, nproc: int, cgroup_procs: list[str], uid: int | None
+) -> Callable[[], None]:
+    """A preexec_fn: join the slot's cgroups, apply rlimits, then (as root) become ``uid``.
+
+    The cgroups are joined while still root (their files are root's) and before bwrap forks,
+    so every process of the run is inside them. Only plain syscalls run here.
+    """
+    set_limits = rlimit_setter(limits, nproc)
+
+    def apply() -> None:
+        pid = str(os.getpid()).encode()
+        for path in cgroup_procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        set_limits()
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
 
     return apply
 
@@ -253,10 +297,27 @@ def collect(
     if proc.returncode is None:  # once reaped, the pgid may already be gone
         _kill_group(proc.pid)
     rc = proc.wait()
-    duration = time.monotonic() - started
 
-    exit_code: int | None = decode_exit(rc)
-    stderr = b"".join(chunks[err_fd]).decode("utf-8", "replace")
+    return make_result(
+        decode_exit(rc),
+        killed_by,
+        b"".join(chunks[out_fd]),
+        b"".join(chunks[err_fd]),
+        time.monotonic() - started,
+        truncated,
+    )
+
+
+def make_result(
+    exit_code: int | None,
+    killed_by: KilledBy | None,
+    stdout: bytes,
+    stderr_bytes: bytes,
+    duration: float,
+    truncated: bool,
+) -> ExecResult:
+    """One ``ExecResult`` from raw facts; says which limit ended the run when we can tell."""
+    stderr = stderr_bytes.decode("utf-8", "replace")
     if killed_by is not None:
         exit_code = None
     elif exit_code is not None and exit_code < 0:
@@ -265,7 +326,7 @@ def collect(
         killed_by = "memory"  # RLIMIT_AS makes Python raise MemoryError rather than die
     return ExecResult(
         exit_code=exit_code,
-        stdout=b"".join(chunks[out_fd]).decode("utf-8", "replace"),
+        stdout=stdout.decode("utf-8", "replace"),
         stderr=stderr,
         timed_out=killed_by == "timeout",
         killed_by=killed_by,

@@ -29,20 +29,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from loopwright.sandboxes import cgroups
 from loopwright.sandboxes.base import (
     INSTALL_HINT,
     ExecResult,
     Sandbox,
     SandboxLimits,
     SandboxUnavailable,
+    child_setup,
     collect,
     own_process_count,
-    rlimit_setter,
     write_files,
 )
+from loopwright.sandboxes.warm import WarmPool
 
 _SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 _ROOT_ENTRIES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -119,13 +122,17 @@ class BwrapSandbox(Sandbox):
         max_slots: int = 64,
         bwrap: str | None = None,
         warm: bool = True,
+        warm_workers: int | None = None,
     ) -> None:
         """``base_uid``..``base_uid+max_slots-1`` are the slot uids used when running as root.
 
         ``warm``: ``run_python`` goes to a long-lived sandboxed interpreter that forks a
         fresh, limited child per program (the fast path); False starts bwrap per program.
+        ``warm_workers``: how many warm sandboxes run at once (default: cores, at least 2;
+        env ``LOOPWRIGHT_SANDBOX_WORKERS``).
         """
         self.warm = warm
+        self._pool: WarmPool | None = None
         self._bwrap = bwrap or shutil.which("bwrap")
         if self._bwrap is None:
             raise SandboxUnavailable(f"bwrap not found on PATH: {INSTALL_HINT}")
@@ -139,6 +146,24 @@ class BwrapSandbox(Sandbox):
         reason = _check_cache[type(self)]
         if reason is not None:
             raise SandboxUnavailable(reason)
+        if warm:
+            size = (
+                warm_workers
+                or int(os.environ.get("LOOPWRIGHT_SANDBOX_WORKERS", "0"))
+                or max(2, os.cpu_count() or 1)
+            )
+            self._pool = WarmPool(self, size)
+            weakref.finalize(self, self._pool.close)
+
+    def close(self) -> None:
+        """Stop the warm workers (they also die with this process)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def worker_pids(self) -> list[int]:
+        """Host PIDs of idle warm workers: the only processes allowed to outlive a run."""
+        return self._pool.worker_pids() if self._pool is not None else []
 
     @classmethod
     def check(cls) -> str | None:
@@ -190,7 +215,12 @@ class BwrapSandbox(Sandbox):
 
     # -- running ----------------------------------------------------------------------
 
-    def _bwrap_argv(self, workdir: Path, argv: list[str]) -> list[str]:
+    def bwrap_argv(
+        self, argv: list[str], limits: SandboxLimits, file_fds: Mapping[str, int] | None = None
+    ) -> list[str]:
+        """bwrap's argv around ``argv``: ``/work`` is a tmpfs capped at ``max_disk_mb`` and
+        ``/tmp`` points into it, so one cap bounds everything the program can write.
+        ``file_fds`` (path under /work -> readable fd) are copied in before ``argv`` starts."""
         assert self._bwrap is not None
         args = [
             self._bwrap,
@@ -214,13 +244,50 @@ class BwrapSandbox(Sandbox):
         args += [
             "--proc", "/proc",
             "--dev", "/dev",
-            "--tmpfs", "/tmp",
-            "--bind", str(workdir), "/work",
-            "--chdir", "/work",
-            "--",
-            *argv,
+            "--size", str(limits.max_disk_mb * 1024 * 1024),
+            "--tmpfs", "/work",
+            "--dir", "/work/tmp",
+            "--symlink", "/work/tmp", "/tmp",
         ]  # fmt: skip
+        made = {"/work", "/work/tmp"}
+        for rel, fd in (file_fds or {}).items():
+            dest = f"/work/{rel}"
+            for parent in reversed(Path(dest).parents):
+                if str(parent) not in made and str(parent) != "/":
+                    args += ["--dir", str(parent)]
+                    made.add(str(parent))
+            args += ["--file", str(fd), dest]
+        args += ["--chdir", "/work", "--", *argv]
         return args
+
+    def launch(
+        self,
+        argv: list[str],
+        limits: SandboxLimits,
+        uid: int,
+        *,
+        nproc_extra: int = _BWRAP_OWN_PROCESSES,
+        file_fds: Mapping[str, int] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start bwrap around ``argv`` as slot ``uid``, inside the slot's cgroups, with rlimits."""
+        if self._as_root:
+            nproc = limits.max_processes + nproc_extra
+            procs_files = cgroups.prepare(uid, limits)
+        else:
+            # our uid's existing processes count against RLIMIT_NPROC too
+            nproc = own_process_count() + limits.max_processes + nproc_extra
+            procs_files = []
+        return subprocess.Popen(
+            self.bwrap_argv(argv, limits, file_fds),
+            cwd="/",
+            env={"PATH": _SANDBOX_PATH},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=tuple((file_fds or {}).values()),
+            preexec_fn=child_setup(limits, nproc, procs_files, uid if self._as_root else None),
+        )
 
     def run(
         self,
@@ -231,32 +298,19 @@ class BwrapSandbox(Sandbox):
         limits: SandboxLimits | None = None,
     ) -> ExecResult:
         limits = limits or SandboxLimits()
-        with self._slot_uid() as uid:
-            workdir = Path(tempfile.mkdtemp(prefix="loopwright-bwrap-"))
-            try:
-                write_files(workdir, files)
-                if self._as_root:
-                    for p in [workdir, *workdir.rglob("*")]:
-                        os.lchown(p, uid, uid)
-                    nproc = limits.max_processes + _BWRAP_OWN_PROCESSES
-                else:
-                    # our uid's existing processes count against RLIMIT_NPROC too
-                    nproc = own_process_count() + limits.max_processes + _BWRAP_OWN_PROCESSES
+        prefix = self.python_argv()
+        if self._pool is not None and argv[: len(prefix)] == prefix:
+            return self._pool.run(argv[len(prefix) :], files, stdin, limits)
+        with self._slot_uid() as uid, tempfile.TemporaryDirectory(prefix="loopwright-bwrap-") as d:
+            staging = Path(d)
+            write_files(staging, files)
+            with contextlib.ExitStack() as fds:
+                file_fds: dict[str, int] = {}
+                for rel in files or {}:
+                    fd = os.open(staging / rel, os.O_RDONLY)
+                    fds.callback(os.close, fd)
+                    file_fds[str(Path(rel))] = fd
                 started = time.monotonic()
-                proc = subprocess.Popen(
-                    self._bwrap_argv(workdir, argv),
-                    cwd="/",
-                    env={"PATH": _SANDBOX_PATH},
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
-                    preexec_fn=rlimit_setter(limits, nproc),
-                    # as root: become the slot uid (no supplementary groups) before bwrap
-                    user=uid if self._as_root else None,
-                    group=uid if self._as_root else None,
-                    extra_groups=[] if self._as_root else None,
-                )
-                return collect(proc, stdin, limits, started, decode_exit=_decode_bwrap_exit)
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+                proc = self.launch(argv, limits, uid, file_fds=file_fds)
+            result = collect(proc, stdin, limits, started, decode_exit=_decode_bwrap_exit)
+            return cgroups.explain(uid, result)
