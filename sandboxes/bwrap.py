@@ -175,11 +175,22 @@ class BwrapSandbox(Sandbox):
         return None
 
     def _self_test(self) -> str | None:
-        result = self.run(["/usr/bin/true"], limits=SandboxLimits(timeout_s=10))
-        if result.exit_code == 0:
-            return None
-        detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        return f"bwrap cannot create a sandbox here ({detail}): {INSTALL_HINT}"
+        limits = SandboxLimits(timeout_s=10)
+        result = self.run(["/usr/bin/true"], limits=limits)
+        if result.exit_code != 0:
+            detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            return f"bwrap cannot create a sandbox here ({detail}): {INSTALL_HINT}"
+        # the warm server and the code-test harness need Python's standard library, which
+        # python3-minimal alone lacks
+        probe = [self._python, "-I", "-B", "-c", "import json, base64, select, resource"]
+        result = self.run(probe, limits=limits)
+        if result.exit_code != 0:
+            detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            return (
+                f"the sandbox's Python ({self._python}) cannot import its standard library "
+                f"({detail}): `apt-get install python3`"
+            )
+        return None
 
     def python_argv(self) -> list[str]:
         return [self._python, "-I", "-B"]
@@ -218,9 +229,10 @@ class BwrapSandbox(Sandbox):
     def bwrap_argv(
         self, argv: list[str], limits: SandboxLimits, file_fds: Mapping[str, int] | None = None
     ) -> list[str]:
-        """bwrap's argv around ``argv``: ``/work`` is a tmpfs capped at ``max_disk_mb`` and
-        ``/tmp`` points into it, so one cap bounds everything the program can write.
-        ``file_fds`` (path under /work -> readable fd) are copied in before ``argv`` starts."""
+        """bwrap's argv around ``argv``: ``/work`` is a tmpfs capped at ``max_disk_mb``; the
+        program runs in ``/work/run`` and ``/tmp`` points to ``/work/tmp``, so one cap bounds
+        everything it can write. ``file_fds`` (path under the run dir -> readable fd) are
+        copied in before ``argv`` starts."""
         assert self._bwrap is not None
         args = [
             self._bwrap,
@@ -231,7 +243,7 @@ class BwrapSandbox(Sandbox):
             "ALL",
             "--clearenv",
             "--setenv", "PATH", _SANDBOX_PATH,
-            "--setenv", "HOME", "/work",
+            "--setenv", "HOME", "/work/run",
             "--setenv", "LANG", "C.UTF-8",
         ]  # fmt: skip
         for entry in _ROOT_ENTRIES:
@@ -247,17 +259,18 @@ class BwrapSandbox(Sandbox):
             "--size", str(limits.max_disk_mb * 1024 * 1024),
             "--tmpfs", "/work",
             "--dir", "/work/tmp",
+            "--dir", "/work/run",
             "--symlink", "/work/tmp", "/tmp",
         ]  # fmt: skip
-        made = {"/work", "/work/tmp"}
+        made = {"/work", "/work/tmp", "/work/run"}
         for rel, fd in (file_fds or {}).items():
-            dest = f"/work/{rel}"
+            dest = f"/work/run/{rel}"
             for parent in reversed(Path(dest).parents):
                 if str(parent) not in made and str(parent) != "/":
                     args += ["--dir", str(parent)]
                     made.add(str(parent))
             args += ["--file", str(fd), dest]
-        args += ["--chdir", "/work", "--", *argv]
+        args += ["--chdir", "/work/run", "--", *argv]
         return args
 
     def launch(
@@ -299,8 +312,15 @@ class BwrapSandbox(Sandbox):
     ) -> ExecResult:
         limits = limits or SandboxLimits()
         prefix = self.python_argv()
-        if self._pool is not None and argv[: len(prefix)] == prefix:
-            return self._pool.run(argv[len(prefix) :], files, stdin, limits)
+        rest = argv[len(prefix) :]
+        if (
+            self._pool is not None
+            and argv[: len(prefix)] == prefix
+            and rest
+            and rest[0] in (files or {})
+            and rest[0].endswith(".py")
+        ):  # `python -I -B script.py ...`: the warm fast path; anything else starts bwrap
+            return self._pool.run(rest, files, stdin, limits)
         with self._slot_uid() as uid, tempfile.TemporaryDirectory(prefix="loopwright-bwrap-") as d:
             staging = Path(d)
             write_files(staging, files)
