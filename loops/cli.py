@@ -247,12 +247,13 @@ def _first_error(exc: Exception) -> str:
 
 
 def main() -> None:
+    from loopwright.tools.search import SearchError
     from loopwright.traces.store import TraceStoreError
 
     try:
         # standalone mode: typer/click print usage errors themselves and exit 2
         app()
-    except (UserError, TraceStoreError) as exc:
+    except (UserError, TraceStoreError, SearchError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
