@@ -193,10 +193,9 @@ class _Worker:
             for rel, c in (files or {}).items()
         }
         raw_stdin = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
-        mode = "python" if argv and argv[0].endswith(".py") else "exec"
         self._send(
             {
-                "mode": mode,
+                "mode": "python",
                 "argv": argv,
                 "files": encoded,
                 "stdin": base64.b64encode(raw_stdin).decode(),
