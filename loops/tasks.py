@@ -1,24 +1,34 @@
 """Tasks and the loaders behind ``--tasks SPEC``.
 
-Specs: ``PATH.jsonl`` (native), ``gsm8k:PATH``, ``math:PATH``, ``humaneval``, and
-``builtin:arithmetic`` (optionally ``builtin:arithmetic?seed=7&n=200``).
+Specs: ``PATH.jsonl`` (native), ``gsm8k:PATH``, ``math:PATH``, ``humaneval``,
+``builtin:arithmetic`` (optionally ``builtin:arithmetic?seed=7&n=200``) and ``builtin:code``
+(optionally ``builtin:code?seed=7&n=10``).
+
+Code tasks say how their tests run in ``metadata["test_style"]``: ``asserts`` (``tests`` is a
+list of assert statements), ``humaneval`` (``tests`` holds a program defining
+``check(candidate)``; needs ``entry_point``) or ``io`` (``metadata["io_cases"]`` is a list of
+``[stdin, expected stdout]`` pairs).
 """
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import random
 import re
 from collections.abc import Callable, Iterator
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import parse_qsl
 
 from loopwright.loops.errors import UserError, unknown
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TaskKind = Literal["math", "code", "text"]
+TestStyle = Literal["asserts", "humaneval", "io"]
+TEST_STYLES: tuple[str, ...] = get_args(TestStyle)
 
 
 class Task(BaseModel):
@@ -65,21 +75,97 @@ def _need(path: Path, lineno: int, obj: dict[str, Any], *fields: str) -> None:
 
 def load_native(path: Path) -> list[Task]:
     """Our own JSONL: ``prompt`` required; ``id``, ``kind``, ``reference``, ``tests``,
-    ``entry_point``, ``metadata`` optional."""
-    tasks = []
-    for lineno, obj in _read_jsonl(path):
-        _need(path, lineno, obj, "prompt")
-        obj.setdefault("id", f"{path.stem}-{lineno}")
-        obj["id"] = str(obj["id"])
-        if obj.get("reference") is not None:
-            obj["reference"] = str(obj["reference"])
-        try:
-            tasks.append(Task(**obj))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise TaskFileError(f"{path}:{lineno}: field {field!r}: {err['msg']}") from None
+    ``entry_point``, ``metadata`` optional; code tasks may also give ``test_style`` and
+    ``io_cases`` (top level or in ``metadata``)."""
+    tasks = [
+        _native_task(obj, f"{path}:{lineno}", f"{path.stem}-{lineno}")
+        for lineno, obj in _read_jsonl(path)
+    ]
     return _unique(tasks, path)
+
+
+def _native_task(obj: dict[str, Any], where: str, default_id: str) -> Task:
+    """One native JSONL object as a Task; errors name ``where`` (file:line) and the field."""
+    if obj.get("prompt") in (None, ""):
+        raise TaskFileError(f"{where}: missing field 'prompt'")
+    obj = dict(obj)
+    obj.setdefault("id", default_id)
+    obj["id"] = str(obj["id"])
+    if obj.get("reference") is not None:
+        obj["reference"] = str(obj["reference"])
+    style_fields: dict[str, Any] = {k: obj.pop(k) for k in ("test_style", "io_cases") if k in obj}
+    try:
+        task = Task(**obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise TaskFileError(f"{where}: field {field!r}: {err['msg']}") from None
+    if style_fields or task.kind == "code":
+        task = _with_test_style(task, style_fields, where)
+    return task
+
+
+def _with_test_style(task: Task, given: dict[str, Any], where: str) -> Task:
+    """Validate a code task's tests against its test style and record the style in metadata."""
+    meta = dict(task.metadata)
+    for key, value in given.items():
+        if key in meta and meta[key] != value:
+            raise TaskFileError(f"{where}: {key!r} is given twice (top level and metadata)")
+        meta[key] = value
+    if task.kind != "code":
+        raise TaskFileError(f'{where}: field {min(given)!r} needs "kind": "code"')
+    style = meta.get("test_style")
+    if style is None:  # infer: io cases, else a HumanEval check program, else assert lines
+        if "io_cases" in meta:
+            style = "io"
+        elif any("def check(" in t for t in task.tests):
+            style = "humaneval"
+        elif task.tests:
+            style = "asserts"
+        else:
+            return task  # a code task without tests: nothing to run, no verifier
+    if style not in TEST_STYLES:
+        raise TaskFileError(
+            f"{where}: field 'test_style' must be one of {', '.join(TEST_STYLES)}, not {style!r}"
+        )
+    meta["test_style"] = style
+    if style == "io":
+        meta["io_cases"] = _io_cases(meta.get("io_cases"), where)
+        if task.tests:
+            raise TaskFileError(f"{where}: test_style 'io' takes 'io_cases', not 'tests'")
+    elif not task.tests:
+        raise TaskFileError(f"{where}: test_style {style!r} needs a non-empty 'tests' list")
+    if style == "humaneval" and not (task.entry_point and task.entry_point.isidentifier()):
+        raise TaskFileError(
+            f"{where}: test_style 'humaneval' needs 'entry_point' (the function check() tests)"
+        )
+    for i, test in enumerate(task.tests):
+        try:
+            ast.parse(test)
+        except SyntaxError as exc:
+            raise TaskFileError(f"{where}: tests[{i}] is not valid Python ({exc.msg})") from None
+    return task.model_copy(update={"metadata": meta})
+
+
+def _io_cases(raw: Any, where: str) -> list[list[str]]:
+    """``[[stdin, stdout], ...]`` or ``[{"input": .., "output": ..}, ...]`` as string pairs."""
+    if not isinstance(raw, list) or not raw:
+        raise TaskFileError(
+            f"{where}: test_style 'io' needs 'io_cases', a non-empty list of [stdin, stdout] pairs"
+        )
+    cases = []
+    for i, case in enumerate(raw):
+        if isinstance(case, dict) and set(case) == {"input", "output"}:
+            case = [case["input"], case["output"]]
+        if not (
+            isinstance(case, list) and len(case) == 2 and all(isinstance(x, str) for x in case)
+        ):
+            raise TaskFileError(
+                f"{where}: io_cases[{i}] must be [stdin, stdout] (two strings) or "
+                '{"input": ..., "output": ...}'
+            )
+        cases.append(list(case))
+    return cases
 
 
 _GSM_ANSWER = re.compile(r"####\s*(.+?)\s*$")
@@ -140,6 +226,7 @@ def load_humaneval() -> list[Task]:
                 reference=obj["canonical_solution"],
                 tests=[obj["test"]],
                 entry_point=obj["entry_point"],
+                metadata={"test_style": "humaneval"},
             )
         )
     return tasks
@@ -188,7 +275,30 @@ def builtin_arithmetic(seed: int = 0, n: int = 100) -> list[Task]:
     return [_arith_problem(rng, i) for i in range(n)]
 
 
-BUILTIN: dict[str, Callable[..., list[Task]]] = {"arithmetic": builtin_arithmetic}
+# -- builtin:code --------------------------------------------------------------------------
+CODE_TASKS = "code_tasks.jsonl"
+
+
+def builtin_code(seed: int | None = None, n: int | None = None) -> list[Task]:
+    """Small function-writing problems with hidden assert tests (package data).
+
+    File order without ``seed``; a seed shuffles the order deterministically. ``n`` keeps the
+    first ``n`` (all when it exceeds the set).
+    """
+    text = files("loopwright.loops.data").joinpath(CODE_TASKS).read_text(encoding="utf-8")
+    tasks = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            tasks.append(_native_task(json.loads(line), f"builtin:code:{lineno}", f"code-{lineno}"))
+    if seed is not None:
+        random.Random(seed).shuffle(tasks)
+    return tasks if n is None else tasks[: max(n, 0)]
+
+
+BUILTIN: dict[str, Callable[..., list[Task]]] = {
+    "arithmetic": builtin_arithmetic,
+    "code": builtin_code,
+}
 
 
 def load_tasks(spec: str, limit: int | None = None) -> list[Task]:
@@ -216,8 +326,8 @@ def load_tasks(spec: str, limit: int | None = None) -> list[Task]:
         tasks = load_native(Path(spec))
     else:
         raise UserError(
-            f"cannot read task spec {spec!r}: use PATH.jsonl, gsm8k:PATH, math:PATH, humaneval "
-            "or builtin:arithmetic"
+            f"cannot read task spec {spec!r}: use PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, "
+            "builtin:arithmetic or builtin:code (builtin sets take ?seed=INT&n=INT)"
         )
     if limit is not None:
         if limit < 1:

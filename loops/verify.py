@@ -3,17 +3,34 @@
 The in-loop verifier is what a loop may see and optimise; the grader is the final check
 against the reference. Both are stored (``verdicts.stage``) so a loop that games its own
 checks is visible. Math tasks are checked by the math checker (math-verify in a worker
-process, lenient about units); code tasks get a verifier with the code-test tools.
+process, lenient about units); code tasks with tests run them in a sandbox (``CodeTests``).
+
+Verifiers block (a worker process, a sandbox run): loops call them through
+``asyncio.to_thread``; ``verify_many`` checks a batch on a thread pool.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from typing import Protocol
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
+from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.tasks import Task
-from loopwright.tools import math_check
+from loopwright.sandboxes import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    Sandbox,
+    SandboxLimits,
+    SandboxUnavailable,
+    get_sandbox,
+)
+from loopwright.sandboxes.base import INSTALL_HINT
+from loopwright.tools import code_tests, math_check
+from loopwright.tools.code_tests import CodeTestResult
 from loopwright.traces.records import VerdictRecord
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +47,9 @@ class Verdict(BaseModel):
     verifier: str
     version: str
     latency_s: float = 0.0
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="Verifier-specific facts, stored in verdicts.details."
+    )
 
     def record(
         self, *, run_id: str, task_id: str, node_id: str | None, stage: str
@@ -44,7 +64,7 @@ class Verdict(BaseModel):
             passed=self.passed,
             score=self.score,
             feedback=self.feedback,
-            details=json.dumps({"answer": self.answer}),
+            details=json.dumps({"answer": self.answer, **self.details}),
             latency_s=self.latency_s,
         )
 
@@ -63,10 +83,12 @@ class MathAnswer:
 
     name = "math-answer"
     _checker: math_check.MathChecker | None = None  # one worker process per Python process
+    _lock = threading.Lock()
 
     def __call__(self, task: Task, response: str) -> Verdict:
-        if MathAnswer._checker is None:
-            MathAnswer._checker = math_check.MathChecker(policy="lenient")
+        with MathAnswer._lock:
+            if MathAnswer._checker is None:
+                MathAnswer._checker = math_check.MathChecker(policy="lenient")
         t0 = time.perf_counter()
         v = MathAnswer._checker.check(response, task.reference or "")
         return Verdict(
@@ -80,19 +102,161 @@ class MathAnswer:
         )
 
 
-def verifier_for(task: Task) -> Verifier | None:
-    """The in-loop verifier for a task, or None when none applies yet."""
+# -- code ------------------------------------------------------------------------------------
+_sandboxes: dict[str, Sandbox] = {}
+_sandboxes_lock = threading.Lock()
+
+
+def shared_sandbox(backend: str = DEFAULT_BACKEND) -> Sandbox:
+    """The process-wide sandbox of ``backend``, started on first use.
+
+    Raises a one-line ``UserError`` when the backend cannot run here.
+    """
+    with _sandboxes_lock:
+        sandbox = _sandboxes.get(backend)
+        if sandbox is None:
+            if backend not in BACKENDS:
+                raise unknown("sandbox backend", backend, BACKENDS)
+            try:
+                sandbox = get_sandbox(backend)
+            except SandboxUnavailable as exc:
+                raise _unavailable(backend, exc) from None
+            _sandboxes[backend] = sandbox
+        return sandbox
+
+
+def _unavailable(backend: str, exc: SandboxUnavailable) -> UserError:
+    reason = " ".join(str(exc).replace(INSTALL_HINT, "").split()).rstrip(" :;,")
+    return UserError(
+        f"code tests need the {backend} sandbox, which cannot run here ({reason}): "
+        "install bubblewrap (`apt-get install bubblewrap`) or choose "
+        "`--sandbox process` (no isolation)"
+    )
+
+
+class CodeTests:
+    """Pass when the program in the response passes every hidden test of a code task.
+
+    The program is ``extract_code(response, prompt, entry_point)``; the tests run in the
+    sandbox as the task's ``metadata["test_style"]`` says (asserts, humaneval or io). Score is
+    the fraction of tests passed; feedback names the first failure, for a refiner. Blocking:
+    call it through ``asyncio.to_thread`` from loops.
+    """
+
+    name = "code-tests"
+
+    def __init__(self, sandbox: str = DEFAULT_BACKEND, limits: SandboxLimits | None = None) -> None:
+        if sandbox not in BACKENDS:
+            raise unknown("sandbox backend", sandbox, BACKENDS)
+        self.backend = sandbox
+        self.limits = limits or SandboxLimits(timeout_s=10)
+
+    @property
+    def version(self) -> str:
+        return f"{code_tests.VERSION}-{self.backend}"
+
+    def __call__(self, task: Task, response: str) -> Verdict:
+        sandbox = shared_sandbox(self.backend)
+        t0 = time.perf_counter()
+        code = code_tests.extract_code(response, task.prompt, task.entry_point)
+        style = task.metadata.get("test_style", "asserts")
+        try:
+            result = self._run(task, code, style, sandbox)
+        except SandboxUnavailable as exc:  # e.g. a warm worker that cannot start any more
+            raise _unavailable(self.backend, exc) from None
+        return Verdict(
+            passed=result.passed,
+            score=result.score,
+            answer=code,
+            feedback=result.feedback,
+            verifier=self.name,
+            version=self.version,
+            latency_s=time.perf_counter() - t0,
+            details={
+                "test_style": style,
+                "tests_passed": result.tests_passed,
+                "tests_total": result.tests_total,
+                "timed_out": result.timed_out,
+                "killed_by": result.exec.killed_by,
+                "sandbox": self.backend,
+            },
+        )
+
+    def _run(self, task: Task, code: str, style: str, sandbox: Sandbox) -> CodeTestResult:
+        if style == "humaneval":
+            if not task.entry_point:
+                raise UserError(f"code task {task.id!r}: humaneval tests need an entry_point")
+            test = "\n\n".join(task.tests)
+            return code_tests.run_humaneval(code, test, task.entry_point, sandbox, self.limits)
+        if style == "io":
+            cases = [(str(i), str(o)) for i, o in task.metadata.get("io_cases") or []]
+            return code_tests.run_io(code, cases, sandbox, self.limits)
+        if style == "asserts":
+            return code_tests.run_asserts(code, list(task.tests), sandbox, self.limits)
+        raise UserError(
+            f"code task {task.id!r}: unknown test_style {style!r} (choose from: asserts, "
+            "humaneval, io)"
+        )
+
+
+def _has_code_tests(task: Task) -> bool:
+    if task.metadata.get("test_style") == "io":
+        return bool(task.metadata.get("io_cases"))
+    return bool(task.tests)
+
+
+# -- choosing --------------------------------------------------------------------------------
+def verifier_for(task: Task, *, sandbox: str = DEFAULT_BACKEND) -> Verifier | None:
+    """The in-loop verifier for a task, or None when none applies.
+
+    ``sandbox`` is the backend code tests run in (``bwrap`` unless the user chose another).
+    """
     if task.kind == "math" and task.reference is not None:
         return MathAnswer()
+    if task.kind == "code" and _has_code_tests(task):
+        return CodeTests(sandbox)
     return None
 
 
-def grader_for(task: Task) -> Verifier | None:
-    """The held-out grader (compares with the reference)."""
-    return verifier_for(task)
+def grader_for(task: Task, *, sandbox: str = DEFAULT_BACKEND) -> Verifier | None:
+    """The held-out grader (compares with the reference; for code, runs the hidden tests)."""
+    return verifier_for(task, sandbox=sandbox)
+
+
+def verify_many(
+    items: Iterable[tuple[Task, str]],
+    *,
+    concurrency: int = 4,
+    sandbox: str = DEFAULT_BACKEND,
+    limits: SandboxLimits | None = None,
+) -> list[Verdict | None]:
+    """Verify ``(task, response)`` pairs on a thread pool; verdicts in input order.
+
+    None where a task has no verifier. ``limits`` apply to each code-test run. A
+    ``UserError`` (e.g. no sandbox) propagates.
+    """
+    if concurrency < 1:
+        raise UserError("concurrency must be at least 1")
+    pairs = list(items)
+    code = CodeTests(sandbox, limits)
+
+    def one(pair: tuple[Task, str]) -> Verdict | None:
+        task, response = pair
+        verifier = verifier_for(task, sandbox=sandbox)
+        if isinstance(verifier, CodeTests):
+            verifier = code
+        return verifier(task, response) if verifier is not None else None
+
+    if concurrency == 1 or len(pairs) <= 1:
+        return [one(p) for p in pairs]
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(pairs))) as pool:
+        return list(pool.map(one, pairs))
 
 
 def extract_answer(task: Task, response: str) -> str | None:
+    """The answer part of a response: the final number for math, the program for code."""
     if task.kind == "math":
         return math_check.extract_answer(response)
+    if task.kind == "code":
+        return code_tests.extract_code(response, task.prompt, task.entry_point)
     return None

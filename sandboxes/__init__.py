@@ -1,8 +1,9 @@
 """Isolated execution backends behind one small interface (``Sandbox.run`` / ``run_python``).
 
 ``bwrap`` (default) isolates with bubblewrap namespaces, rlimits and a per-slot uid;
+``docker`` runs each program in a hardened long-lived container (needs a daemon and the image
+from ``loopwright sandbox build-image``; the SDK is imported only when it is used);
 ``process`` is a plain subprocess with limits only (no isolation; explicit opt-in).
-A ``docker`` backend is planned.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from loopwright.sandboxes.base import (
     SandboxUnavailable,
 )
 from loopwright.sandboxes.bwrap import BwrapSandbox
+from loopwright.sandboxes.docker import DockerSandbox
 from loopwright.sandboxes.process import ProcessSandbox
 
-BACKENDS: dict[str, type[Sandbox]] = {"bwrap": BwrapSandbox, "process": ProcessSandbox}
+BACKENDS: dict[str, type[Sandbox]] = {
+    "bwrap": BwrapSandbox,
+    "docker": DockerSandbox,
+    "process": ProcessSandbox,
+}
 """Backend name -> class. ``bwrap`` is the default."""
 
 DEFAULT_BACKEND = "bwrap"

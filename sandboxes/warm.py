@@ -18,14 +18,16 @@ import base64
 import contextlib
 import json
 import os
+import queue
 import select
 import struct
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from loopwright.sandboxes import cgroups
 from loopwright.sandboxes.base import (
@@ -39,6 +41,7 @@ from loopwright.sandboxes.base import (
 if TYPE_CHECKING:
     from loopwright.sandboxes.bwrap import BwrapSandbox
 
+T = TypeVar("T")
 _SERVER = (Path(__file__).parent / "_warm_server.py").read_text(encoding="utf-8")
 _GRACE_S = 5.0  # server-side cleanup after the deadline, before we give up on a worker
 _START_TIMEOUT_S = 20.0
@@ -78,6 +81,55 @@ class _WorkerDied(Exception):
     pass
 
 
+class _NotSent(_WorkerDied):
+    """The worker was gone before the program reached it: not the program's doing."""
+
+
+class _Launcher:
+    """One long-lived thread that starts every worker.
+
+    bwrap's ``--die-with-parent`` is PR_SET_PDEATHSIG, which fires when the *thread* that
+    forked it exits, not the process: a worker started from a pool thread would die with that
+    thread. Started from here, workers live until the process does.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._loop, name="loopwright-sandbox", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, fut = self._jobs.get()
+            try:
+                fut.set_result(fn())
+            except BaseException as e:
+                fut.set_exception(e)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        fut: Future[T] = Future()
+        self._jobs.put((fn, fut))
+        return fut.result()
+
+    @property
+    def usable(self) -> bool:
+        return self._pid == os.getpid() and self._thread.is_alive()
+
+
+_launcher: _Launcher | None = None
+_launcher_lock = threading.Lock()
+
+
+def _launch(fn: Callable[[], T]) -> T:
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None or not _launcher.usable:  # none yet, or we are a forked child
+            _launcher = _Launcher()
+        launcher = _launcher
+    return launcher.call(fn)
+
+
 class _Worker:
     """One sandbox + warm server, holding one slot uid for its whole life."""
 
@@ -88,7 +140,10 @@ class _Worker:
             self.uid = self._stack.enter_context(sandbox._slot_uid())
             limits = _CEILING.model_copy(update={"max_disk_mb": disk_mb})
             argv = [*sandbox.python_argv(), "-c", _SERVER]
-            self.proc = sandbox.launch(argv, limits, self.uid, nproc_extra=_WORKER_PROCESSES)
+            uid = self.uid
+            self.proc = _launch(
+                lambda: sandbox.launch(argv, limits, uid, nproc_extra=_WORKER_PROCESSES)
+            )
             # stderr carries only bwrap's and the server's own failures (programs get their
             # own pipes), so it cannot fill up; it is read when a worker fails to start
             assert self.proc.stderr is not None
@@ -143,12 +198,14 @@ class _Worker:
 
     def _send(self, obj: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
+        if self.proc.poll() is not None:
+            raise _NotSent("worker exited")
         data = json.dumps(obj).encode()
         try:
             self.proc.stdin.write(struct.pack(">I", len(data)) + data)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as e:
-            raise _WorkerDied(f"request pipe closed: {e}") from None
+            raise _NotSent(f"request pipe closed: {e}") from None
 
     def _read(self, n: int, deadline: float) -> bytes:
         assert self.proc.stdout is not None
@@ -230,6 +287,10 @@ class WarmPool:
             while True:
                 if self._closed:
                     raise RuntimeError("sandbox is closed")
+                dead = [w for w in self._idle if w.proc.poll() is not None]
+                for w in dead:
+                    self._idle.remove(w)
+                    threading.Thread(target=w.close, daemon=True).start()
                 for i, w in enumerate(self._idle):
                     if w.disk_mb == disk_mb:
                         self._busy += 1
@@ -262,34 +323,37 @@ class WarmPool:
         limits: SandboxLimits,
     ) -> ExecResult:
         started = time.monotonic()
-        worker = self._take(limits.max_disk_mb)
-        try:
-            if worker is None:
-                worker = _Worker(self._sandbox, limits.max_disk_mb)
-            reply = worker.run(argv, files, stdin, limits)
-        except (TimeoutError, _WorkerDied) as e:
-            timed_out = isinstance(e, TimeoutError)
-            if worker is not None:
-                worker.close()
-            self._give_back(None)
-            note = (
-                "sandbox: the program stopped its sandbox from answering"
-                if timed_out
-                else "sandbox: the program killed its sandbox"
-            )
-            return make_result(
-                None,
-                "timeout" if timed_out else "signal",
-                b"",
-                note.encode(),
-                time.monotonic() - started,
-                False,
-            )
-        except BaseException:
-            if worker is not None:
-                worker.close()
-            self._give_back(None)
-            raise
+        for attempt in range(3):
+            worker = self._take(limits.max_disk_mb)
+            try:
+                if worker is None:
+                    worker = _Worker(self._sandbox, limits.max_disk_mb)
+                reply = worker.run(argv, files, stdin, limits)
+                break
+            except _NotSent:  # a worker that died idle: use another, blame nobody
+                self._discard(worker)
+                if attempt == 2:
+                    raise SandboxUnavailable("warm bwrap workers keep exiting") from None
+            except (TimeoutError, _WorkerDied) as e:
+                self._discard(worker)
+                timed_out = isinstance(e, TimeoutError)
+                note = (
+                    "sandbox: the program stopped its sandbox from answering"
+                    if timed_out
+                    else "sandbox: the program killed its sandbox"
+                )
+                return make_result(
+                    None,
+                    "timeout" if timed_out else "signal",
+                    b"",
+                    note.encode(),
+                    time.monotonic() - started,
+                    False,
+                )
+            except BaseException:
+                self._discard(worker)
+                raise
+        assert worker is not None
         if "error" in reply:
             self._give_back(worker)
             raise ValueError(f"sandbox could not set up the run: {reply['error']}")
@@ -304,6 +368,11 @@ class WarmPool:
         result = cgroups.explain(worker.uid, result)
         self._give_back(worker)
         return result
+
+    def _discard(self, worker: _Worker | None) -> None:
+        if worker is not None:
+            worker.close()
+        self._give_back(None)
 
     def worker_pids(self) -> list[int]:
         """Host PIDs of the idle workers' own processes (for tests and diagnostics)."""

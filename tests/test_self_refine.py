@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loopwright.loops import verify
 from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.errors import UserError
 from loopwright.loops.runner import RunConfig, RunResult, run
 from loopwright.loops.scripted import ScriptedModel
+from loopwright.sandboxes import BwrapSandbox, SandboxUnavailable
+from loopwright.tools.code_tests import VERSION as CODE_TESTS_VERSION
 from loopwright.traces.store import TraceStore
 
 QUESTION = "Tom has 2 apples and gets 3 more. How many apples does Tom have now?"
@@ -25,9 +29,9 @@ ISSUES = "Step 1 is wrong: 2 + 3 is not 6."
 
 def role_of(messages: list[dict[str, Any]]) -> str:
     user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    if "Check the proposed answer" in user:
+    if "Check the proposed answer" in user or "Check the proposed code" in user:
         return "critique"
-    if "Feedback:" in user and "Previous answer:" in user:
+    if "Feedback:" in user and ("Previous answer:" in user or "Previous code:" in user):
         return "refine"
     return "generate"
 
@@ -478,3 +482,92 @@ async def test_no_recursion_error_at_max_rounds(tmp_path: Path, max_rounds: int)
     assert task["status"] == "done", task["error"]
     assert task["rounds"] == max_rounds
     assert len(model.calls) == 1 + 2 * max_rounds
+
+
+# -- code tasks ----------------------------------------------------------------------------------
+
+CODE_SPEC = "builtin:code?n=1"  # code-001: add_numbers(a, b)
+WRONG_CODE = "```python\ndef add_numbers(a: int, b: int) -> int:\n    return a - b\n```"
+RIGHT_CODE = "Fixed:\n```python\ndef add_numbers(a: int, b: int) -> int:\n    return a + b\n```"
+FIRST_FAILURE = "test 0 failed at test line 1: assert add_numbers(2, 3) == 5 -- got -1"
+
+
+@pytest.fixture
+def bwrap() -> None:
+    reason = BwrapSandbox.check()
+    if reason is not None:
+        pytest.skip(f"bwrap sandbox unavailable: {reason}")
+
+
+@pytest.mark.usefixtures("bwrap")
+async def test_code_task_wrong_then_right_is_verified_with_test_feedback(tmp_path: Path) -> None:
+    script = RoleScript(generate=WRONG_CODE, critique="CRIT: use + not -", refine=RIGHT_CODE)
+    model = ScriptedModel(script)
+    _, rows = await run_loop(tmp_path, model, CODE_SPEC, options={"max_rounds": 2})
+
+    assert script.roles == ["generate", "critique", "refine"]
+    [task] = rows["tasks"]
+    assert task["status"] == "done", task["error"]
+    assert (task["stop_reason"], task["verdict"], task["graded"]) == ("verified", True, True)
+    assert task["final_answer"] == "def add_numbers(a: int, b: int) -> int:\n    return a + b\n"
+
+    gen, crit, ref = (last_user(c.messages) for c in model.calls)
+    assert "def add_numbers(a: int, b: int) -> int:" in gen and ">>> add_numbers(2, 3)" in gen
+    assert "```python" in gen
+    # The verifier's failing assertion reaches the critic and the refiner.
+    assert FIRST_FAILURE in crit
+    assert FIRST_FAILURE in ref
+    assert "return a - b" in ref and "CRIT: use + not -" in ref
+    assert "Here is" not in ref  # the refiner sees the extracted code, not the raw reply
+    assert [c.params.get("max_tokens") for c in model.calls] == [384, 128, 384]
+
+    verdicts = rows["verdicts"]
+    assert {(v["verifier"], v["verifier_version"]) for v in verdicts} == {
+        ("code-tests", f"{CODE_TESTS_VERSION}-bwrap")
+    }
+    drafts = {n["role"]: n for n in rows["nodes"] if n["role"] != "critic"}
+    in_loop = {v["node_id"]: v for v in verdicts if v["stage"] == "in_loop"}
+    first = in_loop[drafts["generator"]["node_id"]]
+    assert (first["passed"], first["score"], first["feedback"]) == (False, 0.2, FIRST_FAILURE)
+    assert json.loads(first["details"])["tests_passed"] == 1
+    assert in_loop[drafts["refiner"]["node_id"]]["passed"] is True
+    assert drafts["generator"]["score"] == 0.2
+    [graded] = [v for v in verdicts if v["stage"] == "graded"]
+    assert graded["node_id"] == task["final_node_id"] == drafts["refiner"]["node_id"]
+
+
+@pytest.mark.usefixtures("bwrap")
+async def test_code_max_tokens_option(tmp_path: Path) -> None:
+    model = ScriptedModel(RoleScript(generate=RIGHT_CODE))
+    await run_loop(tmp_path, model, CODE_SPEC, options={"code_max_tokens": 200, "max_tokens": 50})
+    assert [c.params.get("max_tokens") for c in model.calls] == [200]
+
+
+async def test_code_task_without_tests_uses_the_untested_critique(tmp_path: Path) -> None:
+    tasks = write_tasks(
+        tmp_path / "c.jsonl",
+        [{"id": "c", "kind": "code", "prompt": "def f():\n", "entry_point": "f"}],
+    )
+    script = RoleScript(generate="def f():\n    return 1\n", critique="NO ISSUES")
+    model = ScriptedModel(script)
+    _, rows = await run_loop(tmp_path, model, tasks, options={"max_rounds": 2})
+    assert script.roles == ["generate", "critique"]
+    assert rows["tasks"][0]["stop_reason"] == "critic_satisfied"
+    assert rows["verdicts"] == []
+    assert 'reply with exactly "NO ISSUES"' in last_user(model.calls[1].messages)
+
+
+async def test_code_task_without_sandbox_stops_the_run_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(name: str) -> None:
+        raise SandboxUnavailable("bwrap cannot create a sandbox here (no user namespaces)")
+
+    monkeypatch.setattr(verify, "get_sandbox", unavailable)
+    monkeypatch.setattr(verify, "_sandboxes", {})
+    model = ScriptedModel(RoleScript(generate=RIGHT_CODE))
+    with pytest.raises(UserError) as exc:
+        await run_loop(tmp_path, model, CODE_SPEC)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert "no user namespaces" in msg and "--sandbox process" in msg

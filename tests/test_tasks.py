@@ -117,6 +117,73 @@ def test_native_missing_file_is_a_user_error(tmp_path: Path) -> None:
         load_tasks(str(tmp_path / "nope.jsonl"))
 
 
+# -- native code tasks: test styles ------------------------------------------------------------
+
+CODE = {"id": "c", "kind": "code", "prompt": "def f(x):\n", "entry_point": "f"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "style"),
+    [
+        ({"tests": ["assert f(1) == 2"]}, "asserts"),  # inferred from plain statements
+        ({"tests": ["def check(candidate):\n    assert candidate(1) == 2\n"]}, "humaneval"),
+        ({"io_cases": [["1\n", "2\n"]]}, "io"),
+        ({"tests": ["assert f(1) == 2"], "test_style": "asserts"}, "asserts"),
+        ({"tests": ["assert f(1) == 2"], "metadata": {"test_style": "asserts"}}, "asserts"),
+    ],
+)
+def test_native_code_task_test_style(tmp_path: Path, extra: dict[str, Any], style: str) -> None:
+    [task] = load_tasks(str(_jsonl(tmp_path / "c.jsonl", [{**CODE, **extra}])))
+    assert task.metadata["test_style"] == style
+
+
+def test_native_code_task_without_tests_has_no_style(tmp_path: Path) -> None:
+    [task] = load_tasks(str(_jsonl(tmp_path / "c.jsonl", [CODE])))
+    assert task.metadata == {}
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (
+            {"test_style": "pytest", "tests": ["assert 1"]},
+            "'test_style' must be one of asserts, humaneval, io, not 'pytest'",
+        ),
+        ({"test_style": "asserts"}, "test_style 'asserts' needs a non-empty 'tests' list"),
+        ({"test_style": "io"}, "test_style 'io' needs 'io_cases'"),
+        ({"io_cases": [["1"]]}, "io_cases[0] must be [stdin, stdout]"),
+        ({"io_cases": [[1, 2]]}, "io_cases[0] must be [stdin, stdout]"),
+        (
+            {"io_cases": [["1", "2"]], "tests": ["assert 1"]},
+            "test_style 'io' takes 'io_cases', not 'tests'",
+        ),
+        (
+            {"test_style": "humaneval", "entry_point": None, "tests": ["def check(c): pass"]},
+            "test_style 'humaneval' needs 'entry_point'",
+        ),
+        ({"tests": ["assert f(1) ==="]}, "tests[0] is not valid Python"),
+        (
+            {"kind": "math", "test_style": "asserts", "tests": ["assert 1"]},
+            '\'test_style\' needs "kind": "code"',
+        ),
+        (
+            {"test_style": "io", "io_cases": [["1", "2"]], "metadata": {"test_style": "asserts"}},
+            "'test_style' is given twice",
+        ),
+    ],
+)
+def test_native_code_task_bad_test_style_names_line_and_field(
+    tmp_path: Path, extra: dict[str, Any], needle: str
+) -> None:
+    path = _jsonl(tmp_path / "c.jsonl", [{"id": "ok", "prompt": "fine"}, {**CODE, **extra}])
+    with pytest.raises(UserError) as exc:
+        load_tasks(str(path))
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}:2: ")
+    assert needle in msg
+    assert "\n" not in msg
+
+
 # -- gsm8k / math / humaneval ------------------------------------------------------------------
 
 
@@ -181,6 +248,7 @@ def test_humaneval_loads_164_code_tasks() -> None:
     assert tasks[0].entry_point == "has_close_elements"
     assert f"def {tasks[0].entry_point}" in tasks[0].prompt
     assert "def check" in tasks[0].tests[0]
+    assert all(t.metadata == {"test_style": "humaneval"} for t in tasks)
 
 
 # -- builtin:arithmetic ------------------------------------------------------------------------
@@ -234,7 +302,10 @@ def test_limit_takes_the_first_n(tmp_path: Path) -> None:
     ("spec", "needle"),
     [
         ("nonsense-spec", "cannot read task spec"),
+        ("nonsense-spec", "builtin:code"),
         ("builtin:geometry", "arithmetic"),
+        ("builtin:geometry", "code"),
+        ("builtin:code?seed=x", "seed=INT&n=INT"),
         ("builtin:arithmetic?size=3", "seed=INT&n=INT"),
         ("builtin:arithmetic?seed=abc", "seed=INT&n=INT"),
     ],

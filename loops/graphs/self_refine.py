@@ -3,6 +3,10 @@
 Stops when the in-loop verifier passes, when the critic finds nothing to fix, after
 ``max_rounds`` refinements, or when the budget runs out (returning the best draft so far).
 Every draft and critique is a node; a refinement's parent is the draft it revises.
+
+Prompts are chosen by task kind (math, code, text). On code tasks the critic and the refiner
+also see the verifier's feedback on the draft (the first failing test), and drafts get
+``code_max_tokens``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ class SelfRefineOptions(BaseModel):
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of drafts.")
     critic_temperature: float = Field(0.3, ge=0, le=2, description="Temperature of critiques.")
     max_tokens: int = Field(256, gt=0, description="Completion cap of drafts and refinements.")
+    code_max_tokens: int = Field(
+        384, gt=0, description="Completion cap of drafts and refinements on code tasks."
+    )
     critic_max_tokens: int = Field(128, gt=0, description="Completion cap of critiques.")
     stop_on_no_issues: bool = Field(True, description="Stop when the critic finds nothing to fix.")
 
@@ -42,6 +49,7 @@ class Draft(TypedDict):
     answer: str | None
     passed: bool | None
     score: float | None
+    feedback: str | None
     round: int
     depth: int
 
@@ -62,6 +70,7 @@ def _draft(ctx: LoopContext, s: Sample, *, round_: int, depth: int) -> Draft:
         answer=answer,
         passed=None,
         score=None,
+        feedback=None,
         round=round_,
         depth=depth,
     )
@@ -75,20 +84,36 @@ def _messages(ctx: LoopContext, user: str) -> list[dict[str, Any]]:
 
 
 def _flavour(ctx: LoopContext) -> str:
-    return "math" if ctx.task.kind == "math" else "text"
+    return ctx.task.kind if ctx.task.kind in ("math", "code") else "text"
+
+
+def _draft_tokens(ctx: LoopContext) -> int:
+    opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
+    return opts.code_max_tokens if ctx.task.kind == "code" else opts.max_tokens
+
+
+def _shown(ctx: LoopContext, draft: Draft) -> str:
+    """The draft as critic and refiner see it: the extracted program for code, else the text."""
+    if ctx.task.kind == "code":
+        return (draft["answer"] or draft["text"]).strip()
+    return draft["text"]
+
+
+def _test_feedback(draft: Draft) -> str:
+    return draft["feedback"] or "not run (this task has no tests)."
 
 
 @budget_guard
 async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
     ctx = ctx_of(config)
     opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
-    prompt = render(PROMPTS, f"generate_{_flavour(ctx)}", question=ctx.task.prompt)
+    prompt = render(PROMPTS, f"generate_{_flavour(ctx)}", question=ctx.task.prompt.rstrip())
     [s] = await ctx.sample(
         _messages(ctx, prompt),
         role="generator",
         round_=0,
         temperature=opts.temperature,
-        max_tokens=opts.max_tokens,
+        max_tokens=_draft_tokens(ctx),
     )
     draft = _draft(ctx, s, round_=0, depth=0)
     ctx.add_node(s, role="generator", parent_id=None, depth=0, round_=0, answer=draft["answer"])
@@ -105,7 +130,7 @@ async def verify(state: State, config: RunnableConfig) -> dict[str, Any]:
     ctx.record_verdict(
         v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=last["node_id"], stage="in_loop")
     )
-    drafts[-1] = {**last, "passed": v.passed, "score": v.score}
+    drafts[-1] = {**last, "passed": v.passed, "score": v.score, "feedback": v.feedback}
     for node in ctx.nodes:
         if node.node_id == last["node_id"]:
             node.score = v.score
@@ -117,7 +142,18 @@ async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
     ctx = ctx_of(config)
     opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
     last = state["drafts"][-1]
-    prompt = render(PROMPTS, "critique", question=ctx.task.prompt, answer=last["text"])
+    if ctx.task.kind == "code":
+        # A failed test is evidence: the critic explains it instead of judging from scratch.
+        key = "critique_code" if last["feedback"] else "critique_code_untested"
+        prompt = render(
+            PROMPTS,
+            key,
+            question=ctx.task.prompt.rstrip(),
+            answer=_shown(ctx, last),
+            test_feedback=_test_feedback(last),
+        )
+    else:
+        prompt = render(PROMPTS, "critique", question=ctx.task.prompt, answer=last["text"])
     [s] = await ctx.sample(
         _messages(ctx, prompt),
         role="critic",
@@ -140,19 +176,21 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
     opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
     last = state["drafts"][-1]
     round_ = last["round"] + 1
+    code = ctx.task.kind == "code"
     prompt = render(
         PROMPTS,
         f"refine_{_flavour(ctx)}",
-        question=ctx.task.prompt,
-        answer=last["text"],
+        question=ctx.task.prompt.rstrip() if code else ctx.task.prompt,
+        answer=_shown(ctx, last),
         feedback=state.get("critique") or "",
+        test_feedback=_test_feedback(last),  # only the code template uses it
     )
     [s] = await ctx.sample(
         _messages(ctx, prompt),
         role="refiner",
         round_=round_,
         temperature=opts.temperature,
-        max_tokens=opts.max_tokens,
+        max_tokens=_draft_tokens(ctx),
     )
     draft = _draft(ctx, s, round_=round_, depth=last["depth"] + 1)
     ctx.add_node(
