@@ -56,9 +56,24 @@ def run(
     budget_tokens: Annotated[int | None, typer.Option(help="Token budget per task.")] = None,
     budget_calls: Annotated[int | None, typer.Option(help="Model-sample budget per task.")] = None,
     budget_usd: Annotated[float | None, typer.Option(help="Dollar budget per task.")] = None,
+    budget_seconds: Annotated[
+        float | None, typer.Option(help="Wall-clock budget per task, seconds.")
+    ] = None,
     run_budget_tokens: Annotated[
         int | None, typer.Option(help="Token budget for the whole run.")
     ] = None,
+    run_budget_calls: Annotated[
+        int | None, typer.Option(help="Model-sample budget for the whole run.")
+    ] = None,
+    run_budget_usd: Annotated[
+        float | None, typer.Option(help="Dollar budget for the whole run.")
+    ] = None,
+    run_budget_seconds: Annotated[
+        float | None, typer.Option(help="Wall-clock budget for the whole run, seconds.")
+    ] = None,
+    sandbox: Annotated[
+        str, typer.Option(help="Sandbox for code tests: bwrap, docker or process.")
+    ] = "bwrap",
     seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run named by --run-name.")] = False,
     no_cache: Annotated[
@@ -89,8 +104,16 @@ def run(
             seed=seed,
             resume=resume,
             cache=not no_cache,
-            budget=BudgetLimits(tokens=budget_tokens, calls=budget_calls, usd=budget_usd),
-            run_budget=BudgetLimits(tokens=run_budget_tokens),
+            budget=BudgetLimits(
+                tokens=budget_tokens, calls=budget_calls, usd=budget_usd, seconds=budget_seconds
+            ),
+            run_budget=BudgetLimits(
+                tokens=run_budget_tokens,
+                calls=run_budget_calls,
+                usd=run_budget_usd,
+                seconds=run_budget_seconds,
+            ),
+            sandbox=sandbox,
             options=options,
         )
     except Exception as exc:  # pydantic: one line naming the bad value

@@ -21,7 +21,7 @@ from langgraph.errors import GraphRecursionError
 from loopwright.loops.budget import Budget, BudgetLimits
 from loopwright.loops.client import ClientConfig, ModelClient, check_model
 from loopwright.loops.context import LoopContext
-from loopwright.loops.errors import ModelCallError, UserError
+from loopwright.loops.errors import ModelCallError, UserError, unknown
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.base import LoopSpec
 from loopwright.loops.tasks import Task, load_tasks
@@ -60,6 +60,7 @@ class RunConfig(BaseModel):
     run_budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Whole-run limits.")
     options: dict[str, Any] = Field(default_factory=dict, description="Loop options.")
     cache: bool = Field(True, description="Reuse identical seeded calls from the DB cache.")
+    sandbox: str = Field("bwrap", description="Sandbox backend code tests run in.")
     resume: bool = Field(False, description="Continue the run named run_name.")
     timeout_s: float = Field(120.0, gt=0, description="Per model request.")
     max_attempts: int = Field(6, ge=1, description="Tries per model request.")
@@ -119,6 +120,10 @@ def prepare(cfg: RunConfig) -> tuple[LoopSpec[Any], BaseModel, list[Task]]:
         field = ".".join(str(p) for p in err["loc"]) or "options"
         raise UserError(f"{cfg.loop} option {field}: {err['msg']}") from None
     check_model(cfg.model, cfg.api_base)
+    from loopwright.sandboxes import BACKENDS
+
+    if cfg.sandbox not in BACKENDS:
+        raise unknown("sandbox backend", cfg.sandbox, BACKENDS)
     tasks = load_tasks(cfg.tasks, cfg.limit)
     return spec, options, tasks
 
@@ -263,7 +268,7 @@ async def _run_task(
     ctx = LoopContext(
         task=task,
         client=client,
-        verifier=verifier_for(task),
+        verifier=verifier_for(task, sandbox=cfg.sandbox),
         budget=budget,
         options=options,
         loop=spec.name,
@@ -304,7 +309,7 @@ async def _run_task(
         status, error = "failed", f"{type(exc).__name__}: {exc}"
     graded = None
     if outcome is not None and outcome.final_node_id is not None:
-        grader = grader_for(task)
+        grader = grader_for(task, sandbox=cfg.sandbox)
         if grader is not None:
             v = await asyncio.to_thread(grader, task, outcome.final_text or "")
             graded = v.passed

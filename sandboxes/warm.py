@@ -24,6 +24,7 @@ import struct
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -270,6 +271,14 @@ class _Worker:
         return self._receive(time.monotonic() + limits.timeout_s + _GRACE_S)
 
 
+_pools: weakref.WeakSet[WarmPool] = weakref.WeakSet()
+
+
+def live_worker_pids() -> list[int]:
+    """Host PIDs of every idle warm worker in this process (any sandbox instance)."""
+    return [pid for pool in list(_pools) for pid in pool.worker_pids()]
+
+
 class WarmPool:
     """A few warm workers shared by threads; ``run`` blocks until one is free."""
 
@@ -280,6 +289,7 @@ class WarmPool:
         self._busy = 0
         self._cond = threading.Condition()
         self._closed = False
+        _pools.add(self)
 
     def _take(self, disk_mb: int) -> _Worker | None:
         """An idle worker with this tmpfs size, or None when the caller should start one."""

@@ -43,6 +43,7 @@ from loopwright.sandboxes import (
 )
 from loopwright.sandboxes.docker import DockerSandbox, docker_client
 from loopwright.sandboxes.image import apt_mirror, build_image
+from loopwright.sandboxes.warm import live_worker_pids
 
 ISOLATING = [
     "bwrap",
@@ -68,10 +69,11 @@ def _close_sandboxes_then_check_host(_private_tempdir: Path) -> Iterator[None]:
             sb.close()
     _OPEN.clear()  # the docker one belongs to (and is closed by) its session fixture
     deadline = time.monotonic() + 5
-    while _live_slot_uid_pids() and time.monotonic() < deadline:
+    while set(_live_slot_uid_pids()) - set(live_worker_pids()) and time.monotonic() < deadline:
         time.sleep(0.1)
     if os.geteuid() == 0:
-        assert _live_slot_uid_pids() == [], "bwrap processes outlived the suite"
+        left = set(_live_slot_uid_pids()) - set(live_worker_pids())  # other modules' pools
+        assert left == set(), "bwrap processes outlived the suite"
     assert _host_pids_matching("lwtest-") == [], "a test program outlived the suite"
 
 
@@ -180,9 +182,7 @@ def _descends_from(pid: int, ancestor: int) -> bool:
 def _leftovers(sb: Sandbox, token: str | None) -> list[str]:
     left = [f"host pid {p} runs {token}" for p in _host_pids_matching(token)] if token else []
     if os.geteuid() == 0:  # idle warm workers are the only slot-uid processes allowed
-        allowed = {
-            p for b in _OPEN.values() if isinstance(b, BwrapSandbox) for p in b.worker_pids()
-        }
+        allowed = set(live_worker_pids())  # this module's and other tests' shared sandboxes
         left += [f"slot-uid pid {p}" for p in _live_slot_uid_pids() if p not in allowed]
     if isinstance(sb, DockerSandbox):  # inside the containers, seen from the host
         left += container_leftovers(sb.docker_host)
