@@ -41,8 +41,12 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy loops tools sandboxes traces
 
-bench: install
+bench: install sysdeps
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/sandbox.py
+	$(PY) benchmarks/verify_throughput.py
+	$(PY) benchmarks/math_agreement.py
+	$(PY) benchmarks/search.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -83,8 +84,13 @@ def run(
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="Loop option KEY=VALUE.")
     ] = None,
+    plugin: Annotated[
+        list[Path] | None,
+        typer.Option(help="Python file defining custom loops (define_loop(..., register=True))."),
+    ] = None,
 ) -> None:
     """Run LOOP over a task set; every call, draft and verdict lands in the trace DB."""
+    _load_plugins(plugin)
     from loopwright.loops.runner import RunConfig
     from loopwright.loops.runner import run as run_loop
 
@@ -234,12 +240,32 @@ def models() -> None:
     console.print(t)
 
 
-@app.command()
-def loops() -> None:
-    """List the loops and their options."""
-    from loopwright.loops.graphs import LOOPS
+def _load_plugins(paths: list[Path] | None) -> None:
+    """Import user files that register custom loops."""
+    import importlib.util
 
-    for spec in LOOPS.values():
+    for i, path in enumerate(paths or []):
+        if not path.is_file():
+            raise UserError(f"--plugin {path}: no such file")
+        spec = importlib.util.spec_from_file_location(f"loopwright_plugin_{i}", path)
+        if spec is None or spec.loader is None:
+            raise UserError(f"--plugin {path}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+
+
+@app.command()
+def loops(
+    plugin: Annotated[
+        list[Path] | None, typer.Option(help="Python file defining custom loops.")
+    ] = None,
+) -> None:
+    """List the loops and their options."""
+    from loopwright.loops.graphs import all_loops
+
+    _load_plugins(plugin)
+    for spec in all_loops().values():
         console.print(f"[bold]{spec.name}[/bold] — {spec.description}")
         for name, f in spec.options.model_fields.items():
             console.print(f"    -o {name}={f.default!r}    {f.description or ''}")

@@ -46,12 +46,15 @@ class LoopContext:
         temperature: float | None = None,
         max_tokens: int | None = None,
         seed: int | None = None,
+        stop: list[str] | None = None,
     ) -> list[Sample]:
+        """Sample under this task's budget, with a derived seed and full trace provenance."""
         return await self.client.sample(
             messages,
             n=n,
             temperature=temperature,
             max_tokens=max_tokens,
+            stop=stop,
             seed=self.call_seed(role, round_) if seed is None else seed,
             budget=self.budget,
             context=CallContext(

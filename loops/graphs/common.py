@@ -1,0 +1,196 @@
+"""Building blocks every loop shares: candidates, prompts by task kind, verification, outcome.
+
+A *candidate* is one model-written attempt (a draft, a sample, a search-tree leaf) as loop
+state carries it; its node record lives in ``ctx.nodes``. Loops compose these helpers inside
+their own LangGraph nodes so that tracing, verdict rows and the in-loop/graded split work the
+same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable
+from typing import Any, TypedDict
+
+from loopwright.loops.client import Sample
+from loopwright.loops.context import LoopContext
+from loopwright.loops.graphs.base import LoopOutcome
+from loopwright.loops.prompts import render
+from loopwright.loops.tasks import Task
+from loopwright.loops.verify import extract_answer
+
+DRAFT_PROMPTS = "self_refine"
+"""The prompt file whose ``system`` and ``generate_{math,code,text}`` keys write first drafts."""
+
+
+class Candidate(TypedDict):
+    """One attempt as loop state carries it (its node record is in ``ctx.nodes``)."""
+
+    node_id: str
+    parent_id: str | None
+    text: str
+    answer: str | None
+    passed: bool | None
+    score: float | None
+    feedback: str | None
+    logprob: float | None
+    round: int
+    depth: int
+
+
+def flavour(task: Task) -> str:
+    """Which prompt family fits the task: math, code or text."""
+    return task.kind if task.kind in ("math", "code") else "text"
+
+
+def messages(user: str, *, prompts: str = DRAFT_PROMPTS) -> list[dict[str, Any]]:
+    """System prompt of ``prompts`` plus one user turn."""
+    return [
+        {"role": "system", "content": render(prompts, "system")},
+        {"role": "user", "content": user},
+    ]
+
+
+def draft_prompt(task: Task) -> str:
+    """The first-draft prompt for ``task`` (by kind)."""
+    return render(DRAFT_PROMPTS, f"generate_{flavour(task)}", question=task.prompt.rstrip())
+
+
+def add_candidate(
+    ctx: LoopContext,
+    s: Sample,
+    *,
+    role: str,
+    parent_id: str | None,
+    depth: int,
+    round_: int,
+    content: str | None = None,
+) -> Candidate:
+    """Record ``s`` as a node and return it as an unverified candidate.
+
+    ``content`` overrides the node text (e.g. a partial solution = prefix + new step).
+    """
+    text = s.text if content is None else content
+    answer = extract_answer(ctx.task, text)
+    ctx.add_node(
+        s, role=role, parent_id=parent_id, depth=depth, round_=round_, content=text, answer=answer
+    )
+    return Candidate(
+        node_id=s.node_id,
+        parent_id=parent_id,
+        text=text,
+        answer=answer,
+        passed=None,
+        score=None,
+        feedback=None,
+        logprob=s.logprob_mean,
+        round=round_,
+        depth=depth,
+    )
+
+
+async def verify(ctx: LoopContext, cand: Candidate) -> Candidate:
+    """Run the in-loop verifier on ``cand`` (off the event loop); record the verdict row.
+
+    Returns the candidate with passed/score/feedback set (unchanged when there is no verifier).
+    """
+    if ctx.verifier is None:
+        return cand
+    v = await asyncio.to_thread(ctx.verifier, ctx.task, cand["text"])
+    ctx.record_verdict(
+        v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=cand["node_id"], stage="in_loop")
+    )
+    set_node(ctx, cand["node_id"], score=v.score)
+    return {**cand, "passed": v.passed, "score": v.score, "feedback": v.feedback}
+
+
+async def verify_all(ctx: LoopContext, cands: Iterable[Candidate]) -> list[Candidate]:
+    """``verify`` many candidates concurrently; results in input order."""
+    return list(await asyncio.gather(*(verify(ctx, c) for c in cands)))
+
+
+def set_node(ctx: LoopContext, node_id: str, **fields: Any) -> None:
+    """Update fields (score, value, visits, ...) of a recorded node before it is written."""
+    for node in ctx.nodes:
+        if node.node_id == node_id:
+            for key, value in fields.items():
+                setattr(node, key, value)
+            return
+
+
+def best(cands: Iterable[Candidate]) -> Candidate | None:
+    """Passing before failing, then higher score, then the later round."""
+    ranked = list(cands)
+    if not ranked:
+        return None
+    return max(reversed(ranked), key=lambda c: (bool(c["passed"]), c["score"] or 0.0, c["round"]))
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise_answer(task: Task, answer: str | None) -> str | None:
+    """A voting key: equal keys mean the same answer.
+
+    Math answers go through the math checker's extraction already; here numbers are put in
+    one form (``"12.0"``, ``"12"``, ``"1,2"`` thousands) and whitespace/``$`` dropped. Code
+    compares with whitespace collapsed; text case-insensitively.
+    """
+    if answer is None:
+        return None
+    a = answer.strip()
+    if task.kind == "math":
+        a = a.strip("$ ").replace("\\!", "").replace(" ", "")
+        plain = a.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", a) else a
+        try:
+            num = float(plain)
+        except ValueError:
+            return a
+        return str(int(num)) if num.is_integer() else repr(num)
+    if task.kind == "code":
+        return _SPACE.sub(" ", a)
+    return _SPACE.sub(" ", a).lower()
+
+
+def vote(
+    task: Task, cands: Iterable[Candidate], weights: Iterable[float] | None = None
+) -> tuple[str | None, dict[str, float]]:
+    """(winning normalised answer, total weight per answer); plain majority without weights.
+
+    Ties go to the answer seen first, so the result is deterministic.
+    """
+    cands = list(cands)
+    ws = list(weights) if weights is not None else [1.0] * len(cands)
+    tally: dict[str, float] = {}
+    order: dict[str, int] = {}
+    for i, (c, w) in enumerate(zip(cands, ws, strict=True)):
+        key = normalise_answer(task, c["answer"])
+        if key is None:
+            continue
+        tally[key] = tally.get(key, 0.0) + w
+        order.setdefault(key, i)
+    if not tally:
+        return None, {}
+    winner = max(tally, key=lambda k: (tally[k], -order[k]))
+    return winner, dict(tally)
+
+
+def outcome(
+    cands: list[Candidate], chosen: Candidate | None, stop_reason: str, rounds: int = 0
+) -> LoopOutcome:
+    """The LoopOutcome for ``chosen`` (None -> no answer)."""
+    return LoopOutcome(
+        final_node_id=chosen["node_id"] if chosen else None,
+        final_text=chosen["text"] if chosen else None,
+        answer=chosen["answer"] if chosen else None,
+        verified=chosen["passed"] if chosen else None,
+        score=chosen["score"] if chosen else None,
+        stop_reason=stop_reason if cands or stop_reason.startswith("budget") else "no_draft",
+        rounds=rounds,
+    )
+
+
+def max_tokens_for(task: Task, max_tokens: int, code_max_tokens: int) -> int:
+    """Code needs room for a whole function; other kinds use ``max_tokens``."""
+    return code_max_tokens if task.kind == "code" else max_tokens

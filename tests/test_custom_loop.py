@@ -1,0 +1,167 @@
+"""Custom graphs from node factories: traced, budgeted, resumable and runnable by name."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.graph import END, START, StateGraph
+from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.errors import UserError
+from loopwright.loops.graphs import get_loop, loop_names
+from loopwright.loops.graphs.custom import (
+    CandidatesState,
+    define_loop,
+    make_generate,
+    make_refine,
+    make_verify,
+    until_verified,
+)
+from loopwright.loops.runner import RunConfig, run
+from loopwright.loops.scripted import ScriptedModel
+from loopwright.traces.store import TraceStore
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = "Ana has 3 bags with 2 coins in each bag. How many coins are there in total?"
+
+
+def build() -> Any:
+    g = StateGraph(CandidatesState)
+    g.add_node("generate", make_generate(n=2))
+    g.add_node("verify", make_verify())
+    g.add_node("refine", make_refine())
+    g.add_edge(START, "generate")
+    g.add_edge("generate", "verify")
+    g.add_conditional_edges("verify", until_verified(max_rounds=2), ["refine", END])
+    g.add_edge("refine", "verify")
+    return g.compile()
+
+
+SPEC = define_loop("test-gen-refine", build, description="test loop", register=True)
+
+
+class Script:
+    """Drafts come from ``drafts`` in order; refinements from ``refinements``."""
+
+    def __init__(self, drafts: list[str], refinements: list[str]) -> None:
+        self.drafts, self.refinements = list(drafts), list(refinements)
+        self.prompts: list[str] = []
+
+    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
+        user = messages[-1]["content"]
+        self.prompts.append(user)
+        if "Previous answer:" in user:
+            return self.refinements.pop(0)
+        return self.drafts.pop(0)
+
+
+def tasks_file(tmp_path: Path) -> str:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(
+        json.dumps({"id": "t1", "prompt": QUESTION, "kind": "math", "reference": "6"}) + "\n"
+    )
+    return str(path)
+
+
+async def run_it(tmp_path: Path, model: ScriptedModel, **cfg: Any) -> tuple[Any, dict[str, Any]]:
+    cfg.setdefault("db", str(tmp_path / "t.duckdb"))
+    result = await run(
+        RunConfig(
+            loop="test-gen-refine",
+            tasks=tasks_file(tmp_path),
+            model=model.register(),
+            backoff_base_s=0.0,
+            **cfg,
+        )
+    )
+    with TraceStore(cfg["db"], read_only=True) as store:
+        rid = [result.run_id]
+        order = {"nodes": "created_at", "calls": "created_at", "tasks": "idx", "verdicts": "1"}
+        rows = {
+            t: store.query(f"SELECT * FROM {t} WHERE run_id = ? ORDER BY {o}", rid)
+            for t, o in order.items()
+        }
+    return result, rows
+
+
+async def test_custom_loop_refines_with_verifier_feedback_until_verified(tmp_path: Path) -> None:
+    script = Script(
+        ["So 5. The answer is 5.", "So 8. The answer is 8."], ["3 * 2 = 6. The answer is 6."]
+    )
+    model = ScriptedModel(script)
+    _, rows = await run_it(tmp_path, model)
+
+    [task] = rows["tasks"]
+    assert task["status"] == "done" and task["stop_reason"] == "verified"
+    assert task["graded"] is True and task["final_answer"] == "6"
+    nodes = {n["node_id"]: n for n in rows["nodes"]}
+    drafts = [n for n in rows["nodes"] if n["role"] == "generator"]
+    [refined] = [n for n in rows["nodes"] if n["role"] == "refiner"]
+    assert len(drafts) == 2 and all(d["parent_id"] is None for d in drafts)
+    assert nodes[refined["parent_id"]]["role"] == "generator"  # revises a failed draft
+    assert refined["is_final"] and refined["depth"] == 1 and refined["round"] == 1
+    # the refine prompt carries the verifier's feedback about the draft it revises
+    refine_prompt = script.prompts[-1]
+    assert "Previous answer:" in refine_prompt and "does not match" in refine_prompt
+    in_loop = [v for v in rows["verdicts"] if v["stage"] == "in_loop"]
+    assert len(in_loop) == 3 and sum(v["passed"] for v in in_loop) == 1
+    assert {v["verifier"] for v in in_loop} == {"math-answer"}
+    # both drafts came from one request with n=2
+    assert len({c["request_id"] for c in rows["calls"] if c["role"] == "generator"}) == 1
+
+
+async def test_custom_loop_stops_at_max_rounds_with_best_so_far(tmp_path: Path) -> None:
+    wrong = ["The answer is 5.", "The answer is 7."]
+    model = ScriptedModel(Script(wrong, ["The answer is 9.", "The answer is 10."]))
+    _, rows = await run_it(tmp_path, model)
+    [task] = rows["tasks"]
+    assert task["stop_reason"] == "done" and task["rounds"] == 2
+    assert sum(n["role"] == "refiner" for n in rows["nodes"]) == 2
+    assert sum(n["is_final"] for n in rows["nodes"]) == 1
+
+
+async def test_custom_loop_budget_ends_cleanly(tmp_path: Path) -> None:
+    model = ScriptedModel(Script(["The answer is 5.", "The answer is 7."], ["The answer is 6."]))
+    _, rows = await run_it(tmp_path, model, budget=BudgetLimits(calls=2))
+    [task] = rows["tasks"]
+    assert task["status"] == "done"
+    assert task["stop_reason"].startswith("budget:")
+    assert task["calls"] == 2 and not any(n["role"] == "refiner" for n in rows["nodes"])
+    assert sum(n["is_final"] for n in rows["nodes"]) == 1  # best so far is still the answer
+
+
+async def test_custom_loop_resumes_without_redoing_finished_tasks(tmp_path: Path) -> None:
+    model = ScriptedModel(Script(["The answer is 6.", "The answer is 6."], []))
+    first, _ = await run_it(tmp_path, model, run_name="r1")
+    calls_after_first = len(model.calls)
+    second, rows = await run_it(tmp_path, model, run_name="r1", resume=True)
+    assert second.run_id == first.run_id
+    assert len(model.calls) == calls_after_first
+    assert len(rows["tasks"]) == 1
+
+
+def test_registered_loop_is_listed_and_builtins_are_protected() -> None:
+    assert "test-gen-refine" in loop_names()
+    assert get_loop("test-gen-refine") is SPEC
+    with pytest.raises(ValueError, match="built-in"):
+        define_loop("self-refine", build, register=True)
+    with pytest.raises(UserError, match="did you mean 'test-gen-refine'"):
+        get_loop("test-gen-refin")
+
+
+def test_example_plugin_loads_from_the_cli() -> None:
+    cli = str(Path(sys.executable).with_name("loopwright"))
+    example = ROOT / "examples" / "custom_loop.py"
+    r = subprocess.run(
+        [cli, "loops", "--plugin", str(example)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert "generate-refine" in r.stdout and "self-refine" in r.stdout
+    r = subprocess.run(
+        [cli, "loops", "--plugin", "missing_file.py"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2 and "missing_file.py" in r.stderr and "Traceback" not in r.stderr
