@@ -139,6 +139,8 @@ class LocalEngine:
         counted per choice from the returned logprobs.
         """
         n = int(params.get("n") or 1)
+        if n > self.slots:  # llama.cpp serves at most one choice per slot in one request
+            return self._generate_chunked(messages, params, n)
         req: dict[str, Any] = {
             "max_tokens": int(params.get("max_tokens") or 512),
             "temperature": float(params.get("temperature", 0.7)),
@@ -162,6 +164,25 @@ class LocalEngine:
         if not isinstance(out, dict) or "choices" not in out:
             raise LocalModelError(f"local model returned no choices: {str(out)[:200]}")
         return _normalise(out, n, chat=self.spec.chat)
+
+
+    def _generate_chunked(
+        self, messages: list[dict[str, Any]], params: dict[str, Any], n: int
+    ) -> dict[str, Any]:
+        """``n`` choices as several requests of at most ``slots``; seeds offset per chunk so
+        the choices differ, and the prompt is counted once as for a single request."""
+        choices: list[dict[str, Any]] = []
+        prompt_tokens = completion = 0
+        for start in range(0, n, self.slots):
+            part = {**params, "n": min(self.slots, n - start)}
+            if params.get("seed") is not None:
+                part["seed"] = int(params["seed"]) + start
+            out = self.generate(messages, part)
+            prompt_tokens = prompt_tokens or out["prompt_tokens"]
+            completion += out["completion_tokens"]
+            for ch in out["choices"]:
+                choices.append({**ch, "index": len(choices)})
+        return {"choices": choices, "prompt_tokens": prompt_tokens, "completion_tokens": completion}
 
 
 class LocalModelError(Exception):

@@ -35,6 +35,15 @@ async def test_one_request_with_n_samples_counts_tokens_per_sample() -> None:
     assert len({s.text for s in samples}) > 1
 
 
+async def test_n_beyond_the_engine_slots_is_served_in_chunks() -> None:
+    client = ModelClient(ClientConfig(model="local/smollm2-135m", max_tokens=8))
+    samples = await client.sample(MSG, n=6, seed=3, temperature=0.9)  # 4 slots by default
+    assert [s.sample_index for s in samples] == list(range(6))
+    assert samples[0].prompt_tokens > 5 and all(s.prompt_tokens == 0 for s in samples[1:])
+    assert all(0 < s.completion_tokens <= 8 for s in samples)
+    assert len({s.call_id for s in samples}) == 6
+
+
 async def test_concurrent_requests_share_the_engine() -> None:
     client = ModelClient(ClientConfig(model="local/smollm2-135m", max_tokens=8, concurrency=4))
     results = await asyncio.gather(*(client.sample(MSG, seed=i, temperature=0.0) for i in range(6)))
