@@ -16,6 +16,7 @@ from loopwright.loops.graphs.self_refine import SELF_REFINE, SelfRefineOptions
 
 _BUILTIN: dict[str, tuple[str, str]] = {
     "self-refine": ("self_refine", "SELF_REFINE"),
+    "best-of-n": ("best_of_n", "BEST_OF_N"),
 }
 """Loop name -> (module under loopwright.loops.graphs, LoopSpec attribute)."""
 
