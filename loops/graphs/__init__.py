@@ -16,6 +16,8 @@ from loopwright.loops.graphs.self_refine import SELF_REFINE, SelfRefineOptions
 
 _BUILTIN: dict[str, tuple[str, str]] = {
     "self-refine": ("self_refine", "SELF_REFINE"),
+    "critic": ("critic", "CRITIC"),
+    "reflexion": ("reflexion", "REFLEXION"),
     "best-of-n": ("best_of_n", "BEST_OF_N"),
 }
 """Loop name -> (module under loopwright.loops.graphs, LoopSpec attribute)."""

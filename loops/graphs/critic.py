@@ -1,0 +1,291 @@
+"""CRITIC: generate -> verify (tool) -> [search] -> [critique] -> refine -> verify ...
+
+Unlike self-refine, the refiner is told what the *tools* found: the math checker's verdict,
+the first failing test of a code task and, with ``search_index`` set, the evidence a local
+search index (built with ``loopwright search index``) returns for the question. An optional
+model critique (``critique=True``) reads the same tool output and is added to the refine
+prompt. Stops when the in-loop verifier passes, after ``max_rounds`` refinements, or when the
+budget runs out (best draft so far). Without a verifier and without a search index there is
+no tool feedback to refine from, so the loop stops after the first draft ("no_verifier").
+
+Nodes: every draft (role generator/refiner; a refinement's parent is the draft it revises)
+gets a verdict row; the evidence block (role "evidence") and critiques (role "critic") hang
+off the draft they were gathered for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.common import (
+    Candidate,
+    add_candidate,
+    best,
+    draft_prompt,
+    flavour,
+    max_tokens_for,
+    messages,
+    outcome,
+    verify,
+)
+from loopwright.loops.prompts import render
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PROMPTS = "critic"
+
+
+class CriticOptions(BaseModel):
+    """Options of the CRITIC loop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_rounds: int = Field(3, ge=0, le=50, description="Refinements after the first draft.")
+    temperature: float = Field(
+        0.7, ge=0, le=2, description="Temperature of drafts and refinements."
+    )
+    max_tokens: int = Field(256, gt=0, description="Completion cap of drafts and refinements.")
+    code_max_tokens: int = Field(
+        384, gt=0, description="Completion cap of drafts and refinements on code tasks."
+    )
+    search_index: str | None = Field(
+        None, description="Local search index (`loopwright search index`) for evidence."
+    )
+    search_k: int = Field(3, ge=1, le=20, description="Search results in the evidence block.")
+    evidence_chars: int = Field(
+        400, ge=50, le=4000, description="Characters kept per search result."
+    )
+    critique: bool = Field(
+        False, description="Let a model critique the draft from the tool output before refining."
+    )
+    critic_temperature: float = Field(0.3, ge=0, le=2, description="Temperature of critiques.")
+    critic_max_tokens: int = Field(128, gt=0, description="Completion cap of critiques.")
+
+    @field_validator("search_index")
+    @classmethod
+    def _index_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(
+                f"no search index at {v}; build one with `loopwright search index SOURCE "
+                f"--index {v}`"
+            )
+        return v
+
+
+class State(TypedDict, total=False):
+    drafts: list[Candidate]
+    evidence: str | None
+    critique: str | None
+    stop_reason: str | None
+
+
+def _opts(ctx: LoopContext) -> CriticOptions:
+    return ctx.options  # type: ignore[return-value]
+
+
+def shown(ctx: LoopContext, cand: Candidate) -> str:
+    """The draft as critic and refiner see it: the extracted program for code, else the text."""
+    if ctx.task.kind == "code":
+        return (cand["answer"] or cand["text"]).strip()
+    return cand["text"].strip()
+
+
+def verdict_line(ctx: LoopContext, cand: Candidate) -> str:
+    """The verifier's feedback on ``cand``, labelled by task kind."""
+    if ctx.verifier is None or cand["passed"] is None:
+        return render(PROMPTS, "verdict_none")
+    return render(PROMPTS, f"verdict_{flavour(ctx.task)}", feedback=cand["feedback"] or "failed")
+
+
+def _section(key: str, **fields: str | None) -> str:
+    """An optional prompt block: empty when its content is empty."""
+    if not any(fields.values()):
+        return ""
+    return "\n" + render(PROMPTS, key, **fields) + "\n"
+
+
+def _question(ctx: LoopContext) -> str:
+    return ctx.task.prompt.rstrip()
+
+
+@budget_guard
+async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
+    ctx = ctx_of(config)
+    opts = _opts(ctx)
+    [s] = await ctx.sample(
+        messages(draft_prompt(ctx.task)),
+        role="generator",
+        round_=0,
+        temperature=opts.temperature,
+        max_tokens=max_tokens_for(ctx.task, opts.max_tokens, opts.code_max_tokens),
+    )
+    return {"drafts": [add_candidate(ctx, s, role="generator", parent_id=None, depth=0, round_=0)]}
+
+
+async def check(state: State, config: RunnableConfig) -> dict[str, Any]:
+    ctx = ctx_of(config)
+    drafts = list(state["drafts"])
+    drafts[-1] = await verify(ctx, drafts[-1])
+    return {"drafts": drafts}
+
+
+def _evidence(index_path: str, query: str, k: int, max_chars: int) -> str:
+    from loopwright.tools.search import LocalIndex  # sqlite only when a loop searches
+
+    with LocalIndex(index_path) as index:
+        return index.evidence(query, k, max_chars)
+
+
+async def search(state: State, config: RunnableConfig) -> dict[str, Any]:
+    """Fetch the evidence block for the question once; it is the same every round."""
+    ctx = ctx_of(config)
+    opts = _opts(ctx)
+    assert opts.search_index is not None
+    text = await asyncio.to_thread(
+        _evidence, opts.search_index, _question(ctx), opts.search_k, opts.evidence_chars
+    )
+    last = state["drafts"][-1]
+    ctx.add_node(
+        None,
+        role="evidence",
+        parent_id=last["node_id"],
+        depth=last["depth"] + 1,
+        round_=last["round"],
+        content=text,
+    )
+    return {"evidence": text}
+
+
+@budget_guard
+async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
+    ctx = ctx_of(config)
+    opts = _opts(ctx)
+    last = state["drafts"][-1]
+    prompt = render(
+        PROMPTS,
+        "critique",
+        question=_question(ctx),
+        answer=shown(ctx, last),
+        verdict=verdict_line(ctx, last),
+        evidence_section=_section("evidence_section", evidence=state.get("evidence")),
+    )
+    [s] = await ctx.sample(
+        messages(prompt, prompts=PROMPTS),
+        role="critic",
+        round_=last["round"],
+        temperature=opts.critic_temperature,
+        max_tokens=opts.critic_max_tokens,
+    )
+    ctx.add_node(
+        s, role="critic", parent_id=last["node_id"], depth=last["depth"] + 1, round_=last["round"]
+    )
+    return {"critique": s.text.strip()}
+
+
+@budget_guard
+async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
+    ctx = ctx_of(config)
+    opts = _opts(ctx)
+    last = state["drafts"][-1]
+    round_ = last["round"] + 1
+    prompt = render(
+        PROMPTS,
+        f"refine_{flavour(ctx.task)}",
+        question=_question(ctx),
+        answer=shown(ctx, last),
+        verdict=verdict_line(ctx, last),
+        evidence_section=_section("evidence_section", evidence=state.get("evidence")),
+        critique_section=_section("critique_section", critique=state.get("critique")),
+    )
+    [s] = await ctx.sample(
+        messages(prompt, prompts=PROMPTS),
+        role="refiner",
+        round_=round_,
+        temperature=opts.temperature,
+        max_tokens=max_tokens_for(ctx.task, opts.max_tokens, opts.code_max_tokens),
+    )
+    cand = add_candidate(
+        ctx, s, role="refiner", parent_id=last["node_id"], depth=last["depth"] + 1, round_=round_
+    )
+    # A critique is about one draft; the next round gets a fresh one (if critiques are on).
+    return {"drafts": [*state["drafts"], cand], "critique": None}
+
+
+# Routers are async so LangGraph calls them on the event loop instead of a thread pool.
+async def after_sample(state: State) -> str:
+    return END if state.get("stop_reason") or not state.get("drafts") else "verify"
+
+
+def _feedback_step(opts: CriticOptions) -> str:
+    return "critique" if opts.critique else "refine"
+
+
+async def after_verify(state: State, config: RunnableConfig) -> str:
+    ctx = ctx_of(config)
+    opts = _opts(ctx)
+    last = state["drafts"][-1]
+    if last["passed"] or last["round"] >= opts.max_rounds:
+        return END
+    if ctx.verifier is None and opts.search_index is None:
+        return END  # no tool has anything to say: nothing to refine from
+    if opts.search_index is not None and state.get("evidence") is None:
+        return "search"
+    return _feedback_step(opts)
+
+
+async def after_search(state: State, config: RunnableConfig) -> str:
+    return _feedback_step(_opts(ctx_of(config)))
+
+
+async def after_critique(state: State) -> str:
+    return END if state.get("stop_reason") else "refine"
+
+
+def build() -> Any:
+    g = StateGraph(State)
+    g.add_node("generate", generate)
+    g.add_node("verify", check)
+    g.add_node("search", search)
+    g.add_node("critique", critique)
+    g.add_node("refine", refine)
+    g.add_edge(START, "generate")
+    g.add_conditional_edges("generate", after_sample, ["verify", END])
+    g.add_conditional_edges("verify", after_verify, ["search", "critique", "refine", END])
+    g.add_conditional_edges("search", after_search, ["critique", "refine"])
+    g.add_conditional_edges("critique", after_critique, ["refine", END])
+    g.add_conditional_edges("refine", after_sample, ["verify", END])
+    return g.compile()
+
+
+def critic_outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
+    drafts: list[Candidate] = state.get("drafts") or []
+    last = drafts[-1] if drafts else None
+    reason = state.get("stop_reason")
+    if reason is None and last is not None:
+        if last["passed"]:
+            reason = "verified"
+        elif last["round"] >= _opts(ctx).max_rounds:
+            reason = "max_rounds"
+        else:
+            reason = "no_verifier"
+    return outcome(drafts, best(drafts), reason or "no_draft", last["round"] if last else 0)
+
+
+def initial_state(ctx: LoopContext) -> dict[str, Any]:
+    return {"drafts": [], "evidence": None, "critique": None, "stop_reason": None}
+
+
+CRITIC: LoopSpec[CriticOptions] = LoopSpec(
+    name="critic",
+    description="generate -> verify with tools -> refine from the tool feedback (checker "
+    "verdict, failing test, search evidence), until verified, max rounds or budget",
+    options=CriticOptions,
+    build=build,
+    initial_state=initial_state,
+    outcome=critic_outcome,
+    recursion_limit=lambda o: 4 * (o.max_rounds + 2) + 10,
+)

@@ -1,0 +1,264 @@
+"""Reflexion: trials with an episodic memory of lessons.
+
+Each trial the actor answers the task from scratch, with the lessons of earlier failed trials
+in front of the task prompt. The in-loop verifier judges the attempt; on failure a reflector
+sees the question, the attempt and the verifier's feedback and writes a short lesson. The
+memory keeps the newest ``memory_size`` lessons. Stops when an attempt is verified, after
+``max_trials`` trials, or when the budget runs out; the outcome is the best attempt. Without
+a verifier there is no failure signal, so the loop stops after the first trial.
+
+Two options follow the Feedback-Friction findings (models tend to repeat a rejected answer):
+``temperature_step`` raises the actor's temperature every trial (up to ``max_temperature``),
+and ``refuse_repeats`` resamples an attempt whose normalised answer was already tried, with
+the tried answers listed in the prompt; each refused draft is kept as a "refused" node.
+
+Tree: trial k's attempt (role generator, depth k, round k) is a child of trial k-1's attempt;
+a lesson (role reflector) and refused drafts hang off the attempt they follow from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.common import (
+    Candidate,
+    add_candidate,
+    best,
+    draft_prompt,
+    flavour,
+    max_tokens_for,
+    messages,
+    normalise_answer,
+    outcome,
+    verify,
+)
+from loopwright.loops.prompts import render
+from loopwright.loops.tasks import Task
+from loopwright.loops.verify import extract_answer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROMPTS = "reflexion"
+
+
+class ReflexionOptions(BaseModel):
+    """Options of the Reflexion loop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_trials: int = Field(4, ge=1, le=20, description="Trials, the first one included.")
+    memory_size: int = Field(
+        3, ge=1, le=20, description="Lessons kept in memory; the oldest is dropped first."
+    )
+    temperature: float = Field(0.7, ge=0, le=2, description="Actor temperature of the first trial.")
+    temperature_step: float = Field(
+        0.0, ge=0, le=1, description="Added to the actor temperature every trial."
+    )
+    max_temperature: float = Field(
+        1.2, ge=0, le=2, description="Cap of the raised actor temperature."
+    )
+    refuse_repeats: bool = Field(
+        False, description="Resample an attempt whose answer was already tried."
+    )
+    resample_tries: int = Field(
+        2, ge=0, le=10, description="Resamples per trial when refuse_repeats is on."
+    )
+    max_tokens: int = Field(256, gt=0, description="Completion cap of attempts.")
+    code_max_tokens: int = Field(384, gt=0, description="Completion cap of attempts on code tasks.")
+    reflector_temperature: float = Field(0.3, ge=0, le=2, description="Temperature of lessons.")
+    reflector_max_tokens: int = Field(96, gt=0, description="Completion cap of lessons.")
+
+    @model_validator(mode="after")
+    def _temperature_under_cap(self) -> ReflexionOptions:
+        if self.temperature > self.max_temperature:
+            raise ValueError("temperature must not exceed max_temperature")
+        return self
+
+    def trial_temperature(self, trial: int) -> float:
+        """The actor temperature of ``trial`` (0-based)."""
+        return round(min(self.temperature + trial * self.temperature_step, self.max_temperature), 6)
+
+
+class Lesson(TypedDict):
+    node_id: str
+    text: str
+    round: int
+
+
+class State(TypedDict, total=False):
+    attempts: list[Candidate]
+    memory: list[Lesson]
+    tried: list[str]
+    stop_reason: str | None
+
+
+def _opts(ctx: LoopContext) -> ReflexionOptions:
+    return ctx.options  # type: ignore[return-value]
+
+
+def _listed(task: Task, answers: list[str]) -> str:
+    if task.kind == "code":
+        return "\n".join(f"```python\n{a.strip()}\n```" for a in answers)
+    return "\n".join(f"- {a}" for a in answers)
+
+
+def actor_prompt(task: Task, memory: list[Lesson], tried: list[str]) -> str:
+    """The task prompt, preceded by the lessons in memory and (when resampling) tried answers."""
+    blocks = []
+    if memory:
+        lessons = "\n".join(f"{i}. {m['text']}" for i, m in enumerate(memory, 1))
+        blocks.append(render(PROMPTS, "memory", lessons=lessons))
+    if tried:
+        blocks.append(render(PROMPTS, "tried", answers=_listed(task, tried)))
+    task_prompt = draft_prompt(task)
+    if not blocks:
+        return task_prompt
+    return render(PROMPTS, "with_blocks", blocks="\n\n".join(blocks), task=task_prompt)
+
+
+def _key(task: Task, answer: str | None) -> str | None:
+    return normalise_answer(task, answer)
+
+
+@budget_guard
+async def act(state: State, config: RunnableConfig) -> dict[str, Any]:
+    ctx = ctx_of(config)
+    opts = _opts(ctx)
+    attempts = state["attempts"]
+    trial = len(attempts)
+    parent = attempts[-1] if attempts else None
+    tried = state["tried"]
+    seen = {_key(ctx.task, a) for a in tried}
+    tries = opts.resample_tries if opts.refuse_repeats else 0
+    for r in range(tries + 1):
+        [s] = await ctx.sample(
+            messages(actor_prompt(ctx.task, state["memory"], tried if r else [])),
+            role="generator",
+            round_=trial,
+            temperature=opts.trial_temperature(trial),
+            max_tokens=max_tokens_for(ctx.task, opts.max_tokens, opts.code_max_tokens),
+            seed=ctx.call_seed("generator", trial, r),
+        )
+        # The last resample is kept even if it repeats: the trial must end with an attempt.
+        key = _key(ctx.task, extract_answer(ctx.task, s.text))
+        refused = r < tries and key is not None and key in seen
+        cand = add_candidate(
+            ctx,
+            s,
+            role="refused" if refused else "generator",
+            parent_id=parent["node_id"] if parent else None,
+            depth=trial,
+            round_=trial,
+        )
+        if not refused:
+            return {"attempts": [*attempts, cand]}
+    raise AssertionError("the last resample is always accepted")
+
+
+async def check(state: State, config: RunnableConfig) -> dict[str, Any]:
+    ctx = ctx_of(config)
+    attempts = list(state["attempts"])
+    attempts[-1] = last = await verify(ctx, attempts[-1])
+    tried = list(state["tried"])
+    key = _key(ctx.task, last["answer"])
+    if last["answer"] is not None and key not in {_key(ctx.task, a) for a in tried}:
+        tried.append(last["answer"])
+    return {"attempts": attempts, "tried": tried}
+
+
+def _attempt_shown(task: Task, cand: Candidate) -> str:
+    if task.kind == "code":
+        return (cand["answer"] or cand["text"]).strip()
+    return cand["text"].strip()
+
+
+@budget_guard
+async def reflect(state: State, config: RunnableConfig) -> dict[str, Any]:
+    ctx = ctx_of(config)
+    opts = _opts(ctx)
+    last = state["attempts"][-1]
+    verdict = render(PROMPTS, f"verdict_{flavour(ctx.task)}", feedback=last["feedback"] or "failed")
+    prompt = render(
+        PROMPTS,
+        "reflect_code" if ctx.task.kind == "code" else "reflect",
+        question=ctx.task.prompt.rstrip(),
+        attempt=_attempt_shown(ctx.task, last),
+        verdict=verdict,
+    )
+    [s] = await ctx.sample(
+        messages(prompt, prompts=PROMPTS),
+        role="reflector",
+        round_=last["round"],
+        temperature=opts.reflector_temperature,
+        max_tokens=opts.reflector_max_tokens,
+    )
+    ctx.add_node(
+        s,
+        role="reflector",
+        parent_id=last["node_id"],
+        depth=last["depth"] + 1,
+        round_=last["round"],
+    )
+    lesson = Lesson(node_id=s.node_id, text=" ".join(s.text.split()), round=last["round"])
+    return {"memory": [*state["memory"], lesson][-opts.memory_size :]}
+
+
+# Routers are async so LangGraph calls them on the event loop instead of a thread pool.
+async def after_act(state: State) -> str:
+    return END if state.get("stop_reason") or not state.get("attempts") else "verify"
+
+
+async def after_verify(state: State, config: RunnableConfig) -> str:
+    ctx = ctx_of(config)
+    last = state["attempts"][-1]
+    if last["passed"] or ctx.verifier is None or last["round"] + 1 >= _opts(ctx).max_trials:
+        return END
+    return "reflect"
+
+
+async def after_reflect(state: State) -> str:
+    return END if state.get("stop_reason") else "act"
+
+
+def build() -> Any:
+    g = StateGraph(State)
+    g.add_node("act", act)
+    g.add_node("verify", check)
+    g.add_node("reflect", reflect)
+    g.add_edge(START, "act")
+    g.add_conditional_edges("act", after_act, ["verify", END])
+    g.add_conditional_edges("verify", after_verify, ["reflect", END])
+    g.add_conditional_edges("reflect", after_reflect, ["act", END])
+    return g.compile()
+
+
+def reflexion_outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
+    attempts: list[Candidate] = state.get("attempts") or []
+    last = attempts[-1] if attempts else None
+    reason = state.get("stop_reason")
+    if reason is None and last is not None:
+        if last["passed"]:
+            reason = "verified"
+        elif last["round"] + 1 >= _opts(ctx).max_trials:
+            reason = "max_trials"
+        else:
+            reason = "no_verifier"
+    return outcome(attempts, best(attempts), reason or "no_draft", last["round"] if last else 0)
+
+
+def initial_state(ctx: LoopContext) -> dict[str, Any]:
+    return {"attempts": [], "memory": [], "tried": [], "stop_reason": None}
+
+
+REFLEXION: LoopSpec[ReflexionOptions] = LoopSpec(
+    name="reflexion",
+    description="trials with an episodic memory: on failure a reflector writes a lesson the "
+    "next trial sees; until verified, max trials or budget",
+    options=ReflexionOptions,
+    build=build,
+    initial_state=initial_state,
+    outcome=reflexion_outcome,
+    recursion_limit=lambda o: 3 * o.max_trials + 10,
+)
