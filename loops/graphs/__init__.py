@@ -19,6 +19,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "critic": ("critic", "CRITIC"),
     "reflexion": ("reflexion", "REFLEXION"),
     "best-of-n": ("best_of_n", "BEST_OF_N"),
+    "beam": ("beam", "BEAM"),
     "mcts": ("mcts", "MCTS"),
 }
 """Loop name -> (module under loopwright.loops.graphs, LoopSpec attribute)."""

@@ -1,0 +1,98 @@
+"""Every loop on the embedded model from the CLI, at a matched per-task call budget.
+
+For each loop and task set it runs, exactly as a user would::
+
+    loopwright run LOOP --tasks SPEC --limit N --budget-calls B --db DB --run-name NAME [-o ...]
+
+then reads the run back from the trace store and prints one markdown table: graded pass
+rate, in-loop verified rate, tokens and model samples per task, and wall time. Re-running
+with the same ``--db`` resumes finished runs instead of redoing them.
+
+    python benchmarks/loops_table.py [--limit 20] [--budget-calls 8] [--db loops_table.duckdb]
+        [--loops self-refine,critic,...] [--sets arithmetic,code]
+
+Exits 0 whatever the figures; it is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loopwright.traces.store import TraceStore
+
+CLI = str(Path(sys.executable).with_name("loopwright"))
+SETS = {"arithmetic": "builtin:arithmetic", "code": "builtin:code"}
+# Options that keep every loop inside the call budget in a sensible shape.
+OPTIONS: dict[str, list[str]] = {
+    "self-refine": [],
+    "critic": [],
+    "reflexion": [],
+    "best-of-n": ["-o", "n=8"],
+    "beam": ["-o", "beam_width=2", "-o", "expansions=2", "-o", "max_depth=4"],
+    "mcts": ["-o", "simulations=2", "-o", "children=2"],
+}
+
+
+def _has_run(db: str, name: str) -> bool:
+    if not Path(db).exists():
+        return False
+    with TraceStore(db, read_only=True) as store:
+        return bool(store.query("SELECT 1 FROM runs WHERE name = ?", [name]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--budget-calls", type=int, default=8)
+    ap.add_argument("--db", default="loops_table.duckdb")
+    ap.add_argument("--loops", default=",".join(OPTIONS))
+    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--model", default="local/smollm2-135m")
+    args = ap.parse_args(argv)
+
+    rows = []
+    for loop in args.loops.split(","):
+        for set_name in args.sets.split(","):
+            name = f"table-{loop}-{set_name}-{args.limit}-b{args.budget_calls}"
+            cmd = [
+                CLI, "run", loop, "--tasks", SETS[set_name], "--limit", str(args.limit),
+                "--model", args.model, "--budget-calls", str(args.budget_calls),
+                "--db", args.db, "--run-name", name, *OPTIONS.get(loop, []),
+            ]  # fmt: skip
+            if _has_run(args.db, name):
+                cmd.append("--resume")
+            print("$", " ".join(cmd[1:]), flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                print(f"  failed ({proc.returncode}): {proc.stderr.strip()[-300:]}", flush=True)
+                continue
+            rows.append((loop, set_name, name, wall))
+
+    print("\n| loop | tasks | graded pass | in-loop verified | tokens/task | samples/task |"
+          " wall/task | failed |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    with TraceStore(args.db, read_only=True) as store:
+        for loop, set_name, name, _ in rows:
+            [r] = store.query(
+                "SELECT count(*) n, avg(CAST(graded AS INT)) graded, avg(CAST(verdict AS INT)) v,"
+                " avg(total_tokens) tok, avg(calls) calls, avg(wall_s) wall,"
+                " sum(CAST(tasks.status = 'failed' AS INT)) failed"
+                " FROM tasks JOIN runs USING (run_id) WHERE runs.name = ?",
+                [name],
+            )
+            print(
+                f"| {loop} | {set_name} ({r['n']}) | {100 * (r['graded'] or 0):.0f} % |"
+                f" {100 * (r['v'] or 0):.0f} % | {r['tok'] or 0:.0f} | {r['calls'] or 0:.1f} |"
+                f" {r['wall'] or 0:.1f} s | {r['failed']} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

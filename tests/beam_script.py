@@ -1,0 +1,116 @@
+"""The scripted beam-search model and run helpers shared by the beam test modules.
+
+The scripted model answers by prompt kind (step, value, rollout; see loops/prompts/beam.toml).
+A step reply is chosen by the *last step* of the partial it extends, so replies do not depend
+on the order concurrent requests arrive in. Identical prompts (the empty roots of depth 0)
+get successive replies; one request of n samples always gets n consecutive ones.
+
+Use from a test module: ``from beam_script import Script, run_beam, ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from loopwright.loops.runner import RunConfig, RunResult, run
+from loopwright.loops.scripted import ScriptedModel
+from loopwright.traces.store import TraceStore
+
+QUESTION = "Tom has 2 apples and gets 3 more. How many apples does Tom have now?"
+STEPS = re.compile(r"The solution so far:\n(.*?)\n\nWrite only the next step", re.S)
+_VALUED = re.compile(r"Solution so far:\n(.*?)\n\nJudge whether", re.S)
+_ROLLED = re.compile(r"The start of a solution:\n(.*?)\n\n(?:Continue|Finish)", re.S)
+
+
+def last_user(messages: list[dict[str, Any]]) -> str:
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+def kind_of(messages: list[dict[str, Any]]) -> str:
+    user = last_user(messages)
+    if "Judge whether this solution" in user:
+        return "value"
+    if "The start of a solution:" in user:
+        return "rollout"
+    return "step"
+
+
+class Script:
+    """Replies by prompt kind, keyed on the last step of the partial in the prompt.
+
+    ``steps[last_step]`` lists the replies for the next step after it ("" = the first step),
+    handed out in order; ``values[last_step]`` is the judge's 1..10 score of a partial ending
+    there; ``rollouts[last_step]`` lists rollout replies.
+    """
+
+    def __init__(
+        self,
+        steps: dict[str, list[str]],
+        values: dict[str, int] | None = None,
+        rollouts: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.steps = {k: list(v) for k, v in steps.items()}
+        self.values = values or {}
+        self.rollouts = {k: list(v) for k, v in (rollouts or {}).items()}
+        self.kinds: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
+        kind, user = kind_of(messages), last_user(messages)
+        with self._lock:
+            self.kinds.append(kind)
+            if kind == "value":
+                return f"Score: {self.values[_last(_VALUED, user)]}"
+            if kind == "rollout":
+                return self.rollouts[_last(_ROLLED, user)].pop(0)
+            m = STEPS.search(user)
+            return self.steps[m.group(1).split("\n")[-1] if m else ""].pop(0)
+
+
+def _last(pattern: re.Pattern[str], user: str) -> str:
+    m = pattern.search(user)
+    assert m, user
+    return [ln for ln in m.group(1).split("\n") if ln][-1]
+
+
+def write_tasks(path: Path, tasks: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    return str(path)
+
+
+def one_task(tmp_path: Path, **extra: Any) -> str:
+    task = {"id": "t1", "prompt": QUESTION, "kind": "math", "reference": "5", **extra}
+    return write_tasks(tmp_path / "tasks.jsonl", [task])
+
+
+async def run_beam(
+    tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any
+) -> tuple[RunResult, dict[str, list[dict[str, Any]]]]:
+    cfg.setdefault("db", str(tmp_path / "t.duckdb"))
+    result = await run(
+        RunConfig(loop="beam", tasks=tasks, model=model.register(), backoff_base_s=0.0, **cfg)
+    )
+    with TraceStore(cfg["db"], read_only=True) as store:
+        rid = [result.run_id]
+        rows = {
+            "nodes": store.query("SELECT * FROM nodes WHERE run_id = ? ORDER BY created_at", rid),
+            "calls": store.query("SELECT * FROM calls WHERE run_id = ? ORDER BY created_at", rid),
+            "tasks": store.query("SELECT * FROM tasks WHERE run_id = ? ORDER BY idx", rid),
+            "verdicts": store.query("SELECT * FROM verdicts WHERE run_id = ?", rid),
+        }
+    return result, rows
+
+
+def by_content(nodes: list[dict[str, Any]], role: str = "expander") -> dict[str, dict[str, Any]]:
+    found = [n for n in nodes if n["role"] == role]
+    out = {n["content"]: n for n in found}
+    assert len(out) == len(found), "contents must be unique in these scripts"
+    return out
+
+
+def v(score: int) -> float:
+    return (score - 1) / 9
