@@ -165,7 +165,6 @@ class LocalEngine:
             raise LocalModelError(f"local model returned no choices: {str(out)[:200]}")
         return _normalise(out, n, chat=self.spec.chat)
 
-
     def _generate_chunked(
         self, messages: list[dict[str, Any]], params: dict[str, Any], n: int
     ) -> dict[str, Any]:

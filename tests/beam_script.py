@@ -1,33 +1,27 @@
-"""The scripted beam-search model and run helpers shared by the beam test modules.
+"""The scripted beam-search model and helpers shared by the beam test modules.
 
 The scripted model answers by prompt kind (step, value, rollout; see loops/prompts/beam.toml).
 A step reply is chosen by the *last step* of the partial it extends, so replies do not depend
 on the order concurrent requests arrive in. Identical prompts (the empty roots of depth 0)
 get successive replies; one request of n samples always gets n consecutive ones.
 
-Use from a test module: ``from beam_script import Script, run_beam, ...``.
+Use from a test module: ``from beam_script import Script, run_beam, ...``; what every loop
+test uses is in loop_testkit.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import threading
-from pathlib import Path
 from typing import Any
 
-from loopwright.loops.runner import RunConfig, RunResult, run
-from loopwright.loops.scripted import ScriptedModel
-from loopwright.traces.store import TraceStore
+from loop_testkit import LoopRunner, last_user
 
-QUESTION = "Tom has 2 apples and gets 3 more. How many apples does Tom have now?"
+run_beam = LoopRunner("beam")
+
 STEPS = re.compile(r"The solution so far:\n(.*?)\n\nWrite only the next step", re.S)
 _VALUED = re.compile(r"Solution so far:\n(.*?)\n\nJudge whether", re.S)
 _ROLLED = re.compile(r"The start of a solution:\n(.*?)\n\n(?:Continue|Finish)", re.S)
-
-
-def last_user(messages: list[dict[str, Any]]) -> str:
-    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
 
 def kind_of(messages: list[dict[str, Any]]) -> str:
@@ -75,34 +69,6 @@ def _last(pattern: re.Pattern[str], user: str) -> str:
     m = pattern.search(user)
     assert m, user
     return [ln for ln in m.group(1).split("\n") if ln][-1]
-
-
-def write_tasks(path: Path, tasks: list[dict[str, Any]]) -> str:
-    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
-    return str(path)
-
-
-def one_task(tmp_path: Path, **extra: Any) -> str:
-    task = {"id": "t1", "prompt": QUESTION, "kind": "math", "reference": "5", **extra}
-    return write_tasks(tmp_path / "tasks.jsonl", [task])
-
-
-async def run_beam(
-    tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any
-) -> tuple[RunResult, dict[str, list[dict[str, Any]]]]:
-    cfg.setdefault("db", str(tmp_path / "t.duckdb"))
-    result = await run(
-        RunConfig(loop="beam", tasks=tasks, model=model.register(), backoff_base_s=0.0, **cfg)
-    )
-    with TraceStore(cfg["db"], read_only=True) as store:
-        rid = [result.run_id]
-        rows = {
-            "nodes": store.query("SELECT * FROM nodes WHERE run_id = ? ORDER BY created_at", rid),
-            "calls": store.query("SELECT * FROM calls WHERE run_id = ? ORDER BY created_at", rid),
-            "tasks": store.query("SELECT * FROM tasks WHERE run_id = ? ORDER BY idx", rid),
-            "verdicts": store.query("SELECT * FROM verdicts WHERE run_id = ?", rid),
-        }
-    return result, rows
 
 
 def by_content(nodes: list[dict[str, Any]], role: str = "expander") -> dict[str, dict[str, Any]]:

@@ -1,20 +1,18 @@
 """Helpers shared by the best-of-n test modules: a scripted model that answers generation
-and judge prompts, task files, and a runner wrapper that returns the trace rows."""
+and judge prompts, and readers of the vote record. What every loop test uses is in
+loop_testkit.py."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from loopwright.loops.runner import RunConfig, RunResult, run
-from loopwright.loops.scripted import Fault, ScriptedModel
-from loopwright.traces.store import TraceStore
+from loop_testkit import LoopRunner, Rows, finals, last_user
+from loopwright.loops.scripted import Fault
 
-QUESTION = "Tom has 2 apples and gets 3 more. How many apples does Tom have now?"
-Rows = dict[str, list[dict[str, Any]]]
+run_loop = LoopRunner("best-of-n")
 
 # Mode 7 (four ways of writing it), then 5 twice, 12 once, one reply without an answer.
 MIXED = [
@@ -27,10 +25,6 @@ MIXED = [
     "So \\boxed{7}",
     "The answer is 12.",
 ]
-
-
-def last_user(messages: list[dict[str, Any]]) -> str:
-    return next(str(m["content"]) for m in reversed(messages) if m["role"] == "user")
 
 
 def is_judge(messages: list[dict[str, Any]]) -> bool:
@@ -69,39 +63,6 @@ def rate_by_number(shown: str) -> str:
     return f"Fine. Rating: [[{min(10, max(1, int(nums[-1])))}]]"
 
 
-def write_tasks(path: Path, tasks: list[dict[str, Any]]) -> str:
-    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
-    return str(path)
-
-
-def math_task(tmp_path: Path, reference: str | None = "5", tid: str = "t1") -> str:
-    task: dict[str, Any] = {"id": tid, "prompt": QUESTION, "kind": "math"}
-    if reference is not None:
-        task["reference"] = reference
-    return write_tasks(tmp_path / f"{tid}.jsonl", [task])
-
-
-async def run_loop(
-    tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any
-) -> tuple[RunResult, Rows]:
-    cfg.setdefault("db", str(tmp_path / "t.duckdb"))
-    result = await run(
-        RunConfig(loop="best-of-n", tasks=tasks, model=model.register(), backoff_base_s=0.0, **cfg)
-    )
-    with TraceStore(cfg["db"], read_only=True) as store:
-        rid = [result.run_id]
-        rows = {
-            table: store.query(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY {order}", rid)
-            for table, order in (
-                ("nodes", "created_at"),
-                ("calls", "created_at, sample_index"),
-                ("tasks", "idx"),
-                ("verdicts", "created_at"),
-            )
-        }
-    return result, rows
-
-
 def gens(rows: Rows) -> list[dict[str, Any]]:
     return [n for n in rows["nodes"] if n["role"] == "generator"]
 
@@ -118,6 +79,6 @@ def vote_record(rows: Rows) -> dict[str, Any]:
 
 
 def final(rows: Rows) -> dict[str, Any]:
-    [node] = [n for n in rows["nodes"] if n["is_final"]]
+    [node] = finals(rows)
     assert node["node_id"] == rows["tasks"][0]["final_node_id"]
     return node

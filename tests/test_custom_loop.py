@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import pytest
 from langgraph.graph import END, START, StateGraph
+from loop_testkit import LoopRunner, RoleScript, Rows, last_user, math_task, write_jsonl
 from loopwright.loops.budget import BudgetLimits
 from loopwright.loops.errors import UserError
 from loopwright.loops.graphs import get_loop, loop_names
@@ -21,9 +21,8 @@ from loopwright.loops.graphs.custom import (
     make_verify,
     until_verified,
 )
-from loopwright.loops.runner import RunConfig, run
+from loopwright.loops.runner import RunResult
 from loopwright.loops.scripted import ScriptedModel
-from loopwright.traces.store import TraceStore
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Ana has 3 bags with 2 coins in each bag. How many coins are there in total?"
@@ -44,52 +43,25 @@ def build() -> Any:
 SPEC = define_loop("test-gen-refine", build, description="test loop", register=True)
 
 
-class Script:
+def role_of(messages: list[dict[str, Any]]) -> str:
+    return "refine" if "Previous answer:" in last_user(messages) else "draft"
+
+
+def scripted(drafts: list[str], refinements: list[str]) -> RoleScript:
     """Drafts come from ``drafts`` in order; refinements from ``refinements``."""
-
-    def __init__(self, drafts: list[str], refinements: list[str]) -> None:
-        self.drafts, self.refinements = list(drafts), list(refinements)
-        self.prompts: list[str] = []
-
-    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
-        user = messages[-1]["content"]
-        self.prompts.append(user)
-        if "Previous answer:" in user:
-            return self.refinements.pop(0)
-        return self.drafts.pop(0)
+    return RoleScript(role_of, draft=drafts, refine=refinements)
 
 
-def tasks_file(tmp_path: Path) -> str:
-    path = tmp_path / "tasks.jsonl"
-    path.write_text(
-        json.dumps({"id": "t1", "prompt": QUESTION, "kind": "math", "reference": "6"}) + "\n"
-    )
-    return str(path)
+run_loop = LoopRunner("test-gen-refine")
 
 
-async def run_it(tmp_path: Path, model: ScriptedModel, **cfg: Any) -> tuple[Any, dict[str, Any]]:
-    cfg.setdefault("db", str(tmp_path / "t.duckdb"))
-    result = await run(
-        RunConfig(
-            loop="test-gen-refine",
-            tasks=tasks_file(tmp_path),
-            model=model.register(),
-            backoff_base_s=0.0,
-            **cfg,
-        )
-    )
-    with TraceStore(cfg["db"], read_only=True) as store:
-        rid = [result.run_id]
-        order = {"nodes": "created_at", "calls": "created_at", "tasks": "idx", "verdicts": "1"}
-        rows = {
-            t: store.query(f"SELECT * FROM {t} WHERE run_id = ? ORDER BY {o}", rid)
-            for t, o in order.items()
-        }
-    return result, rows
+async def run_it(tmp_path: Path, model: ScriptedModel, **cfg: Any) -> tuple[RunResult, Rows]:
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [math_task(prompt=QUESTION, reference="6")])
+    return await run_loop(tmp_path, model, tasks, **cfg)
 
 
 async def test_custom_loop_refines_with_verifier_feedback_until_verified(tmp_path: Path) -> None:
-    script = Script(
+    script = scripted(
         ["So 5. The answer is 5.", "So 8. The answer is 8."], ["3 * 2 = 6. The answer is 6."]
     )
     model = ScriptedModel(script)
@@ -105,7 +77,7 @@ async def test_custom_loop_refines_with_verifier_feedback_until_verified(tmp_pat
     assert nodes[refined["parent_id"]]["role"] == "generator"  # revises a failed draft
     assert refined["is_final"] and refined["depth"] == 1 and refined["round"] == 1
     # the refine prompt carries the verifier's feedback about the draft it revises
-    refine_prompt = script.prompts[-1]
+    _, refine_prompt = script.prompts[-1]
     assert "Previous answer:" in refine_prompt and "does not match" in refine_prompt
     in_loop = [v for v in rows["verdicts"] if v["stage"] == "in_loop"]
     assert len(in_loop) == 3 and sum(v["passed"] for v in in_loop) == 1
@@ -116,7 +88,7 @@ async def test_custom_loop_refines_with_verifier_feedback_until_verified(tmp_pat
 
 async def test_custom_loop_stops_at_max_rounds_with_best_so_far(tmp_path: Path) -> None:
     wrong = ["The answer is 5.", "The answer is 7."]
-    model = ScriptedModel(Script(wrong, ["The answer is 9.", "The answer is 10."]))
+    model = ScriptedModel(scripted(wrong, ["The answer is 9.", "The answer is 10."]))
     _, rows = await run_it(tmp_path, model)
     [task] = rows["tasks"]
     assert task["stop_reason"] == "done" and task["rounds"] == 2
@@ -125,7 +97,7 @@ async def test_custom_loop_stops_at_max_rounds_with_best_so_far(tmp_path: Path) 
 
 
 async def test_custom_loop_budget_ends_cleanly(tmp_path: Path) -> None:
-    model = ScriptedModel(Script(["The answer is 5.", "The answer is 7."], ["The answer is 6."]))
+    model = ScriptedModel(scripted(["The answer is 5.", "The answer is 7."], ["The answer is 6."]))
     _, rows = await run_it(tmp_path, model, budget=BudgetLimits(calls=2))
     [task] = rows["tasks"]
     assert task["status"] == "done"
@@ -135,7 +107,7 @@ async def test_custom_loop_budget_ends_cleanly(tmp_path: Path) -> None:
 
 
 async def test_custom_loop_resumes_without_redoing_finished_tasks(tmp_path: Path) -> None:
-    model = ScriptedModel(Script(["The answer is 6.", "The answer is 6."], []))
+    model = ScriptedModel(scripted(["The answer is 6.", "The answer is 6."], []))
     first, _ = await run_it(tmp_path, model, run_name="r1")
     calls_after_first = len(model.calls)
     second, rows = await run_it(tmp_path, model, run_name="r1", resume=True)

