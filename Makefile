@@ -39,7 +39,11 @@ test-fast: install sysdeps
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy loops tools sandboxes traces
+	# mypy must see the code as the loopwright.* package it installs as, or every import of
+	# it resolves to Any: check a symlinked package tree
+	rm -rf build/typecheck && mkdir -p build/typecheck/loopwright
+	for d in loops tools sandboxes traces; do ln -s ../../../$$d build/typecheck/loopwright/$$d; done
+	MYPYPATH=build/typecheck $(VENV)/bin/mypy -p loopwright
 
 bench: install sysdeps
 	$(PY) benchmarks/overhead.py

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Opts = TypeVar("Opts", bound=BaseModel)
 Node = Callable[[dict[str, Any], RunnableConfig], Awaitable[dict[str, Any]]]
+AnyNode = TypeVar("AnyNode", bound=Callable[..., Awaitable[dict[str, Any]]])
 
 
 class LoopOutcome(BaseModel):
@@ -43,17 +44,20 @@ class LoopSpec(BaseModel, Generic[Opts]):
     recursion_limit: Callable[[Opts], int]
 
 
-def budget_guard(fn: Node) -> Node:
-    """Turn an exhausted budget into a clean stop: the loop returns its best so far."""
+def budget_guard(fn: AnyNode) -> AnyNode:
+    """Turn an exhausted budget into a clean stop: the loop returns its best so far.
+
+    Keeps the node's own signature (its state type), so LangGraph and mypy see it unchanged.
+    """
 
     @functools.wraps(fn)
-    async def wrapped(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    async def wrapped(state: Any, config: RunnableConfig) -> dict[str, Any]:
         try:
             return await fn(state, config)
         except BudgetExhausted as exc:
             return {"stop_reason": f"budget: {exc.reason}"}
 
-    return wrapped
+    return wrapped  # type: ignore[return-value]
 
 
 __all__ = ["LoopContext", "LoopOutcome", "LoopSpec", "budget_guard", "ctx_of"]

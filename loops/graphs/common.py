@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from langgraph.graph import END
@@ -178,7 +178,10 @@ def vote(
 
 
 def outcome(
-    cands: list[Candidate], chosen: Candidate | None, stop_reason: str, rounds: int = 0
+    cands: Sequence[Mapping[str, Any]],
+    chosen: Mapping[str, Any] | None,
+    stop_reason: str,
+    rounds: int = 0,
 ) -> LoopOutcome:
     """The LoopOutcome for ``chosen`` (None -> no answer)."""
     return LoopOutcome(

@@ -113,9 +113,7 @@ def backprop(tree: dict[str, TreeNode], node_id: str, reward: float) -> dict[str
 
 def evaluated(node: TreeNode, reward: float, llm_value: float | None) -> TreeNode:
     """``node`` with its own evaluation recorded as its first visit."""
-    done = node.copy()
-    done.update(reward=reward, llm_value=llm_value, visits=1, value_sum=reward)
-    return done
+    return {**node, "reward": reward, "llm_value": llm_value, "visits": 1, "value_sum": reward}
 
 
 def mix_reward(

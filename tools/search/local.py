@@ -160,9 +160,10 @@ class LocalIndex(Searcher):
         if isinstance(source, str | Path):
             h.update(source_digest(source))
         else:
-            source = [d for _, d in located_docs(source)]  # fingerprinted, then indexed
-            for doc in source:
+            docs = [d for _, d in located_docs(source)]  # fingerprinted, then indexed
+            for doc in docs:
                 h.update(doc.digest().encode())
+            source = docs
         fingerprint = h.hexdigest()
         path = Path(index_path)
         path.parent.mkdir(parents=True, exist_ok=True)
