@@ -5,7 +5,8 @@ For each loop and task set it runs, exactly as a user would::
     loopwright run LOOP --tasks SPEC --limit N --budget-calls B --db DB --run-name NAME [-o ...]
 
 then reads the run back from the trace store and prints one markdown table: graded pass
-rate, in-loop verified rate, tokens and model samples per task, and wall time. Re-running
+rate, in-loop verified rate, tokens and model samples per task, wall time per task (tasks
+run 4 at a time) and for the whole run. Re-running
 with the same ``--db`` resumes finished runs instead of redoing them.
 
     python benchmarks/loops_table.py [--limit 20] [--budget-calls 8] [--db loops_table.duckdb]
@@ -75,13 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((loop, set_name, name, wall))
 
     print("\n| loop | tasks | graded pass | in-loop verified | tokens/task | samples/task |"
-          " wall/task | failed |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          " wall/task | run wall | failed |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     with TraceStore(args.db, read_only=True) as store:
         for loop, set_name, name, _ in rows:
             [r] = store.query(
                 "SELECT count(*) n, avg(CAST(graded AS INT)) graded, avg(CAST(verdict AS INT)) v,"
                 " avg(total_tokens) tok, avg(calls) calls, avg(wall_s) wall,"
+                " epoch(max(tasks.finished_at) - min(tasks.started_at)) run_wall,"
                 " sum(CAST(tasks.status = 'failed' AS INT)) failed"
                 " FROM tasks JOIN runs USING (run_id) WHERE runs.name = ?",
                 [name],
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {loop} | {set_name} ({r['n']}) | {100 * (r['graded'] or 0):.0f} % |"
                 f" {100 * (r['v'] or 0):.0f} % | {r['tok'] or 0:.0f} | {r['calls'] or 0:.1f} |"
-                f" {r['wall'] or 0:.1f} s | {r['failed']} |"
+                f" {r['wall'] or 0:.1f} s | {(r['run_wall'] or 0) / 60:.1f} min | {r['failed']} |"
             )
     return 0
 
