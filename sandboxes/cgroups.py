@@ -23,7 +23,17 @@ _HEADROOM_MB = 64  # bwrap, its init and the warm interpreter live in the slot c
 _PROCESS_OVERHEAD = 3
 
 
+_dirs: dict[int, list[Path]] = {}
+
+
 def _slot_dirs(uid: int) -> list[Path]:
+    """The slot's cgroup dirs, created on first use and remembered (runs are a hot path)."""
+    if uid not in _dirs:
+        _dirs[uid] = _make_slot_dirs(uid)
+    return _dirs[uid]
+
+
+def _make_slot_dirs(uid: int) -> list[Path]:
     """The slot's cgroup dirs (v1 pids and memory, or one v2 dir), created if possible."""
     dirs: list[Path] = []
     v1 = [_V1 / c for c in ("pids", "memory") if (_V1 / c / "cgroup.procs").exists()]
@@ -102,7 +112,7 @@ def status() -> str:
     """One line: which cgroup limits this machine lets the sandbox use."""
     if os.geteuid() != 0:
         return "cgroup limits: off (not root; rlimits only)"
-    dirs = _slot_dirs(0xFFFF_FFFE)  # a probe slot, removed again
+    dirs = _make_slot_dirs(0xFFFF_FFFE)  # a probe slot, removed again
     names = sorted({d.parent.parent.name if d.parent.parent != _V1 else "v2" for d in dirs})
     for d in dirs:
         with contextlib.suppress(OSError):
