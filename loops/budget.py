@@ -47,6 +47,17 @@ class Budget:
             return f"time budget of {lim.seconds}s spent"
         return self.parent.exhausted_reason(calls) if self.parent else None
 
+    def calls_left(self) -> int | None:
+        """Samples the tightest call limit (this budget or a parent) still allows; None if none."""
+        left: int | None = None
+        budget: Budget | None = self
+        while budget is not None:
+            if budget.limits.calls is not None:
+                room = budget.limits.calls - budget.calls
+                left = room if left is None else min(left, room)
+            budget = budget.parent
+        return left
+
     def check(self, calls: int = 1) -> None:
         """Raise BudgetExhausted if the next request does not fit."""
         reason = self.exhausted_reason(calls)

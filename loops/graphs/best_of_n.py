@@ -128,13 +128,7 @@ def _rejecting(ctx: LoopContext) -> bool:
 
 def calls_left(budget: Budget | None) -> int | None:
     """Samples the tightest call limit (task or run) still allows; None when unlimited."""
-    left: int | None = None
-    while budget is not None:
-        if budget.limits.calls is not None:
-            room = budget.limits.calls - budget.calls
-            left = room if left is None else min(left, room)
-        budget = budget.parent
-    return left
+    return None if budget is None else budget.calls_left()
 
 
 def _fit(budget: Budget, want: int, per: int = 1) -> tuple[int, str | None]:
