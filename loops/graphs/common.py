@@ -200,7 +200,7 @@ def max_tokens_for(task: Task, max_tokens: int, code_max_tokens: int) -> int:
     return code_max_tokens if task.kind == "code" else max_tokens
 
 
-def shown(task: Task, cand: Candidate) -> str:
+def shown(task: Task, cand: Mapping[str, Any]) -> str:
     """An attempt as the loop shows it back to the model (to critique, learn from or refine):
     the extracted program for code, so no chatter around it, else the text; stripped."""
     if task.kind == "code":

@@ -81,19 +81,12 @@ def _opts(ctx: LoopContext) -> MctsOptions:
     return ctx.options  # type: ignore[return-value]
 
 
-def _shown(ctx: LoopContext, node: TreeNode) -> str:
-    """An attempt as prompts show it: the extracted program for code, else the text."""
-    if ctx.task.kind == "code":
-        return (node["answer"] or node["text"]).strip()
-    return node["text"].strip()
-
-
 def _fields(ctx: LoopContext, node: TreeNode) -> dict[str, str]:
     """Template fields describing ``node`` (question, attempt, status, test feedback)."""
     status = "status_failed" if node["passed"] is False else "status_unchecked"
     return {
         "question": ctx.task.prompt.rstrip(),
-        "attempt": _shown(ctx, node),
+        "attempt": common.shown(ctx.task, node),
         "status": render(PROMPTS, status),
         "test_feedback": node["feedback"] or "not run (this task has no tests).",
     }
