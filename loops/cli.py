@@ -277,6 +277,9 @@ def _mount_tools() -> None:
     app.add_typer(sandbox_app, name="sandbox")
     app.add_typer(check_app, name="check")
     app.command("verify")(verify)
+    from loopwright.loops.cli_harvest import harvest
+
+    app.command("harvest")(harvest)
     try:
         from loopwright.loops.cli_search import search_app
     except ImportError:  # pragma: no cover - the search tool is part of the package

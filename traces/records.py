@@ -93,8 +93,9 @@ class VerdictRecord(_Row):
     run_id: str
     task_id: str
     node_id: str | None = None
-    stage: Literal["in_loop", "graded"] = Field(
-        description="in_loop: what the loop saw; graded: the held-out final check."
+    stage: Literal["in_loop", "graded", "judge"] = Field(
+        description="in_loop: what the loop saw; graded: the held-out final check; judge: a "
+        "judgement made after the run (pairwise preferences for harvesting)."
     )
     verifier: str
     verifier_version: str | None = None
