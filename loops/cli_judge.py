@@ -1,0 +1,133 @@
+"""``loopwright judge pairs``: pairwise LLM-judge preferences over a run's verified answers."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+from loopwright.loops.errors import UserError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+judge_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Judge traced answers after a run: pairwise preferences for harvesting.",
+)
+
+
+def _console(stderr: bool = False) -> Console:
+    # Built per call so a test runner's captured streams are the ones written to.
+    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
+
+
+@judge_app.command("pairs")
+def pairs(
+    run: Annotated[list[str], typer.Option("--run", help="Run name; repeat for several runs.")],
+    model: Annotated[str, typer.Option(help="Judge model (litellm model string).")],
+    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
+    api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
+    pairs_per_task: Annotated[int, typer.Option(help="Most pairs judged per task.")] = 4,
+    k: Annotated[int, typer.Option("--k", help="Judge samples per order of a pair.")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Comparisons in flight.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the pair order and judge calls.")] = 0,
+    budget_calls: Annotated[
+        int | None, typer.Option(help="Most judge samples now (a pair costs 2*k); rerun for more.")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="Completion cap of a judge reply.")] = 512,
+) -> None:
+    """Compare pairs of each task's verified answers (both orders) and record the preferences.
+
+    Writes one verdict per pair (stage judge, verifier llm-judge-pairwise). Pairs already
+    judged are skipped, so the same command continues an interrupted or budget-capped job.
+    """
+    from loopwright.loops.judge_pairs import JudgePairsProgress, judge_pairs
+    from loopwright.traces.store import TraceStoreError
+
+    err = _console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]judge pairs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("consistent {task.fields[consistent]}"),
+        TextColumn("flipped {task.fields[flipped]}"),
+        TextColumn("undecided {task.fields[undecided]}"),
+        TextColumn("tok {task.fields[tokens]}"),
+        TimeElapsedColumn(),
+        console=err,
+    )
+    bar_id = bar.add_task("judge", total=None, consistent=0, flipped=0, undecided=0, tokens=0)
+
+    def on_progress(p: JudgePairsProgress) -> None:
+        # Started with the first report, i.e. only once the input has been validated.
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(
+            bar_id,
+            total=p.total,
+            completed=p.done,
+            consistent=p.consistent,
+            flipped=p.flipped,
+            undecided=p.undecided,
+            tokens=p.tokens,
+        )
+
+    try:
+        try:
+            report = asyncio.run(
+                judge_pairs(
+                    db,
+                    run,
+                    model,
+                    api_base=api_base,
+                    pairs_per_task=pairs_per_task,
+                    k=k,
+                    concurrency=concurrency,
+                    seed=seed,
+                    budget_calls=budget_calls,
+                    max_tokens=max_tokens,
+                    on_progress=on_progress,
+                )
+            )
+        finally:
+            if bar.live.is_started:
+                bar.stop()
+    except (UserError, TraceStoreError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: finished judgements are saved; run the same command to continue")
+        raise typer.Exit(130) from None
+
+    t = Table(title=f"judge pairs: {', '.join(report.runs)}", show_header=False)
+    t.add_column("metric", style="bold")
+    t.add_column("value", justify="right")
+    rows = [
+        ("judge model", report.judge_model),
+        ("tasks / candidates", f"{report.tasks} / {report.candidates}"),
+        ("pairs selected (of distinct)", f"{report.selected} (of {report.candidate_pairs})"),
+        ("pairs judged", str(report.judged)),
+        ("skipped, already judged", str(report.skipped)),
+        ("consistent / order-flipped / undecided",
+         f"{report.consistent} / {report.flipped} / {report.undecided}"),
+        ("failed judge calls", str(report.failed)),
+        ("model samples", f"{report.calls:,}"),
+        ("tokens", f"{report.tokens:,}"),
+        ("cost", f"${report.cost_usd:.4f}"),
+    ]  # fmt: skip
+    if report.retried:
+        rows.append(("retried after a failure", str(report.retried)))
+    if report.not_started:
+        rows.append(("left for a rerun", f"{report.not_started} ({report.stopped})"))
+    for name, value in rows:
+        t.add_row(name, value)
+    out = _console()
+    out.print(t)
+    out.print(
+        f"verdicts: {report.db} (stage 'judge', verifier 'llm-judge-pairwise')",
+        highlight=False,
+        soft_wrap=True,
+    )
