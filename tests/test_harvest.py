@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -390,3 +391,66 @@ def test_existing_output_is_not_overwritten(siblings: Path, tmp_path: Path) -> N
     with pytest.raises(HarvestError, match="cannot tell the output format"):
         harvest("sft", siblings, tmp_path / "x.csv")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from loopwright.loops.cli import main
+
+    old = sys.argv
+    sys.argv = ["loopwright", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_and_reports(
+    siblings: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pairs.jsonl"
+    code, text, _ = _main(["harvest", "dpo", "--db", str(siblings), "--out", str(out),
+                           "--pairs", "siblings", "--style", "plain"], capsys)  # fmt: skip
+    assert code == 0
+    assert "dpo: 2 rows from 1 prompts to" in text and "siblings 2" in text
+    assert "duplicate" in text and "0.9-1.0" in text
+    assert sorted(r["rejected"] for r in _rows(out)) == [
+        "3 * 4 = 12. The answer is 12.", "The answer is 1."
+    ]  # fmt: skip
+    code, text, _ = _main(["harvest", "kto", "--db", str(siblings), "--dry-run", "--json"], capsys)
+    assert code == 0 and json.loads(text)["labels"] == {"true": 1, "false": 3}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["harvest", "sft", "--db", "{db}"], "give --out PATH"),
+        (["harvest", "sft", "--db", "{tmp}/none.duckdb", "--out", "{tmp}/o.jsonl"],
+         "no trace database at"),
+        (["harvest", "pairs", "--db", "{db}", "--out", "{tmp}/o.jsonl"],
+         "unknown harvest format 'pairs'"),
+        (["harvest", "dpo", "--db", "{db}", "--out", "{tmp}/o.jsonl", "--pairs", "cousins"],
+         "--pairs"),
+        (["harvest", "sft", "--db", "{db}", "--out", "{tmp}/o.jsonl", "--run", "nope"],
+         "unknown run 'nope'; runs in this database: bon"),
+        (["harvest", "sft", "--db", "{db}", "--out", "{tmp}/o.jsonl", "--contamination",
+          "{tmp}/missing.jsonl"], "contamination file"),
+    ],
+)  # fmt: skip
+def test_cli_bad_input_is_one_line(
+    siblings: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    argv = [a.format(db=siblings, tmp=tmp_path) for a in args]
+    code, _, err = _main(argv, capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error:") and message in lines[0], lines[0]
+    assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "none.duckdb").exists()
