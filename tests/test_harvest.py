@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loopwright.loops.tasks import load_tasks
 from loopwright.traces.harvest import HarvestError, HarvestOptions, harvest
 
 from tests.harvest_trees import Trees
+from tests.loop_testkit import local_model
 
 Q1 = "Ann has 3 apples and buys 4 more. How many apples does Ann have now?"
 Q2 = "Bob has 10 pens and gives away 6 of them. How many pens are left with Bob?"
@@ -454,3 +456,33 @@ def test_cli_bad_input_is_one_line(
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error:") and message in lines[0], lines[0]
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "none.duckdb").exists()
+
+
+@pytest.mark.local_model
+@local_model
+async def test_harvest_from_a_real_local_model_run(tmp_path: Path) -> None:
+    """best-of-n on the embedded model: every harvested label matches the math checker."""
+    from loopwright.loops.runner import RunConfig, run
+    from loopwright.tools.math_check import MathChecker
+
+    db = tmp_path / "run.duckdb"
+    cfg = RunConfig(loop="best-of-n", tasks="builtin:arithmetic?seed=3&n=3", db=str(db),
+                    options={"n": 6, "max_tokens": 64})  # fmt: skip
+    result = await run(cfg)
+    assert result.summary["done"] == 3
+    refs = {t.id: t.reference for t in load_tasks("builtin:arithmetic?seed=3&n=3")}
+    checker = MathChecker()
+    try:
+        kto = harvest("kto", db, tmp_path / "kto.jsonl", HarvestOptions(dedup="none"))
+        rows = _rows(tmp_path / "kto.jsonl")
+        assert kto.rows == len(rows) == 18  # 3 tasks x 6 samples, all labelled
+        for r in rows:
+            want = checker.check(r["completion"][0]["content"], refs[r["provenance"]["task_id"]])
+            assert r["label"] == want.passed, r
+        harvest("dpo", db, tmp_path / "dpo.jsonl", HarvestOptions(pairs=["siblings"]))
+        for r in _rows(tmp_path / "dpo.jsonl"):
+            ref = refs[r["provenance"]["task_id"]]
+            assert checker.check(r["chosen"][0]["content"], ref).passed
+            assert not checker.check(r["rejected"][0]["content"], ref).passed
+    finally:
+        checker.close()
