@@ -1,0 +1,129 @@
+"""``loopwright grade``: the held-out grader's verdict on every answer of finished runs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from loopwright.loops.errors import UserError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def _console(stderr: bool = False) -> Console:
+    # Built per call so a test runner's captured streams are the ones written to.
+    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
+
+
+def grade(
+    run: Annotated[list[str], typer.Option("--run", help="Run name or id; repeat for several.")],
+    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
+    sandbox: Annotated[
+        str, typer.Option(help="Sandbox for code tests: bwrap, docker or process.")
+    ] = "bwrap",
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds one code-test run may take.")
+    ] = 10.0,
+    concurrency: Annotated[int, typer.Option(help="Answers graded at once.")] = 4,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Grade every answer of the runs with the held-out grader, not only each task's final.
+
+    Writes one verdict per answer node (stage graded) that has none yet, so running again
+    grades only what is new (and answers whose grading errored). The summary counts the
+    answers graded and passed, and how the in-loop verdicts agree with the grader's.
+    """
+    from loopwright.loops.grade import GradeProgress, grade_run
+    from loopwright.traces.store import TraceStoreError
+
+    err = _console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]grade"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("passed {task.fields[passed]}"),
+        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("errors {task.fields[errors]}"),
+        TimeElapsedColumn(),
+        console=err,
+    )
+    bar_id = bar.add_task("grade", total=None, passed=0, failed=0, errors=0)
+
+    def on_progress(p: GradeProgress) -> None:
+        # Started with the first report, i.e. only once the input has been validated.
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(
+            bar_id,
+            total=p.total,
+            completed=p.done,
+            passed=p.passed,
+            failed=p.failed,
+            errors=p.errors,
+        )
+
+    try:
+        try:
+            report = grade_run(
+                db,
+                run,
+                sandbox=sandbox,
+                timeout_s=timeout,
+                concurrency=concurrency,
+                on_progress=on_progress,
+            )
+        finally:
+            if bar.live.is_started:
+                bar.stop()
+    except (UserError, TraceStoreError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: the verdicts written are kept; run the same command to continue")
+        raise typer.Exit(130) from None
+
+    if json_out:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    out = _console()
+    t = Table(title=f"grade: {', '.join(report.runs)}", show_header=False)
+    t.add_column("metric", style="bold")
+    t.add_column("value", justify="right")
+    rows = [
+        ("tasks / answers", f"{report.tasks} / {report.answers}"),
+        ("graded now", str(report.graded)),
+        ("passed / failed / errors", f"{report.passed} / {report.failed} / {report.errors}"),
+        ("skipped, already graded", str(report.skipped)),
+    ]
+    if report.retried:
+        rows.append(("regraded after an error", str(report.retried)))
+    if report.no_grader:
+        rows.append(("no grader for the task", str(report.no_grader)))
+    for name, value in rows:
+        t.add_row(name, value)
+    out.print(t)
+
+    a = report.agreement
+    m = Table(title="in-loop vs graded, all answers")
+    m.add_column("in-loop \\ graded", style="bold")
+    m.add_column("passed", justify="right")
+    m.add_column("failed", justify="right")
+    m.add_row("passed", str(a.in_loop_passed_graded_passed), str(a.in_loop_passed_graded_failed))
+    m.add_row("failed", str(a.in_loop_failed_graded_passed), str(a.in_loop_failed_graded_failed))
+    out.print(m)
+    decided = a.agree + a.disagree
+    line = f"agree {a.agree} of {decided}" if decided else "no graded answers yet"
+    if a.in_loop_passed_graded_failed:
+        line += (
+            f"; {a.in_loop_passed_graded_failed} passed the loop's own check but not the grader's"
+        )
+    if a.undecided:
+        line += f"; {a.undecided} without a pass/fail on one side"
+    out.print(line, highlight=False, soft_wrap=True)
+    out.print(
+        f"verdicts: {report.db} (stage 'graded'); harvest with --label graded",
+        highlight=False,
+        soft_wrap=True,
+    )

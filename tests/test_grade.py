@@ -1,0 +1,399 @@
+"""``loopwright grade``: the held-out grader on every answer of a finished run.
+
+Runs are made through the runner with the scripted model (best-of-n, every sample verified
+in the loop, only the final graded); ``grade_run`` then grades the other answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from loop_testkit import (
+    CODE_SPEC,
+    FIRST_FAILURE,
+    RIGHT_CODE,
+    WRONG_CODE,
+    LoopRunner,
+    Rows,
+    last_user,
+    math_task,
+    read_rows,
+    skip_without_bwrap,
+    write_jsonl,
+)
+from loopwright.loops import grade as grade_mod
+from loopwright.loops.cli_grade import grade
+from loopwright.loops.errors import UserError
+from loopwright.loops.grade import Agreement, GradeReport, grade_run
+from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.tasks import Task, builtin_arithmetic
+from loopwright.loops.verify import MathAnswer, Verdict
+from loopwright.tools import math_check
+from loopwright.tools.code_tests import VERSION as CODE_TESTS_VERSION
+from typer.testing import CliRunner
+
+ARITH = "builtin:arithmetic?n=2"
+TASKS = builtin_arithmetic(seed=0, n=2)
+run_loop = LoopRunner("best-of-n", {"n": 4, "selector": "verifier"})
+
+
+def replies(ref: str) -> list[str]:
+    """A task's four samples: right, wrong, no answer, right as a bare boxed number."""
+    r = int(ref)
+    return [
+        f"So the total is {r}. The answer is {r}.",
+        f"I think it is {r + 1}. The answer is {r + 1}.",
+        "I am not sure.",
+        f"\\boxed{{{r}}}",
+    ]
+
+
+# What the held-out math check says of each reply (index into replies()).
+GRADED = [True, False, False, True]
+# What the gamed in-loop check says: it passes any reply saying "The answer is".
+GAMED = [True, True, False, False]
+
+
+class PerTask:
+    """The k-th sample for a task gets that task's k-th reply."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
+        user = last_user(messages)
+        [task] = [t for t in TASKS if t.prompt in user]
+        k = self.seen.get(task.id, 0)
+        self.seen[task.id] = k + 1
+        return replies(task.reference or "")[k]
+
+
+class Gamed:
+    """An in-loop check a loop could game: passes whenever the reply claims an answer."""
+
+    name = "gamed-check"
+
+    def __call__(self, task: Task, response: str) -> Verdict:
+        ok = "The answer is" in response
+        return Verdict(passed=ok, score=float(ok), verifier=self.name, version="1")
+
+
+async def make_run(
+    tmp_path: Path, name: str, *, gamed: bool = False, mp: pytest.MonkeyPatch | None = None
+) -> Rows:
+    if gamed:
+        assert mp is not None
+        mp.setattr("loopwright.loops.runner.verifier_for", lambda task, sandbox="bwrap": Gamed())
+    try:
+        _, rows = await run_loop(
+            tmp_path, ScriptedModel(PerTask()), ARITH, run_name=name, concurrency=1
+        )
+    finally:
+        if mp is not None:
+            mp.undo()
+    return rows
+
+
+def answers(rows: Rows) -> list[dict[str, Any]]:
+    return [n for n in rows["nodes"] if n["role"] == "generator"]
+
+
+def reply_index(node: dict[str, Any]) -> int:
+    [task] = [t for t in TASKS if t.id == node["task_id"]]
+    return replies(task.reference or "").index(node["content"])
+
+
+def graded_of(rows: Rows, node_id: str) -> list[dict[str, Any]]:
+    return [v for v in rows["verdicts"] if v["stage"] == "graded" and v["node_id"] == node_id]
+
+
+def db_of(tmp_path: Path) -> str:
+    return str(tmp_path / "t.duckdb")
+
+
+# -- math: every answer graded, finals untouched, resumable, agreement -------------------------
+
+
+async def test_grades_every_answer_once_and_counts_agreement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    honest = await make_run(tmp_path, "honest")
+    gamed = await make_run(tmp_path, "gamed", gamed=True, mp=monkeypatch)
+    finals_before = {
+        run: {v["node_id"]: v["verdict_id"] for v in rows["verdicts"] if v["stage"] == "graded"}
+        for run, rows in (("honest", honest), ("gamed", gamed))
+    }
+    # The runner graded exactly each task's final node.
+    for rows in (honest, gamed):
+        assert set(finals_before_of(rows)) == {t["final_node_id"] for t in rows["tasks"]}
+        assert len(answers(rows)) == 8
+
+    seen: list[tuple[int, int]] = []
+    report = grade_run(
+        db_of(tmp_path),
+        ["honest", "gamed"],
+        concurrency=3,
+        on_progress=lambda p: seen.append((p.done, p.total)),
+    )
+
+    after = {
+        "honest": read_rows(db_of(tmp_path), honest["tasks"][0]["run_id"]),
+        "gamed": read_rows(db_of(tmp_path), gamed["tasks"][0]["run_id"]),
+    }
+    checker = MathAnswer()
+    passed_now = 0
+    for run, rows in after.items():
+        finals = {t["final_node_id"] for t in rows["tasks"]}
+        for node in answers(rows):
+            [v] = graded_of(rows, node["node_id"])  # exactly one graded verdict per answer
+            i = reply_index(node)
+            task = next(t for t in TASKS if t.id == node["task_id"])
+            assert checker(task, node["content"]).passed is GRADED[i]
+            assert v["passed"] is GRADED[i], (run, node["content"])
+            assert (v["run_id"], v["task_id"]) == (node["run_id"], node["task_id"])
+            assert v["verifier"] == "math-answer"
+            assert v["verifier_version"] == f"{math_check.VERSION}-lenient"
+            assert v["score"] == (1.0 if GRADED[i] else 0.0)
+            if node["node_id"] in finals:  # the runner's verdict, kept as it was
+                assert v["verdict_id"] == finals_before[run][node["node_id"]]
+            else:
+                passed_now += GRADED[i]
+                details = json.loads(v["details"])
+                ref = int(task.reference or "")
+                assert details["answer"] == [str(ref), str(ref + 1), None, str(ref)][i]
+                if i == 2:
+                    assert v["feedback"] == "no final answer found"
+        # tasks.graded is the final's, untouched.
+        assert [t["graded"] for t in rows["tasks"]] == [
+            t["graded"] for t in (honest if run == "honest" else gamed)["tasks"]
+        ]
+
+    # The specific nodes: the wrong reply of each task failed, the boxed one passed.
+    for rows in after.values():
+        for node in answers(rows):
+            [v] = graded_of(rows, node["node_id"])
+            if node["content"].startswith("I think it is"):
+                assert v["passed"] is False
+                assert "does not match the expected answer" in v["feedback"]
+            if node["content"].startswith("\\boxed"):
+                assert v["passed"] is True
+
+    assert report.runs == ["honest", "gamed"]
+    assert (report.tasks, report.answers, report.graded, report.skipped) == (4, 16, 12, 4)
+    assert (report.passed, report.failed, report.errors) == (passed_now, 12 - passed_now, 0)
+    assert (report.retried, report.no_grader) == (0, 0)
+    # honest: in-loop == graded on all 8; gamed, per task: right (P,P), wrong (P,F),
+    # no answer (F,F), boxed (F,P).
+    assert report.agreement == Agreement(
+        in_loop_passed_graded_passed=4 + 2,
+        in_loop_passed_graded_failed=2,
+        in_loop_failed_graded_passed=2,
+        in_loop_failed_graded_failed=4 + 2,
+        undecided=0,
+    )
+    assert seen[0] == (0, 12) and seen[-1] == (12, 12)
+    assert [d for d, _ in seen] == list(range(13))
+
+    again = grade_run(db_of(tmp_path), ["gamed", "honest", "gamed"])
+    assert (again.graded, again.skipped, again.passed, again.errors) == (0, 16, 0, 0)
+    assert again.runs == ["gamed", "honest"]
+    assert again.agreement == report.agreement  # the table describes the runs
+    for run, rows in after.items():
+        now = read_rows(db_of(tmp_path), rows["tasks"][0]["run_id"])
+        assert len([v for v in now["verdicts"] if v["stage"] == "graded"]) == 8, run
+
+
+def finals_before_of(rows: Rows) -> list[str]:
+    return [v["node_id"] for v in rows["verdicts"] if v["stage"] == "graded"]
+
+
+async def test_a_grader_error_is_recorded_and_regraded_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = await make_run(tmp_path, "r")
+    real = grade_mod.grader_for
+
+    class Flaky:
+        name = "math-answer"
+
+        def __call__(self, task: Task, response: str) -> Verdict:
+            if response == "I am not sure.":
+                raise RuntimeError("checker worker died")
+            return MathAnswer()(task, response)
+
+    monkeypatch.setattr(grade_mod, "grader_for", lambda task, sandbox="bwrap": Flaky())
+    report = grade_run(db_of(tmp_path), ["r"], concurrency=2)
+    assert (report.graded, report.errors, report.skipped) == (6, 2, 2)
+    assert report.agreement.undecided == 2
+    run_id = rows["tasks"][0]["run_id"]
+    errs = [
+        v
+        for v in read_rows(db_of(tmp_path), run_id)["verdicts"]
+        if v["stage"] == "graded" and v["passed"] is None
+    ]
+    assert len(errs) == 2
+    for v in errs:
+        assert v["feedback"] == "grader error: RuntimeError: checker worker died"
+        assert json.loads(v["details"])["grader_error"] == "RuntimeError: checker worker died"
+        assert v["verifier"] == "math-answer" and v["score"] is None
+
+    monkeypatch.setattr(grade_mod, "grader_for", real)
+    again = grade_run(db_of(tmp_path), ["r"])
+    assert (again.graded, again.retried, again.errors, again.passed) == (2, 2, 0, 0)
+    assert again.skipped == 6 and again.agreement.undecided == 0
+    now = read_rows(db_of(tmp_path), run_id)
+    for node in answers(now):
+        [v] = graded_of(now, node["node_id"])
+        assert v["passed"] is GRADED[reply_index(node)]
+
+
+# -- code, in the real bwrap sandbox -------------------------------------------------------------
+
+
+async def test_code_answers_are_graded_in_the_sandbox(tmp_path: Path) -> None:
+    skip_without_bwrap()
+    right_again = "Here you go:\n" + RIGHT_CODE
+    model = ScriptedModel(PerCode([WRONG_CODE, RIGHT_CODE, right_again]))
+    _, rows = await LoopRunner("best-of-n", {"n": 3})(
+        tmp_path, model, CODE_SPEC, run_name="code", sandbox="bwrap"
+    )
+    [task] = rows["tasks"]
+    assert task["graded"] is True
+    final = task["final_node_id"]
+    others = [n for n in answers(rows) if n["node_id"] != final]
+    assert len(others) == 2 and WRONG_CODE in [n["content"] for n in others]
+
+    report = grade_run(db_of(tmp_path), ["code"], sandbox="bwrap", timeout_s=10, concurrency=2)
+    assert (report.graded, report.passed, report.failed, report.skipped) == (2, 1, 1, 1)
+    assert report.agreement == Agreement(
+        in_loop_passed_graded_passed=2, in_loop_failed_graded_failed=1
+    )
+    now = read_rows(db_of(tmp_path), task["run_id"])
+    for node in others:
+        [v] = graded_of(now, node["node_id"])
+        details = json.loads(v["details"])
+        assert (v["verifier"], v["verifier_version"]) == (
+            "code-tests",
+            f"{CODE_TESTS_VERSION}-bwrap",
+        )
+        assert details["sandbox"] == "bwrap"
+        if node["content"] == WRONG_CODE:
+            assert v["passed"] is False and v["score"] < 1.0
+            assert v["feedback"] == FIRST_FAILURE
+            assert "return a - b" in details["answer"]
+        else:
+            assert v["passed"] is True and v["score"] == 1.0
+            assert details["tests_passed"] == details["tests_total"] > 0
+    assert len(graded_of(now, final)) == 1
+
+
+class PerCode:
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = replies
+
+    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
+        return self.replies[index]
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+async def test_unknown_run_names_the_known_ones(tmp_path: Path) -> None:
+    await make_run(tmp_path, "honest")
+    with pytest.raises(UserError) as exc:
+        grade_run(db_of(tmp_path), ["honest", "honset"])
+    msg = str(exc.value)
+    assert "unknown run 'honset'" in msg and "choose from: honest" in msg
+    assert "\n" not in msg
+
+
+def test_missing_db_is_one_line_and_not_created(tmp_path: Path) -> None:
+    db = tmp_path / "nope.duckdb"
+    with pytest.raises(UserError, match=r"no trace database at .*nope\.duckdb"):
+        grade_run(db, ["r"])
+    assert not db.exists()
+
+
+async def test_a_moved_task_file_names_the_spec(tmp_path: Path) -> None:
+    spec = write_jsonl(tmp_path / "mine.jsonl", [math_task("t1", reference="5")])
+    model = ScriptedModel(["The answer is 5."] * 4)
+    await run_loop(tmp_path, model, spec, run_name="filed")
+    Path(spec).rename(tmp_path / "moved.jsonl")
+    with pytest.raises(UserError) as exc:
+        grade_run(db_of(tmp_path), ["filed"])
+    msg = str(exc.value)
+    assert f"cannot load task spec {spec!r} of run 'filed'" in msg and "\n" not in msg
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    monkeypatch.setenv("COLUMNS", "250")
+    app = typer.Typer()
+    app.command("grade")(grade)
+    app.command("other")(lambda: None)  # two commands, so "grade" is a subcommand
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(app, ["grade", *args])
+
+    return invoke
+
+
+def error_line(result: Any) -> str:
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+async def test_cli_grades_prints_json_then_a_summary(
+    tmp_path: Path, cli: Callable[..., Any]
+) -> None:
+    await make_run(tmp_path, "honest")
+    db = db_of(tmp_path)
+    r = cli("--db", db, "--run", "honest", "--json", "--concurrency", "2", "--timeout", "5")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    report = GradeReport.model_validate_json(r.stdout)
+    assert (report.graded, report.skipped, report.errors) == (6, 2, 0)
+    assert report.agreement == Agreement(
+        in_loop_passed_graded_passed=4, in_loop_failed_graded_failed=4
+    )
+    again = cli("--db", db, "--run", "honest")
+    assert again.exit_code == 0, (again.stdout, again.stderr)
+    out = again.stdout
+    assert "graded now" in out and "skipped, already graded" in out
+    assert row(out, "graded now") == ["0"]
+    assert row(out, "skipped, already graded") == ["8"]
+    assert row(out, "passed") == ["4", "0"]  # the agreement table: in-loop passed row
+    assert row(out, "failed") == ["0", "4"]
+    assert "agree 8 of 8" in out
+
+
+def row(out: str, name: str) -> list[str]:
+    """The value cells of the first table row named ``name``."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if cells[0] == name:
+            return cells[1:]
+    raise AssertionError(f"no row {name!r} in:\n{out}")
+
+
+async def test_cli_errors_are_one_line(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    missing = tmp_path / "missing.duckdb"
+    line = error_line(cli("--db", str(missing), "--run", "x"))
+    assert "no trace database at" in line
+    assert not missing.exists()
+
+    await make_run(tmp_path, "honest")
+    line = error_line(cli("--db", db_of(tmp_path), "--run", "nope"))
+    assert "unknown run 'nope'" in line and "choose from: honest" in line
+    line = error_line(cli("--db", db_of(tmp_path), "--run", "honest", "--sandbox", "jail"))
+    assert "unknown sandbox backend 'jail'" in line
