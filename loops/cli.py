@@ -283,6 +283,10 @@ def _mount_tools() -> None:
     from loopwright.loops.cli_grade import grade
 
     app.command("grade")(grade)
+    from loopwright.loops.cli_sweep import report, sweep
+
+    app.command("sweep")(sweep)
+    app.command("report")(report)
     from loopwright.loops.cli_judge import judge_app
 
     app.add_typer(judge_app, name="judge", help="Judge a run's answers after the fact.")

@@ -1,13 +1,14 @@
 """DuckDB schema for the trace store.
 
 Every table carries ``run_id``; nodes and calls also carry ``loop``, ``model`` and ``round`` so a
-harvested row keeps its provenance without joins. Bump ``SCHEMA_VERSION`` and add a migration
-to ``MIGRATIONS`` when a table changes.
+harvested row keeps its provenance without joins. Bump ``SCHEMA_VERSION`` when a table is
+added or changed: ``TraceStore`` creates missing tables on open and records the new version;
+a changed column would need its ``ALTER`` there too (none has so far).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES: dict[str, str] = {
     "schema_version": """
@@ -135,6 +136,35 @@ TABLES: dict[str, str] = {
             cost_usd DOUBLE,
             created_at TIMESTAMP,
             PRIMARY KEY (cache_key, sample_index)
+        )""",
+    # v2: a sweep is a grid of runs (strategy x value x model x seed) read together by reports.
+    "sweeps": """
+        CREATE TABLE IF NOT EXISTS sweeps (
+            sweep_id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL UNIQUE,
+            tasks_spec VARCHAR,
+            grid VARCHAR,
+            config JSON,
+            config_hash VARCHAR,
+            status VARCHAR NOT NULL,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP
+        )""",
+    "sweep_points": """
+        CREATE TABLE IF NOT EXISTS sweep_points (
+            point_id VARCHAR PRIMARY KEY,
+            sweep_id VARCHAR NOT NULL,
+            strategy VARCHAR NOT NULL,
+            loop VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            seed BIGINT,
+            param VARCHAR,
+            value DOUBLE,
+            options JSON,
+            run_name VARCHAR NOT NULL,
+            derived BOOLEAN NOT NULL,
+            status VARCHAR NOT NULL,
+            error VARCHAR
         )""",
 }
 

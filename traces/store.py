@@ -41,7 +41,7 @@ class TraceStore:
             self._con.execute(ddl)
         row = self._con.execute("SELECT max(version) FROM schema_version").fetchone()
         current = row[0] if row else None
-        if current is None:
+        if current is None or current < SCHEMA_VERSION:
             self._con.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
         elif current > SCHEMA_VERSION:
             raise TraceStoreError(

@@ -1,0 +1,158 @@
+"""``loopwright sweep`` (run a grid as one sweep) and ``loopwright report`` (plots + Markdown)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.errors import UserError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        where = ".".join(str(p) for p in e["loc"])
+        return f"--{where.replace('_', '-')}: {e['msg']}" if where else e["msg"]
+    return str(exc).splitlines()[0]
+
+
+def sweep(
+    tasks: Annotated[str, typer.Option(help="Task spec, as for `loopwright run`.")],
+    grid: Annotated[
+        str,
+        typer.Option(
+            help="e.g. 'best-of-n:n=1,2,4,8,16; self-refine:rounds=1,2,4; reflexion:trials=1,2,4'"
+        ),
+    ],
+    model: Annotated[list[str] | None, typer.Option(help="litellm model (repeatable).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per point (0..N-1).")] = 1,
+    name: Annotated[
+        str | None, typer.Option(help="Sweep name (default: derived from the arguments).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
+    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
+    concurrency: Annotated[int, typer.Option(help="Tasks in flight per run.")] = 4,
+    sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
+    api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
+    budget_tokens: Annotated[int | None, typer.Option(help="Token budget per task.")] = None,
+    budget_calls: Annotated[int | None, typer.Option(help="Sample budget per task.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Dollar budget per task.")] = None,
+    no_grade: Annotated[
+        bool, typer.Option("--no-grade", help="Skip grading every answer (maj@k needs it).")
+    ] = False,
+) -> None:
+    """Run a grid of strategies x values x models x seeds as one sweep (resumable)."""
+    import hashlib
+
+    from loopwright.loops.sweep import SweepConfig, SweepEvent, run_sweep, validate
+
+    models = tuple(model or ["local/smollm2-135m"])
+    if name is None:
+        key = f"{tasks}|{models}|{grid}|{seeds}|{limit}".encode()
+        name = f"sweep-{hashlib.sha256(key).hexdigest()[:8]}"
+    try:
+        cfg = SweepConfig(
+            name=name, tasks=tasks, models=models, grid=grid, seeds=seeds, limit=limit, db=db,
+            concurrency=concurrency, sandbox=sandbox, api_base=api_base,
+            budget=BudgetLimits(tokens=budget_tokens, calls=budget_calls, usd=budget_usd),
+            grade=not no_grade,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UserError(_first_error(exc)) from None
+    _, points = validate(cfg)
+    out = _console()
+    runs = len({p.run_name for p in points})
+    out.print(
+        f"sweep [bold]{cfg.name}[/bold]: {len(points)} points "
+        f"({sum(p.derived for p in points)} read from shared samples) in {runs} runs "
+        f"on {cfg.tasks} -> {cfg.db}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("pass {task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+    )
+    bar_id = bar.add_task("", total=None, rate="-")
+
+    def on_event(e: SweepEvent) -> None:
+        tag = f"[{e.index + 1}/{e.total}] {e.run_name}"
+        if e.kind == "start":
+            bar.update(bar_id, description=tag, completed=0, total=None, rate="-")
+        elif e.kind == "grade":
+            bar.update(bar_id, description=f"{tag} grading")
+        elif e.kind in ("skip", "done", "failed"):
+            extra = f": {e.detail}" if e.detail else ""
+            bar.console.print(f"{tag} {e.kind}{extra}", highlight=False, soft_wrap=True)
+
+    def on_run(p: Any) -> None:
+        finished = p.done - p.failed
+        bar.update(bar_id, total=p.total, completed=p.done,
+                   rate=f"{p.passed / finished:.0%}" if finished else "-")  # fmt: skip
+
+    bar.start()
+    try:
+        run_sweep(cfg, on_event, on_run)
+    finally:
+        bar.stop()
+    _summary(cfg.db, cfg.name)
+
+
+def _summary(db: str, name: str) -> None:
+    from loopwright.traces.store import TraceStore
+
+    with TraceStore(db, read_only=True) as store:
+        rows = store.query(
+            "SELECT p.strategy, p.model, p.param, p.value, p.derived, p.status,"
+            " count(t.task_id) AS tasks, avg(CAST(t.graded AS INT)) AS acc,"
+            " avg(t.total_tokens) AS tok"
+            " FROM sweep_points p JOIN sweeps s USING (sweep_id)"
+            " LEFT JOIN runs r ON r.name = p.run_name"
+            " LEFT JOIN tasks t ON t.run_id = r.run_id AND NOT p.derived"
+            " WHERE s.name = ? GROUP BY ALL ORDER BY p.model, p.strategy, p.value",
+            [name],
+        )
+    t = Table(title=f"sweep {name} (graded accuracy of the runs; derived points: see report)")
+    for col in ("strategy", "model", "value", "status", "accuracy", "tokens/task"):
+        t.add_column(col, justify="right" if col in ("accuracy", "tokens/task") else "left")
+    seen: set[tuple[Any, ...]] = set()
+    for r in rows:
+        key = (r["strategy"], r["model"], r["value"], r["derived"])
+        if key in seen:
+            continue
+        seen.add(key)
+        val = "-" if r["param"] is None else f"{r['param']}={r['value']:g}"
+        acc = "shared" if r["derived"] else ("-" if r["acc"] is None else f"{r['acc']:.0%}")
+        tok = "" if r["derived"] or r["tok"] is None else f"{r['tok']:.0f}"
+        t.add_row(r["strategy"], r["model"], val, r["status"], acc, tok)
+    _console().print(t)
+    _console().print(f"next: loopwright report --db {db} --sweep {name} --out report-{name}")
+
+
+def report(
+    sweep_name: Annotated[str, typer.Option("--sweep", help="Sweep name.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md and the PNG plots.")],
+    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 2000,
+) -> None:
+    """Plots (PNG) and a Markdown report of a sweep: accuracy vs compute with CIs, pass@k,
+    maj@k, the compute-matched winners and caution metrics."""
+    from loopwright.loops.report import write_report
+
+    path = write_report(db, sweep_name, out, n_boot=n_boot)
+    _console().print(f"report: {path}", highlight=False)

@@ -1,0 +1,321 @@
+"""Read a sweep back from the trace store: per-task results of every point, shared samples.
+
+All reading is SQL over the DuckDB file (read-only); what comes back is small (one row per
+task per point, one row per best-of-n sample) and feeds ``loopwright.traces.metrics``.
+
+Costs per task: ``tokens`` (prompt + completion, as charged), ``calls`` (model samples),
+``usd``, and ``wall`` — the task's model time: the sum of its requests' latencies, where a
+request served from the call cache counts at the latency of the request that filled the
+cache, so a point that reused another point's calls is not shown as free. Derived best-of-n
+points (N < the run's N) take the first N samples: their completion tokens and cost, the
+prompt tokens of the requests they came from, and the request time scaled by tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from loopwright.loops.errors import UserError
+from loopwright.loops.graphs.common import normalise_answer
+from loopwright.traces.store import TraceStore
+
+
+@dataclass
+class TaskResult:
+    task_id: str
+    seed: int
+    correct: bool
+    tokens: float
+    calls: float
+    usd: float
+    wall: float
+
+
+@dataclass
+class Sample:
+    """One best-of-n sample, in the order the model produced it."""
+
+    node_id: str
+    text: str
+    key: str | None
+    verified: bool | None
+    score: float | None
+    correct: bool | None
+    logprob: float | None
+    completion_tokens: int
+    prompt_tokens: int
+    usd: float
+    latency: float
+
+
+@dataclass
+class Point:
+    strategy: str
+    loop: str
+    model: str
+    param: str | None
+    value: float | None
+    derived: bool
+    run_names: list[str]
+    results: list[TaskResult] = field(default_factory=list)
+
+
+@dataclass
+class SweepData:
+    name: str
+    tasks_spec: str
+    grid: str
+    config: dict[str, Any]
+    points: list[Point]
+    # (model, strategy, seed, task_id) -> samples of the shared best-of-n run
+    samples: dict[tuple[str, str, int, str], list[Sample]]
+    # (model, strategy, seed, task_id) -> chain of (correct, answer key) by round
+    chains: dict[tuple[str, str, int, str], list[tuple[bool | None, str | None]]]
+    judge_pairs: list[tuple[str | None, str | None, int, int]]
+    judge_points: list[tuple[bool | None, bool, int, float | None]]
+
+
+def _key(kind: str | None, answer: str | None) -> str | None:
+    return normalise_answer(SimpleNamespace(kind=kind or "math"), answer)  # type: ignore[arg-type]
+
+
+def load_sweep(db: str, name: str) -> SweepData:
+    with TraceStore(db, read_only=True) as store:
+        have = {r["table_name"] for r in store.query("SELECT table_name FROM duckdb_tables()")}
+        if "sweeps" not in have:
+            raise UserError(f"{db} has no sweeps: run `loopwright sweep` first")
+        rows = store.query("SELECT * FROM sweeps WHERE name = ?", [name])
+        if not rows:
+            known = [r["name"] for r in store.query("SELECT name FROM sweeps ORDER BY 1")]
+            raise UserError(
+                f"no sweep named {name!r} in {db}; sweeps: {', '.join(known) or 'none'}"
+            )
+        sw = rows[0]
+        pts = store.query(
+            "SELECT p.*, r.run_id FROM sweep_points p LEFT JOIN runs r ON r.name = p.run_name"
+            " WHERE p.sweep_id = ? ORDER BY p.model, p.strategy, p.value, p.seed",
+            [sw["sweep_id"]],
+        )
+        run_ids = sorted({p["run_id"] for p in pts if p["run_id"]})
+        if not run_ids:
+            raise UserError(f"sweep {name!r} has no finished runs yet: run `loopwright sweep`")
+        data = SweepData(
+            name=name, tasks_spec=sw["tasks_spec"], grid=sw["grid"],
+            config=json.loads(sw["config"]) if sw["config"] else {},
+            points=[], samples={}, chains={}, judge_pairs=[], judge_points=[],
+        )  # fmt: skip
+        per_task = _task_costs(store, run_ids)
+        samples = _samples(store, run_ids)
+        by_point: dict[tuple[Any, ...], Point] = {}
+        for p in pts:
+            k = (p["model"], p["strategy"], p["value"])
+            point = by_point.get(k)
+            if point is None:
+                point = by_point[k] = Point(
+                    strategy=p["strategy"], loop=p["loop"], model=p["model"], param=p["param"],
+                    value=p["value"], derived=bool(p["derived"]), run_names=[],
+                )  # fmt: skip
+                data.points.append(point)
+            point.run_names.append(p["run_name"])
+            if not p["run_id"]:
+                continue
+            if p["derived"] or (p["loop"] == "best-of-n" and p["param"] == "n"):
+                _derived(point, p, samples.get(p["run_id"], {}), data)
+            else:
+                point.results += [
+                    TaskResult(t, int(p["seed"]), bool(c["correct"]), c["tokens"], c["calls"],
+                               c["usd"], c["wall"])
+                    for t, c in per_task.get(p["run_id"], {}).items()
+                ]  # fmt: skip
+        # shared samples only once per (model, strategy, seed)
+        _chains(store, pts, data)
+        _judges(store, run_ids, data)
+    return data
+
+
+def _task_costs(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    marks = ", ".join("?" for _ in run_ids)
+    rows = store.query(
+        f"""
+        WITH req AS (
+            SELECT run_id, task_id, request_id, any_value(cache_key) AS key,
+                   bool_or(cache_hit) AS hit, max(latency_s) AS lat
+            FROM calls WHERE run_id IN ({marks}) GROUP BY ALL),
+        fresh AS (
+            SELECT cache_key AS key, max(latency_s) AS lat FROM calls
+            WHERE NOT cache_hit AND cache_key IS NOT NULL GROUP BY 1),
+        model_s AS (
+            SELECT run_id, task_id,
+                   sum(CASE WHEN hit THEN coalesce(fresh.lat, 0) ELSE req.lat END) AS s
+            FROM req LEFT JOIN fresh USING (key) GROUP BY ALL)
+        SELECT t.run_id, t.task_id, coalesce(t.graded, FALSE) AS correct,
+               t.total_tokens AS tokens, t.calls, t.cost_usd AS usd,
+               coalesce(m.s, t.wall_s) AS wall
+        FROM tasks t LEFT JOIN model_s m USING (run_id, task_id)
+        WHERE t.run_id IN ({marks}) AND t.status = 'done'""",
+        run_ids + run_ids,
+    )
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["run_id"], {})[r["task_id"]] = r
+    return out
+
+
+def _samples(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, list[Sample]]]:
+    """Best-of-n samples per run and task, in production order, with both verdicts."""
+    marks = ", ".join("?" for _ in run_ids)
+    rows = store.query(
+        f"""
+        WITH v AS (
+            SELECT node_id, stage, arg_max(passed, created_at) AS passed,
+                   arg_max(score, created_at) AS score
+            FROM verdicts WHERE run_id IN ({marks}) AND stage IN ('in_loop', 'graded')
+              AND verifier NOT IN ('llm-judge', 'llm-judge-pairwise', 'reward-model')
+            GROUP BY ALL)
+        SELECT n.run_id, n.task_id, n.node_id, n.content, n.answer, t.kind,
+               il.passed AS verified, il.score, g.passed AS correct,
+               c.logprob_mean, c.completion_tokens, c.prompt_tokens, c.cost_usd,
+               c.latency_s, c.created_at, c.sample_index
+        FROM nodes n JOIN runs r USING (run_id)
+        JOIN tasks t USING (run_id, task_id)
+        LEFT JOIN calls c ON c.node_id = n.node_id
+        LEFT JOIN v il ON il.node_id = n.node_id AND il.stage = 'in_loop'
+        LEFT JOIN v g ON g.node_id = n.node_id AND g.stage = 'graded'
+        WHERE n.run_id IN ({marks}) AND r.loop = 'best-of-n' AND n.role = 'generator'
+          AND t.status = 'done'
+        ORDER BY n.run_id, n.task_id, c.created_at, c.request_id, c.sample_index""",
+        run_ids + run_ids,
+    )
+    out: dict[str, dict[str, list[Sample]]] = {}
+    for r in rows:
+        out.setdefault(r["run_id"], {}).setdefault(r["task_id"], []).append(
+            Sample(
+                node_id=r["node_id"],
+                text=r["content"] or "",
+                key=_key(r["kind"], r["answer"]),
+                verified=r["verified"],
+                score=r["score"],
+                correct=r["correct"],
+                logprob=r["logprob_mean"],
+                completion_tokens=int(r["completion_tokens"] or 0),
+                prompt_tokens=int(r["prompt_tokens"] or 0),
+                usd=float(r["cost_usd"] or 0.0),
+                latency=float(r["latency_s"] or 0.0),
+            )
+        )
+    return out
+
+
+def _derived(
+    point: Point, p: dict[str, Any], runs: dict[str, list[Sample]], data: SweepData
+) -> None:
+    """A best-of-n point read from the first ``value`` samples of its run."""
+    k = int(p["value"])
+    seed = int(p["seed"])
+    for task_id, samples in runs.items():
+        data.samples.setdefault((p["model"], p["strategy"], seed, task_id), samples)
+        first = samples[:k]
+        if len(first) < k:
+            continue  # the run stopped early (budget): no honest k-sample point
+        total_tok = sum(s.completion_tokens + s.prompt_tokens for s in samples) or 1
+        tok = sum(s.completion_tokens + s.prompt_tokens for s in first)
+        lat = max((s.latency for s in samples), default=0.0)
+        opts = json.loads(p["options"]) if p["options"] else {}
+        right = select(first, opts.get("selector", "verifier"), opts.get("weight_by", "logprob"))
+        point.results.append(
+            TaskResult(
+                task_id,
+                seed,
+                right,
+                float(tok),
+                float(k),
+                sum(s.usd for s in first),
+                lat * tok / total_tok,
+            )
+        )
+
+
+def select(samples: list[Sample], selector: str, weight_by: str = "logprob") -> bool:
+    """Is the answer ``selector`` picks among ``samples`` graded correct?
+
+    verifier: verified first, then verifier score, then the earliest; majority / weighted: the
+    winning answer key (weights exp(mean logprob), or the verifier score) is correct when any
+    sample with that key is; logprob: the highest mean logprob. Judge and reward selectors
+    fall back to the verifier pick (their scores are not replayed here).
+    """
+    from loopwright.traces.metrics import vote
+
+    if not samples:
+        return False
+    if selector in ("majority", "weighted"):
+        weights = None
+        if selector == "weighted":
+            weights = [
+                (s.score or 0.0) if weight_by == "verifier" else math.exp(s.logprob or -50.0)
+                for s in samples
+            ]
+        won = vote([s.key for s in samples], weights)
+        return any(s.correct for s in samples if s.key == won and won is not None)
+    if selector == "logprob":
+        pick = max(enumerate(samples), key=lambda e: (e[1].logprob or -1e9, -e[0]))[1]
+        return bool(pick.correct)
+    pick = max(enumerate(samples), key=lambda e: (bool(e[1].verified), e[1].score or 0.0, -e[0]))
+    return bool(pick[1].correct)
+
+
+def _chains(store: TraceStore, pts: list[dict[str, Any]], data: SweepData) -> None:
+    """Per revision-loop run at its largest value: each task's answers by round, graded."""
+    revision = ("self-refine", "critic", "reflexion")
+    top: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for p in pts:
+        if p["loop"] not in revision or not p["run_id"]:
+            continue
+        k = (p["model"], p["strategy"], int(p["seed"]))
+        if k not in top or (p["value"] or 0) > (top[k]["value"] or 0):
+            top[k] = p
+    for (model, strategy, seed), p in top.items():
+        rows = store.query(
+            """
+            WITH g AS (SELECT node_id, arg_max(passed, created_at) AS passed FROM verdicts
+                       WHERE run_id = ? AND stage = 'graded' GROUP BY 1)
+            SELECT n.task_id, n.round, n.answer, t.kind, g.passed
+            FROM nodes n JOIN tasks t USING (run_id, task_id) LEFT JOIN g USING (node_id)
+            WHERE n.run_id = ? AND n.role IN ('generator', 'refiner')
+              AND EXISTS (SELECT 1 FROM verdicts v WHERE v.node_id = n.node_id
+                          AND v.stage = 'in_loop')
+            ORDER BY n.task_id, n.round, n.created_at""",
+            [p["run_id"], p["run_id"]],
+        )
+        for r in rows:
+            data.chains.setdefault((model, strategy, seed, r["task_id"]), []).append(
+                (r["passed"], _key(r["kind"], r["answer"]))
+            )
+
+
+def _judges(store: TraceStore, run_ids: list[str], data: SweepData) -> None:
+    marks = ", ".join("?" for _ in run_ids)
+    for r in store.query(
+        f"""
+        SELECT v.details->>'$.a_first.winner' AS ab, v.details->>'$.b_first.winner' AS ba,
+               length(a.content) AS la, length(b.content) AS lb
+        FROM verdicts v
+        JOIN nodes a ON a.node_id = v.details->>'$.a_node_id'
+        JOIN nodes b ON b.node_id = v.details->>'$.b_node_id'
+        WHERE v.run_id IN ({marks}) AND v.verifier = 'llm-judge-pairwise'""",
+        run_ids,
+    ):
+        data.judge_pairs.append((r["ab"], r["ba"], int(r["la"] or 0), int(r["lb"] or 0)))
+    for r in store.query(
+        f"""
+        WITH g AS (SELECT node_id, arg_max(passed, created_at) AS passed FROM verdicts
+                   WHERE run_id IN ({marks}) AND stage = 'graded' GROUP BY 1)
+        SELECT v.passed AS judged, g.passed AS truth, length(n.content) AS len, v.score
+        FROM verdicts v JOIN g USING (node_id) JOIN nodes n USING (node_id)
+        WHERE v.run_id IN ({marks}) AND v.verifier = 'llm-judge' AND g.passed IS NOT NULL""",
+        run_ids + run_ids,
+    ):
+        data.judge_points.append((r["judged"], bool(r["truth"]), int(r["len"] or 0), r["score"]))

@@ -1,0 +1,378 @@
+"""Sweeps: a grid of strategies x values x models x seeds, run and recorded as one sweep.
+
+A grid is ``;``-separated entries, each ``LOOP[(OPT=VAL, ...)][:PARAM=V1,V2,...]``::
+
+    best-of-n:n=1,2,4,8,16; self-refine:max_rounds=1,2,4; reflexion:trials=1,2,4
+    best-of-n(selector=majority,temperature=1.0):n=1,4,16
+
+``PARAM`` is a loop option; ``rounds``/``trials`` stand for ``max_rounds``/``max_trials``.
+Samples are shared where the loop allows it: best-of-n (without rejection sampling) runs once
+per model and seed at the largest N, and the smaller N are *derived* points the report reads
+from the first N samples of that run (as search-and-learn does), so the curve costs one run.
+Other values run separately, largest first, and share the call cache, so a 1-round run
+reuses the first round of the 4-round run instead of paying for it again.
+
+After each run every answer is graded by the held-out grader (``loopwright grade``), which
+majority vote, pass@k and the per-turn transitions in reports need. Each point is a row of
+``sweep_points``; re-running the same command resumes: finished points are skipped, an
+interrupted run is resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.errors import UserError
+from loopwright.traces.records import new_id, utcnow
+from loopwright.traces.store import TraceStore
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ALIASES = {"rounds": "max_rounds", "trials": "max_trials"}
+_ENTRY = re.compile(
+    r"^\s*(?P<loop>[A-Za-z0-9_.-]+)\s*(?:\((?P<fixed>[^)]*)\))?\s*(?::\s*(?P<param>[A-Za-z_]\w*)"
+    r"\s*=\s*(?P<values>.+?))?\s*$"
+)
+
+
+def _value(raw: str) -> Any:
+    raw = raw.strip()
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+class GridEntry(BaseModel):
+    """One strategy of a grid: a loop, fixed options, and the option swept over values."""
+
+    model_config = ConfigDict(frozen=True)
+
+    loop: str
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    param: str | None = None
+    values: tuple[Any, ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.fixed:
+            return self.loop
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.fixed.items()))
+        return f"{self.loop}({inner})"
+
+    @property
+    def shared(self) -> bool:
+        """Smaller values are read from the run at the largest (best-of-n over n)."""
+        return (
+            self.loop == "best-of-n"
+            and self.param == "n"
+            and not self.fixed.get("rejection", False)
+            and len(self.values) > 1
+        )
+
+    def options(self, value: Any | None) -> dict[str, Any]:
+        opts = dict(self.fixed)
+        if self.param is not None:
+            opts[self.param] = value
+        return opts
+
+
+def parse_grid(text: str) -> list[GridEntry]:
+    """Parse and validate a grid against the loops' option models (one clear error line)."""
+    from loopwright.loops.graphs import get_loop
+
+    entries: list[GridEntry] = []
+    for part in [p for p in text.split(";") if p.strip()]:
+        m = _ENTRY.match(part)
+        if not m:
+            raise UserError(
+                f"cannot read grid entry {part.strip()!r}: write LOOP[(OPT=VAL,...)][:PARAM=V1,V2]"
+                ", e.g. best-of-n:n=1,2,4"
+            )
+        spec = get_loop(m["loop"])
+        fields = spec.options.model_fields
+
+        def field_name(name: str, spec_name: str = m["loop"], fields: Any = fields) -> str:
+            if name in fields:
+                return name
+            if ALIASES.get(name) in fields:
+                return ALIASES[name]
+            raise UserError(
+                f"{spec_name} has no option {name!r}; its options: {', '.join(sorted(fields))}"
+            )
+
+        fixed: dict[str, Any] = {}
+        for item in [i for i in (m["fixed"] or "").split(",") if i.strip()]:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise UserError(f"grid option {item.strip()!r} needs KEY=VALUE")
+            fixed[field_name(key.strip())] = _value(raw)
+        param = field_name(m["param"]) if m["param"] else None
+        values = tuple(_value(v) for v in (m["values"] or "").split(",") if v.strip())
+        if param is not None and not values:
+            raise UserError(f"grid entry {part.strip()!r} gives {param} no values")
+        entry = GridEntry(loop=m["loop"], fixed=fixed, param=param, values=values)
+        for v in values or (None,):
+            try:
+                spec.options(**entry.options(v))
+            except ValidationError as exc:
+                e = exc.errors()[0]
+                where = ".".join(str(p) for p in e["loc"]) or "options"
+                raise UserError(f"grid {entry.label} {where}={v!r}: {e['msg']}") from None
+        if entry.shared and not all(isinstance(v, int) for v in values):
+            raise UserError(f"grid {entry.label}: n values must be whole numbers")
+        entries.append(entry)
+    if not entries:
+        raise UserError(
+            "the grid is empty: e.g. --grid 'best-of-n:n=1,4,16; self-refine:rounds=1,2'"
+        )
+    labels = [e.label for e in entries]
+    dup = next((x for x in labels if labels.count(x) > 1), None)
+    if dup:
+        raise UserError(f"the grid names {dup} twice; merge its values into one entry")
+    return entries
+
+
+class SweepConfig(BaseModel):
+    """One sweep: tasks, models, grid, seeds, and the run settings every point shares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Sweep name; re-running the same name resumes it.")
+    tasks: str = Field(description="Task spec, as for `loopwright run`.")
+    models: tuple[str, ...] = Field(("local/smollm2-135m",), description="litellm models.")
+    grid: str = Field(description="Strategies and values, see the module docstring.")
+    seeds: int = Field(1, ge=1, le=100, description="Seeds 0..seeds-1 per point.")
+    limit: int | None = Field(None, ge=1, description="Only the first N tasks.")
+    db: str = Field("loopwright.duckdb", description="Trace database.")
+    concurrency: int = Field(4, ge=1, description="Tasks in flight per run.")
+    sandbox: str = Field("bwrap", description="Sandbox for code tests and grading.")
+    api_base: str | None = Field(None, description="Endpoint for self-hosted models.")
+    budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
+    cache: bool = Field(True, description="Share identical seeded calls between points.")
+    grade: bool = Field(True, description="Grade every answer after each run.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only")
+        return v
+
+    def identity_hash(self) -> str:
+        """What must match for a re-run to resume this sweep."""
+        keep = self.model_dump(mode="json", include={"tasks", "models", "grid", "seeds", "limit",
+                                                     "budget", "api_base"})  # fmt: skip
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class PointPlan(BaseModel):
+    """One point of the grid and the run that produces (or contains) it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    point_id: str
+    strategy: str
+    loop: str
+    model: str
+    seed: int
+    param: str | None
+    value: Any
+    options: dict[str, Any]
+    run_name: str
+    derived: bool
+
+
+def _short(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", model.split("/")[-1])
+
+
+def plan(cfg: SweepConfig, entries: list[GridEntry]) -> list[PointPlan]:
+    """Every point; points of one shared run follow the run's own point (largest N first)."""
+    points: list[PointPlan] = []
+    for model in cfg.models:
+        for entry in entries:
+            values = sorted(entry.values, key=_sort_key, reverse=True) or [None]
+            for seed in range(cfg.seeds):
+                top = values[0]
+                for v in values:
+                    run_v = top if entry.shared else v
+                    tag = f"{entry.param}={run_v}" if entry.param else "default"
+                    run_name = f"{cfg.name}.{_short(model)}.{entry.label}.{tag}.s{seed}"
+                    pid = hashlib.sha256(
+                        f"{cfg.name}|{model}|{entry.label}|{v}|{seed}".encode()
+                    ).hexdigest()[:24]
+                    points.append(
+                        PointPlan(
+                            point_id=pid,
+                            strategy=entry.label,
+                            loop=entry.loop,
+                            model=model,
+                            seed=seed,
+                            param=entry.param,
+                            value=v,
+                            options=entry.options(run_v),
+                            run_name=run_name,
+                            derived=entry.shared and v != top,
+                        )
+                    )
+    return points
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, int | float) else (1, str(v))
+
+
+def _numeric(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def open_sweep(cfg: SweepConfig, points: list[PointPlan]) -> str:
+    """Insert the sweep and its points, or check a re-run matches and return its id."""
+    with TraceStore(cfg.db) as store:
+        row = store.query("SELECT sweep_id, config_hash FROM sweeps WHERE name = ?", [cfg.name])
+        if row:
+            if row[0]["config_hash"] != cfg.identity_hash():
+                raise UserError(
+                    f"sweep {cfg.name!r} already exists in {cfg.db} with other tasks, models, "
+                    "grid or seeds: re-run it with the same arguments or pick another --name"
+                )
+            sweep_id = str(row[0]["sweep_id"])
+            store.execute("UPDATE sweeps SET status = 'running' WHERE sweep_id = ?", [sweep_id])
+            return sweep_id
+        sweep_id = new_id()
+        store.execute(
+            "INSERT INTO sweeps (sweep_id, name, tasks_spec, grid, config, config_hash, status, "
+            "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+            [sweep_id, cfg.name, cfg.tasks, cfg.grid, cfg.model_dump_json(),
+             cfg.identity_hash(), utcnow()],
+        )  # fmt: skip
+        for p in points:
+            store.execute(
+                "INSERT INTO sweep_points (point_id, sweep_id, strategy, loop, model, seed, param,"
+                " value, options, run_name, derived, status) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                [p.point_id, sweep_id, p.strategy, p.loop, p.model, p.seed, p.param,
+                 _numeric(p.value), json.dumps(p.options), p.run_name, p.derived],
+            )  # fmt: skip
+        return sweep_id
+
+
+def _set_status(db: str, run_name: str, status: str, error: str | None = None) -> None:
+    with TraceStore(db) as store:
+        store.execute(
+            "UPDATE sweep_points SET status = ?, error = ? WHERE run_name = ?",
+            [status, error, run_name],
+        )
+
+
+def _run_state(db: str, run_name: str) -> str | None:
+    with TraceStore(db) as store:
+        rows = store.query("SELECT status FROM runs WHERE name = ?", [run_name])
+    return str(rows[0]["status"]) if rows else None
+
+
+class SweepEvent(BaseModel):
+    """What the driver reports to a progress display."""
+
+    kind: str  # "start", "skip", "done", "failed", "grade"
+    run_name: str
+    index: int
+    total: int
+    detail: str = ""
+
+
+def validate(cfg: SweepConfig) -> tuple[list[GridEntry], list[PointPlan]]:
+    """Everything a user can get wrong, checked before anything runs."""
+    from loopwright.loops.runner import RunConfig, prepare
+
+    entries = parse_grid(cfg.grid)
+    points = plan(cfg, entries)
+    seen: set[tuple[str, str]] = set()
+    for p in points:
+        key = (p.loop, p.model)
+        if key in seen:
+            continue
+        seen.add(key)
+        prepare(_run_config(cfg, p, RunConfig))
+    return entries, points
+
+
+def _run_config(cfg: SweepConfig, p: PointPlan, run_config: Any, resume: bool = False) -> Any:
+    return run_config(
+        loop=p.loop, tasks=cfg.tasks, model=p.model, api_base=cfg.api_base, limit=cfg.limit,
+        db=cfg.db, run_name=p.run_name, concurrency=cfg.concurrency, seed=p.seed,
+        budget=cfg.budget, options=p.options, cache=cfg.cache, sandbox=cfg.sandbox,
+        resume=resume,
+    )  # fmt: skip
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    on_event: Callable[[SweepEvent], None] | None = None,
+    on_run_progress: Callable[[Any], None] | None = None,
+) -> str:
+    """Run (or resume) every point of the sweep; returns the sweep id."""
+    from loopwright.loops.grade import grade_run
+    from loopwright.loops.runner import RunConfig, run
+
+    _, points = validate(cfg)
+    sweep_id = open_sweep(cfg, points)
+    runs = list(dict.fromkeys(p.run_name for p in points))
+    failed = 0
+    for i, name in enumerate(runs):
+
+        def emit(kind: str, detail: str = "", i: int = i, name: str = name) -> None:
+            if on_event:
+                on_event(SweepEvent(kind=kind, run_name=name, index=i, total=len(runs),
+                                    detail=detail))  # fmt: skip
+
+        p = next(p for p in points if p.run_name == name and not p.derived)
+        state = _run_state(cfg.db, name)
+        if state == "done" and _graded(cfg, name):
+            emit("skip", "already done")
+            _set_status(cfg.db, name, "done")
+            continue
+        try:
+            if state != "done":
+                emit("start")
+                asyncio.run(run(_run_config(cfg, p, RunConfig, resume=state is not None),
+                                on_progress=on_run_progress))  # fmt: skip
+            if cfg.grade:
+                emit("grade")
+                grade_run(cfg.db, [name], sandbox=cfg.sandbox)
+        except UserError as exc:
+            failed += 1
+            _set_status(cfg.db, name, "failed", str(exc))
+            emit("failed", str(exc))
+            continue
+        _set_status(cfg.db, name, "done")
+        emit("done")
+    with TraceStore(cfg.db) as store:
+        store.execute(
+            "UPDATE sweeps SET status = ?, finished_at = ? WHERE sweep_id = ?",
+            ["done" if not failed else "partial", utcnow(), sweep_id],
+        )
+    return sweep_id
+
+
+def _graded(cfg: SweepConfig, run_name: str) -> bool:
+    """True when no answer of the run still lacks a graded verdict (or grading is off)."""
+    if not cfg.grade:
+        return True
+    with TraceStore(cfg.db) as store:
+        rows = store.query(
+            "SELECT count(*) AS n FROM nodes n JOIN runs r USING (run_id) "
+            "WHERE r.name = ? AND n.role IN ('generator', 'refiner', 'expander', 'rollout') "
+            "AND coalesce(trim(n.content), '') <> '' "
+            "AND EXISTS (SELECT 1 FROM verdicts v WHERE v.node_id = n.node_id "
+            "AND v.stage = 'in_loop') AND NOT EXISTS (SELECT 1 FROM verdicts v "
+            "WHERE v.node_id = n.node_id AND v.stage = 'graded')",
+            [run_name],
+        )
+    return int(rows[0]["n"]) == 0
