@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.errors import UserError
+from loopwright.loops.errors import UserError, first_error
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -123,7 +123,7 @@ def run(
             options=options,
         )
     except Exception as exc:  # pydantic: one line naming the bad value
-        raise UserError(_first_error(exc)) from None
+        raise UserError(first_error(exc)) from None
 
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -298,14 +298,6 @@ def _mount_tools() -> None:
 
 
 _mount_tools()
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        return f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-    return str(exc).splitlines()[0]
 
 
 def main() -> None:

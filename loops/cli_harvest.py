@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from loopwright.loops.errors import UserError
+from loopwright.loops.errors import UserError, first_error
 from rich.console import Console
 from rich.table import Table
 
@@ -24,15 +24,6 @@ def _console() -> Console:
 
 def _split(values: list[str] | None) -> tuple[str, ...]:
     return tuple(v.strip() for vs in values or [] for v in vs.split(",") if v.strip())
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        where = ".".join(str(p) for p in e["loc"])
-        return f"--{where.replace('_', '-')}: {e['msg']}" if where else e["msg"]
-    return str(exc).splitlines()[0]
 
 
 def harvest(
@@ -123,7 +114,7 @@ def harvest(
             provenance=provenance,
         )
     except ValueError as exc:
-        raise UserError(_first_error(exc)) from None
+        raise UserError(first_error(exc, as_flag=True)) from None
     try:
         result = run_harvest(fmt, db, None if dry_run else out, opts, overwrite=overwrite)
     except HarvestError as exc:

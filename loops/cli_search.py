@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal, cast
 
 import typer
-from loopwright.loops.errors import UserError
+from loopwright.loops.errors import UserError, first_error
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -42,7 +42,7 @@ def index(
     try:
         config = IndexConfig(passage_words=passage_words, overlap=overlap)
     except ValueError as exc:  # pydantic: one line naming the bad value
-        raise UserError(_first_error(exc)) from None
+        raise UserError(first_error(exc)) from None
     ix = LocalIndex.build(source, index_path, config, force=force)
     ix.close()
     s = ix.last_build
@@ -109,11 +109,3 @@ def query(
             _BOLD.sub(r"[bold]\1[/bold]", escape(r.snippet or r.text[:200])),
         )
     console.print(t)
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        return f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
-    return str(exc).splitlines()[0]

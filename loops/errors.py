@@ -33,3 +33,18 @@ def unknown(kind: str, name: str, valid: Iterable[str]) -> UserError:
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" — did you mean {close[0]!r}?" if close else ""
     return UserError(f"unknown {kind} {name!r}{hint} (choose from: {', '.join(valid)})")
+
+
+def first_error(exc: Exception, *, as_flag: bool = False) -> str:
+    """One line for a validation error: the first pydantic error's field and message.
+
+    ``as_flag`` names the field as the CLI flag that set it (``--min-margin``).
+    """
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        where = ".".join(str(p) for p in e["loc"])
+        if as_flag and where:
+            return f"--{where.replace('_', '-')}: {e['msg']}"
+        return f"{where or 'value'}: {e['msg']}"
+    return str(exc).splitlines()[0]
