@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install sysdeps demo test test-fast lint bench clean
+.PHONY: install sysdeps demo test test-fast lint bench experiment clean
 
 install: $(STAMP)
 
@@ -47,11 +47,20 @@ lint: install
 	MYPYPATH=build/typecheck $(VENV)/bin/mypy -p loopwright
 
 bench: install sysdeps
-	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/sandbox.py
-	$(PY) benchmarks/verify_throughput.py
-	$(PY) benchmarks/math_agreement.py
-	$(PY) benchmarks/search.py
+	$(PY) benchmarks/run_all.py
+
+# The experiment in docs/experiments.md: the embedded model on builtin:arithmetic and
+# builtin:code, best-of-n / majority vote / self-refine / Reflexion at matched budgets.
+# About 1.5 h on 2 cores; re-running resumes. Traces in build/experiments/, report in docs/.
+EXP_GRID := best-of-n:n=1,2,4,8,16; best-of-n(selector=majority):n=1,2,4,8,16; self-refine:rounds=1,2,4; reflexion:trials=1,2,4
+experiment: install sysdeps
+	mkdir -p build/experiments
+	for set in arithmetic code; do \
+		$(VENV)/bin/loopwright sweep --tasks builtin:$$set --limit 20 --grid "$(EXP_GRID)" \
+			--name exp-$$set --db build/experiments/$$set.duckdb && \
+		$(VENV)/bin/loopwright report --db build/experiments/$$set.duckdb --sweep exp-$$set \
+			--out docs/experiments/$$set || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", choices=["strict", "lenient"], default="strict")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--show", type=int, default=10, help="disagreements to print")
+    ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
     args = ap.parse_args(argv)
 
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines()]
@@ -70,6 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     if misses:
         print("  first disagreements on matched pairs:")
         print("\n".join(misses))
+    if args.json:
+        rows = [
+            {
+                "figure": f"MATH-500 ({args.policy}): solutions equal to their own answer "
+                "(baseline: pairs)",
+                "value": matched,
+                "baseline": n,
+                "ratio": round(matched / n, 3),
+                "target": "~1.00",
+            },
+            {
+                "figure": f"MATH-500 ({args.policy}): solutions equal to the next problem's "
+                "answer (baseline: pairs)",
+                "value": equal,
+                "baseline": pairs,
+                "ratio": round(equal / max(pairs, 1), 3),
+                "target": "~0.00",
+            },
+        ]
+        print(json.dumps({"rows": rows}))
     return 0
 
 

@@ -402,7 +402,7 @@ def _trim(text: str) -> str:
     return text
 
 
-async def bench(args: argparse.Namespace) -> None:
+async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     n, conc = args.calls, args.concurrency
     bare_model = ScriptedModel(lambda m, i: REPLY, name="overhead-bare").register()
     lw_model = ScriptedModel(lambda m, i: REPLY, name="overhead-loopwright").register()
@@ -480,6 +480,25 @@ async def bench(args: argparse.Namespace) -> None:
 
         if args.profile:
             await profile_loopwright(side, n, conc)
+    graph = rate["litellm in 1-node graph"]
+    return [
+        {
+            "figure": f"calls/s at concurrency {conc}: self-refine run vs bare litellm "
+            "(scripted provider)",
+            "value": round(lw, 1),
+            "baseline": round(base_scr, 1),
+            "ratio": round(lw / base_scr, 3),
+            "target": ">= 0.80",
+        },
+        {
+            "figure": f"calls/s at concurrency {conc}: self-refine run vs the same call in a "
+            "1-node LangGraph graph",
+            "value": round(lw, 1),
+            "baseline": round(graph, 1),
+            "ratio": round(lw / graph, 3),
+            "target": "",
+        },
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,7 +513,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run loopwright with its call cache on (fresh DB, so lookups all miss); default off",
     )
     ap.add_argument("--profile", action="store_true", help="cProfile one more loopwright run")
-    asyncio.run(bench(ap.parse_args(argv)))
+    ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
+    args = ap.parse_args(argv)
+    rows = asyncio.run(bench(args))
+    if args.json:
+        print(json.dumps({"rows": rows}))
     return 0
 
 

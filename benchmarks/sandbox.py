@@ -16,6 +16,7 @@ Exits 0 whatever the figures; it is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200, help="runs per side per repeat")
     ap.add_argument("--repeats", type=int, default=3, help="alternating repeats; median counts")
+    ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
     args = ap.parse_args(argv)
 
     bwrap = BwrapSandbox()
@@ -69,6 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     ratio = med["bwrap backend"] / med["bare subprocess"]
     extra_ms = 1000 / med["bwrap backend"] - 1000 / med["bare subprocess"]
     print(f"bwrap/bare ratio: {ratio:.2f}  (+{extra_ms:.1f} ms per run)")
+    if args.json:
+        base = med["bare subprocess"]
+        rows = [
+            {
+                "figure": f"runs/s of `pass`: {name} (baseline: bare subprocess)",
+                "value": round(med[name], 1),
+                "baseline": round(base, 1),
+                "ratio": round(med[name] / base, 3),
+                "target": "",
+            }
+            for name in ("bwrap backend", "process backend")
+        ]
+        print(json.dumps({"rows": rows}))
     return 0
 
 

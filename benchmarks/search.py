@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--words", type=int, default=6, help="Words per query window.")
     p.add_argument("--threads", type=int, default=4, help="Threads for the parallel run.")
     p.add_argument("-k", type=int, default=5, help="Results per search.")
+    p.add_argument("--json", action="store_true", help="Print a final JSON line of rows.")
     args = p.parse_args()
 
     with Path(args.data).open() as f:
@@ -90,6 +91,24 @@ def main() -> None:
             many = time.perf_counter() - t0
         print(f"{args.threads} threads: {len(work) / many:8.0f} queries/s")
         ix.close()
+    if args.json:
+        rows = [
+            {
+                "figure": f"GSM8K search queries/s, {args.threads} threads (baseline: 1 thread)",
+                "value": round(len(work) / many, 1),
+                "baseline": round(len(work) / one, 1),
+                "ratio": round(one / many, 3),
+                "target": "",
+            },
+            {
+                "figure": "search hit@1 (source question ranks first; baseline: queries)",
+                "value": hits,
+                "baseline": len(work),
+                "ratio": round(hits / len(work), 3),
+                "target": "",
+            },
+        ]
+        print(json.dumps({"rows": rows}))
 
 
 if __name__ == "__main__":

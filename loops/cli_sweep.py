@@ -119,6 +119,8 @@ def _summary(db: str, name: str) -> None:
     with TraceStore(db, read_only=True) as store:
         rows = store.query(
             "SELECT p.strategy, p.model, p.param, p.value, p.derived, p.status,"
+            " CASE WHEN p.value IS NULL AND p.param IS NOT NULL"
+            " THEN json_extract_string(p.options, '$.' || p.param) END AS raw,"
             " count(t.task_id) AS tasks, avg(CAST(t.graded AS INT)) AS acc,"
             " avg(t.total_tokens) AS tok"
             " FROM sweep_points p JOIN sweeps s USING (sweep_id)"
@@ -132,11 +134,12 @@ def _summary(db: str, name: str) -> None:
         t.add_column(col, justify="right" if col in ("accuracy", "tokens/task") else "left")
     seen: set[tuple[Any, ...]] = set()
     for r in rows:
-        key = (r["strategy"], r["model"], r["value"], r["derived"])
+        key = (r["strategy"], r["model"], r["value"], r["raw"], r["derived"])
         if key in seen:
             continue
         seen.add(key)
-        val = "-" if r["param"] is None else f"{r['param']}={r['value']:g}"
+        shown = r["raw"] if r["value"] is None else f"{r['value']:g}"  # raw: not a number
+        val = "-" if r["param"] is None else f"{r['param']}={shown}"
         acc = "shared" if r["derived"] else ("-" if r["acc"] is None else f"{r['acc']:.0%}")
         tok = "" if r["derived"] or r["tok"] is None else f"{r['tok']:.0f}"
         t.add_row(r["strategy"], r["model"], val, r["status"], acc, tok)

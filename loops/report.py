@@ -32,7 +32,9 @@ def _fmt_value(p: Point) -> str:
     if p.param is None or p.value is None:
         return "default"
     v = p.value
-    return f"{p.param}={int(v) if float(v).is_integer() else v}"
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return f"{p.param}={v}"
 
 
 def curve_points(data: SweepData, n_boot: int) -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ class Point:
     loop: str
     model: str
     param: str | None
-    value: float | None
+    value: float | str | bool | None  # a number, else the option's value as given
     derived: bool
     run_names: list[str]
     results: list[TaskResult] = field(default_factory=list)
@@ -112,18 +112,24 @@ def load_sweep(db: str, name: str) -> SweepData:
         samples = _samples(store, run_ids)
         by_point: dict[tuple[Any, ...], Point] = {}
         for p in pts:
-            k = (p["model"], p["strategy"], p["value"])
+            opts = json.loads(p["options"]) if p["options"] else {}
+            value = p["value"]
+            if value is None and p["param"] is not None:  # not a number: the run's option
+                value = opts.get(p["param"])
+            k = (p["model"], p["strategy"], json.dumps(value))
             point = by_point.get(k)
             if point is None:
                 point = by_point[k] = Point(
                     strategy=p["strategy"], loop=p["loop"], model=p["model"], param=p["param"],
-                    value=p["value"], derived=bool(p["derived"]), run_names=[],
+                    value=value, derived=bool(p["derived"]), run_names=[],
                 )  # fmt: skip
                 data.points.append(point)
             point.run_names.append(p["run_name"])
             if not p["run_id"]:
                 continue
-            if p["derived"] or (p["loop"] == "best-of-n" and p["param"] == "n"):
+            # rejection sampling stops early: its samples are no first-k-of-N, read the run
+            shared = p["param"] == "n" and not opts.get("rejection")
+            if p["derived"] or (p["loop"] == "best-of-n" and shared):
                 _derived(point, p, samples.get(p["run_id"], {}), data)
             else:
                 point.results += [
@@ -261,10 +267,10 @@ def select(samples: list[Sample], selector: str, weight_by: str = "logprob") -> 
         won = vote([s.key for s in samples], weights)
         return any(s.correct for s in samples if s.key == won and won is not None)
     if selector == "logprob":
-        pick = max(enumerate(samples), key=lambda e: (e[1].logprob or -1e9, -e[0]))[1]
-        return bool(pick.correct)
-    pick = max(enumerate(samples), key=lambda e: (bool(e[1].verified), e[1].score or 0.0, -e[0]))
-    return bool(pick[1].correct)
+        _, top = max(enumerate(samples), key=lambda e: (e[1].logprob or -1e9, -e[0]))
+        return bool(top.correct)
+    _, top = max(enumerate(samples), key=lambda e: (bool(e[1].verified), e[1].score or 0.0, -e[0]))
+    return bool(top.correct)
 
 
 def _chains(store: TraceStore, pts: list[dict[str, Any]], data: SweepData) -> None:

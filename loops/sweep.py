@@ -116,6 +116,9 @@ def parse_grid(text: str) -> list[GridEntry]:
         values = tuple(_value(v) for v in (m["values"] or "").split(",") if v.strip())
         if param is not None and not values:
             raise UserError(f"grid entry {part.strip()!r} gives {param} no values")
+        again = [v for i, v in enumerate(values) if v in values[:i]]
+        if again:
+            raise UserError(f"grid entry {part.strip()!r} repeats {param}={again[0]}")
         entry = GridEntry(loop=m["loop"], fixed=fixed, param=param, values=values)
         for v in values or (None,):
             try:
@@ -164,6 +167,14 @@ class SweepConfig(BaseModel):
             raise ValueError("use letters, digits, '.', '_' and '-' only")
         return v
 
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        twice = [m for i, m in enumerate(v) if m in v[:i]]
+        if twice:
+            raise ValueError(f"model {twice[0]!r} is given twice")
+        return v
+
     def identity_hash(self) -> str:
         """What must match for a re-run to resume this sweep."""
         keep = self.model_dump(mode="json", include={"tasks", "models", "grid", "seeds", "limit",
@@ -195,7 +206,11 @@ def _short(model: str) -> str:
 def plan(cfg: SweepConfig, entries: list[GridEntry]) -> list[PointPlan]:
     """Every point; points of one shared run follow the run's own point (largest N first)."""
     points: list[PointPlan] = []
+    shorts = [_short(m) for m in cfg.models]
     for model in cfg.models:
+        short = _short(model)
+        if shorts.count(short) > 1:  # openai/x and azure/x must not share run names
+            short = _short(model.replace("/", "-"))
         for entry in entries:
             values = sorted(entry.values, key=_sort_key, reverse=True) or [None]
             for seed in range(cfg.seeds):
@@ -203,7 +218,7 @@ def plan(cfg: SweepConfig, entries: list[GridEntry]) -> list[PointPlan]:
                 for v in values:
                     run_v = top if entry.shared else v
                     tag = f"{entry.param}={run_v}" if entry.param else "default"
-                    run_name = f"{cfg.name}.{_short(model)}.{entry.label}.{tag}.s{seed}"
+                    run_name = f"{cfg.name}.{short}.{entry.label}.{tag}.s{seed}"
                     pid = hashlib.sha256(
                         f"{cfg.name}|{model}|{entry.label}|{v}|{seed}".encode()
                     ).hexdigest()[:24]
