@@ -31,21 +31,27 @@ class Budget:
         self.completion_tokens = 0
         self.calls = 0
         self.usd = 0.0
+        self.pending = 0  # calls reserved by requests in flight, not yet charged
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
     def exhausted_reason(self, calls: int = 1) -> str | None:
         """Why the next request (of ``calls`` samples) would break a limit, or None."""
+        return self._own_reason(calls) or (
+            self.parent.exhausted_reason(calls) if self.parent else None
+        )
+
+    def _own_reason(self, calls: int) -> str | None:
         lim = self.limits
         if lim.tokens is not None and self.tokens >= lim.tokens:
             return f"token budget of {lim.tokens} spent"
-        if lim.calls is not None and self.calls + calls > lim.calls:
+        if lim.calls is not None and self.calls + self.pending + calls > lim.calls:
             return f"call budget of {lim.calls} spent"
         if lim.usd is not None and self.usd >= lim.usd:
             return f"dollar budget of {lim.usd} spent"
         if lim.seconds is not None and time.monotonic() - self.started >= lim.seconds:
             return f"time budget of {lim.seconds}s spent"
-        return self.parent.exhausted_reason(calls) if self.parent else None
+        return None
 
     def calls_left(self) -> int | None:
         """Samples the tightest call limit (this budget or a parent) still allows; None if none."""
@@ -53,7 +59,7 @@ class Budget:
         budget: Budget | None = self
         while budget is not None:
             if budget.limits.calls is not None:
-                room = budget.limits.calls - budget.calls
+                room = budget.limits.calls - budget.calls - budget.pending
                 left = room if left is None else min(left, room)
             budget = budget.parent
         return left
@@ -63,6 +69,29 @@ class Budget:
         reason = self.exhausted_reason(calls)
         if reason:
             raise BudgetExhausted(reason)
+
+    def reserve(self, calls: int) -> None:
+        """Check that ``calls`` more fit here and in every parent, and hold them until
+        :meth:`release`; raises BudgetExhausted (holding nothing) if they do not."""
+        with self._lock:
+            reason = self._own_reason(calls)
+            if reason:
+                raise BudgetExhausted(reason)
+            self.pending += calls
+        if self.parent is not None:
+            try:
+                self.parent.reserve(calls)
+            except BudgetExhausted:
+                with self._lock:
+                    self.pending -= calls
+                raise
+
+    def release(self, calls: int) -> None:
+        """Give back a reservation (after the calls were charged, or failed)."""
+        with self._lock:
+            self.pending -= calls
+        if self.parent is not None:
+            self.parent.release(calls)
 
     def charge(self, prompt_tokens: int, completion_tokens: int, calls: int, usd: float) -> None:
         with self._lock:

@@ -322,9 +322,36 @@ class ModelClient:
         budget: Budget | None = None,
         context: CallContext | None = None,
     ) -> list[Sample]:
-        """Draw ``n`` completions. Raises BudgetExhausted before spending, ModelCallError after retries."""
+        """Draw ``n`` completions. Raises BudgetExhausted before spending, ModelCallError after retries.
+
+        The ``n`` calls are reserved in ``budget`` (and its parents) until they are charged, so
+        concurrent requests cannot together overshoot a call limit each one fits alone.
+        """
         if n < 1:
             raise ValueError("n must be >= 1")
+        if budget is None:
+            return await self._sample(
+                messages, n, temperature, max_tokens, seed, stop, None, context
+            )
+        budget.reserve(n)
+        try:
+            return await self._sample(
+                messages, n, temperature, max_tokens, seed, stop, budget, context
+            )
+        finally:
+            budget.release(n)
+
+    async def _sample(
+        self,
+        messages: list[dict[str, Any]],
+        n: int,
+        temperature: float | None,
+        max_tokens: int | None,
+        seed: int | None,
+        stop: list[str] | None,
+        budget: Budget | None,
+        context: CallContext | None,
+    ) -> list[Sample]:
         ctx = context or CallContext()
         params: dict[str, Any] = {
             "temperature": self.config.temperature if temperature is None else temperature,
@@ -332,8 +359,6 @@ class ModelClient:
             "seed": seed,
             "stop": stop,
         }
-        if budget is not None:
-            budget.check(calls=n)
         # Unseeded sampling at temperature > 0 is not replayable, so it is never cached.
         cacheable = (
             self.config.cache

@@ -517,3 +517,28 @@ async def test_resume_matches_options_after_defaults_are_filled_in(tmp_path: Pat
     assert result.progress.skipped == 2
     with pytest.raises(UserError, match="different"):
         await run(explicit.model_copy(update={"options": {"max_rounds": default_rounds + 1}}))
+
+
+async def test_concurrent_requests_cannot_overshoot_a_call_budget() -> None:
+    """Requests in flight hold their calls: with 5 left, three concurrent n=2 asks get 2 through."""
+    import asyncio as aio
+
+    from loopwright.loops.budget import Budget, BudgetLimits
+    from loopwright.loops.client import ClientConfig, ModelClient
+    from loopwright.loops.errors import BudgetExhausted
+    from loopwright.loops.scripted import ScriptedModel
+
+    model = ScriptedModel(lambda messages, i: "ok")
+    run_budget = Budget(BudgetLimits(calls=5))
+    task_budget = Budget(BudgetLimits(calls=100), parent=run_budget)
+    client = ModelClient(ClientConfig(model=model.register(), cache=False))
+    msgs = [{"role": "user", "content": "hi"}]
+    got = await aio.gather(
+        *(client.sample(msgs, n=2, budget=task_budget) for _ in range(3)),
+        return_exceptions=True,
+    )
+    ok = [g for g in got if not isinstance(g, BaseException)]
+    refused = [g for g in got if isinstance(g, BudgetExhausted)]
+    assert len(ok) == 2 and len(refused) == 1
+    assert run_budget.calls == task_budget.calls == 4
+    assert run_budget.pending == task_budget.pending == 0
