@@ -53,8 +53,8 @@ def harvest(
         str, typer.Option(help="dpo pair sources, comma-separated.")
     ] = "siblings,revisions,judge",
     pair_scope: Annotated[
-        str, typer.Option(help="dpo siblings: same 'prompt' or same 'parent' node.")
-    ] = "prompt",
+        str, typer.Option(help="dpo siblings: same 'task' of a run, 'prompt' or 'parent' node.")
+    ] = "task",
     dedup: Annotated[str, typer.Option(help="normalised, exact or none.")] = "normalised",
     contamination: Annotated[
         list[Path] | None, typer.Option(help="Eval JSONL; overlapping prompts are left out.")

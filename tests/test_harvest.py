@@ -486,3 +486,24 @@ async def test_harvest_from_a_real_local_model_run(tmp_path: Path) -> None:
             assert not checker.check(r["rejected"][0]["content"], ref).passed
     finally:
         checker.close()
+
+
+def test_sibling_scope_task_prompt_parent(tmp_path: Path) -> None:
+    t = Trees(tmp_path / "p.duckdb")
+    r1, r2 = t.run("one"), t.run("two", model="m2")
+    for r in (r1, r2):
+        t.task(r, "t1", Q1)
+    t.node("root", r1, "t1", "Let me think.", role="expander")
+    t.node("ok", r1, "t1", "The answer is 7.", parent="root", passed=True)
+    t.node("bad", r1, "t1", "The answer is 8.", passed=False)  # same task, other parent
+    t.node("far", r2, "t1", "The answer is 9.", passed=False, model="m2")  # other run
+    t.close()
+    db = tmp_path / "p.duckdb"
+
+    def pairs(scope: str) -> list[list[str]]:
+        rows, _ = _export("dpo", db, tmp_path, pairs=["siblings"], pair_scope=scope)
+        return sorted(_ids(rows))
+
+    assert pairs("task") == [["n-ok", "n-bad"]]
+    assert pairs("prompt") == [["n-ok", "n-bad"], ["n-ok", "n-far"]]
+    assert pairs("parent") == []

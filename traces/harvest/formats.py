@@ -88,11 +88,11 @@ def kto(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
 def _pair_sources(opts: HarvestOptions) -> list[str]:
     parts = []
     if "siblings" in opts.pairs:
-        same = (
-            "a.prompt_key = b.prompt_key"
-            if opts.pair_scope == "prompt"
-            else "a.parent_id = b.parent_id AND a.run_id = b.run_id"
-        )
+        same = {
+            "task": "a.run_id = b.run_id AND a.task_id = b.task_id",
+            "prompt": "a.prompt_key = b.prompt_key",
+            "parent": "a.parent_id = b.parent_id AND a.run_id = b.run_id",
+        }[opts.pair_scope]
         parts.append(f"""
             SELECT 's:' || a.node_id || ':' || b.node_id AS uid, 'siblings' AS source,
                    a.node_id AS chosen_id, b.node_id AS rejected_id,

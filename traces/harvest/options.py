@@ -56,10 +56,10 @@ class HarvestOptions(BaseModel):
     pairs: tuple[PairSource, ...] = Field(
         ("siblings", "revisions", "judge"), description="dpo: where pairs come from."
     )
-    pair_scope: Literal["prompt", "parent"] = Field(
-        "prompt",
-        description="dpo siblings: pair candidates of the same prompt, or only children of "
-        "the same tree node.",
+    pair_scope: Literal["task", "prompt", "parent"] = Field(
+        "task",
+        description="dpo siblings: pair answers of the same task in the same run (on-policy), "
+        "of the same prompt across runs and models, or only children of the same tree node.",
     )
     dedup: Dedup = Field(
         "normalised",
