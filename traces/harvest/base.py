@@ -144,12 +144,18 @@ def build_candidates(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> No
         FROM src.nodes n JOIN src.runs r USING (run_id)
         WHERE {_filters("n", opts)}""")
     stage = opts.label
+    # Prompts are normalised once each, not once per answer (the regex is the costly part).
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE prompts AS
+        SELECT prompt, pkey(prompt) AS prompt_key, md5(dtext(prompt)) AS prompt_h
+        FROM (SELECT DISTINCT prompt FROM src.tasks)""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE cand AS
         SELECT n.node_id, n.parent_id, n.run_id, n.run_name, n.config_hash, n.task_id,
                n.loop, coalesce(n.model, n.run_model) AS model, n.role, n.depth, n.round,
                n.content, n.answer, n.value, n.is_final, n.created_at,
-               t.prompt, t.kind, pkey(t.prompt) AS prompt_key,
+               t.prompt, t.kind, pr.prompt_key, pr.prompt_h,
+               md5(dtext(n.content)) AS content_h,
                il.passed AS v_passed, il.score AS v_score, il.feedback AS v_feedback,
                g.passed AS g_passed,
                {"g" if stage == "graded" else "il"}.passed AS passed,
@@ -158,6 +164,7 @@ def build_candidates(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> No
                     AS DOUBLE) AS score
         FROM nodes_f n
         JOIN src.tasks t USING (run_id, task_id)
+        JOIN prompts pr ON pr.prompt = t.prompt
         LEFT JOIN lab il ON il.node_id = n.node_id AND il.stage = 'in_loop'
         LEFT JOIN lab g ON g.node_id = n.node_id AND g.stage = 'graded'
         WHERE {_in_list("n.role", ANSWER_ROLES)}

@@ -48,7 +48,7 @@ def sft(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
         CREATE OR REPLACE TEMP TABLE units AS
         SELECT c.node_id AS uid, c.prompt_key, c.task_id, c.prompt, c.content, c.score,
                c.is_final, c.created_at AS seq,
-               md5(concat_ws(chr(31), dtext(c.prompt), dtext(c.content))) AS dkey,
+               md5(c.prompt_h || c.content_h) AS dkey,
                CASE {_not_labelled(opts)}
                     WHEN NOT c.passed THEN 'not verified' {min_score} END AS reason,
                {provenance_sql("c", "[c.node_id]", opts.label, "c.passed")} AS provenance
@@ -65,7 +65,7 @@ def kto(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
         CREATE OR REPLACE TEMP TABLE units AS
         SELECT c.node_id AS uid, c.prompt_key, c.task_id, c.prompt, c.content,
                c.passed AS label, c.created_at AS seq,
-               md5(concat_ws(chr(31), dtext(c.prompt), dtext(c.content))) AS dkey,
+               md5(c.prompt_h || c.content_h) AS dkey,
                CASE {_not_labelled(opts)} END AS reason,
                {provenance_sql("c", "[c.node_id]", opts.label, "c.passed")} AS provenance
         FROM cand c""")
@@ -155,10 +155,9 @@ def dpo(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
                p.score_chosen, p.score_rejected,
                p.score_chosen - p.score_rejected AS margin,
                [c.created_at, r.created_at] AS seq,
-               md5(concat_ws(chr(31), dtext(c.prompt), dtext(c.content), dtext(r.content)))
-                 AS dkey,
+               md5(c.prompt_h || c.content_h || r.content_h) AS dkey,
                CASE WHEN p.why IS NOT NULL THEN p.why
-                    WHEN dtext(c.content) = dtext(r.content) THEN 'identical texts'
+                    WHEN c.content_h = r.content_h THEN 'identical texts'
                     WHEN p.score_chosen = p.score_rejected THEN 'tie'
                     WHEN p.score_chosen < p.score_rejected THEN 'chosen scored lower'
                     {margin_rule} END AS reason,
@@ -241,8 +240,8 @@ def prm(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
             GROUP BY p.t)
         SELECT c.node_id AS uid, c.prompt_key, c.task_id, c.prompt, rows.steps, rows.labels,
                c.created_at AS seq,
-               md5(concat_ws(chr(31), dtext(c.prompt),
-                   array_to_string(list_transform(rows.steps, lambda x: dtext(x)), chr(30))))
+               md5(c.prompt_h ||
+                   array_to_string(list_transform(rows.steps, lambda x: dtext(x)), chr(30)))
                  AS dkey,
                CASE WHEN NOT rows.is_steps THEN 'not a step tree' {_not_labelled(opts)}
                     {verified} END AS reason,
@@ -266,7 +265,7 @@ def critique(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
         SELECT k.node_id AS uid, d.prompt_key, d.task_id, d.created_at AS seq,
                replace(replace({template}, '{{q}}', d.prompt), '{{a}}', d.content) AS request,
                k.content AS critique,
-               md5(concat_ws(chr(31), dtext(d.prompt), dtext(d.content), dtext(k.content)))
+               md5(d.prompt_h || d.content_h || md5(dtext(k.content)))
                  AS dkey,
                coalesce(r.score, 0) - d.score AS gain,
                CASE WHEN r.node_id IS NULL THEN 'no revision followed'
@@ -304,15 +303,15 @@ def corrections(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
                           'feedback': coalesce(fb.text, c.v_feedback,
                                                'That answer is not right. Try again.')}}
                         ORDER BY chain.hops DESC) AS path,
-                   list(c.node_id ORDER BY chain.hops DESC) AS ids
+                   list(c.node_id ORDER BY chain.hops DESC) AS ids,
+                   list(c.content_h ORDER BY chain.hops DESC) AS hashes
             FROM chain JOIN cand c ON c.node_id = chain.node
             LEFT JOIN fb ON fb.node_id = c.node_id
             GROUP BY chain.leaf)
         SELECT leaf.node_id AS uid, leaf.prompt_key, leaf.task_id, leaf.prompt, turns.path,
                leaf.created_at AS seq,
                leaf.passed, len(turns.path) AS attempts,
-               md5(concat_ws(chr(31), dtext(leaf.prompt), array_to_string(
-                   list_transform(turns.path, lambda x: dtext(x.answer)), chr(30)))) AS dkey,
+               md5(leaf.prompt_h || array_to_string(turns.hashes, '')) AS dkey,
                CASE WHEN len(turns.path) < 2 THEN 'single attempt' {_not_labelled(opts, "leaf")}
                     {verified} END AS reason,
                {provenance_sql("leaf", "turns.ids", opts.label, "leaf.passed")} AS provenance
