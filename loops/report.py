@@ -249,6 +249,15 @@ def _markdown(
         "",
         "## Points",
         "",
+        *(
+            [
+                f"Not finished yet (left out; re-run the sweep to complete): "
+                f"{', '.join(f'`{r}`' for r in data.unfinished)}.",
+                "",
+            ]
+            if data.unfinished
+            else []
+        ),
         "| strategy | value | accuracy | 95 % CI | tokens/task | samples/task | $/task "
         "| model s/task | tasks |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -77,6 +77,7 @@ class SweepData:
     chains: dict[tuple[str, str, int, str], list[tuple[bool | None, str | None]]]
     judge_pairs: list[tuple[str | None, str | None, int, int]]
     judge_points: list[tuple[bool | None, bool, int, float | None]]
+    unfinished: list[str] = field(default_factory=list)  # runs of points not done yet
 
 
 def _key(kind: str | None, answer: str | None) -> str | None:
@@ -100,6 +101,9 @@ def load_sweep(db: str, name: str) -> SweepData:
             " WHERE p.sweep_id = ? ORDER BY p.model, p.strategy, p.value, p.seed",
             [sw["sweep_id"]],
         )
+        # Only finished points: a run still going (or stopped) would show a partial task set.
+        unfinished = sorted({p["run_name"] for p in pts if p["status"] != "done"})
+        pts = [p for p in pts if p["status"] == "done"]
         run_ids = sorted({p["run_id"] for p in pts if p["run_id"]})
         if not run_ids:
             raise UserError(f"sweep {name!r} has no finished runs yet: run `loopwright sweep`")
@@ -107,6 +111,7 @@ def load_sweep(db: str, name: str) -> SweepData:
             name=name, tasks_spec=sw["tasks_spec"], grid=sw["grid"],
             config=json.loads(sw["config"]) if sw["config"] else {},
             points=[], samples={}, chains={}, judge_pairs=[], judge_points=[],
+            unfinished=unfinished,
         )  # fmt: skip
         per_task = _task_costs(store, run_ids)
         samples = _samples(store, run_ids)

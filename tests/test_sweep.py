@@ -721,3 +721,23 @@ def test_validate_checks_every_loop_and_model_before_running(tmp_path: Path) -> 
 def test_config_json_round_trips(swept: Swept) -> None:
     [sw] = rows_of(swept.db, "SELECT config FROM sweeps")
     assert SweepConfig.model_validate(json.loads(sw["config"])) == swept.cfg
+
+
+def test_unfinished_points_are_left_out_and_named(swept: Swept, tmp_path: Path) -> None:
+    import shutil
+
+    import duckdb
+
+    db = str(tmp_path / "copy.duckdb")
+    shutil.copy(swept.db, db)
+    con = duckdb.connect(db)
+    [(run_name,)] = con.execute(
+        "SELECT run_name FROM sweep_points WHERE loop = 'self-refine' ORDER BY value LIMIT 1"
+    ).fetchall()
+    con.execute("UPDATE sweep_points SET status = 'running' WHERE run_name = ?", [run_name])
+    con.close()
+    data = load_sweep(db, swept.cfg.name)
+    assert data.unfinished == [run_name]
+    assert all(run_name not in p.run_names for p in data.points)
+    text = write_report(db, swept.cfg.name, tmp_path / "rep", n_boot=50).read_text()
+    assert "Not finished yet" in text and run_name in text
