@@ -54,6 +54,9 @@ _NOT_CHECKED = "not checked"
 _check_cache: dict[type, str | None] = {}
 
 
+_KILL = shutil.which("kill", path="/usr/bin:/bin")
+
+
 def _readable_by_others(path: Path) -> bool:
     """Whether a uid with no special rights can traverse to and read ``path``."""
     path = path.resolve()
@@ -94,7 +97,20 @@ def _kill_uid(uid: int) -> None:
     ``kill(-1, SIGKILL)`` walks the task list under the kernel's tasklist lock, so a fork
     bomb cannot outrun it; it spares the caller itself and init. Only used as root, where
     the slot uid belongs to us alone.
+
+    The child is ``kill -KILL -1`` exec'd by ``subprocess`` with ``user``/``group`` set in C:
+    no Python runs between fork and exec and no at-fork hooks fire, so it is safe from any
+    thread, even with libraries loaded whose fork hooks refuse concurrent ``os.fork`` (recent
+    ``filelock``, pulled in by ``datasets``). Without a ``kill`` binary, a raw fork does it.
     """
+    if _KILL is not None:
+        for _ in range(2):
+            subprocess.run(
+                [_KILL, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], env={},
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                check=False,
+            )  # fmt: skip
+        return
     pid = os.fork()
     if pid == 0:  # only raw syscalls here: we are a fork of a possibly threaded process
         try:

@@ -194,3 +194,16 @@ def test_sigterm_is_not_needed_to_stop_a_worker(warm: BwrapSandbox) -> None:
     r = py(warm, "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
     assert r.exit_code == -signal.SIGTERM and r.killed_by == "signal"
     assert py(warm, "print('alive')").stdout == "alive\n"
+
+
+def test_concurrent_starts_survive_libraries_that_police_fork() -> None:
+    """Recent filelock (via datasets) refuses an os.fork while another thread is forking;
+    slot cleanup must not fork from Python, or concurrent sandbox starts crash."""
+    pytest.importorskip("datasets")  # registers filelock's fork audit hook in this process
+    sb = BwrapSandbox(warm_workers=2)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda _: sb.run_python("print(1)").stdout, range(16)))
+        assert outs == ["1\n"] * 16
+    finally:
+        sb.close()
