@@ -191,7 +191,9 @@ class ClientConfig(BaseModel):
     model: str = Field("local/smollm2-135m", description="Any litellm model string.")
     api_base: str | None = Field(None, description="Endpoint for self-hosted servers.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
+    timeout_s: float = Field(
+        120.0, gt=0, description="Per-request timeout of remote models (not in-process ones)."
+    )
     max_attempts: int = Field(6, ge=1, description="Tries per request, first included.")
     backoff_base_s: float = Field(1.0, ge=0, description="First exponential backoff wait.")
     backoff_max_s: float = Field(60.0, ge=0, description="Longest wait between tries.")
@@ -294,6 +296,9 @@ class ModelClient:
         self.writer = writer
         self.n_supported = _supports_n(config.model)
         self._free = config.model.split("/", 1)[0] in ("local", "scripted")
+        # In-process models cannot hang on a network: a timeout would only abandon work the
+        # engine goes on doing, and the retry would queue the same work again behind it.
+        self._in_process = self._free
         self._db_had_cache: bool | None = None
         self._written_keys: set[str] = set()
         self._sem: asyncio.Semaphore | None = None
@@ -464,13 +469,14 @@ class ModelClient:
         self, messages: list[dict[str, Any]], kwargs: dict[str, Any], n: int
     ) -> list[Sample]:
         cfg = self.config
+        timeout = None if self._in_process else cfg.timeout_s
         async with self._semaphore():
             # Backstop for providers (custom ones included) that ignore litellm's timeout.
-            async with asyncio.timeout(cfg.timeout_s + 5):
+            async with asyncio.timeout(None if timeout is None else timeout + 5):
                 resp = await litellm.acompletion(
                     model=cfg.model,
                     messages=messages,
-                    timeout=cfg.timeout_s,
+                    timeout=timeout,
                     num_retries=0,
                     max_retries=0,
                     **kwargs,

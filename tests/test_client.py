@@ -422,3 +422,17 @@ def test_check_model_scripted() -> None:
     check_model(ScriptedModel(["x"]).register())
     with pytest.raises(UserError, match="scripted model"):
         check_model("scripted/no-such-script")
+
+
+async def test_in_process_models_are_not_timed_out() -> None:
+    """A slow in-process generation is waited for, not abandoned and retried: the engine
+    would go on generating the abandoned request while the retry queues the same work."""
+
+    def slow(messages: list[dict[str, Any]], i: int) -> str:
+        time.sleep(5.3)  # longer than timeout_s plus the client's 5 s backstop
+        return "done"
+
+    model = ScriptedModel(slow)
+    client = _client(model, timeout_s=0.05, max_attempts=2)
+    [s] = await client.sample(MSG)
+    assert s.text == "done" and len(model.calls) == 1
