@@ -349,12 +349,13 @@ def run_sweep(
 
         p = next(p for p in points if p.run_name == name and not p.derived)
         state = _run_state(cfg.db, name)
-        if state == "done" and _graded(cfg, name):
+        broken, _ = _failed_tasks(cfg.db, name)
+        if state == "done" and not broken and _graded(cfg, name):
             emit("skip", "already done")
             _set_status(cfg.db, name, "done")
             continue
         try:
-            if state != "done":
+            if state != "done" or broken:  # resuming a run redoes its failed tasks
                 emit("start")
                 asyncio.run(run(_run_config(cfg, p, RunConfig, resume=state is not None),
                                 on_progress=on_run_progress))  # fmt: skip
@@ -366,6 +367,14 @@ def run_sweep(
             _set_status(cfg.db, name, "failed", str(exc))
             emit("failed", str(exc))
             continue
+        broken, error = _failed_tasks(cfg.db, name)
+        if broken:
+            # A point with failed tasks would be measured on the tasks that happened to work.
+            failed += 1
+            msg = f"{broken} task(s) failed, e.g. {error}; re-run the sweep to retry them"
+            _set_status(cfg.db, name, "failed", msg)
+            emit("failed", msg)
+            continue
         _set_status(cfg.db, name, "done")
         emit("done")
     with TraceStore(cfg.db) as store:
@@ -374,6 +383,17 @@ def run_sweep(
             ["done" if not failed else "partial", utcnow(), sweep_id],
         )
     return sweep_id
+
+
+def _failed_tasks(db: str, run_name: str) -> tuple[int, str | None]:
+    """How many of the run's tasks failed, and one of their errors."""
+    with TraceStore(db) as store:
+        rows = store.query(
+            "SELECT count(*) AS n, any_value(t.error) AS error FROM tasks t "
+            "JOIN runs r USING (run_id) WHERE r.name = ? AND t.status = 'failed'",
+            [run_name],
+        )
+    return int(rows[0]["n"]), rows[0]["error"]
 
 
 def _graded(cfg: SweepConfig, run_name: str) -> bool:

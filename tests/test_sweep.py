@@ -741,3 +741,28 @@ def test_unfinished_points_are_left_out_and_named(swept: Swept, tmp_path: Path) 
     assert all(run_name not in p.run_names for p in data.points)
     text = write_report(db, swept.cfg.name, tmp_path / "rep", n_boot=50).read_text()
     assert "Not finished yet" in text and run_name in text
+
+
+def test_a_point_whose_tasks_failed_is_failed_and_retried(tmp_path: Path) -> None:
+    from loopwright.loops.scripted import Fault
+
+    broken = {"on": True}
+
+    def reply(messages: list[dict[str, Any]], i: int) -> Any:
+        return Fault("bad_request") if broken["on"] else "The answer is 3."
+
+    model = ScriptedModel(reply)
+    cfg = SweepConfig(name="flaky", tasks=task_file(tmp_path), models=(model.register(),),
+                      grid="best-of-n:n=1,2", db=str(tmp_path / "f.duckdb"),
+                      sandbox="process")  # fmt: skip
+    events: list[SweepEvent] = []
+    run_sweep(cfg, events.append)
+    assert [e.kind for e in events if e.kind in ("done", "failed")] == ["failed"]
+    assert "task(s) failed" in events[-1].detail
+    statuses = {r["status"] for r in rows_of(cfg.db, "SELECT status FROM sweep_points")}
+    assert statuses == {"failed"}
+    broken["on"] = False
+    events.clear()
+    run_sweep(cfg, events.append)  # the failed tasks are redone
+    assert [e.kind for e in events if e.kind in ("done", "failed", "skip")] == ["done"]
+    assert {r["status"] for r in rows_of(cfg.db, "SELECT status FROM sweep_points")} == {"done"}
