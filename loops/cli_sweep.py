@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.errors import UserError
+from loopwright.loops.errors import UserError, first_error
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -16,15 +16,6 @@ from rich.table import Table
 
 def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        where = ".".join(str(p) for p in e["loc"])
-        return f"--{where.replace('_', '-')}: {e['msg']}" if where else e["msg"]
-    return str(exc).splitlines()[0]
 
 
 def sweep(
@@ -69,7 +60,7 @@ def sweep(
             grade=not no_grade,
         )  # fmt: skip
     except ValueError as exc:
-        raise UserError(_first_error(exc)) from None
+        raise UserError(first_error(exc, as_flag=True)) from None
     _, points = validate(cfg)
     out = _console()
     runs = len({p.run_name for p in points})

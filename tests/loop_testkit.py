@@ -8,6 +8,7 @@ Loop-specific scripts stay with their tests (beam_script.py, best_of_n_helpers.p
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,3 +244,20 @@ def skip_without_bwrap() -> None:
     reason = BwrapSandbox.check()
     if reason is not None:
         pytest.skip(f"bwrap sandbox unavailable: {reason}")
+
+
+def cli_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``loopwright ARGS`` in-process: (exit code, stdout, stderr)."""
+    from loopwright.loops.cli import main
+
+    old = sys.argv
+    sys.argv = ["loopwright", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from loopwright.loops.tasks import load_tasks
 from loopwright.traces.harvest import HarvestError, HarvestOptions, harvest
 
 from tests.harvest_trees import Trees
-from tests.loop_testkit import local_model
+from tests.loop_testkit import cli_main, local_model
 
 Q1 = "Ann has 3 apples and buys 4 more. How many apples does Ann have now?"
 Q2 = "Bob has 10 pens and gives away 6 of them. How many pens are left with Bob?"
@@ -395,27 +394,11 @@ def test_existing_output_is_not_overwritten(siblings: Path, tmp_path: Path) -> N
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
-def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from loopwright.loops.cli import main
-
-    old = sys.argv
-    sys.argv = ["loopwright", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_writes_and_reports(
     siblings: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "pairs.jsonl"
-    code, text, _ = _main(["harvest", "dpo", "--db", str(siblings), "--out", str(out),
+    code, text, _ = cli_main(["harvest", "dpo", "--db", str(siblings), "--out", str(out),
                            "--pairs", "siblings", "--style", "plain"], capsys)  # fmt: skip
     assert code == 0
     assert "dpo: 2 rows from 1 prompts to" in text and "siblings 2" in text
@@ -423,7 +406,9 @@ def test_cli_writes_and_reports(
     assert sorted(r["rejected"] for r in _rows(out)) == [
         "3 * 4 = 12. The answer is 12.", "The answer is 1."
     ]  # fmt: skip
-    code, text, _ = _main(["harvest", "kto", "--db", str(siblings), "--dry-run", "--json"], capsys)
+    code, text, _ = cli_main(
+        ["harvest", "kto", "--db", str(siblings), "--dry-run", "--json"], capsys
+    )
     assert code == 0 and json.loads(text)["labels"] == {"true": 1, "false": 3}
 
 
@@ -451,7 +436,7 @@ def test_cli_bad_input_is_one_line(
     message: str,
 ) -> None:
     argv = [a.format(db=siblings, tmp=tmp_path) for a in args]
-    code, _, err = _main(argv, capsys)
+    code, _, err = cli_main(argv, capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error:") and message in lines[0], lines[0]

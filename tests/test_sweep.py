@@ -9,13 +9,12 @@ Every request counts PROMPT prompt tokens; a reply's completion tokens are its w
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from loop_testkit import last_user, math_task, write_jsonl
+from loop_testkit import cli_main, last_user, math_task, write_jsonl
 from loopwright.loops.errors import UserError
 from loopwright.loops.graphs.best_of_n import BestOfNOptions
 from loopwright.loops.report import curve_points, matched_table, sample_curves, write_report
@@ -567,7 +566,7 @@ def test_string_valued_params_stay_separate_points(
 ) -> None:
     model = scripted_model("sweepselect")
     grid = "best-of-n(n=4):selector=majority,verifier"
-    code, out, err = _main(["sweep", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
+    code, out, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
                             model.model_string, "--name", "sel", "--db", str(tmp_path / "t.duckdb"),
                             "--sandbox", "process"], capsys)  # fmt: skip
     assert code == 0, err
@@ -583,28 +582,12 @@ def test_string_valued_params_stay_separate_points(
 # ============================================================================ CLI
 
 
-def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from loopwright.loops.cli import main
-
-    old = sys.argv
-    sys.argv = ["loopwright", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_sweep_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = scripted_model("sweepcli")
     db = str(tmp_path / "t.duckdb")
     args = ["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1,2,4",
             "--model", model.model_string, "--name", "cli", "--db", db, "--sandbox", "process"]  # fmt: skip
-    code, out, err = _main(args, capsys)
+    code, out, err = cli_main(args, capsys)
     assert code == 0, err
     assert "sweep cli: 3 points (2 read from shared samples) in 1 runs" in out
     assert "[1/1] cli.sweepcli.best-of-n.n=4.s0 done" in err
@@ -612,10 +595,10 @@ def test_cli_sweep_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert f"loopwright report --db {db} --sweep cli --out report-cli" in out
     assert len(model.calls) == 16
     # again: nothing to do
-    code, out, err = _main(args, capsys)
+    code, out, err = cli_main(args, capsys)
     assert code == 0 and "already done" in err and len(model.calls) == 16
 
-    code, out, err = _main(["report", "--sweep", "cli", "--db", db, "--out",
+    code, out, err = cli_main(["report", "--sweep", "cli", "--db", db, "--out",
                             str(tmp_path / "rep"), "--n-boot", "100"], capsys)  # fmt: skip
     assert code == 0, err
     assert f"report: {tmp_path / 'rep' / 'report.md'}" in out.replace("\n", "")
@@ -634,7 +617,7 @@ def _one_error_line(code: int, err: str) -> str:
 def test_cli_report_unknown_sweep_lists_known(
     swept: Swept, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _main(["report", "--sweep", "nope", "--db", swept.db, "--out",
+    code, _, err = cli_main(["report", "--sweep", "nope", "--db", swept.db, "--out",
                           str(tmp_path / "rep")], capsys)  # fmt: skip
     line = _one_error_line(code, err)
     assert "no sweep named 'nope'" in line and "sweeps: main" in line
@@ -646,7 +629,7 @@ def test_cli_report_on_a_db_without_sweeps(
 ) -> None:
     empty = tmp_path / "empty.duckdb"
     TraceStore(empty).close()
-    code, _, err = _main(["report", "--sweep", "x", "--db", str(empty), "--out",
+    code, _, err = cli_main(["report", "--sweep", "x", "--db", str(empty), "--out",
                           str(tmp_path / "rep")], capsys)  # fmt: skip
     line = _one_error_line(code, err)
     assert "no sweep named 'x'" in line and "sweeps: none" in line
@@ -655,11 +638,11 @@ def test_cli_report_on_a_db_without_sweeps(
     with TraceStore(old) as store:
         store.execute("DROP TABLE sweep_points")
         store.execute("DROP TABLE sweeps")
-    code, _, err = _main(["report", "--sweep", "x", "--db", str(old), "--out",
+    code, _, err = cli_main(["report", "--sweep", "x", "--db", str(old), "--out",
                           str(tmp_path / "rep")], capsys)  # fmt: skip
     line = _one_error_line(code, err)
     assert "has no sweeps: run `loopwright sweep` first" in line
-    code, _, err = _main(["report", "--sweep", "x", "--db", str(tmp_path / "missing.duckdb"),
+    code, _, err = cli_main(["report", "--sweep", "x", "--db", str(tmp_path / "missing.duckdb"),
                           "--out", str(tmp_path / "rep")], capsys)  # fmt: skip
     assert "no trace database at" in _one_error_line(code, err)
     assert not (tmp_path / "rep").exists() and not (tmp_path / "missing.duckdb").exists()
@@ -681,7 +664,7 @@ def test_cli_sweep_bad_grid_is_one_line(
 ) -> None:
     model = scripted_model("sweepbad")
     db = tmp_path / "t.duckdb"
-    code, _, err = _main(["sweep", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
+    code, _, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
                           model.model_string, "--db", str(db), "--sandbox", "process"], capsys)  # fmt: skip
     assert message in _one_error_line(code, err)
     assert not model.calls and not db.exists()
@@ -690,10 +673,10 @@ def test_cli_sweep_bad_grid_is_one_line(
 def test_cli_sweep_bad_settings_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
+    code, _, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
                           "--name", "bad name", "--db", str(tmp_path / "t.duckdb")], capsys)  # fmt: skip
     assert "--name" in _one_error_line(code, err)
-    code, _, err = _main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
+    code, _, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
                           "--seeds", "0", "--db", str(tmp_path / "t.duckdb")], capsys)  # fmt: skip
     assert "--seeds" in _one_error_line(code, err)
 
@@ -701,7 +684,7 @@ def test_cli_sweep_bad_settings_are_one_line(
 def test_a_model_given_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="model 'scripted/x' is given twice"):
         _cfg("best-of-n:n=1,2", models=("scripted/x", "scripted/y", "scripted/x"))
-    code, _, err = _main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
+    code, _, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
                           "--model", "scripted/x", "--model", "scripted/x",
                           "--db", str(tmp_path / "t.duckdb")], capsys)  # fmt: skip
     assert "is given twice" in _one_error_line(code, err)
