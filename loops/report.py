@@ -54,6 +54,33 @@ def curve_points(data: SweepData, n_boot: int) -> list[dict[str, Any]]:
     return rows
 
 
+def vote_points(data: SweepData, rows: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
+    """Majority vote over the same shared samples, as its own strategy at the same costs.
+
+    For every best-of-n point at k, a ``... majority`` point: the same first-k samples and
+    costs, the answer picked by plain majority over normalised answers.
+    """
+    out = []
+    for r in rows:
+        p: Point = r["point"]
+        if p.loop != "best-of-n" or p.param != "n" or p.value is None:
+            continue
+        k = int(float(p.value))
+        seeds = {res.seed for res in p.results}
+        per_task = [
+            (task, seed, select(samples[:k], "majority"))
+            for (model, strategy, seed, task), samples in sorted(data.samples.items())
+            if model == p.model and strategy == p.strategy and seed in seeds and len(samples) >= k
+        ]
+        if not per_task:
+            continue
+        mean, lo, hi = M.bootstrap_ci([float(c) for _, _, c in per_task], n_boot=n_boot,
+                                      groups=[t for t, _, _ in per_task])  # fmt: skip
+        out.append({**r, "label": f"{r['label']} majority", "acc": mean, "lo": lo, "hi": hi,
+                    "n": len(per_task)})  # fmt: skip
+    return out
+
+
 def sample_curves(data: SweepData) -> dict[str, dict[int, dict[str, float]]]:
     """Per best-of-n strategy: for each k, pass@k, maj@k, weighted@k, verifier@k, proxy."""
     groups: dict[str, list[list[Any]]] = defaultdict(list)
@@ -212,6 +239,7 @@ def write_report(db: str, sweep: str, out: Path, n_boot: int = 2000) -> Path:
     data = load_sweep(db, sweep)
     out.mkdir(parents=True, exist_ok=True)
     rows = curve_points(data, n_boot)
+    rows += vote_points(data, rows, n_boot)
     curves = sample_curves(data)
     trans: dict[str, list[dict[str, int]]] = {}
     changes: dict[str, list[float]] = {}

@@ -749,3 +749,19 @@ def test_a_point_whose_tasks_failed_is_failed_and_retried(tmp_path: Path) -> Non
     run_sweep(cfg, events.append)  # the failed tasks are redone
     assert [e.kind for e in events if e.kind in ("done", "failed", "skip")] == ["done"]
     assert {r["status"] for r in rows_of(cfg.db, "SELECT status FROM sweep_points")} == {"done"}
+
+
+def test_majority_is_its_own_strategy_at_the_same_costs(swept: Swept) -> None:
+    from loopwright.loops.report import curve_points, sample_curves, vote_points
+
+    data = swept.data()
+    rows = curve_points(data, 50)
+    votes = vote_points(data, rows, 50)
+    curves = sample_curves(data)
+    [label] = curves
+    assert {r["label"] for r in votes} == {f"{label} majority"}
+    for v in votes:
+        k = int(float(v["point"].value))
+        base = next(r for r in rows if r["point"] is v["point"])
+        assert v["acc"] == pytest.approx(curves[label][k]["maj@k"])
+        assert (v["tokens"], v["calls"]) == (base["tokens"], base["calls"])
