@@ -122,7 +122,7 @@ def _mean(xs: Any) -> float:
 def matched_table(rows: list[dict[str, Any]]) -> list[M.MatchedRow]:
     pts = [M.CurvePoint(strategy=r["label"], cost=r["tokens"], accuracy=r["acc"], lo=r["lo"],
                         hi=r["hi"], label=r["value"]) for r in rows]  # fmt: skip
-    budgets = sorted({round(r["tokens"]) for r in rows})
+    budgets = sorted({math.ceil(r["tokens"]) for r in rows})  # ceil: a point fits its own budget
     if len(budgets) > 8:  # a readable table: 8 budgets spread over the range, geometric
         lo, hi = max(budgets[0], 1), budgets[-1]
         budgets = sorted({round(lo * (hi / lo) ** (i / 7)) for i in range(8)})
