@@ -6,9 +6,9 @@ import sys
 from typing import Annotated
 
 import typer
+from loopwright.loops.cli_progress import LazyBar
 from loopwright.loops.errors import UserError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
@@ -39,33 +39,13 @@ def grade(
     from loopwright.traces.store import TraceStoreError
 
     err = _console(stderr=True)
-    bar = Progress(
-        TextColumn("[bold]grade"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("passed {task.fields[passed]}"),
-        TextColumn("failed {task.fields[failed]}"),
-        TextColumn("errors {task.fields[errors]}"),
-        TimeElapsedColumn(),
-        console=err,
-    )
-    bar_id = bar.add_task("grade", total=None, passed=0, failed=0, errors=0)
+    bar = LazyBar("grade", {"passed": "passed", "failed": "failed", "errors": "errors"}, err)
 
     def on_progress(p: GradeProgress) -> None:
-        # Started with the first report, i.e. only once the input has been validated.
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(
-            bar_id,
-            total=p.total,
-            completed=p.done,
-            passed=p.passed,
-            failed=p.failed,
-            errors=p.errors,
-        )
+        bar.update(p.total, p.done, passed=p.passed, failed=p.failed, errors=p.errors)
 
     try:
-        try:
+        with bar:
             report = grade_run(
                 db,
                 run,
@@ -74,9 +54,6 @@ def grade(
                 concurrency=concurrency,
                 on_progress=on_progress,
             )
-        finally:
-            if bar.live.is_started:
-                bar.stop()
     except (UserError, TraceStoreError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

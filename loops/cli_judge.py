@@ -7,9 +7,9 @@ import sys
 from typing import Annotated
 
 import typer
+from loopwright.loops.cli_progress import LazyBar
 from loopwright.loops.errors import UserError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 judge_app = typer.Typer(
@@ -48,35 +48,19 @@ def pairs(
     from loopwright.traces.store import TraceStoreError
 
     err = _console(stderr=True)
-    bar = Progress(
-        TextColumn("[bold]judge pairs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("consistent {task.fields[consistent]}"),
-        TextColumn("flipped {task.fields[flipped]}"),
-        TextColumn("undecided {task.fields[undecided]}"),
-        TextColumn("tok {task.fields[tokens]}"),
-        TimeElapsedColumn(),
-        console=err,
-    )
-    bar_id = bar.add_task("judge", total=None, consistent=0, flipped=0, undecided=0, tokens=0)
+    bar = LazyBar(
+        "judge pairs",
+        {"consistent": "consistent", "flipped": "flipped", "undecided": "undecided",
+         "tokens": "tok"},
+        err,
+    )  # fmt: skip
 
     def on_progress(p: JudgePairsProgress) -> None:
-        # Started with the first report, i.e. only once the input has been validated.
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(
-            bar_id,
-            total=p.total,
-            completed=p.done,
-            consistent=p.consistent,
-            flipped=p.flipped,
-            undecided=p.undecided,
-            tokens=p.tokens,
-        )
+        bar.update(p.total, p.done, consistent=p.consistent, flipped=p.flipped,
+                   undecided=p.undecided, tokens=p.tokens)  # fmt: skip
 
     try:
-        try:
+        with bar:
             report = asyncio.run(
                 judge_pairs(
                     db,
@@ -92,9 +76,6 @@ def pairs(
                     on_progress=on_progress,
                 )
             )
-        finally:
-            if bar.live.is_started:
-                bar.stop()
     except (UserError, TraceStoreError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -1,0 +1,37 @@
+"""A progress bar for long CLI commands, shared so each command only says what it counts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class LazyBar:
+    """A rich bar that appears at the first update — so input errors reported before any
+    progress print on a clean line — and is stopped when the ``with`` block ends.
+
+    ``fields`` maps each counter to its label: ``{"passed": "passed", "tokens": "tok"}``.
+    """
+
+    def __init__(self, label: str, fields: Mapping[str, str], console: Console) -> None:
+        columns = [TextColumn(f"{text} {{task.fields[{name}]}}") for name, text in fields.items()]
+        self._bar = Progress(
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *columns,
+            TimeElapsedColumn(), console=console,
+        )  # fmt: skip
+        self._id = self._bar.add_task(label, total=None, **dict.fromkeys(fields, 0))
+
+    def update(self, total: int | None, completed: int, **fields: Any) -> None:
+        if not self._bar.live.is_started:
+            self._bar.start()
+        self._bar.update(self._id, total=total, completed=completed, **fields)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar.live.is_started:
+            self._bar.stop()
