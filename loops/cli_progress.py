@@ -22,7 +22,8 @@ class LazyBar:
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *columns,
             TimeElapsedColumn(), console=console,
         )  # fmt: skip
-        self._id = self._bar.add_task(label, total=None, **dict.fromkeys(fields, 0))
+        zeros: dict[str, Any] = dict.fromkeys(fields, 0)
+        self._id = self._bar.add_task(label, total=None, **zeros)
 
     def update(self, total: int | None, completed: int, **fields: Any) -> None:
         if not self._bar.live.is_started:
