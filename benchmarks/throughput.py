@@ -2,8 +2,10 @@
 
 A minimal HTTP/1.1 server (asyncio, stdlib only) answers ``POST /v1/chat/completions`` with a
 valid ``chat.completion`` (usage included) after ``--latency`` seconds, serving any number of
-requests concurrently. It runs on its own event loop in a daemon thread, binds 127.0.0.1 on a
-free port, and stops when the benchmark ends or after a hard timeout, whichever comes first.
+requests concurrently. It runs in its own process (as a real endpoint would: in-process, its
+timers would wait on the client's GIL and every client's CPU would look like server latency),
+binds 127.0.0.1 on a free port, and stops when the benchmark ends, when the benchmark's process
+goes away, or after a hard timeout, whichever comes first.
 
 loopwright is driven as a user would drive it: ``loopwright.loops.runner.run`` with
 ``loop="best-of-n", options={"n": 1}, model="openai/mock", api_base=<the server>``, call cache
@@ -39,10 +41,12 @@ import io
 import json
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -64,7 +68,7 @@ class _Http(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server.connections += 1
+        self.server.count(1)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -120,6 +124,7 @@ class MockServer:
 
     ``with MockServer(latency=0.05) as srv: ... srv.base_url ...``; it also stops by itself
     after ``hard_timeout_s``. ``requests`` counts the chat completions it answered.
+    ``process=True`` serves from a child process (a ``str`` reply only); else from a thread.
     """
 
     def __init__(
@@ -128,12 +133,16 @@ class MockServer:
         *,
         reply: str | Callable[[dict[str, Any]], str] = REPLY,
         hard_timeout_s: float = HARD_TIMEOUT_S,
+        process: bool = False,
     ) -> None:
+        if process and not isinstance(reply, str):
+            raise ValueError("a server in its own process needs a fixed str reply")
         self.latency = latency
         self.reply = reply
         self.hard_timeout_s = hard_timeout_s
-        self.requests = 0
-        self.connections = 0
+        self.process = process
+        self._counts = [0, 0]  # requests, connections (the child's, in process mode)
+        self._proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -145,7 +154,39 @@ class MockServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def requests(self) -> int:
+        return self._stats()[0]
+
+    @property
+    def connections(self) -> int:
+        return self._stats()[1]
+
+    def _stats(self) -> list[int]:
+        if self._proc is None:
+            return self._counts
+        with urllib.request.urlopen(self.base_url + "/stats", timeout=10) as r:
+            return [int(x) for x in json.loads(r.read())]
+
+    def count(self, which: int) -> None:
+        self._counts[which] += 1
+
     def start(self) -> MockServer:
+        if self.process:
+            # The child serves until its stdin closes (our stop, or our death) or its timeout.
+            self._proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--serve",
+                 "--latency", repr(self.latency), "--reply", str(self.reply),
+                 "--hard-timeout", repr(self.hard_timeout_s)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert self._proc.stdout is not None
+            line = self._proc.stdout.readline()
+            if not line.startswith("port "):
+                self.stop()
+                raise RuntimeError("mock server process did not start")
+            self.port = int(line.split()[1])
+            return self
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("mock server did not start")
@@ -154,6 +195,17 @@ class MockServer:
         return self
 
     def stop(self) -> None:
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            return
         if self._thread.is_alive():
             with contextlib.suppress(RuntimeError):  # loop already closed
                 self.loop.call_soon_threadsafe(self._shutdown)
@@ -190,6 +242,9 @@ class MockServer:
         self.loop.stop()
 
     def handle(self, conn: _Http, method: str, path: str, body: bytes) -> None:
+        if method == "GET" and path.rstrip("/").endswith("/stats"):
+            conn._send(200, self._counts, 0)  # type: ignore[arg-type]
+            return
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
             conn._send(404, {"error": {"message": f"no route {method} {path}"}}, 0)
             return
@@ -199,7 +254,7 @@ class MockServer:
         except (ValueError, KeyError, TypeError):
             conn._send(400, {"error": {"message": "expected a JSON body with messages"}}, 0)
             return
-        self.requests += 1
+        self.count(0)
         n = int(req.get("n") or 1)
         text = self.reply(req) if callable(self.reply) else self.reply
         prompt_tokens = max(1, sum(len(str(m.get("content", "")).split()) for m in messages))
@@ -207,7 +262,7 @@ class MockServer:
         conn._send(
             200,
             {
-                "id": f"chatcmpl-mock-{self.requests}",
+                "id": f"chatcmpl-mock-{self._counts[0]}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": str(req.get("model", "mock")),
@@ -229,6 +284,18 @@ class MockServer:
             },
             self.latency,
         )
+
+
+def serve_forever(latency: float, reply: str, hard_timeout_s: float) -> None:
+    """``--serve``: print ``port N``, serve until stdin closes or the hard timeout."""
+    srv = MockServer(latency, reply=reply, hard_timeout_s=hard_timeout_s).start()
+    print(f"port {srv.port}", flush=True)
+    watchdog = threading.Timer(hard_timeout_s + 5, os._exit, (0,))
+    watchdog.daemon = True
+    watchdog.start()
+    with contextlib.suppress(OSError, KeyboardInterrupt):
+        sys.stdin.read()
+    srv.stop()
 
 
 # -- sides -----------------------------------------------------------------------------------
@@ -358,7 +425,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     with (
-        MockServer(args.latency) as srv,
+        MockServer(args.latency, process=True) as srv,
         tempfile.TemporaryDirectory(prefix="loopwright-throughput-") as tmp,
     ):
         lw = LoopwrightSide(srv.base_url, Path(tmp))
@@ -495,7 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="repeats per level (median counts)")
     ap.add_argument("--profile", action="store_true", help="cProfile one more top-level run")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reply", default=REPLY, help=argparse.SUPPRESS)
+    ap.add_argument("--hard-timeout", type=float, default=HARD_TIMEOUT_S, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.serve:
+        serve_forever(args.latency, args.reply, args.hard_timeout)
+        return 0
     rows = asyncio.run(bench(args))
     if args.json:
         print(json.dumps({"rows": rows}))

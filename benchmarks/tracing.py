@@ -117,7 +117,7 @@ class Sides:
 async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="loopwright-tracing-") as tmp:
         if args.provider == "mock":
-            srv: MockServer | None = MockServer(args.latency).start()
+            srv: MockServer | None = MockServer(args.latency, process=True).start()
             model, api_base = MODEL, srv.base_url
             where = f"mock OpenAI server, {args.latency * 1000:.0f} ms latency"
         else:

@@ -33,9 +33,16 @@ def sweep(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
     db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
-    concurrency: Annotated[int, typer.Option(help="Tasks in flight per run.")] = 4,
+    concurrency: Annotated[int, typer.Option(help="Model requests in flight per run.")] = 4,
     sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
     api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
+    transport: Annotated[
+        str,
+        typer.Option(
+            help="litellm, http (direct OpenAI-compatible requests, ~10x less CPU per call) "
+            "or auto: http for openai/ and hosted_vllm/ models with --api-base."
+        ),
+    ] = "auto",
     budget_tokens: Annotated[int | None, typer.Option(help="Token budget per task.")] = None,
     budget_calls: Annotated[int | None, typer.Option(help="Sample budget per task.")] = None,
     budget_usd: Annotated[float | None, typer.Option(help="Dollar budget per task.")] = None,
@@ -55,7 +62,7 @@ def sweep(
     try:
         cfg = SweepConfig(
             name=name, tasks=tasks, models=models, grid=grid, seeds=seeds, limit=limit, db=db,
-            concurrency=concurrency, sandbox=sandbox, api_base=api_base,
+            concurrency=concurrency, sandbox=sandbox, api_base=api_base, transport=transport,  # type: ignore[arg-type]
             budget=BudgetLimits(tokens=budget_tokens, calls=budget_calls, usd=budget_usd),
             grade=not no_grade,
         )  # fmt: skip

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else litellm fetches it
 
@@ -25,7 +25,7 @@ import httpx
 import litellm
 from litellm import CustomLLM
 from litellm.types.utils import Choices, Message, ModelResponse, Usage
-from loopwright.loops import scripted
+from loopwright.loops import http_transport, scripted
 from loopwright.loops.budget import Budget
 from loopwright.loops.errors import ModelCallError, UserError
 from loopwright.loops.local_model import LocalEngine, LocalModelError, spec_for
@@ -47,6 +47,10 @@ _local_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="loopwright-
 
 class MalformedResponse(Exception):
     """The provider answered, but not with usable choices. Retried like a 5xx."""
+
+
+class TooFewChoices(MalformedResponse):
+    """A request for n>1 samples came back with fewer: the server ignores ``n``."""
 
 
 # -- custom litellm providers ------------------------------------------------------------
@@ -155,6 +159,8 @@ _RETRYABLE = (
     litellm.BadGatewayError,
     MalformedResponse,
     asyncio.TimeoutError,
+    http_transport.EndpointConnectionError,
+    http_transport.EndpointGarbage,
 )
 
 
@@ -163,6 +169,8 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, _RETRYABLE):
         return True
     status = getattr(exc, "status_code", None)
+    if isinstance(exc, http_transport.EndpointError) and status in (408, 429):
+        return True
     return isinstance(status, int) and status >= 500
 
 
@@ -170,7 +178,7 @@ def retry_after_seconds(exc: BaseException | None) -> float | None:
     """The provider's Retry-After, in seconds, when it sent one."""
     if exc is None:
         return None
-    headers: Any = getattr(exc, "litellm_response_headers", None)
+    headers: Any = getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
     resp = getattr(exc, "response", None)
     if not headers and resp is not None:
         headers = getattr(resp, "headers", None)
@@ -183,6 +191,16 @@ def retry_after_seconds(exc: BaseException | None) -> float | None:
         return None
 
 
+Transport = Literal["auto", "litellm", "http"]
+
+
+def uses_http(model: str, api_base: str | None, transport: Transport) -> bool:
+    """Whether calls go straight to the endpoint (see ``http_transport``) or through litellm."""
+    if transport == "litellm":
+        return False
+    return http_transport.supports(model, api_base)
+
+
 class ClientConfig(BaseModel):
     """How to reach a model and how hard to try."""
 
@@ -190,6 +208,11 @@ class ClientConfig(BaseModel):
 
     model: str = Field("local/smollm2-135m", description="Any litellm model string.")
     api_base: str | None = Field(None, description="Endpoint for self-hosted servers.")
+    transport: Transport = Field(
+        "auto",
+        description="'litellm', 'http' (direct OpenAI-compatible JSON, for openai/ and "
+        "hosted_vllm/ models with an api_base), or 'auto': http where it applies.",
+    )
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
     timeout_s: float = Field(
         120.0, gt=0, description="Per-request timeout of remote models (not in-process ones)."
@@ -253,9 +276,15 @@ def _supports_n(model: str) -> bool:
         return False
 
 
-def check_model(model: str, api_base: str | None = None) -> None:
+def check_model(model: str, api_base: str | None = None, transport: Transport = "auto") -> None:
     """Fail fast, in one line, on an unknown model, a missing local model or a missing key."""
     provider, _, name = model.partition("/")
+    if transport == "http" and not http_transport.supports(model, api_base):
+        raise UserError(
+            f"--transport http needs an OpenAI-compatible model string "
+            f"({', '.join(p + '/NAME' for p in http_transport.PROVIDERS)}) and --api-base; "
+            f"got {model!r}{'' if api_base else ' without --api-base'}"
+        )
     if provider == "local":
         spec = spec_for(name)
         from loopwright.loops.local_model import is_installed
@@ -294,8 +323,10 @@ class ModelClient:
             config = ClientConfig(model=config or ClientConfig().model)
         self.config = config
         self.writer = writer
-        self.n_supported = _supports_n(config.model)
+        self.http = uses_http(config.model, config.api_base, config.transport)
+        self.n_supported = True if self.http else _supports_n(config.model)
         self._free = config.model.split("/", 1)[0] in ("local", "scripted")
+        self._price: tuple[float, float] | None = None  # USD per prompt / completion token
         # In-process models cannot hang on a network: a timeout would only abandon work the
         # engine goes on doing, and the retry would queue the same work again behind it.
         self._in_process = self._free
@@ -386,9 +417,16 @@ class ModelClient:
         if samples is None:
             t0 = time.perf_counter()
             try:
-                if n == 1 or self.n_supported:
+                if n > 1 and self.n_supported:
+                    try:
+                        samples, attempts = await self._request(messages, params, n)
+                    except ModelCallError as exc:
+                        if not isinstance(exc.__cause__, TooFewChoices):
+                            raise
+                        self.n_supported = False  # the server ignores n: fan out from now on
+                if n == 1:
                     samples, attempts = await self._request(messages, params, n)
-                else:  # fan out: n requests of one sample, each with its own derived seed
+                elif not self.n_supported:  # fan out: n requests of one sample, derived seeds
                     parts = await asyncio.gather(
                         *(
                             self._request(
@@ -408,6 +446,7 @@ class ModelClient:
                 )
                 raise
             latency = time.perf_counter() - t0
+            assert samples is not None
             if key is not None and self.writer is not None:
                 self._written_keys.add(key)
                 for s in samples:
@@ -473,6 +512,12 @@ class ModelClient:
         async with self._semaphore():
             # Backstop for providers (custom ones included) that ignore litellm's timeout.
             async with asyncio.timeout(None if timeout is None else timeout + 5):
+                if self.http:
+                    body = {k: v for k, v in kwargs.items() if k != "api_base"}
+                    data = await http_transport.chat(
+                        cfg.model, str(cfg.api_base), messages, body, timeout=timeout
+                    )
+                    return self._parse_json(data, n)
                 resp = await litellm.acompletion(
                     model=cfg.model,
                     messages=messages,
@@ -507,7 +552,7 @@ class ModelClient:
             try:
                 return await self._once(messages, kwargs, n), 1
             except Exception as exc:
-                if not is_retryable(exc) or cfg.max_attempts == 1:
+                if isinstance(exc, TooFewChoices) or not is_retryable(exc) or cfg.max_attempts == 1:
                     raise
                 await asyncio.sleep(self._delay(exc, 1))
             retrying = AsyncRetrying(
@@ -522,10 +567,16 @@ class ModelClient:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number + 1
                     samples = await self._once(messages, kwargs, n)
-        except litellm.AuthenticationError as exc:
-            raise UserError(
-                f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})"
-            ) from exc
+        except (litellm.AuthenticationError, http_transport.EndpointError) as exc:
+            if isinstance(exc, litellm.AuthenticationError) or exc.status_code in (401, 403):
+                raise UserError(
+                    f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})"
+                ) from exc
+            err = ModelCallError(
+                f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))"
+            )
+            err.attempts = attempts  # type: ignore[attr-defined]
+            raise err from exc
         except Exception as exc:
             err = ModelCallError(
                 f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))"
@@ -537,6 +588,8 @@ class ModelClient:
     def _parse(self, resp: Any, n: int) -> list[Sample]:
         choices = getattr(resp, "choices", None) or []
         if len(choices) < n:
+            if n > 1 and len(choices) == 1:
+                raise TooFewChoices(f"asked for n={n} samples, got 1")
             raise MalformedResponse(f"expected {n} choices, got {len(choices)}")
         usage = getattr(resp, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -566,6 +619,67 @@ class ModelClient:
                 )
             )
         return out
+
+    def _parse_json(self, data: dict[str, Any], n: int) -> list[Sample]:
+        """An OpenAI chat-completion JSON answer (the http transport) as samples."""
+        choices = data.get("choices")
+        if not isinstance(choices, list) or len(choices) < n:
+            got = len(choices) if isinstance(choices, list) else 0
+            if n > 1 and got == 1:
+                raise TooFewChoices(f"asked for n={n} samples, got 1")
+            raise MalformedResponse(f"expected {n} choices, got {got}")
+        choices = sorted(choices[:n], key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_total = int(usage.get("completion_tokens") or 0)
+        cost = self._token_cost(prompt_tokens, completion_total)
+        out: list[Sample] = []
+        for i, ch in enumerate(choices):
+            msg = ch.get("message") if isinstance(ch, dict) else None
+            text = msg.get("content") if isinstance(msg, dict) else None
+            if not isinstance(text, str):
+                raise MalformedResponse(f"choice {i} has no text content")
+            lp = None
+            content_lp = (ch.get("logprobs") or {}).get("content") if isinstance(ch, dict) else None
+            if isinstance(content_lp, list) and content_lp:
+                vals = [t.get("logprob") for t in content_lp if isinstance(t, dict)]
+                nums = [float(v) for v in vals if isinstance(v, int | float)]
+                lp = sum(nums) / len(nums) if nums else None
+            out.append(
+                Sample(
+                    text=text,
+                    node_id=new_id(),
+                    call_id=new_id(),
+                    sample_index=i,
+                    finish_reason=ch.get("finish_reason"),
+                    prompt_tokens=prompt_tokens if i == 0 else 0,
+                    completion_tokens=completion_total // n
+                    + (1 if i < completion_total % n else 0),
+                    cost_usd=cost if i == 0 else 0.0,
+                    logprob_mean=lp,
+                    cache_hit=False,
+                )
+            )
+        return out
+
+    def _token_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """litellm's price table, looked up once per client; unpriced models cost 0."""
+        if self._free or self.model.startswith("hosted_vllm/"):
+            return 0.0
+        if self._price is None:
+            try:
+                p, c = litellm.cost_per_token(
+                    model=self.model, prompt_tokens=1, completion_tokens=1
+                )
+                self._price = (float(p), float(c))
+            except Exception:  # not in the cost map: "unknown", recorded as 0
+                self._price = (0.0, 0.0)
+        return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
+
+    async def aclose(self) -> None:
+        """Release the http transport's connections (the loop's shutdown also does)."""
+        if self.http:
+            await http_transport.close_session()
 
     def _may_be_cached(self, key: str) -> bool:
         """Skip the DB round trip when the cache table was empty and this key is new."""

@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from loopwright.loops.budget import BudgetLimits
 from loopwright.loops.errors import UserError
@@ -153,9 +153,12 @@ class SweepConfig(BaseModel):
     seeds: int = Field(1, ge=1, le=100, description="Seeds 0..seeds-1 per point.")
     limit: int | None = Field(None, ge=1, description="Only the first N tasks.")
     db: str = Field("loopwright.duckdb", description="Trace database.")
-    concurrency: int = Field(4, ge=1, description="Tasks in flight per run.")
+    concurrency: int = Field(4, ge=1, description="Model requests in flight per run.")
     sandbox: str = Field("bwrap", description="Sandbox for code tests and grading.")
     api_base: str | None = Field(None, description="Endpoint for self-hosted models.")
+    transport: Literal["auto", "litellm", "http"] = Field(
+        "auto", description="auto, litellm or http (direct OpenAI-compatible requests)."
+    )
     budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
     cache: bool = Field(True, description="Share identical seeded calls between points.")
     grade: bool = Field(True, description="Grade every answer after each run.")
@@ -320,7 +323,8 @@ def validate(cfg: SweepConfig) -> tuple[list[GridEntry], list[PointPlan]]:
 
 def _run_config(cfg: SweepConfig, p: PointPlan, run_config: Any, resume: bool = False) -> Any:
     return run_config(
-        loop=p.loop, tasks=cfg.tasks, model=p.model, api_base=cfg.api_base, limit=cfg.limit,
+        loop=p.loop, tasks=cfg.tasks, model=p.model, api_base=cfg.api_base, transport=cfg.transport,
+        limit=cfg.limit,
         db=cfg.db, run_name=p.run_name, concurrency=cfg.concurrency, seed=p.seed,
         budget=cfg.budget, options=p.options, cache=cfg.cache, sandbox=cfg.sandbox,
         resume=resume,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -52,6 +51,7 @@ class TraceWriter:
         self.batch_rows = batch_rows
         self.interval_s = interval_s
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._urgent = threading.Event()
         self._error: BaseException | None = None
         self.rows_written = 0
         self._thread = threading.Thread(
@@ -68,11 +68,14 @@ class TraceWriter:
         if type(record) not in _TABLE_OF:
             raise TypeError(f"not a trace record: {type(record).__name__}")
         self._q.put(record)
+        if self._q.qsize() >= self.batch_rows:
+            self._urgent.set()
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Block until everything queued so far is committed."""
         barrier = _Barrier()
         self._q.put(barrier)
+        self._urgent.set()
         if not barrier.done.wait(timeout):
             raise TimeoutError("trace writer did not flush in time")
         if self._error is not None:
@@ -81,51 +84,39 @@ class TraceWriter:
     def close(self) -> None:
         if self._thread.is_alive():
             self._q.put(_STOP)
+            self._urgent.set()
             self._thread.join()
         if self._error is not None:
             raise RuntimeError("trace writer failed") from self._error
 
     # -- writer thread -------------------------------------------------------------------
     def _run(self) -> None:
-        pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        count = 0
-        deadline = time.monotonic() + self.interval_s
+        # The thread wakes once per batch, not once per record: a wake-up per record costs a
+        # GIL hand-off each, which the event loop producing the records pays for.
         while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self._q.get(timeout=timeout) if count else self._q.get()
-            except queue.Empty:
-                item = None
+            first = self._q.get()  # the first record of a batch, or a barrier, or stop
+            if first is not _STOP and not isinstance(first, _Barrier):
+                self._urgent.wait(self.interval_s)  # let the batch fill (flush/close cut it short)
+            self._urgent.clear()
+            pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
             barriers: list[_Barrier] = []
             stop = False
-            if item is _STOP:
-                stop = True
-            elif isinstance(item, _Barrier):
-                barriers.append(item)
-            elif item is not None:
-                if count == 0:
-                    deadline = time.monotonic() + self.interval_s
-                pending[_TABLE_OF[type(item)]].append(item.row())
-                count += 1
-            # Drain whatever else is already queued without waiting.
-            while not stop and count < self.batch_rows:
+            item: Any = first
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, _Barrier):
+                    barriers.append(item)
+                else:
+                    pending[_TABLE_OF[type(item)]].append(item.row())
+                if stop:
+                    break
                 try:
-                    nxt = self._q.get_nowait()
+                    item = self._q.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP:
-                    stop = True
-                elif isinstance(nxt, _Barrier):
-                    barriers.append(nxt)
-                else:
-                    pending[_TABLE_OF[type(nxt)]].append(nxt.row())
-                    count += 1
-            if count and (
-                stop or barriers or count >= self.batch_rows or time.monotonic() >= deadline
-            ):
+            if pending:
                 self._commit(pending)
-                pending = defaultdict(list)
-                count = 0
             for b in barriers:
                 b.done.set()
             if stop:
