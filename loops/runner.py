@@ -60,7 +60,7 @@ class RunConfig(BaseModel):
     concurrency: int = Field(
         4,
         ge=1,
-        description="Model requests in flight at once. A quarter more tasks than that are "
+        description="Model requests in flight at once. From 4 up, a quarter more tasks are "
         "in progress, so a task's next request is ready when a slot frees.",
     )
     seed: int = Field(0, description="Run seed; per-call seeds derive from it.")
@@ -119,8 +119,8 @@ def _version() -> str:
 
 
 def task_slots(concurrency: int) -> int:
-    """Tasks in progress at once for ``concurrency`` requests in flight."""
-    return concurrency + (concurrency + 3) // 4
+    """Tasks in progress at once for ``concurrency`` requests in flight (1 stays sequential)."""
+    return concurrency + concurrency // 4
 
 
 def prepare(cfg: RunConfig) -> tuple[LoopSpec[Any], BaseModel, list[Task]]:

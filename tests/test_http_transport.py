@@ -56,13 +56,20 @@ class Server:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.base_url = ""
+        self.in_flight = 0
+        self.peak = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append(await request.json())
         self.headers.append(dict(request.headers))
         reply = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        finally:
+            self.in_flight -= 1
         if reply.raw is not None:
             return web.Response(status=reply.status, body=reply.raw, headers=reply.headers)
         return web.json_response(reply.body, status=reply.status, headers=reply.headers)
@@ -315,3 +322,27 @@ async def test_a_run_against_an_openai_compatible_server(server: Server, tmp_pat
     with TraceStore(cfg.db, read_only=True) as s:
         [row] = s.query("SELECT count(*) AS n, sum(prompt_tokens) AS p FROM calls")
     assert row == {"n": 6, "p": 66}
+
+
+async def test_a_run_keeps_exactly_concurrency_requests_in_flight(
+    server: Server, tmp_path: Path
+) -> None:
+    """Tasks get slack beyond --concurrency (runner.task_slots); requests never do."""
+    from loopwright.loops.runner import RunConfig, run, task_slots
+
+    assert [task_slots(c) for c in (1, 3, 4, 8, 64)] == [1, 3, 5, 10, 80]
+    tasks = tmp_path / "tasks.jsonl"
+    with tasks.open("w") as fh:
+        for i in range(24):
+            row = {"id": f"t{i}", "prompt": "2 + 2 = ?", "kind": "math", "reference": "4"}
+            fh.write(json.dumps(row) + "\n")
+    server.script = [Reply(body=completion("The answer is 4."), delay=0.15)]
+    cfg = RunConfig(
+        loop="best-of-n", options={"n": 1}, model="hosted_vllm/mock-7b", api_base=server.base_url,
+        tasks=str(tasks), db=str(tmp_path / "t.duckdb"), concurrency=8, cache=False,
+    )  # fmt: skip
+
+    result = await run(cfg)
+
+    assert result.progress.passed == 24
+    assert server.peak == 8
