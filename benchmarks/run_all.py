@@ -47,7 +47,7 @@ class Bench:
 BENCHES: list[Bench] = [
     Bench("overhead", ["--calls", "500", "--warmup", "100", "--repeats", "1"]),
     Bench("throughput", ["--rounds", "10", "--min-calls", "20", "--repeats", "3"]),
-    Bench("tracing", ["--calls", "192", "--repeats", "7"]),
+    Bench("tracing", ["--calls", "1000", "--repeats", "5"]),
     Bench("sandbox", ["--runs", "30", "--repeats", "1"]),
     Bench("verify_throughput", ["--repeats", "1"]),
     Bench("harvest", ["--calls", "20000"], timeout_full=7200.0),

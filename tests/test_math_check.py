@@ -180,6 +180,55 @@ async def test_check_via_asyncio_to_thread(strict: MathChecker) -> None:
     assert [v.passed for v in verdicts] == [True, False]
 
 
+@pytest.mark.parametrize(
+    ("response", "reference", "passed"),
+    [
+        ("The answer is 56.", "56", True),
+        ("The answer is 1,000.", "1000", True),
+        ("The answer is 3/4.", "0.75", True),
+        ("The answer is 55.", "56", False),
+        ("I cannot tell.", "56", False),
+    ],
+)
+def test_check_quick_decides_plain_numbers_without_the_worker(
+    response: str, reference: str, passed: bool
+) -> None:
+    fresh = MathChecker("strict")
+    try:
+        v = fresh.check_quick(response, reference)
+        assert v is not None and v.passed is passed
+        assert v == fresh.check(response, reference)
+        assert fresh._worker is None  # nothing was started
+    finally:
+        fresh.close()
+
+
+def test_check_quick_leaves_symbolic_answers_to_the_worker(strict: MathChecker) -> None:
+    assert strict.check_quick(r"\boxed{\frac{1}{2}}", "0.5") is None
+    assert strict.check(r"\boxed{\frac{1}{2}}", "0.5").passed
+
+
+async def test_run_verifier_skips_the_thread_only_when_the_check_is_quick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loopwright.loops.tasks import Task
+    from loopwright.loops.verify import MathAnswer, run_verifier
+
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counting(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(args[1])
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    half = Task(id="h", prompt="?", kind="math", reference="0.5")
+    plain = await run_verifier(MathAnswer(), half, "The answer is 0.5.")
+    symbolic = await run_verifier(MathAnswer(), half, r"\boxed{\frac{1}{2}}")
+    assert plain.passed and symbolic.passed
+    assert hops == [r"\boxed{\frac{1}{2}}"]
+
+
 # --- MATH-500 references against themselves ---------------------------------------------------
 
 

@@ -250,6 +250,12 @@ def _one_line(s: str, limit: int = 200) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def _message(ok: bool, got: str) -> str:
+    if ok:
+        return "the final answer is correct"
+    return f"the final answer {got} does not match the expected answer"
+
+
 class MathChecker:
     """Decide whether a response's final answer matches a reference (see module docstring)."""
 
@@ -280,24 +286,32 @@ class MathChecker:
             timed_out=timed_out,
         )
 
-    def check(self, response: str, reference: str) -> MathVerdict:
-        """Check the final answer of ``response`` against ``reference``."""
+    def check_quick(self, response: str, reference: str) -> MathVerdict | None:
+        """The verdict when it needs no worker (no answer, plain numbers), else None.
+
+        Never blocks: safe to call on an event loop.
+        """
         got = extract_answer(response)
         if got is None:
             return self._verdict(False, None, reference, "no final answer found")
-        ok_msg = "the final answer is correct"
-        bad_msg = f"the final answer {got} does not match the expected answer"
-
         want = _clean(reference)
         a, b = _plain_fraction(got), _plain_fraction(want)
-        if a is not None and b is not None:  # fast path: exact, no worker
-            return self._verdict(a == b, got, reference, ok_msg if a == b else bad_msg)
-
+        if a is not None and b is not None:  # exact, no worker
+            return self._verdict(a == b, got, reference, _message(a == b, got))
         if self.policy == "lenient":
             la, lb = _lenient_fraction(got), _lenient_fraction(want)
             if la is not None and lb is not None and la == lb:
-                return self._verdict(True, got, reference, ok_msg)
+                return self._verdict(True, got, reference, _message(True, got))
+        return None
 
+    def check(self, response: str, reference: str) -> MathVerdict:
+        """Check the final answer of ``response`` against ``reference``."""
+        quick = self.check_quick(response, reference)
+        if quick is not None:
+            return quick
+        got = extract_answer(response) or ""
+        want = _clean(reference)
+        ok_msg, bad_msg = _message(True, got), _message(False, got)
         tag, value = self._call(got, want)
         if tag == "timeout":
             return self._verdict(

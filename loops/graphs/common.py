@@ -19,7 +19,7 @@ from loopwright.loops.context import LoopContext
 from loopwright.loops.graphs.base import LoopOutcome
 from loopwright.loops.prompts import render
 from loopwright.loops.tasks import Task
-from loopwright.loops.verify import extract_answer
+from loopwright.loops.verify import extract_answer, run_verifier
 
 DRAFT_PROMPTS = "self_refine"
 """The prompt file whose ``system`` and ``generate_{math,code,text}`` keys write first drafts."""
@@ -98,7 +98,7 @@ async def verify(ctx: LoopContext, cand: Candidate) -> Candidate:
     """
     if ctx.verifier is None:
         return cand
-    v = await asyncio.to_thread(ctx.verifier, ctx.task, cand["text"])
+    v = await run_verifier(ctx.verifier, ctx.task, cand["text"])
     ctx.record_verdict(
         v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=cand["node_id"], stage="in_loop")
     )

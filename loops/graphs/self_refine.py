@@ -11,7 +11,6 @@ also see the verifier's feedback on the draft (the first failing test), and draf
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any, TypedDict
 
@@ -21,7 +20,7 @@ from loopwright.loops.client import Sample
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.graphs.common import unless_stopped
 from loopwright.loops.prompts import render
-from loopwright.loops.verify import extract_answer
+from loopwright.loops.verify import extract_answer, run_verifier
 from pydantic import BaseModel, ConfigDict, Field
 
 PROMPTS = "self_refine"
@@ -127,7 +126,7 @@ async def verify(state: State, config: RunnableConfig) -> dict[str, Any]:
     last = drafts[-1]
     if ctx.verifier is None:
         return {}
-    v = await asyncio.to_thread(ctx.verifier, ctx.task, last["text"])
+    v = await run_verifier(ctx.verifier, ctx.task, last["text"])
     ctx.record_verdict(
         v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=last["node_id"], stage="in_loop")
     )
