@@ -49,18 +49,18 @@ lint: install
 bench: install sysdeps
 	$(PY) benchmarks/run_all.py
 
-# The experiment in docs/experiments.md: the embedded model on 10 builtin:arithmetic and 10
+# The experiment in docs/experiments.md: the embedded model on 20 builtin:arithmetic and 20
 # builtin:code tasks, best-of-n (with majority and weighted vote read from its samples),
 # self-refine and Reflexion at matched budgets. About 1 h on an idle 2-core machine;
 # re-running resumes. Traces in build/experiments/, reports in docs/experiments/.
 EXP_GRID := best-of-n:n=1,2,4,8; self-refine:rounds=1,2; reflexion:trials=1,2
 experiment: install sysdeps
 	mkdir -p build/experiments
-	$(VENV)/bin/loopwright sweep --tasks builtin:arithmetic --limit 10 --grid "$(EXP_GRID)" \
+	$(VENV)/bin/loopwright sweep --tasks builtin:arithmetic --limit 20 --grid "$(EXP_GRID)" \
 		--name exp-arith --db build/experiments/arithmetic.duckdb
 	$(VENV)/bin/loopwright report --db build/experiments/arithmetic.duckdb \
 		--sweep exp-arith --out docs/experiments/arithmetic
-	$(VENV)/bin/loopwright sweep --tasks builtin:code --limit 10 --grid "$(EXP_GRID)" \
+	$(VENV)/bin/loopwright sweep --tasks builtin:code --limit 20 --grid "$(EXP_GRID)" \
 		--name exp-code --db build/experiments/code.duckdb
 	$(VENV)/bin/loopwright report --db build/experiments/code.duckdb \
 		--sweep exp-code --out docs/experiments/code
