@@ -629,7 +629,8 @@ class ModelClient:
                 raise TooFewChoices(f"asked for n={n} samples, got 1")
             raise MalformedResponse(f"expected {n} choices, got {got}")
         choices = sorted(choices[:n], key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        raw_usage = data.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_total = int(usage.get("completion_tokens") or 0)
         cost = self._token_cost(prompt_tokens, completion_total)
