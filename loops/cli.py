@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.cli_sweep import TransportOption
 from loopwright.loops.errors import UserError, first_error
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -81,13 +82,7 @@ def run(
         bool, typer.Option("--no-cache", help="Do not reuse cached calls.")
     ] = False,
     api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
-    transport: Annotated[
-        str,
-        typer.Option(
-            help="litellm, http (direct OpenAI-compatible requests, ~10x less CPU per call) "
-            "or auto: http for openai/ and hosted_vllm/ models with --api-base."
-        ),
-    ] = "auto",
+    transport: TransportOption = "auto",
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="Loop option KEY=VALUE.")
     ] = None,

@@ -13,6 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+TransportOption = Annotated[
+    str,
+    typer.Option(
+        help="litellm, http (direct OpenAI-compatible requests, ~10x less CPU per call) "
+        "or auto: http for openai/ and hosted_vllm/ models with --api-base."
+    ),
+]
+
 
 def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
@@ -36,13 +44,7 @@ def sweep(
     concurrency: Annotated[int, typer.Option(help="Model requests in flight per run.")] = 4,
     sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
     api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
-    transport: Annotated[
-        str,
-        typer.Option(
-            help="litellm, http (direct OpenAI-compatible requests, ~10x less CPU per call) "
-            "or auto: http for openai/ and hosted_vllm/ models with --api-base."
-        ),
-    ] = "auto",
+    transport: TransportOption = "auto",
     budget_tokens: Annotated[int | None, typer.Option(help="Token budget per task.")] = None,
     budget_calls: Annotated[int | None, typer.Option(help="Sample budget per task.")] = None,
     budget_usd: Annotated[float | None, typer.Option(help="Dollar budget per task.")] = None,

@@ -603,21 +603,10 @@ class ModelClient:
             extra = getattr(ch, "_loopwright", None) or {}
             tokens = extra.get("completion_tokens")
             if tokens is None:  # providers report usage per request; split it evenly
-                tokens = completion_total // n + (1 if i < completion_total % n else 0)
-            out.append(
-                Sample(
-                    text=text,
-                    node_id=new_id(),
-                    call_id=new_id(),
-                    sample_index=i,
-                    finish_reason=getattr(ch, "finish_reason", None),
-                    prompt_tokens=prompt_tokens if i == 0 else 0,
-                    completion_tokens=int(tokens),
-                    cost_usd=cost if i == 0 else 0.0,
-                    logprob_mean=extra.get("logprob_mean"),
-                    cache_hit=False,
-                )
-            )
+                tokens = _share(completion_total, n, i)
+            finish = getattr(ch, "finish_reason", None)
+            lp = extra.get("logprob_mean")
+            out.append(_fresh_sample(i, text, finish, prompt_tokens, int(tokens), cost, lp))
         return out
 
     def _parse_json(self, data: dict[str, Any], n: int) -> list[Sample]:
@@ -646,21 +635,9 @@ class ModelClient:
                 vals = [t.get("logprob") for t in content_lp if isinstance(t, dict)]
                 nums = [float(v) for v in vals if isinstance(v, int | float)]
                 lp = sum(nums) / len(nums) if nums else None
-            out.append(
-                Sample(
-                    text=text,
-                    node_id=new_id(),
-                    call_id=new_id(),
-                    sample_index=i,
-                    finish_reason=ch.get("finish_reason"),
-                    prompt_tokens=prompt_tokens if i == 0 else 0,
-                    completion_tokens=completion_total // n
-                    + (1 if i < completion_total % n else 0),
-                    cost_usd=cost if i == 0 else 0.0,
-                    logprob_mean=lp,
-                    cache_hit=False,
-                )
-            )
+            tokens = _share(completion_total, n, i)
+            finish = ch.get("finish_reason")
+            out.append(_fresh_sample(i, text, finish, prompt_tokens, tokens, cost, lp))
         return out
 
     def _token_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -746,6 +723,35 @@ class ModelClient:
                 error=str(exc),
             )
         )
+
+
+def _share(total: int, n: int, i: int) -> int:
+    """Choice ``i``'s part of a request's ``total`` completion tokens, split evenly."""
+    return total // n + (1 if i < total % n else 0)
+
+
+def _fresh_sample(
+    i: int,
+    text: str,
+    finish_reason: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: float,
+    logprob_mean: float | None,
+) -> Sample:
+    """Choice ``i`` of a fresh answer; the request's prompt tokens and cost go on choice 0."""
+    return Sample(
+        text=text,
+        node_id=new_id(),
+        call_id=new_id(),
+        sample_index=i,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens if i == 0 else 0,
+        completion_tokens=completion_tokens,
+        cost_usd=cost if i == 0 else 0.0,
+        logprob_mean=logprob_mean,
+        cache_hit=False,
+    )
 
 
 def _first_line(exc: BaseException) -> str:
