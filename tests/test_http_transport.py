@@ -299,21 +299,28 @@ def test_a_session_nobody_closed_is_closed_when_the_loop_shuts_down() -> None:
     assert not http_transport._sessions
 
 
-async def test_a_run_against_an_openai_compatible_server(server: Server, tmp_path: Path) -> None:
+async def _best_of_one(
+    server: Server, tmp_path: Path, rows: list[tuple[str, str]], concurrency: int
+) -> tuple[Any, Any]:
+    """A real best-of-n (n=1) run of math tasks (prompt, reference) against ``server``."""
     from loopwright.loops.runner import RunConfig, run
 
     tasks = tmp_path / "tasks.jsonl"
     with tasks.open("w") as fh:
-        for i in range(6):
-            row = {"id": f"t{i}", "prompt": f"{i} + 2 = ?", "kind": "math", "reference": str(i + 2)}
+        for i, (prompt, reference) in enumerate(rows):
+            row = {"id": f"t{i}", "prompt": prompt, "kind": "math", "reference": reference}
             fh.write(json.dumps(row) + "\n")
-    server.script = [Reply(body=completion("The answer is 4."))]
     cfg = RunConfig(
         loop="best-of-n", options={"n": 1}, model="hosted_vllm/mock-7b", api_base=server.base_url,
-        tasks=str(tasks), db=str(tmp_path / "t.duckdb"), concurrency=3, cache=False,
+        tasks=str(tasks), db=str(tmp_path / "t.duckdb"), concurrency=concurrency, cache=False,
     )  # fmt: skip
+    return cfg, await run(cfg)
 
-    result = await run(cfg)
+
+async def test_a_run_against_an_openai_compatible_server(server: Server, tmp_path: Path) -> None:
+    server.script = [Reply(body=completion("The answer is 4."))]
+    rows = [(f"{i} + 2 = ?", str(i + 2)) for i in range(6)]
+    cfg, result = await _best_of_one(server, tmp_path, rows, concurrency=3)
 
     assert result.progress.done == 6
     assert result.progress.passed == 1  # only 2 + 2 = 4
@@ -328,21 +335,11 @@ async def test_a_run_keeps_exactly_concurrency_requests_in_flight(
     server: Server, tmp_path: Path
 ) -> None:
     """Tasks get slack beyond --concurrency (runner.task_slots); requests never do."""
-    from loopwright.loops.runner import RunConfig, run, task_slots
+    from loopwright.loops.runner import task_slots
 
     assert [task_slots(c) for c in (1, 3, 4, 8, 64)] == [1, 3, 5, 10, 80]
-    tasks = tmp_path / "tasks.jsonl"
-    with tasks.open("w") as fh:
-        for i in range(24):
-            row = {"id": f"t{i}", "prompt": "2 + 2 = ?", "kind": "math", "reference": "4"}
-            fh.write(json.dumps(row) + "\n")
     server.script = [Reply(body=completion("The answer is 4."), delay=0.15)]
-    cfg = RunConfig(
-        loop="best-of-n", options={"n": 1}, model="hosted_vllm/mock-7b", api_base=server.base_url,
-        tasks=str(tasks), db=str(tmp_path / "t.duckdb"), concurrency=8, cache=False,
-    )  # fmt: skip
-
-    result = await run(cfg)
+    _, result = await _best_of_one(server, tmp_path, [("2 + 2 = ?", "4")] * 24, concurrency=8)
 
     assert result.progress.passed == 24
     assert server.peak == 8
