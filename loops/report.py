@@ -226,6 +226,16 @@ def _plots(
     return made
 
 
+def _winner_cell(m: M.MatchedRow) -> str:
+    """The winner; an accuracy tie says so, and which point was cheaper when one was."""
+    if m.winner is None or m.margin != 0 or m.runner_up is None:
+        return m.winner or "-"
+    w, r = m.best.get(m.winner), m.best.get(m.runner_up)
+    if w is not None and r is not None and w.cost < r.cost:
+        return f"tie ({m.winner} cheaper)"
+    return "tie"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
 
@@ -313,7 +323,7 @@ def _markdown(
             cells.append("-" if b is None else f"{_pct(b.accuracy)} ({b.label})")
         sig = "-" if m.significant is None else ("yes" if m.significant else "no")
         L.append(f"| {_num(m.budget)} | " + " | ".join(cells) +
-                 f" | {m.winner or '-'} | {_pct(m.margin) if m.margin is not None else '-'} | {sig} |")  # fmt: skip
+                 f" | {_winner_cell(m)} | {_pct(m.margin) if m.margin is not None else '-'} | {sig} |")  # fmt: skip
     if curves:
         L += ["", "## Samples: pass@k, maj@k, weighted vote", "",
               "From the shared best-of-n samples (the first k of each task's N). pass@k is the "

@@ -765,3 +765,20 @@ def test_majority_is_its_own_strategy_at_the_same_costs(swept: Swept) -> None:
         base = next(r for r in rows if r["point"] is v["point"])
         assert v["acc"] == pytest.approx(curves[label][k]["maj@k"])
         assert (v["tokens"], v["calls"]) == (base["tokens"], base["calls"])
+
+
+def test_compute_matched_winner_cell_names_ties() -> None:
+    from loopwright.loops.report import _winner_cell
+    from loopwright.traces.metrics import CurvePoint, MatchedRow
+
+    a = CurvePoint("reflexion", cost=221, accuracy=0.15)
+    b = CurvePoint("best-of-n", cost=244, accuracy=0.15)
+    same = CurvePoint("best-of-n majority", cost=244, accuracy=0.15)
+
+    def row(best: dict[str, CurvePoint], winner: str, runner: str, margin: float) -> MatchedRow:
+        return MatchedRow(250, dict(best), winner, runner, margin, False)
+
+    assert _winner_cell(row({"r": a, "b": b}, "r", "b", 0.0)) == "tie (r cheaper)"
+    assert _winner_cell(row({"b": b, "m": same}, "b", "m", 0.0)) == "tie"
+    assert _winner_cell(row({"b": b, "r": a}, "b", "r", 0.1)) == "b"
+    assert _winner_cell(MatchedRow(250, {"r": a}, "r", None, None, None)) == "r"
