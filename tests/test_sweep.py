@@ -782,3 +782,15 @@ def test_compute_matched_winner_cell_names_ties() -> None:
     assert _winner_cell(row({"b": b, "m": same}, "b", "m", 0.0)) == "tie"
     assert _winner_cell(row({"b": b, "r": a}, "b", "r", 0.1)) == "b"
     assert _winner_cell(MatchedRow(250, {"r": a}, "r", None, None, None)) == "r"
+
+
+def test_every_run_of_a_sweep_gets_its_endpoint_and_transport() -> None:
+    from loopwright.loops.runner import RunConfig
+    from loopwright.loops.sweep import _run_config
+
+    cfg = _cfg("best-of-n:n=1,2; self-refine:rounds=1", api_base="http://127.0.0.1:9/v1",
+               transport="litellm")  # fmt: skip
+    runs = [_run_config(cfg, p, RunConfig) for p in plan(cfg, parse_grid(cfg.grid))]
+    assert {(r.api_base, r.transport) for r in runs} == {("http://127.0.0.1:9/v1", "litellm")}
+    plain = _cfg("best-of-n:n=1,2; self-refine:rounds=1", api_base="http://127.0.0.1:9/v1")
+    assert plain.identity_hash() == cfg.identity_hash()  # a sweep resumes over either transport
