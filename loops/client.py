@@ -166,6 +166,8 @@ _RETRYABLE = (
 
 def is_retryable(exc: BaseException) -> bool:
     """Rate limits, timeouts, connection errors, 5xx and garbage — never a 4xx user error."""
+    if isinstance(exc, TooFewChoices):  # the same request would come back the same way
+        return False
     if isinstance(exc, _RETRYABLE):
         return True
     status = getattr(exc, "status_code", None)
@@ -552,7 +554,7 @@ class ModelClient:
             try:
                 return await self._once(messages, kwargs, n), 1
             except Exception as exc:
-                if isinstance(exc, TooFewChoices) or not is_retryable(exc) or cfg.max_attempts == 1:
+                if not is_retryable(exc) or cfg.max_attempts == 1:
                     raise
                 await asyncio.sleep(self._delay(exc, 1))
             retrying = AsyncRetrying(
@@ -567,17 +569,13 @@ class ModelClient:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number + 1
                     samples = await self._once(messages, kwargs, n)
-        except (litellm.AuthenticationError, http_transport.EndpointError) as exc:
-            if isinstance(exc, litellm.AuthenticationError) or exc.status_code in (401, 403):
+        except Exception as exc:
+            if isinstance(exc, litellm.AuthenticationError) or (
+                isinstance(exc, http_transport.EndpointError) and exc.status_code in (401, 403)
+            ):
                 raise UserError(
                     f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})"
                 ) from exc
-            err = ModelCallError(
-                f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))"
-            )
-            err.attempts = attempts  # type: ignore[attr-defined]
-            raise err from exc
-        except Exception as exc:
             err = ModelCallError(
                 f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))"
             )
@@ -587,10 +585,7 @@ class ModelClient:
 
     def _parse(self, resp: Any, n: int) -> list[Sample]:
         choices = getattr(resp, "choices", None) or []
-        if len(choices) < n:
-            if n > 1 and len(choices) == 1:
-                raise TooFewChoices(f"asked for n={n} samples, got 1")
-            raise MalformedResponse(f"expected {n} choices, got {len(choices)}")
+        _check_count(len(choices), n)
         usage = getattr(resp, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_total = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -612,11 +607,9 @@ class ModelClient:
     def _parse_json(self, data: dict[str, Any], n: int) -> list[Sample]:
         """An OpenAI chat-completion JSON answer (the http transport) as samples."""
         choices = data.get("choices")
-        if not isinstance(choices, list) or len(choices) < n:
-            got = len(choices) if isinstance(choices, list) else 0
-            if n > 1 and got == 1:
-                raise TooFewChoices(f"asked for n={n} samples, got 1")
-            raise MalformedResponse(f"expected {n} choices, got {got}")
+        if not isinstance(choices, list):
+            choices = []
+        _check_count(len(choices), n)
         choices = sorted(choices[:n], key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
         raw_usage = data.get("usage")
         usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
@@ -723,6 +716,15 @@ class ModelClient:
                 error=str(exc),
             )
         )
+
+
+def _check_count(got: int, n: int) -> None:
+    """Raise unless an answer holds the ``n`` choices asked for."""
+    if got >= n:
+        return
+    if n > 1 and got == 1:
+        raise TooFewChoices(f"asked for n={n} samples, got 1")
+    raise MalformedResponse(f"expected {n} choices, got {got}")
 
 
 def _share(total: int, n: int, i: int) -> int:

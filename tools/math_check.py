@@ -291,10 +291,11 @@ class MathChecker:
 
         Never blocks: safe to call on an event loop.
         """
-        got = extract_answer(response)
+        return self._quick(extract_answer(response), _clean(reference), reference)
+
+    def _quick(self, got: str | None, want: str, reference: str) -> MathVerdict | None:
         if got is None:
             return self._verdict(False, None, reference, "no final answer found")
-        want = _clean(reference)
         a, b = _plain_fraction(got), _plain_fraction(want)
         if a is not None and b is not None:  # exact, no worker
             return self._verdict(a == b, got, reference, _message(a == b, got))
@@ -306,11 +307,11 @@ class MathChecker:
 
     def check(self, response: str, reference: str) -> MathVerdict:
         """Check the final answer of ``response`` against ``reference``."""
-        quick = self.check_quick(response, reference)
+        got, want = extract_answer(response), _clean(reference)
+        quick = self._quick(got, want, reference)
         if quick is not None:
             return quick
-        got = extract_answer(response) or ""
-        want = _clean(reference)
+        assert got is not None  # "no final answer" is decided by _quick
         ok_msg, bad_msg = _message(True, got), _message(False, got)
         tag, value = self._call(got, want)
         if tag == "timeout":

@@ -101,6 +101,7 @@ class TraceWriter:
             pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
             barriers: list[_Barrier] = []
             stop = False
+            count = 0
             item: Any = first
             while True:
                 if item is _STOP:
@@ -109,6 +110,10 @@ class TraceWriter:
                     barriers.append(item)
                 else:
                     pending[_TABLE_OF[type(item)]].append(item.row())
+                    count += 1
+                    if count >= self.batch_rows:  # commit this much; the rest is next
+                        self._urgent.set()
+                        break
                 if stop:
                     break
                 try:
