@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.cli_sweep import TransportOption
+from loopwright.loops.cli_sweep import (
+    RoleModelOption,
+    TransportOption,
+    VerifierOption,
+    VerifierOptionsOption,
+    parse_key_values,
+    parse_role_models,
+)
 from loopwright.loops.errors import UserError, first_error
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -27,16 +34,7 @@ err = Console(stderr=True)
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--option takes KEY=VALUE, got {item!r}")
-        try:
-            out[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = raw
-    return out
+    return parse_key_values(items, "--option")
 
 
 @app.command()
@@ -83,6 +81,9 @@ def run(
     ] = False,
     api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
     transport: TransportOption = "auto",
+    verifier: VerifierOption = "auto",
+    verifier_option: VerifierOptionsOption = None,
+    role_model: RoleModelOption = None,
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="Loop option KEY=VALUE.")
     ] = None,
@@ -124,8 +125,11 @@ def run(
             ),
             sandbox=sandbox,
             options=options,
+            verifier=verifier,
+            verifier_options=parse_key_values(verifier_option or [], "--verifier-option"),
+            role_models=parse_role_models(role_model),
         )
-    except Exception as exc:  # pydantic: one line naming the bad value
+    except ValidationError as exc:  # pydantic: one line naming the bad value
         raise UserError(first_error(exc)) from None
 
     bar = Progress(
@@ -196,6 +200,7 @@ def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.
         "name",
         "loop",
         "model",
+        "verifier",
         "status",
         "done/tasks",
         "failed",
@@ -205,12 +210,18 @@ def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.
         "cost $",
         "wall s",
     ):
-        t.add_column(col, justify="left" if col in ("name", "loop", "model", "status") else "right")
+        t.add_column(
+            col,
+            justify="left" if col in ("name", "loop", "model", "verifier", "status") else "right",
+        )
     for r in rows:
         t.add_row(
             r["name"],
             r["loop"],
             r["model"],
+            f"[bold red]{r['verifier']} ⚠ oracle[/]"
+            if r["oracle"] and "oracle" not in r["verifier"]
+            else (f"[bold red]{r['verifier']} ⚠[/]" if r["oracle"] else r["verifier"]),
             r["status"],
             f"{r['done']}/{r['tasks']}",
             str(r["failed"]),
@@ -272,6 +283,28 @@ def loops(
         console.print(f"[bold]{spec.name}[/bold] — {spec.description}")
         for name, f in spec.options.model_fields.items():
             console.print(f"    -o {name}={f.default!r}    {f.description or ''}")
+
+
+@app.command()
+def verifiers(
+    plugin: Annotated[
+        list[Path] | None, typer.Option(help="Python file registering custom verifiers.")
+    ] = None,
+) -> None:
+    """List the in-loop verifiers (--verifier NAME) and their options."""
+    from loopwright.loops.verify import DEFAULTS, VERIFIERS
+
+    _load_plugins(plugin)
+    defaults = ", ".join(f"{k}: {v}" for k, v in DEFAULTS.items())
+    console.print(f"[bold]auto[/bold] — the default per task kind ({defaults})")
+    for name in sorted(VERIFIERS):
+        cls = VERIFIERS[name]
+        mark = " [bold red](oracle: reads the answer key)[/]" if cls.oracle else ""
+        kinds = "/".join(cls.kinds)
+        console.print(f"[bold]{name}[/bold] ({kinds}) — {cls.description}{mark}")
+        for opt, f in cls.Options.model_fields.items():
+            default = "required" if f.is_required() else repr(f.default)
+            console.print(f"    --verifier-option {opt}={default}    {f.description or ''}")
 
 
 def _mount_tools() -> None:

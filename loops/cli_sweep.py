@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,51 @@ TransportOption = Annotated[
         "or auto: http for openai/ and hosted_vllm/ models with --api-base."
     ),
 ]
+VerifierOption = Annotated[
+    str,
+    typer.Option(
+        help="In-loop verifier: auto (visible-tests for code, self for math/text), "
+        "visible-tests, self, consistency, judge, reward, none, or oracle (reads the answer "
+        "key: upper bounds only). `loopwright verifiers` lists them."
+    ),
+]
+VerifierOptionsOption = Annotated[
+    list[str] | None,
+    typer.Option("--verifier-option", help="In-loop verifier option KEY=VALUE."),
+]
+RoleModelOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--role-model",
+        help="ROLE=MODEL: a model for one role (generator, critic, refiner, reflector, "
+        "judge, value, verifier); the others use --model.",
+    ),
+]
+
+
+def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items (values read as JSON when they parse) as a dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = raw
+    return out
+
+
+def parse_role_models(items: list[str] | None) -> dict[str, str]:
+    """``ROLE=MODEL`` items as a dict; a malformed item is one error line."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        role, sep, model = item.partition("=")
+        if not sep or not role.strip() or not model.strip():
+            raise UserError(f"--role-model takes ROLE=MODEL, got {item!r}")
+        out[role.strip()] = model.strip()
+    return out
 
 
 def _console(stderr: bool = False) -> Console:
@@ -45,6 +91,9 @@ def sweep(
     sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
     api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
     transport: TransportOption = "auto",
+    verifier: VerifierOption = "auto",
+    verifier_option: VerifierOptionsOption = None,
+    role_model: RoleModelOption = None,
     budget_tokens: Annotated[int | None, typer.Option(help="Token budget per task.")] = None,
     budget_calls: Annotated[int | None, typer.Option(help="Sample budget per task.")] = None,
     budget_usd: Annotated[float | None, typer.Option(help="Dollar budget per task.")] = None,
@@ -66,7 +115,9 @@ def sweep(
             name=name, tasks=tasks, models=models, grid=grid, seeds=seeds, limit=limit, db=db,
             concurrency=concurrency, sandbox=sandbox, api_base=api_base, transport=transport,  # type: ignore[arg-type]
             budget=BudgetLimits(tokens=budget_tokens, calls=budget_calls, usd=budget_usd),
-            grade=not no_grade,
+            grade=not no_grade, verifier=verifier,
+            verifier_options=parse_key_values(verifier_option or [], "--verifier-option"),
+            role_models=parse_role_models(role_model),
         )  # fmt: skip
     except ValueError as exc:
         raise UserError(first_error(exc, as_flag=True)) from None

@@ -10,7 +10,7 @@ from langchain_core.runnables import RunnableConfig
 from loopwright.loops.budget import Budget
 from loopwright.loops.client import CallContext, ModelClient, Sample
 from loopwright.loops.tasks import Task
-from loopwright.loops.verify import Verifier
+from loopwright.loops.verify import LoopVerifier
 from loopwright.traces.records import NodeRecord, VerdictRecord, new_id
 from loopwright.traces.writer import TraceWriter
 from pydantic import BaseModel
@@ -18,11 +18,16 @@ from pydantic import BaseModel
 
 @dataclass
 class LoopContext:
-    """Everything one task's loop may touch: model, verifier, budget, trace writer."""
+    """Everything one task's loop may touch: model, verifier, budget, trace writer.
+
+    ``task`` is the blind view (``Task.blind()``: no reference, no hidden tests) unless a
+    caller builds the context by hand. ``clients`` maps roles to their model's client
+    (``--role-model``); a role without one uses ``client``.
+    """
 
     task: Task
     client: ModelClient
-    verifier: Verifier | None
+    verifier: LoopVerifier | None
     budget: Budget
     options: BaseModel
     loop: str
@@ -30,6 +35,13 @@ class LoopContext:
     seed: int = 0
     writer: TraceWriter | None = None
     nodes: list[NodeRecord] = field(default_factory=list)
+    clients: dict[str, ModelClient] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)
+    """Per-task scratch space for verifiers (e.g. consistency's reference samples)."""
+
+    def client_for(self, role: str) -> ModelClient:
+        """The client of ``role``'s model (``--role-model ROLE=MODEL``), else the run's."""
+        return self.clients.get(role, self.client)
 
     def call_seed(self, role: str, round_: int, extra: int = 0) -> int:
         """A deterministic per-call seed: same run seed, task, role and round -> same seed."""
@@ -49,7 +61,7 @@ class LoopContext:
         stop: list[str] | None = None,
     ) -> list[Sample]:
         """Sample under this task's budget, with a derived seed and full trace provenance."""
-        return await self.client.sample(
+        return await self.client_for(role).sample(
             messages,
             n=n,
             temperature=temperature,
@@ -81,7 +93,7 @@ class LoopContext:
             run_id=self.run_id,
             task_id=self.task.id,
             loop=self.loop,
-            model=self.client.model,
+            model=self.client_for(role).model,
             role=role,
             depth=depth,
             round=round_,

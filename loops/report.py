@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loopwright.loops.report_data import Point, SweepData, load_sweep, select
+from loopwright.loops.report_data import ORACLE_MARK, Point, SweepData, load_sweep, select
 from loopwright.traces import metrics as M
 
 COSTS = (("tokens", "tokens / task"), ("calls", "model samples / task"),
@@ -280,6 +280,15 @@ def _markdown(
         f"- models: {', '.join(f'`{m}`' for m in cfg.get('models', []))}",
         f"- grid: `{data.grid}`; seeds: {cfg.get('seeds', 1)}",
         f"- trace database: `{db}`; report written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- in-loop verifiers: {', '.join(f'`{v}`' for v in sorted(set(data.verifiers.values())))}",
+        *(
+            [
+                f"- **{ORACLE_MARK.strip()}**: strategies marked so ran with the grader's own "
+                "check in the loop (the answer key): their numbers are upper bounds, not results."
+            ]
+            if data.oracle
+            else []
+        ),
         "",
         "Accuracy is the held-out grader's verdict on the answer each strategy returns. Costs "
         "are means per task; model seconds count a cached call at its original latency. "
@@ -377,6 +386,7 @@ def _markdown(
                 L.append(f"| {label} | {k} | {per_k[k]['logprob proxy']:.3f} | "
                          f"{_pct(per_k[k]['logprob pick accuracy'])} |")  # fmt: skip
         L += ["", "![over-optimisation](overoptimisation.png)", ""]
+    L += _agreement_section(data)
     L += ["### Judges", ""]
     if data.judge_pairs:
         s = M.pairwise_judge_stats(data.judge_pairs)
@@ -399,3 +409,25 @@ def _markdown(
         L.append("No judge verdicts in this sweep's runs (`loopwright judge pairs` adds some).")
     L.append("")
     return "\n".join(L)
+
+
+def _agreement_section(data: SweepData) -> list[str]:
+    """In-loop verdict against the grader's, on the answers each strategy returned."""
+    if not data.agreement:
+        return []
+    L = ["### In-loop verifier vs grader", "",
+         "On each strategy's returned answers (its largest run per value): how often the "
+         "in-loop verifier's verdict agreed with the held-out grader. *Fooled* = verified "
+         "in the loop but graded wrong; *missed* = rejected in the loop but graded right.", "",
+         "| strategy | answers | verified & right | fooled | missed | rejected & wrong | "
+         "no verdict | precision |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for strategy, pairs in sorted(data.agreement.items()):
+        a = M.judge_agreement([v for v, _ in pairs], [g for _, g in pairs])
+        tp = sum(1 for v, g in pairs if v and g)
+        fp = sum(1 for v, g in pairs if v and not g)
+        fn = sum(1 for v, g in pairs if v is False and g)
+        tn = sum(1 for v, g in pairs if v is False and not g)
+        L.append(f"| {strategy} | {len(pairs)} | {tp} | {fp} | {fn} | {tn} | {a['unparsed']} "
+                 f"| {_pct(a['precision'])} |")  # fmt: skip
+    L.append("")
+    return L

@@ -14,13 +14,12 @@ prompt tokens of the requests they came from, and the request time scaled by tok
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
+from loopwright.loops.answers import normalise_answer
 from loopwright.loops.errors import UserError
-from loopwright.loops.graphs.common import normalise_answer
+from loopwright.traces.queries import verifier_label
 from loopwright.traces.store import TraceStore
 
 
@@ -41,6 +40,8 @@ class Sample:
 
     node_id: str
     text: str
+    answer: str | None
+    kind: str
     key: str | None
     verified: bool | None
     score: float | None
@@ -50,6 +51,12 @@ class Sample:
     prompt_tokens: int
     usd: float
     latency: float
+    judge: float | None = None
+    """The loop's judge score of this sample (normalised), when its selector judged."""
+    reward: float | None = None
+    """The loop's reward-model score of this sample, when its selector asked for one."""
+    final: bool = False
+    """The loop returned this sample (its own pick over all of its samples)."""
 
 
 @dataclass
@@ -78,10 +85,20 @@ class SweepData:
     judge_pairs: list[tuple[str | None, str | None, int, int]]
     judge_points: list[tuple[bool | None, bool, int, float | None]]
     unfinished: list[str] = field(default_factory=list)  # runs of points not done yet
+    # strategy -> (in-loop verdict, graded) of every final answer of its runs
+    agreement: dict[str, list[tuple[bool | None, bool]]] = field(default_factory=dict)
+    # run name -> its in-loop verifier as shown (``traces.queries.verifier_label``)
+    verifiers: dict[str, str] = field(default_factory=dict)
+    oracle: bool = False
+    """Some point's loop saw the answer key (an oracle verifier)."""
 
 
 def _key(kind: str | None, answer: str | None) -> str | None:
-    return normalise_answer(SimpleNamespace(kind=kind or "math"), answer)  # type: ignore[arg-type]
+    return normalise_answer(kind or "math", answer)
+
+
+ORACLE_MARK = " [oracle]"
+"""Appended to a strategy whose loop saw the answer key, wherever it is shown."""
 
 
 def load_sweep(db: str, name: str) -> SweepData:
@@ -113,6 +130,22 @@ def load_sweep(db: str, name: str) -> SweepData:
             points=[], samples={}, chains={}, judge_pairs=[], judge_points=[],
             unfinished=unfinished,
         )  # fmt: skip
+        labels = {
+            r["name"]: verifier_label(r["config"])
+            for r in store.query(
+                f"SELECT name, config FROM runs WHERE run_id IN ({', '.join('?' for _ in run_ids)})",
+                run_ids,
+            )
+        }
+        oracle_runs = {run for run, (_, oracle) in labels.items() if oracle}
+        pts = [
+            {**p, "strategy": p["strategy"] + ORACLE_MARK}
+            if p["run_name"] in oracle_runs and "oracle" not in p["strategy"]
+            else p
+            for p in pts
+        ]
+        data.verifiers = {run: label for run, (label, _) in labels.items()}
+        data.oracle = bool(oracle_runs)
         per_task = _task_costs(store, run_ids)
         samples = _samples(store, run_ids)
         by_point: dict[tuple[Any, ...], Point] = {}
@@ -132,6 +165,11 @@ def load_sweep(db: str, name: str) -> SweepData:
             point.run_names.append(p["run_name"])
             if not p["run_id"]:
                 continue
+            if not p["derived"]:
+                data.agreement.setdefault(p["strategy"], []).extend(
+                    (c["verdict"], bool(c["correct"]))
+                    for c in per_task.get(p["run_id"], {}).values()
+                )
             # rejection sampling stops early: its samples are no first-k-of-N, read the run
             shared = p["param"] == "n" and not opts.get("rejection")
             if p["derived"] or (p["loop"] == "best-of-n" and shared):
@@ -163,7 +201,7 @@ def _task_costs(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, di
             SELECT run_id, task_id,
                    sum(CASE WHEN hit THEN coalesce(fresh.lat, 0) ELSE req.lat END) AS s
             FROM req LEFT JOIN fresh USING (key) GROUP BY ALL)
-        SELECT t.run_id, t.task_id, coalesce(t.graded, FALSE) AS correct,
+        SELECT t.run_id, t.task_id, coalesce(t.graded, FALSE) AS correct, t.verdict,
                t.total_tokens AS tokens, t.calls, t.cost_usd AS usd,
                coalesce(m.s, t.wall_s) AS wall
         FROM tasks t LEFT JOIN model_s m USING (run_id, task_id)
@@ -186,8 +224,16 @@ def _samples(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, list[
                    arg_max(score, created_at) AS score
             FROM verdicts WHERE run_id IN ({marks}) AND stage IN ('in_loop', 'graded')
               AND verifier NOT IN ('llm-judge', 'llm-judge-pairwise', 'reward-model')
-            GROUP BY ALL)
-        SELECT n.run_id, n.task_id, n.node_id, n.content, n.answer, t.kind,
+            GROUP BY ALL),
+        sig AS (  -- what the loop's own judge / reward selector scored each sample
+            SELECT node_id,
+                   arg_max(score, created_at) FILTER (WHERE verifier = 'llm-judge') AS judge,
+                   arg_max(score, created_at) FILTER (WHERE verifier = 'reward-model') AS reward
+            FROM verdicts WHERE run_id IN ({marks}) AND stage = 'in_loop'
+              AND verifier IN ('llm-judge', 'reward-model')
+            GROUP BY 1)
+        SELECT n.run_id, n.task_id, n.node_id, n.content, n.answer, t.kind, n.is_final,
+               sig.judge, sig.reward,
                il.passed AS verified, il.score, g.passed AS correct,
                c.logprob_mean, c.completion_tokens, c.prompt_tokens, c.cost_usd,
                c.latency_s, c.created_at, c.sample_index
@@ -196,10 +242,11 @@ def _samples(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, list[
         LEFT JOIN calls c ON c.node_id = n.node_id
         LEFT JOIN v il ON il.node_id = n.node_id AND il.stage = 'in_loop'
         LEFT JOIN v g ON g.node_id = n.node_id AND g.stage = 'graded'
+        LEFT JOIN sig ON sig.node_id = n.node_id
         WHERE n.run_id IN ({marks}) AND r.loop = 'best-of-n' AND n.role = 'generator'
           AND t.status = 'done'
         ORDER BY n.run_id, n.task_id, c.created_at, c.request_id, c.sample_index""",
-        run_ids + run_ids,
+        run_ids + run_ids + run_ids,
     )
     out: dict[str, dict[str, list[Sample]]] = {}
     for r in rows:
@@ -207,6 +254,8 @@ def _samples(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, list[
             Sample(
                 node_id=r["node_id"],
                 text=r["content"] or "",
+                answer=r["answer"],
+                kind=r["kind"] or "math",
                 key=_key(r["kind"], r["answer"]),
                 verified=r["verified"],
                 score=r["score"],
@@ -216,6 +265,9 @@ def _samples(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, list[
                 prompt_tokens=int(r["prompt_tokens"] or 0),
                 usd=float(r["cost_usd"] or 0.0),
                 latency=float(r["latency_s"] or 0.0),
+                judge=r["judge"],
+                reward=r["reward"],
+                final=bool(r["is_final"]),
             )
         )
     return out
@@ -236,7 +288,16 @@ def _derived(
         tok = sum(s.completion_tokens + s.prompt_tokens for s in first)
         lat = max((s.latency for s in samples), default=0.0)
         opts = json.loads(p["options"]) if p["options"] else {}
-        right = select(first, opts.get("selector", "verifier"), opts.get("weight_by", "logprob"))
+        selector, weight_by = opts.get("selector", "verifier"), opts.get("weight_by", "logprob")
+        right = select(first, selector, weight_by)
+        if k == len(samples) and any(s.final for s in samples):
+            own = next(s for s in samples if s.final)
+            if bool(own.correct) != right:
+                raise UserError(
+                    f"sweep point {p['run_name']}: replaying best-of-n selector={selector} on "
+                    f"the stored samples of task {task_id} does not give the loop's own pick; "
+                    "refusing to report a substituted selection"
+                )
         point.results.append(
             TaskResult(
                 task_id,
@@ -251,31 +312,36 @@ def _derived(
 
 
 def select(samples: list[Sample], selector: str, weight_by: str = "logprob") -> bool:
-    """Is the answer ``selector`` picks among ``samples`` graded correct?
+    """Is the answer the loop's ``selector`` picks among ``samples`` graded correct?
 
-    verifier: verified first, then verifier score, then the earliest; majority / weighted: the
-    winning answer key (weights exp(mean logprob), or the verifier score) is correct when any
-    sample with that key is; logprob: the highest mean logprob. Judge and reward selectors
-    fall back to the verifier pick (their scores are not replayed here).
+    The selection is replayed with best-of-n's own function over what the loop stored for
+    each sample: its in-loop verdict and score, mean logprob, and the scores its judge or
+    reward selector gave. The pick is the sample the loop would return (for votes, the first
+    sample with the winning answer), graded as returned.
     """
-    from loopwright.traces.metrics import vote
+    from loopwright.loops.graphs.best_of_n_select import select as choose
+    from loopwright.loops.tasks import Task
 
     if not samples:
         return False
-    if selector in ("majority", "weighted"):
-        weights = None
-        if selector == "weighted":
-            weights = [
-                (s.score or 0.0) if weight_by == "verifier" else math.exp(s.logprob or -50.0)
-                for s in samples
-            ]
-        won = vote([s.key for s in samples], weights)
-        return any(s.correct for s in samples if s.key == won and won is not None)
-    if selector == "logprob":
-        _, top = max(enumerate(samples), key=lambda e: (e[1].logprob or -1e9, -e[0]))
-        return bool(top.correct)
-    _, top = max(enumerate(samples), key=lambda e: (bool(e[1].verified), e[1].score or 0.0, -e[0]))
-    return bool(top.correct)
+    task = Task(id="replay", prompt="", kind=samples[0].kind)  # type: ignore[arg-type]
+    cands = [
+        {"node_id": s.node_id, "parent_id": None, "text": s.text, "answer": s.answer,
+         "passed": s.verified, "score": s.score, "feedback": None, "logprob": s.logprob,
+         "round": 0, "depth": 0}
+        for s in samples
+    ]  # fmt: skip
+    signal = "reward" if "reward" in (selector, weight_by) else "judge"
+    signals = {s.node_id: (s.reward if signal == "reward" else s.judge) for s in samples}
+    has_verifier = any(s.verified is not None for s in samples)
+    sel = choose(task, cands, selector, weight_by=weight_by, has_verifier=has_verifier,  # type: ignore[arg-type]
+                 signals=signals)  # fmt: skip
+    if sel.chosen is None:
+        return False
+    if sel.used in ("majority", "weighted") and sel.winner is not None:
+        return any(s.correct for s in samples if normalise_answer(s.kind, s.answer) == sel.winner)
+    by_id = {s.node_id: s for s in samples}
+    return bool(by_id[sel.chosen["node_id"]].correct)
 
 
 def _chains(store: TraceStore, pts: list[dict[str, Any]], data: SweepData) -> None:

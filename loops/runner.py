@@ -26,7 +26,15 @@ from loopwright.loops.errors import ModelCallError, UserError, unknown
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.base import LoopSpec
 from loopwright.loops.tasks import Task, load_tasks
-from loopwright.loops.verify import grader_for, run_verifier, verifier_for
+from loopwright.loops.verify import (
+    VERIFIERS,
+    check_verifier,
+    grader_for,
+    is_oracle,
+    make_verifier,
+    resolve,
+    run_check,
+)
 from loopwright.traces import (
     TaskRecord,
     TraceStore,
@@ -71,6 +79,19 @@ class RunConfig(BaseModel):
     cache: bool = Field(True, description="Reuse identical seeded calls from the DB cache.")
     sandbox: str = Field("bwrap", description="Sandbox backend code tests run in.")
     resume: bool = Field(False, description="Continue the run named run_name.")
+    verifier: str = Field(
+        "auto",
+        description="In-loop verifier (loopwright.loops.verify): auto = visible-tests for "
+        "code, self for math and text; oracle reads the answer key (upper bounds only).",
+    )
+    verifier_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the in-loop verifier."
+    )
+    role_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model per role (generator, critic, refiner, reflector, judge, value, "
+        "verifier, ...); roles not named use `model`.",
+    )
     timeout_s: float = Field(120.0, gt=0, description="Per model request.")
     max_attempts: int = Field(6, ge=1, description="Tries per model request.")
     backoff_base_s: float = Field(1.0, ge=0, description="First retry wait.")
@@ -82,7 +103,18 @@ class RunConfig(BaseModel):
         hash the same.
         """
         ident = self.model_dump(
-            include={"loop", "tasks", "model", "seed", "options", "budget", "run_budget"},
+            include={
+                "loop",
+                "tasks",
+                "model",
+                "seed",
+                "options",
+                "budget",
+                "run_budget",
+                "verifier",
+                "verifier_options",
+                "role_models",
+            },
             mode="json",
         )
         if options is not None:
@@ -148,12 +180,52 @@ def prepare(cfg: RunConfig) -> tuple[LoopSpec[Any], BaseModel, list[Task]]:
         field = ".".join(str(p) for p in err["loc"]) or "options"
         raise UserError(f"{cfg.loop} option {field}: {err['msg']}") from None
     check_model(cfg.model, cfg.api_base, cfg.transport)
+    for role, model in cfg.role_models.items():
+        if role not in ROLES:
+            raise unknown("role", role, ROLES)
+        check_model(model, cfg.api_base, cfg.transport)
     from loopwright.sandboxes import BACKENDS
 
     if cfg.sandbox not in BACKENDS:
         raise unknown("sandbox backend", cfg.sandbox, BACKENDS)
+    check_verifier(cfg.verifier, cfg.verifier_options)
     tasks = load_tasks(cfg.tasks, cfg.limit)
+    _check_verifier_applies(cfg, tasks)
     return spec, options, tasks
+
+
+ROLES = ("generator", "critic", "refiner", "reflector", "judge", "value", "verifier", "expander",
+         "rollout")  # fmt: skip
+"""Roles a model can be chosen for with ``--role-model ROLE=MODEL``."""
+
+
+def _check_verifier_applies(cfg: RunConfig, tasks: list[Task]) -> None:
+    """An explicitly chosen verifier must fit the task kinds (``auto`` always does)."""
+    if cfg.verifier in ("auto", "none", "oracle"):
+        return
+    cls = VERIFIERS[cfg.verifier]
+    kinds = sorted({t.kind for t in tasks})
+    if not any(k in cls.kinds for k in kinds):
+        raise UserError(
+            f"verifier {cfg.verifier} judges {', '.join(cls.kinds)} tasks, and these tasks are "
+            f"{', '.join(kinds)}: choose another --verifier (`loopwright verifiers` lists them)"
+        )
+
+
+def verifiers_used(cfg: RunConfig, tasks: list[Task]) -> dict[str, str]:
+    """Task kind -> in-loop verifier name, as the run resolves ``cfg.verifier``."""
+    return {k: resolve(cfg.verifier, k) for k in sorted({t.kind for t in tasks})}
+
+
+def _stored_config(cfg: RunConfig, tasks: list[Task]) -> dict[str, Any]:
+    """``runs.config``: the run's settings plus the verifiers it resolved and whether any of
+    them read the answer key (``oracle``), which every view of the run shows."""
+    used = verifiers_used(cfg, tasks)
+    return {
+        **cfg.model_dump(mode="json"),
+        "verifiers": used,
+        "oracle": any(is_oracle(v) for v in used.values()),
+    }
 
 
 async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = None) -> RunResult:
@@ -174,19 +246,24 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
             progress.passed, progress.tokens = int(row["passed"]), int(row["tokens"])
         if on_progress:
             on_progress(progress)
-        client = ModelClient(
-            ClientConfig(
-                model=cfg.model,
-                api_base=cfg.api_base,
-                transport=cfg.transport,
-                concurrency=max(cfg.concurrency, 1),
-                timeout_s=cfg.timeout_s,
-                max_attempts=cfg.max_attempts,
-                backoff_base_s=cfg.backoff_base_s,
-                cache=cfg.cache,
-            ),
-            writer=writer,
+        base_cfg = ClientConfig(
+            model=cfg.model,
+            api_base=cfg.api_base,
+            transport=cfg.transport,
+            concurrency=max(cfg.concurrency, 1),
+            timeout_s=cfg.timeout_s,
+            max_attempts=cfg.max_attempts,
+            backoff_base_s=cfg.backoff_base_s,
+            cache=cfg.cache,
         )
+        client = ModelClient(base_cfg, writer=writer)
+        by_model = {cfg.model: client}  # one client per model, shared by its roles
+        for model in cfg.role_models.values():
+            if model not in by_model:
+                by_model[model] = ModelClient(
+                    base_cfg.model_copy(update={"model": model}), writer=writer
+                )
+        clients = {role: by_model[m] for role, m in cfg.role_models.items()}
         graph = spec.build()
         _freeze_imports()
         run_budget = Budget(cfg.run_budget)
@@ -211,6 +288,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
                     task,
                     index[task.id],
                     run_budget,
+                    clients,
                 )
             progress.done += 1
             progress.failed += rec.status == "failed"
@@ -224,7 +302,8 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
             await asyncio.gather(*(one(t) for t in todo))
             status = "done"
         finally:
-            await client.aclose()
+            for c in by_model.values():
+                await c.aclose()
             writer.flush()
             store.execute(
                 "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
@@ -278,7 +357,7 @@ def _open_run(
             cfg.loop,
             cfg.model,
             cfg.tasks,
-            json.dumps(cfg.model_dump(mode="json")),
+            json.dumps(_stored_config(cfg, tasks)),
             config_hash,
             cfg.seed,
             _version(),
@@ -299,12 +378,16 @@ async def _run_task(
     task: Task,
     idx: int,
     run_budget: Budget,
+    clients: dict[str, ModelClient] | None = None,
 ) -> TaskRecord:
     budget = Budget(cfg.budget, parent=run_budget)
     ctx = LoopContext(
-        task=task,
+        task=task.blind(),  # the loop never sees the answer key; the grader below does
         client=client,
-        verifier=verifier_for(task, sandbox=cfg.sandbox),
+        clients=clients or {},
+        verifier=make_verifier(
+            cfg.verifier, task, options=cfg.verifier_options, sandbox=cfg.sandbox
+        ),
         budget=budget,
         options=options,
         loop=spec.name,
@@ -347,7 +430,7 @@ async def _run_task(
     if outcome is not None and outcome.final_node_id is not None:
         grader = grader_for(task, sandbox=cfg.sandbox)
         if grader is not None:
-            v = await run_verifier(grader, task, outcome.final_text or "")
+            v = await run_check(grader, task, outcome.final_text or "")
             graded = v.passed
             writer.write(
                 v.record(

@@ -34,6 +34,8 @@ from loopwright.traces.store import TraceStore
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ALIASES = {"rounds": "max_rounds", "trials": "max_trials"}
+VERIFIER_KEY = "verifier"
+"""A grid entry's ``(verifier=NAME)`` overrides the sweep's --verifier for that strategy."""
 _ENTRY = re.compile(
     r"^\s*(?P<loop>[A-Za-z0-9_.-]+)\s*(?:\((?P<fixed>[^)]*)\))?\s*(?::\s*(?P<param>[A-Za-z_]\w*)"
     r"\s*=\s*(?P<values>.+?))?\s*$"
@@ -75,8 +77,14 @@ class GridEntry(BaseModel):
             and len(self.values) > 1
         )
 
+    @property
+    def verifier(self) -> str | None:
+        """The in-loop verifier this strategy overrides the sweep's with, if any."""
+        v = self.fixed.get(VERIFIER_KEY)
+        return None if v is None else str(v)
+
     def options(self, value: Any | None) -> dict[str, Any]:
-        opts = dict(self.fixed)
+        opts = {k: v for k, v in self.fixed.items() if k != VERIFIER_KEY}
         if self.param is not None:
             opts[self.param] = value
         return opts
@@ -98,7 +106,7 @@ def parse_grid(text: str) -> list[GridEntry]:
         fields = spec.options.model_fields
 
         def field_name(name: str, spec_name: str = m["loop"], fields: Any = fields) -> str:
-            if name in fields:
+            if name in fields or name == VERIFIER_KEY:
                 return name
             if ALIASES.get(name) in fields:
                 return ALIASES[name]
@@ -119,6 +127,15 @@ def parse_grid(text: str) -> list[GridEntry]:
         again = [v for i, v in enumerate(values) if v in values[:i]]
         if again:
             raise UserError(f"grid entry {part.strip()!r} repeats {param}={again[0]}")
+        if param == VERIFIER_KEY:
+            raise UserError(
+                f"grid entry {part.strip()!r}: give each verifier its own entry, "
+                "e.g. best-of-n(verifier=oracle):n=1,4"
+            )
+        if VERIFIER_KEY in fixed:
+            from loopwright.loops.verify import check_verifier
+
+            check_verifier(str(fixed[VERIFIER_KEY]))
         entry = GridEntry(loop=m["loop"], fixed=fixed, param=param, values=values)
         for v in values or (None,):
             try:
@@ -162,6 +179,15 @@ class SweepConfig(BaseModel):
     budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
     cache: bool = Field(True, description="Share identical seeded calls between points.")
     grade: bool = Field(True, description="Grade every answer after each run.")
+    verifier: str = Field(
+        "auto", description="In-loop verifier of every point (a grid entry may override it)."
+    )
+    verifier_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the in-loop verifier."
+    )
+    role_models: dict[str, str] = Field(
+        default_factory=dict, description="Model per role; roles not named use the point's."
+    )
 
     @field_validator("name")
     @classmethod
@@ -181,7 +207,8 @@ class SweepConfig(BaseModel):
     def identity_hash(self) -> str:
         """What must match for a re-run to resume this sweep."""
         keep = self.model_dump(mode="json", include={"tasks", "models", "grid", "seeds", "limit",
-                                                     "budget", "api_base"})  # fmt: skip
+                                                     "budget", "api_base", "verifier",
+                                                     "verifier_options", "role_models"})  # fmt: skip
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -198,6 +225,7 @@ class PointPlan(BaseModel):
     param: str | None
     value: Any
     options: dict[str, Any]
+    verifier: str | None = None
     run_name: str
     derived: bool
 
@@ -235,6 +263,7 @@ def plan(cfg: SweepConfig, entries: list[GridEntry]) -> list[PointPlan]:
                             param=entry.param,
                             value=v,
                             options=entry.options(run_v),
+                            verifier=entry.verifier,
                             run_name=run_name,
                             derived=entry.shared and v != top,
                         )
@@ -311,9 +340,9 @@ def validate(cfg: SweepConfig) -> tuple[list[GridEntry], list[PointPlan]]:
 
     entries = parse_grid(cfg.grid)
     points = plan(cfg, entries)
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for p in points:
-        key = (p.loop, p.model)
+        key = (p.loop, p.model, p.verifier or cfg.verifier)
         if key in seen:
             continue
         seen.add(key)
@@ -327,7 +356,8 @@ def _run_config(cfg: SweepConfig, p: PointPlan, run_config: Any, resume: bool = 
         limit=cfg.limit,
         db=cfg.db, run_name=p.run_name, concurrency=cfg.concurrency, seed=p.seed,
         budget=cfg.budget, options=p.options, cache=cfg.cache, sandbox=cfg.sandbox,
-        resume=resume,
+        resume=resume, verifier=p.verifier or cfg.verifier,
+        verifier_options={} if p.verifier else cfg.verifier_options, role_models=cfg.role_models,
     )  # fmt: skip
 
 

@@ -9,10 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from loopwright.loops import verify
 from loopwright.loops.errors import UserError
 from loopwright.loops.tasks import Task, builtin_code, load_tasks
 from loopwright.loops.verify import CodeTests, grader_for, verifier_for, verify_many
+from loopwright.loops.verify import checks as verify
+from loopwright.loops.verify.verifiers import Oracle, VisibleTests
 from loopwright.sandboxes import BwrapSandbox, SandboxLimits, SandboxUnavailable
 from loopwright.sandboxes.base import INSTALL_HINT
 from loopwright.tools.code_tests import VERSION
@@ -190,9 +191,11 @@ def test_humaneval_and_io_styles_from_native_jsonl(tmp_path: Path, bwrap: str) -
 
 def test_verifier_and_grader_for_code_tasks() -> None:
     task = builtin_code(n=1)[0]
-    assert isinstance(verifier_for(task), CodeTests)
+    loop_side = verifier_for(task)
+    assert isinstance(loop_side, VisibleTests) and not loop_side.oracle
     assert isinstance(grader_for(task), CodeTests)
-    assert verifier_for(task, sandbox="process").version.endswith("-process")  # type: ignore[union-attr]
+    assert isinstance(verifier_for(task, name="oracle"), Oracle)
+    assert grader_for(task, sandbox="process").version.endswith("-process")  # type: ignore[union-attr]
     untested = Task(id="u", prompt="def f():\n", kind="code")
     assert verifier_for(untested) is None and grader_for(untested) is None
 

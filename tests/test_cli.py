@@ -180,7 +180,18 @@ def test_run_runs_and_resume_through_the_cli(tmp_path: Path, cli: Any) -> None:
         )
     )
     db = str(tmp_path / "cli.duckdb")
-    args = ["run", "self-refine", "--tasks", str(tasks), "--model", model, "--db", db]
+    args = [
+        "run",
+        "self-refine",
+        "--tasks",
+        str(tasks),
+        "--model",
+        model,
+        "--db",
+        db,
+        "--verifier",
+        "oracle",
+    ]
     args += ["--run-name", "e2e", "--max-rounds", "1", "--concurrency", "2"]
 
     r = cli(*args)
@@ -225,6 +236,7 @@ def test_cli_budget_and_option_flags_reach_the_loop(tmp_path: Path, cli: Any) ->
     db = str(tmp_path / "b.duckdb")
     r = cli(
         "run", "self-refine", "--tasks", str(tasks), "--model", model, "--db", db,
+        "--verifier", "oracle",
         "--budget-calls", "2", "-o", "max_rounds=4", "-o", "critic-temperature=0.0",
     )  # fmt: skip
     assert r.code == 0, r.err

@@ -81,7 +81,7 @@ async def test_custom_loop_refines_with_verifier_feedback_until_verified(tmp_pat
     assert "Previous answer:" in refine_prompt and "does not match" in refine_prompt
     in_loop = [v for v in rows["verdicts"] if v["stage"] == "in_loop"]
     assert len(in_loop) == 3 and sum(v["passed"] for v in in_loop) == 1
-    assert {v["verifier"] for v in in_loop} == {"math-answer"}
+    assert {v["verifier"] for v in in_loop} == {"oracle"}
     # both drafts came from one request with n=2
     assert len({c["request_id"] for c in rows["calls"] if c["role"] == "generator"}) == 1
 

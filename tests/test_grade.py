@@ -67,35 +67,22 @@ class PerTask:
 
     def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
         user = last_user(messages)
+        if "CORRECT or INCORRECT" in user:  # the self-check of a gamed run: fooled by the phrase
+            answer = user.split("Proposed answer:", 1)[1]
+            return "Verdict: CORRECT" if "The answer is" in answer else "Verdict: INCORRECT"
         [task] = [t for t in TASKS if t.prompt in user]
         k = self.seen.get(task.id, 0)
         self.seen[task.id] = k + 1
         return replies(task.reference or "")[k]
 
 
-class Gamed:
-    """An in-loop check a loop could game: passes whenever the reply claims an answer."""
-
-    name = "gamed-check"
-
-    def __call__(self, task: Task, response: str) -> Verdict:
-        ok = "The answer is" in response
-        return Verdict(passed=ok, score=float(ok), verifier=self.name, version="1")
-
-
-async def make_run(
-    tmp_path: Path, name: str, *, gamed: bool = False, mp: pytest.MonkeyPatch | None = None
-) -> Rows:
-    if gamed:
-        assert mp is not None
-        mp.setattr("loopwright.loops.runner.verifier_for", lambda task, sandbox="bwrap": Gamed())
-    try:
-        _, rows = await run_loop(
-            tmp_path, ScriptedModel(PerTask()), ARITH, run_name=name, concurrency=1
-        )
-    finally:
-        if mp is not None:
-            mp.undo()
+async def make_run(tmp_path: Path, name: str, *, gamed: bool = False) -> Rows:
+    """A best-of-4 run; ``gamed`` checks in the loop with the model's own self-check, which
+    the script fools with the phrase "The answer is" (the product's ``self`` verifier)."""
+    _, rows = await run_loop(
+        tmp_path, ScriptedModel(PerTask()), ARITH, run_name=name, concurrency=1,
+        verifier="self" if gamed else "oracle",
+    )  # fmt: skip
     return rows
 
 
@@ -123,7 +110,7 @@ async def test_grades_every_answer_once_and_counts_agreement(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     honest = await make_run(tmp_path, "honest")
-    gamed = await make_run(tmp_path, "gamed", gamed=True, mp=monkeypatch)
+    gamed = await make_run(tmp_path, "gamed", gamed=True)
     finals_before = {
         run: {v["node_id"]: v["verdict_id"] for v in rows["verdicts"] if v["stage"] == "graded"}
         for run, rows in (("honest", honest), ("gamed", gamed))

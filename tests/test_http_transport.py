@@ -313,6 +313,7 @@ async def _best_of_one(
     cfg = RunConfig(
         loop="best-of-n", options={"n": 1}, model="hosted_vllm/mock-7b", api_base=server.base_url,
         tasks=str(tasks), db=str(tmp_path / "t.duckdb"), concurrency=concurrency, cache=False,
+        verifier="none",  # transport behaviour: one request per task
     )  # fmt: skip
     return cfg, await run(cfg)
 

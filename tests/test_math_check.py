@@ -110,12 +110,13 @@ def test_not_equivalent(
 
 def test_lenient_only_units(strict: MathChecker, lenient: MathChecker) -> None:
     response = "She pays 6 * 3. The answer is 18 dollars."
-    assert not strict.check(response, "18").passed
-    v = lenient.check(response, "18")
-    assert v.passed and v.policy == "lenient" and v.extracted == "18 dollars"
+    assert strict.check(response, "18").passed  # math-verify reads the number itself
+    assert not strict.check("The answer is Evelyn.", r"\text{Evelyn}").passed
+    v = lenient.check("The answer is Evelyn.", r"\text{Evelyn}")
+    assert v.passed and v.policy == "lenient" and v.extracted == "Evelyn"
     assert lenient.check("The answer is 10 percent.", "10").passed
     assert lenient.check(r"\boxed{10\%}", "10").passed
-    assert not lenient.check("The answer is 18x + 1.", "18").passed
+    assert not lenient.check("The answer is 19 apples.", "18").passed
 
 
 def test_verdict_shape(strict: MathChecker) -> None:
@@ -185,9 +186,10 @@ async def test_check_via_asyncio_to_thread(strict: MathChecker) -> None:
     [
         ("The answer is 56.", "56", True),
         ("The answer is 1,000.", "1000", True),
-        ("The answer is 3/4.", "0.75", True),
+        ("56", "56.0", True),
+        ("The answer is **12**.", "12", True),
         ("The answer is 55.", "56", False),
-        ("I cannot tell.", "56", False),
+        ("", "56", False),
     ],
 )
 def test_check_quick_decides_plain_numbers_without_the_worker(
@@ -206,6 +208,11 @@ def test_check_quick_decides_plain_numbers_without_the_worker(
 def test_check_quick_leaves_symbolic_answers_to_the_worker(strict: MathChecker) -> None:
     assert strict.check_quick(r"\boxed{\frac{1}{2}}", "0.5") is None
     assert strict.check(r"\boxed{\frac{1}{2}}", "0.5").passed
+    # Anything beyond a lone number goes to math-verify, which reads the whole response.
+    assert strict.check_quick("The answer is 3/4.", "0.75") is None
+    assert strict.check("The answer is 3/4.", "0.75").passed
+    assert strict.check_quick("2 + 2 = 4, so 5 is wrong.", "5") is None
+    assert not strict.check("I cannot tell.", "56").passed
 
 
 async def test_run_verifier_skips_the_thread_only_when_the_check_is_quick(
@@ -244,3 +251,63 @@ def _math500_answers(n: int = 10) -> list[str]:
 def test_math500_reference_matches_itself(strict: MathChecker, answer: str) -> None:
     v = strict.check(f"The final answer is $\\boxed{{{answer}}}$.", answer)
     assert v.passed, v
+
+
+# --- answer shapes, against math-verify's own verdicts ----------------------------------------
+
+# (reference, response): structured answers that a "last number" pre-extraction destroys.
+SHAPES = [
+    (r"\frac{1}{3}", r"So the probability is $\frac13$."),
+    (r"\frac{1}{3}", r"We get $k = \frac{1}{3}$."),
+    (r"\frac{1}{3}", r"We get $k = 3$."),
+    ("(1, 2)", r"The point is $(1, 2)$."),
+    ("2", r"The point is $(1, 2)$."),
+    ("(1, 2)", r"The point is $(2, 1)$."),
+    (r"\{1, 2\}", r"The set of roots is $\{2, 1\}$."),
+    (r"\{1, 2\}", r"The set of roots is $\{1, 3\}$."),
+    ("[0, 1)", r"The solution set is $x \in [0, 1)$."),
+    ("[0, 1)", r"The solution set is $x \in [0, 1]$."),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"$\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}$"),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"$\begin{pmatrix} 1 & 2 \\ 3 & 5 \end{pmatrix}$"),
+    ("4", r"$\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}$"),
+    ("3, 5", r"The roots are $\boxed{3}$ and $\boxed{5}$."),
+    ("5", r"First $\boxed{3}$, then corrected: $\boxed{5}$."),
+    ("5", r"$x = 5$"),
+    (r"\sqrt{2}", r"The side is $\boxed{\sqrt 2}$."),
+    (r"\sqrt{2}", r"The side is $\boxed{2}$."),
+    ("0.5", r"\boxed{\frac{1}{2}}"),
+    ("10", "Tom has 3 bags with 2 each, 3 * 2 = 6, and 4 more: 6 + 4 = 10."),
+    ("42", "The total is 40 + 2 = 42 apples.\n#### 42"),
+    ("7", "The answer is 7."),
+    ("7", "The answer is 8."),
+    ("18", "The answer is 18 dollars."),
+    (r"2\pi", r"The circumference is $\boxed{2\pi}$."),
+    (r"2\pi", r"The circumference is $\boxed{\pi}$."),
+]  # fmt: skip
+
+
+def _math_verify_says(reference: str, response: str) -> bool:
+    """math-verify's default call, as its README shows it."""
+    from math_verify import parse, verify
+
+    gold = parse(reference if "$" in reference else f"${reference}$")
+    return bool(verify(gold, parse(response)))
+
+
+@pytest.mark.parametrize(("reference", "response"), SHAPES)
+def test_checker_agrees_with_math_verify_on_answer_shapes(
+    strict: MathChecker, reference: str, response: str
+) -> None:
+    assert strict.check(response, reference).passed is _math_verify_says(reference, response)
+
+
+def test_checker_shapes_are_not_trivially_one_verdict(strict: MathChecker) -> None:
+    verdicts = [_math_verify_says(r, p) for r, p in SHAPES]
+    assert 8 <= sum(verdicts) <= len(SHAPES) - 8
+
+
+def test_lenient_accepts_text_and_units_after_a_marker(lenient: MathChecker) -> None:
+    assert lenient.check("The answer is Evelyn.", r"\text{Evelyn}").passed
+    assert not lenient.check("The answer is Evelyn.", r"\text{Bob}").passed
+    assert lenient.check(r"The answer is \boxed{18\text{ dollars}}.", "18").passed
+    assert not lenient.check("The answer is 19 dollars.", "18").passed

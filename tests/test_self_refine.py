@@ -35,9 +35,9 @@ from loop_testkit import (
     user_error,
     write_jsonl,
 )
-from loopwright.loops import verify
 from loopwright.loops.budget import BudgetLimits
 from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.verify import checks as verify
 from loopwright.sandboxes import SandboxUnavailable
 from loopwright.tools.code_tests import VERSION as CODE_TESTS_VERSION
 
@@ -441,8 +441,9 @@ async def test_code_task_wrong_then_right_is_verified_with_test_feedback(tmp_pat
     assert [c.params.get("max_tokens") for c in model.calls] == [384, 128, 384]
 
     verdicts = rows["verdicts"]
-    assert {(v["verifier"], v["verifier_version"]) for v in verdicts} == {
-        ("code-tests", f"{CODE_TESTS_VERSION}-bwrap")
+    assert {(v["stage"], v["verifier"], v["verifier_version"]) for v in verdicts} == {
+        ("in_loop", "oracle", f"code-tests/{CODE_TESTS_VERSION}-bwrap"),
+        ("graded", "code-tests", f"{CODE_TESTS_VERSION}-bwrap"),
     }
     drafts = {n["role"]: n for n in rows["nodes"] if n["role"] != "critic"}
     in_loop = {v["node_id"]: v for v in verdicts if v["stage"] == "in_loop"}

@@ -202,7 +202,7 @@ def test_grid_value_error_names_the_constraint() -> None:
 
 def _cfg(grid: str, **kw: Any) -> SweepConfig:
     kw.setdefault("models", ("scripted/pm",))
-    return SweepConfig(name="p", tasks="tasks.jsonl", grid=grid, **kw)
+    return SweepConfig(verifier="oracle", name="p", tasks="tasks.jsonl", grid=grid, **kw)
 
 
 def test_plan_best_of_n_runs_once_per_seed_at_the_largest_n() -> None:
@@ -295,7 +295,7 @@ class Swept:
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
     folder = tmp_path_factory.mktemp("sweep")
     model = scripted_model("sweepmain")
-    cfg = SweepConfig(name="main", tasks=task_file(folder), models=(model.model_string,),
+    cfg = SweepConfig(verifier="oracle", name="main", tasks=task_file(folder), models=(model.model_string,),
                       grid=GRID, db=str(folder / "t.duckdb"), sandbox="process")  # fmt: skip
     events: list[SweepEvent] = []
     run_sweep(cfg, events.append)
@@ -387,7 +387,7 @@ def test_best_of_n_point_at_k_reads_the_first_k_samples(swept: Swept, k: int) ->
     prompt = _bon_prompt_tokens(swept.db)
     assert prompt == dict.fromkeys(QUESTIONS, PROMPT)
     data = swept.data()
-    point = _point(data, "best-of-n", k)
+    point = _point(data, "best-of-n [oracle]", k)
     assert point.derived is (k < 4)
     assert point.run_names == [BON_RUN]
     got = {r.task_id: r for r in point.results}
@@ -410,7 +410,7 @@ def test_best_of_n_point_at_k_reads_the_first_k_samples(swept: Swept, k: int) ->
 
 def test_self_refine_points_come_from_their_own_runs(swept: Swept) -> None:
     data = swept.data()
-    one, two = _point(data, "self-refine", 1), _point(data, "self-refine", 2)
+    one, two = _point(data, "self-refine [oracle]", 1), _point(data, "self-refine [oracle]", 2)
     assert one.run_names == [SR1_RUN] and two.run_names == [SR2_RUN]
     # by hand: a wrong -> right, b right at once, c wrong, d wrong (the critic was satisfied)
     for p in (one, two):
@@ -430,8 +430,8 @@ def test_self_refine_points_come_from_their_own_runs(swept: Swept) -> None:
 
 def test_sample_curves_majority_and_unbiased_pass_at_k(swept: Swept) -> None:
     curves = sample_curves(swept.data())
-    assert list(curves) == ["best-of-n"]
-    per_k = curves["best-of-n"]
+    assert list(curves) == ["best-of-n [oracle]"]
+    per_k = curves["best-of-n [oracle]"]
     assert sorted(per_k) == [1, 2, 4]
     # pass@k = mean over tasks of 1 - C(n-c, k) / C(n, k), n = 4; c = 1, 3, 3, 0
     assert per_k[1]["pass@k"] == pytest.approx((1 / 4 + 3 / 4 + 3 / 4 + 0) / 4)  # 7/16
@@ -458,19 +458,24 @@ def test_matched_table_winners_by_budget(swept: Swept) -> None:
     by_budget = {m.budget: m for m in matched}
     # cheapest budget: only self-refine fits
     m = by_budget[round(sr1)]
-    assert (m.winner, m.runner_up, m.margin, m.best["best-of-n"]) == ("self-refine", None, None,
+    assert (m.winner, m.runner_up, m.margin, m.best["best-of-n [oracle]"]) == ("self-refine [oracle]", None, None,
                                                                       None)  # fmt: skip
     # at best-of-n's single sample: self-refine (50 %) beats best-of-n n=1 (25 %)
     m = by_budget[round(bon[1])]
-    assert (m.winner, m.runner_up) == ("self-refine", "best-of-n")
+    assert (m.winner, m.runner_up) == ("self-refine [oracle]", "best-of-n [oracle]")
     assert m.margin == pytest.approx(0.25)
-    assert m.best["self-refine"] is not None and m.best["self-refine"].label == "max_rounds=1"
+    assert (
+        m.best["self-refine [oracle]"] is not None
+        and m.best["self-refine [oracle]"].label == "max_rounds=1"
+    )
     # from two samples on best-of-n wins (75 % against 50 %), at its cheaper point
     for budget in (round(bon[2]), round(bon[4])):
         m = by_budget[budget]
-        assert (m.winner, m.runner_up) == ("best-of-n", "self-refine")
+        assert (m.winner, m.runner_up) == ("best-of-n [oracle]", "self-refine [oracle]")
         assert m.margin == pytest.approx(0.25)
-        assert m.best["best-of-n"] is not None and m.best["best-of-n"].label == "n=2"
+        assert (
+            m.best["best-of-n [oracle]"] is not None and m.best["best-of-n [oracle]"].label == "n=2"
+        )
 
 
 def test_report_markdown_and_plots(swept: Swept) -> None:
@@ -480,12 +485,12 @@ def test_report_markdown_and_plots(swept: Swept) -> None:
     assert f"grid: `{GRID}`" in md
     # revision transitions, self-refine at 2 rounds: turn 0 -> 1 over a (6 -> 5) and c (4 -> 4),
     # turn 1 -> 2 over c (4 -> 8); b (verified at once) and d (stopped) have no second turn
-    assert "| self-refine | 0→1 | 1 | 0 | 0 | 1 | 50.0 % |" in md
-    assert "| self-refine | 1→2 | 0 | 0 | 0 | 1 | 100.0 % |" in md
-    assert "| best-of-n | n=1 (shared) | 25.0 % |" in md
-    assert "| best-of-n | n=2 (shared) | 75.0 % |" in md
-    assert "| best-of-n | n=4 | 75.0 % |" in md
-    assert "| self-refine | max_rounds=2 | 50.0 % |" in md
+    assert "| self-refine [oracle] | 0→1 | 1 | 0 | 0 | 1 | 50.0 % |" in md
+    assert "| self-refine [oracle] | 1→2 | 0 | 0 | 0 | 1 | 100.0 % |" in md
+    assert "| best-of-n [oracle] | n=1 (shared) | 25.0 % |" in md
+    assert "| best-of-n [oracle] | n=2 (shared) | 75.0 % |" in md
+    assert "| best-of-n [oracle] | n=4 | 75.0 % |" in md
+    assert "| self-refine [oracle] | max_rounds=2 | 50.0 % |" in md
     assert "| 4 | 75.0 % | 50.0 % | 50.0 % | 75.0 % |" in md  # k, pass, maj, weighted, verifier
     pngs = {p.name for p in swept.out.glob("*.png")}
     assert {"accuracy_vs_tokens.png", "accuracy_vs_calls.png", "samples_at_k.png",
@@ -501,11 +506,11 @@ def test_report_markdown_and_plots(swept: Swept) -> None:
 def test_transitions_of_the_report_data(swept: Swept) -> None:
     chains = swept.data().chains
     assert chains == {
-        ("scripted/sweepmain", "self-refine", 0, "a"): [(False, "6"), (True, "5")],
-        ("scripted/sweepmain", "self-refine", 0, "b"): [(True, "7")],
-        ("scripted/sweepmain", "self-refine", 0, "c"): [(False, "4"), (False, "4"),
+        ("scripted/sweepmain", "self-refine [oracle]", 0, "a"): [(False, "6"), (True, "5")],
+        ("scripted/sweepmain", "self-refine [oracle]", 0, "b"): [(True, "7")],
+        ("scripted/sweepmain", "self-refine [oracle]", 0, "c"): [(False, "4"), (False, "4"),
                                                         (False, "8")],
-        ("scripted/sweepmain", "self-refine", 0, "d"): [(False, "1")],
+        ("scripted/sweepmain", "self-refine [oracle]", 0, "d"): [(False, "1")],
     }  # fmt: skip
 
 
@@ -514,7 +519,7 @@ def test_transitions_of_the_report_data(swept: Swept) -> None:
 
 def test_rerun_resumes_grading_then_runs_nothing(tmp_path: Path) -> None:
     model = scripted_model("sweeprerun")
-    cfg = SweepConfig(name="re", tasks=task_file(tmp_path), models=(model.model_string,),
+    cfg = SweepConfig(verifier="oracle", name="re", tasks=task_file(tmp_path), models=(model.model_string,),
                       grid="best-of-n:n=2,4", db=str(tmp_path / "t.duckdb"), sandbox="process",
                       grade=False)  # fmt: skip
     run_sweep(cfg)
@@ -548,7 +553,7 @@ def test_rejection_best_of_n_points_count_every_task(tmp_path: Path) -> None:
     """Rejection sampling stops at the first verified sample: a task right at once drew one
     sample, and must still count (as right) at n=2."""
     model = scripted_model("sweepreject")
-    cfg = SweepConfig(name="rej", tasks=task_file(tmp_path), models=(model.model_string,),
+    cfg = SweepConfig(verifier="oracle", name="rej", tasks=task_file(tmp_path), models=(model.model_string,),
                       grid="best-of-n(rejection=true):n=2", db=str(tmp_path / "t.duckdb"),
                       sandbox="process")  # fmt: skip
     # rejection draws one sample per request (n=1): the script then answers as self-refine's
@@ -566,7 +571,7 @@ def test_string_valued_params_stay_separate_points(
 ) -> None:
     model = scripted_model("sweepselect")
     grid = "best-of-n(n=4):selector=majority,verifier"
-    code, out, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
+    code, out, err = cli_main(["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
                             model.model_string, "--name", "sel", "--db", str(tmp_path / "t.duckdb"),
                             "--sandbox", "process"], capsys)  # fmt: skip
     assert code == 0, err
@@ -585,7 +590,7 @@ def test_string_valued_params_stay_separate_points(
 def test_cli_sweep_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = scripted_model("sweepcli")
     db = str(tmp_path / "t.duckdb")
-    args = ["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1,2,4",
+    args = ["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1,2,4",
             "--model", model.model_string, "--name", "cli", "--db", db, "--sandbox", "process"]  # fmt: skip
     code, out, err = cli_main(args, capsys)
     assert code == 0, err
@@ -603,7 +608,7 @@ def test_cli_sweep_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert code == 0, err
     assert f"report: {tmp_path / 'rep' / 'report.md'}" in out.replace("\n", "")
     md = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
-    assert "| best-of-n | n=2 (shared) | 75.0 % |" in md
+    assert "| best-of-n [oracle] | n=2 (shared) | 75.0 % |" in md
     assert (tmp_path / "rep" / "samples_at_k.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -664,7 +669,7 @@ def test_cli_sweep_bad_grid_is_one_line(
 ) -> None:
     model = scripted_model("sweepbad")
     db = tmp_path / "t.duckdb"
-    code, _, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
+    code, _, err = cli_main(["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
                           model.model_string, "--db", str(db), "--sandbox", "process"], capsys)  # fmt: skip
     assert message in _one_error_line(code, err)
     assert not model.calls and not db.exists()
@@ -673,10 +678,10 @@ def test_cli_sweep_bad_grid_is_one_line(
 def test_cli_sweep_bad_settings_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
+    code, _, err = cli_main(["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
                           "--name", "bad name", "--db", str(tmp_path / "t.duckdb")], capsys)  # fmt: skip
     assert "--name" in _one_error_line(code, err)
-    code, _, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
+    code, _, err = cli_main(["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
                           "--seeds", "0", "--db", str(tmp_path / "t.duckdb")], capsys)  # fmt: skip
     assert "--seeds" in _one_error_line(code, err)
 
@@ -684,7 +689,7 @@ def test_cli_sweep_bad_settings_are_one_line(
 def test_a_model_given_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="model 'scripted/x' is given twice"):
         _cfg("best-of-n:n=1,2", models=("scripted/x", "scripted/y", "scripted/x"))
-    code, _, err = cli_main(["sweep", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
+    code, _, err = cli_main(["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1",
                           "--model", "scripted/x", "--model", "scripted/x",
                           "--db", str(tmp_path / "t.duckdb")], capsys)  # fmt: skip
     assert "is given twice" in _one_error_line(code, err)
@@ -692,7 +697,7 @@ def test_a_model_given_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_validate_checks_every_loop_and_model_before_running(tmp_path: Path) -> None:
-    cfg = SweepConfig(name="v", tasks=task_file(tmp_path), models=("scripted/not-registered",),
+    cfg = SweepConfig(verifier="oracle", name="v", tasks=task_file(tmp_path), models=("scripted/not-registered",),
                       grid="best-of-n:n=1,2", db=str(tmp_path / "t.duckdb"), sandbox="process")  # fmt: skip
     with pytest.raises(UserError, match="not-registered"):
         validate(cfg)
@@ -735,7 +740,7 @@ def test_a_point_whose_tasks_failed_is_failed_and_retried(tmp_path: Path) -> Non
         return Fault("bad_request") if broken["on"] else "The answer is 3."
 
     model = ScriptedModel(reply)
-    cfg = SweepConfig(name="flaky", tasks=task_file(tmp_path), models=(model.register(),),
+    cfg = SweepConfig(verifier="oracle", name="flaky", tasks=task_file(tmp_path), models=(model.register(),),
                       grid="best-of-n:n=1,2", db=str(tmp_path / "f.duckdb"),
                       sandbox="process")  # fmt: skip
     events: list[SweepEvent] = []

@@ -1,4 +1,10 @@
-"""Math-answer checking: extract a final answer and decide equivalence with ``math-verify``.
+"""Math-answer checking: equivalence of a whole response with a reference, by ``math-verify``.
+
+``math-verify`` parses the *whole* response with its own extraction (LaTeX, ``\\boxed{}``,
+"the answer is", expressions), so fractions, tuples, sets, intervals, matrices, several boxed
+answers and ``x = ...`` assignments keep their structure. A GSM8K ``#### N`` line is handed
+to it on its own. ``extract_answer`` (below) is a fast, dependency-free guess at the final
+answer for display and vote keys; the verdict never depends on it except where noted.
 
 ``math-verify`` (and the sympy it drives) can hang on pathological input, and it raises when
 its own signal-based timeouts are used outside the main thread. So every parse+verify runs in
@@ -9,11 +15,14 @@ worker is killed and replaced, and the verdict is ``passed=False, timed_out=True
 Policies:
 
 - ``"strict"``: ``math-verify`` decides.
-- ``"lenient"``: additionally accept an exact numeric match of the extracted number after
-  stripping units and percent signs (``"18 dollars"`` vs ``"18"``, ``"10\\%"`` vs ``"10"``).
+- ``"lenient"``: when math-verify says no, additionally accept an answer given by an explicit
+  marker (``\\boxed{}``, ``#### N``, "the answer is") that equals the reference after
+  stripping units, percent signs and ``\\text{}`` (``"18 dollars"`` vs ``"18"``, ``"Evelyn"``
+  vs ``"\\text{Evelyn}"``).
 
-When both the extracted answer and the reference are plain numbers they are compared exactly
-as fractions, without touching the worker.
+A response that is nothing but a plain number (``"42"``, ``"The answer is 42."``, a lone
+``\\boxed{42}``) against a plain-number reference is compared exactly as fractions, without
+touching the worker: math-verify gives the same verdict there.
 
 The checker is thread-safe (one lock around the worker) and can be used from asyncio via
 ``await asyncio.to_thread(checker.check, response, reference)``.
@@ -33,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Policy = Literal["strict", "lenient"]
 
-VERSION = "math-1"
+VERSION = "math-2"
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds allowed for one parse+verify in the worker."""
@@ -50,6 +59,11 @@ _HASHES = re.compile(r"####\s*([^\n]+)")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(.+?)(?:\.(?=\s|$)|\n|$)", re.IGNORECASE | re.DOTALL)
 _LAST_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_LONE_NUMBER = re.compile(
+    r"^\s*(?:(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*:?\s*)?\**\s*"
+    r"(?P<n>[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s*\**\s*\.?\s*$",
+    re.IGNORECASE,
+)
 _PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
 
 
@@ -101,6 +115,39 @@ def extract_answer(text: str) -> str | None:
     return _clean(numbers[-1]) if numbers else None
 
 
+def marked_answer(text: str) -> str | None:
+    """The answer after an explicit marker (last ``\\boxed{}``, ``#### N``, "the answer is"),
+    or None: unlike ``extract_answer`` no last-number guess."""
+    boxed = _last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return _clean(boxed) or None
+    for pat in (_HASHES, _ANSWER_IS):
+        found = pat.findall(text)
+        if found and _clean(found[-1]):
+            return _clean(found[-1])
+    return None
+
+
+_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
+
+
+def _words(s: str) -> str:
+    """A text answer as lower-case words (``\\text{}`` unwrapped, punctuation dropped)."""
+    s = _TEXT_WRAP.sub(r"\1", s.replace("$", ""))
+    return " ".join(re.sub(r"[^\w\s.-]", " ", s).lower().split()).strip(". ")
+
+
+def _same_lenient(answer: str, reference: str) -> bool:
+    """Equal up to units, percent signs and ``\\text{}``: numbers exactly, text by words."""
+    a, b = _lenient_fraction(answer), _lenient_fraction(reference)
+    if a is not None and b is not None:
+        return a == b
+    if a is None and b is None:
+        wa, wb = _words(answer), _words(reference)
+        return bool(wa) and wa == wb and not any(c.isdigit() for c in wa)
+    return False
+
+
 def _plain_fraction(s: str) -> Fraction | None:
     """``s`` as an exact Fraction when it is a plain number (``3``, ``-0.5``, ``3/4``, ``1,000``)."""
     s = s.strip()
@@ -142,9 +189,17 @@ def _as_math(s: str) -> str:
 
 
 def verify_pair(extracted: str, reference: str) -> bool:
-    """math-verify equivalence of two answers, with math-verify's own timeouts disabled.
+    """math-verify equivalence of two bare answers (each wrapped as LaTeX math)."""
+    return verify_response(_as_math(extracted), reference, policy="strict")[0]
 
-    Runs in the worker process; call it directly only where a hang is acceptable.
+
+def verify_response(
+    response: str, reference: str, policy: Policy = "strict"
+) -> tuple[bool, str | None]:
+    """(equivalent?, the answer math-verify read) for a whole response against a reference.
+
+    Runs in the worker process with math-verify's own timeouts disabled; call it directly
+    only where a hang is acceptable.
     """
     import logging
 
@@ -152,10 +207,16 @@ def verify_pair(extracted: str, reference: str) -> bool:
     from math_verify import parse, verify
 
     gold = parse(_as_math(reference), parsing_timeout=None)  # type: ignore[arg-type]
-    pred = parse(_as_math(extracted), parsing_timeout=None)  # type: ignore[arg-type]
-    if not gold or not pred:
-        return False
-    return bool(verify(gold, pred, timeout_seconds=None))
+    hashes = _HASHES.findall(response)
+    text = _as_math(_clean(hashes[-1])) if hashes else response  # GSM8K's final-answer line
+    pred = parse(text, parsing_timeout=None)  # type: ignore[arg-type]
+    got = str(pred[-1]) if pred else None
+    ok = bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+    if not ok and policy == "lenient":
+        marked = marked_answer(response)
+        if marked is not None and _same_lenient(marked, reference):
+            return True, marked
+    return ok, got
 
 
 def _worker_main(conn: Connection) -> None:
@@ -174,7 +235,7 @@ def _worker_main(conn: Connection) -> None:
         if job is None:
             return
         try:
-            conn.send(("ok", verify_pair(*job)))
+            conn.send(("ok", verify_response(*job)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -202,9 +263,10 @@ class _Worker:
             self.kill()
             raise RuntimeError("math-check worker failed to start")
 
-    def call(self, extracted: str, reference: str, timeout: float) -> tuple[str, Any]:
-        """``("ok", bool)``, ``("error", msg)`` or ``("timeout", None)``; kills itself on timeout."""
-        self.conn.send((extracted, reference))
+    def call(self, job: tuple[Any, ...], timeout: float) -> tuple[str, Any]:
+        """``("ok", result)``, ``("error", msg)`` or ``("timeout", None)``; kills itself on
+        timeout. ``job`` is ``verify_response``'s arguments."""
+        self.conn.send(job)
         if not self.conn.poll(timeout):
             self.kill()
             return ("timeout", None)
@@ -287,42 +349,40 @@ class MathChecker:
         )
 
     def check_quick(self, response: str, reference: str) -> MathVerdict | None:
-        """The verdict when it needs no worker (no answer, plain numbers), else None.
+        """The verdict when it needs no worker, else None: an empty response, or a response
+        that is only a plain number against a plain-number reference (math-verify agrees).
 
         Never blocks: safe to call on an event loop.
         """
-        return self._quick(extract_answer(response), _clean(reference), reference)
-
-    def _quick(self, got: str | None, want: str, reference: str) -> MathVerdict | None:
-        if got is None:
+        if not response.strip():
             return self._verdict(False, None, reference, "no final answer found")
-        a, b = _plain_fraction(got), _plain_fraction(want)
-        if a is not None and b is not None:  # exact, no worker
-            return self._verdict(a == b, got, reference, _message(a == b, got))
-        if self.policy == "lenient":
-            la, lb = _lenient_fraction(got), _lenient_fraction(want)
-            if la is not None and lb is not None and la == lb:
-                return self._verdict(True, got, reference, _message(True, got))
-        return None
+        m = _LONE_NUMBER.match(response)
+        a = _plain_fraction(m["n"]) if m else None
+        b = _plain_fraction(_clean(reference))
+        if a is None or b is None or m is None:
+            return None
+        got = _clean(m["n"])
+        return self._verdict(a == b, got, reference, _message(a == b, got))
 
     def check(self, response: str, reference: str) -> MathVerdict:
-        """Check the final answer of ``response`` against ``reference``."""
-        got, want = extract_answer(response), _clean(reference)
-        quick = self._quick(got, want, reference)
+        """Check ``response`` (the whole text) against ``reference``."""
+        quick = self.check_quick(response, reference)
         if quick is not None:
             return quick
-        assert got is not None  # "no final answer" is decided by _quick
-        ok_msg, bad_msg = _message(True, got), _message(False, got)
-        tag, value = self._call(got, want)
+        guess = extract_answer(response)
+        tag, value = self._call(response, reference)
         if tag == "timeout":
-            return self._verdict(
-                False, got, reference, f"could not verify the final answer {got} in time", True
-            )
+            shown = guess or "the answer"
+            return self._verdict(False, guess, reference, f"could not verify {shown} in time", True)
         if tag == "error":
-            return self._verdict(False, got, reference, f"could not verify {got}: {value}")
-        return self._verdict(bool(value), got, reference, ok_msg if value else bad_msg)
+            return self._verdict(False, guess, reference, f"could not verify the answer: {value}")
+        ok, got = value
+        if got is None and not ok:
+            return self._verdict(False, guess, reference, "no final answer found")
+        shown = got if got is not None else (guess or "?")
+        return self._verdict(bool(ok), shown, reference, _message(bool(ok), shown))
 
-    def _call(self, extracted: str, reference: str) -> tuple[str, Any]:
+    def _call(self, response: str, reference: str) -> tuple[str, Any]:
         with self._lock:
             if self._worker is None or not self._worker.alive():
                 try:
@@ -330,7 +390,7 @@ class MathChecker:
                 except RuntimeError as exc:
                     self._worker = None
                     return ("error", str(exc))
-            result = self._worker.call(extracted, reference, self.timeout)
+            result = self._worker.call((response, reference, self.policy), self.timeout)
             if result[0] == "timeout" or not self._worker.alive():
                 self._worker.kill()
                 self._worker = None  # recreated lazily on the next call

@@ -40,6 +40,7 @@ __all__ = [
     "mean_pass_at_k",
     "pairwise_judge_stats",
     "pass_at_k",
+    "tally",
     "transitions",
     "vote",
 ]
@@ -140,7 +141,14 @@ def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
 
 
 def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> str | None:
-    """Plurality (or weighted) vote over answer keys, as in self-consistency (Wang et al. 2023).
+    """The winner of :func:`tally`."""
+    return tally(answers, weights)[0]
+
+
+def tally(
+    answers: Sequence[str | None], weights: Sequence[float] | None = None
+) -> tuple[str | None, dict[str, float]]:
+    """(winner, score per key) of a plurality (or weighted) vote over answer keys, as in self-consistency (Wang et al. 2023).
 
     ``score(key) = sum_{i : answers[i] == key} w_i`` with ``w_i = 1`` when ``weights`` is None.
     ``None`` answers (unparsed) are ignored. The highest score wins; ties go to the key whose
@@ -164,7 +172,7 @@ def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) 
     for key, score in scores.items():
         if score > best_score:  # strict: an equal later key never displaces an earlier one
             best, best_score = key, score
-    return best
+    return best, scores
 
 
 def maj_at_k(

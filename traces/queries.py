@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from loopwright.traces.store import TraceStore
@@ -51,9 +52,24 @@ def cache_lookup(store: TraceStore, cache_key: str, n: int) -> list[dict[str, An
     return rows if len(rows) == n else None
 
 
+def verifier_label(config: str | dict[str, Any] | None) -> tuple[str, bool]:
+    """How a run's in-loop verifier is shown, and whether it read the answer key.
+
+    Runs recorded before in-loop verifiers were chosen (no ``verifier`` in their config)
+    checked drafts against the reference: they are oracle runs.
+    """
+    cfg = json.loads(config) if isinstance(config, str) else dict(config or {})
+    if "verifier" not in cfg:
+        return "oracle (legacy)", True
+    names = sorted(set((cfg.get("verifiers") or {}).values())) or [str(cfg["verifier"])]
+    oracle = bool(cfg.get("oracle")) or "oracle" in names
+    return ",".join(names), oracle
+
+
 def list_runs(store: TraceStore) -> list[dict[str, Any]]:
-    """One summary row per run, newest first."""
-    return store.query(
+    """One summary row per run, newest first, with its in-loop verifier (``verifier``,
+    ``oracle``)."""
+    rows = store.query(
         """
         WITH t AS (
             SELECT run_id,
@@ -75,11 +91,14 @@ def list_runs(store: TraceStore) -> list[dict[str, Any]]:
                coalesce(t.cost_usd, 0) AS cost_usd,
                date_diff('millisecond', r.started_at, coalesce(r.finished_at, t.last_finished))
                    / 1000.0 AS wall_s,
-               r.started_at
+               r.started_at, r.config
         FROM runs r LEFT JOIN t USING (run_id)
         ORDER BY r.started_at DESC
         """
     )
+    for r in rows:
+        r["verifier"], r["oracle"] = verifier_label(r.pop("config"))
+    return rows
 
 
 def run_summary(store: TraceStore, run_id: str) -> dict[str, Any]:

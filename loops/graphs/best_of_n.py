@@ -207,7 +207,7 @@ async def _score_each(
 
 async def _judge_all(ctx: LoopContext, cands: Sequence[Candidate]) -> dict[str, Any]:
     opts = _opts(ctx)
-    client = ctx.client
+    client = ctx.client_for("judge")
     if opts.judge_model is not None:  # same retries, timeouts and cache; its own endpoint
         cfg = ctx.client.config.model_copy(
             update={"model": opts.judge_model, "api_base": opts.judge_api_base}

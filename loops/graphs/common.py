@@ -9,20 +9,24 @@ same everywhere.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from langgraph.graph import END
+from loopwright.loops import answers
 from loopwright.loops.client import Sample
 from loopwright.loops.context import LoopContext
 from loopwright.loops.graphs.base import LoopOutcome
-from loopwright.loops.prompts import render
+from loopwright.loops.prompts import (  # noqa: F401  (re-exported for loops)
+    DRAFT_PROMPTS,
+    draft_messages,
+    draft_prompt,
+    flavour,
+    messages,
+)
 from loopwright.loops.tasks import Task
 from loopwright.loops.verify import extract_answer, run_verifier
-
-DRAFT_PROMPTS = "self_refine"
-"""The prompt file whose ``system`` and ``generate_{math,code,text}`` keys write first drafts."""
+from loopwright.traces.metrics import tally
 
 
 class Candidate(TypedDict):
@@ -38,24 +42,6 @@ class Candidate(TypedDict):
     logprob: float | None
     round: int
     depth: int
-
-
-def flavour(task: Task) -> str:
-    """Which prompt family fits the task: math, code or text."""
-    return task.kind if task.kind in ("math", "code") else "text"
-
-
-def messages(user: str, *, prompts: str = DRAFT_PROMPTS) -> list[dict[str, Any]]:
-    """System prompt of ``prompts`` plus one user turn."""
-    return [
-        {"role": "system", "content": render(prompts, "system")},
-        {"role": "user", "content": user},
-    ]
-
-
-def draft_prompt(task: Task) -> str:
-    """The first-draft prompt for ``task`` (by kind)."""
-    return render(DRAFT_PROMPTS, f"generate_{flavour(task)}", question=task.prompt.rstrip())
 
 
 def add_candidate(
@@ -98,7 +84,7 @@ async def verify(ctx: LoopContext, cand: Candidate) -> Candidate:
     """
     if ctx.verifier is None:
         return cand
-    v = await run_verifier(ctx.verifier, ctx.task, cand["text"])
+    v = await run_verifier(ctx.verifier, ctx.task, cand["text"], ctx)
     ctx.record_verdict(
         v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=cand["node_id"], stage="in_loop")
     )
@@ -128,30 +114,9 @@ def best(cands: Iterable[Candidate]) -> Candidate | None:
     return max(reversed(ranked), key=lambda c: (bool(c["passed"]), c["score"] or 0.0, c["round"]))
 
 
-_SPACE = re.compile(r"\s+")
-
-
 def normalise_answer(task: Task, answer: str | None) -> str | None:
-    """A voting key: equal keys mean the same answer.
-
-    Math answers go through the math checker's extraction already; here numbers are put in
-    one form (``"12.0"``, ``"12"``, ``"1,2"`` thousands) and whitespace/``$`` dropped. Code
-    compares with whitespace collapsed; text case-insensitively.
-    """
-    if answer is None:
-        return None
-    a = answer.strip()
-    if task.kind == "math":
-        a = a.strip("$ ").replace("\\!", "").replace(" ", "")
-        plain = a.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", a) else a
-        try:
-            num = float(plain)
-        except ValueError:
-            return a
-        return str(int(num)) if num.is_integer() else repr(num)
-    if task.kind == "code":
-        return _SPACE.sub(" ", a)
-    return _SPACE.sub(" ", a).lower()
+    """A voting key for ``task``'s kind (``loopwright.loops.answers.normalise_answer``)."""
+    return answers.normalise_answer(task.kind, answer)
 
 
 def vote(
@@ -161,20 +126,8 @@ def vote(
 
     Ties go to the answer seen first, so the result is deterministic.
     """
-    cands = list(cands)
-    ws = list(weights) if weights is not None else [1.0] * len(cands)
-    tally: dict[str, float] = {}
-    order: dict[str, int] = {}
-    for i, (c, w) in enumerate(zip(cands, ws, strict=True)):
-        key = normalise_answer(task, c["answer"])
-        if key is None:
-            continue
-        tally[key] = tally.get(key, 0.0) + w
-        order.setdefault(key, i)
-    if not tally:
-        return None, {}
-    winner = max(tally, key=lambda k: (tally[k], -order[k]))
-    return winner, dict(tally)
+    keys = [normalise_answer(task, c["answer"]) for c in cands]
+    return tally(keys, list(weights) if weights is not None else None)
 
 
 def outcome(

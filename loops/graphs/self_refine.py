@@ -126,7 +126,7 @@ async def verify(state: State, config: RunnableConfig) -> dict[str, Any]:
     last = drafts[-1]
     if ctx.verifier is None:
         return {}
-    v = await run_verifier(ctx.verifier, ctx.task, last["text"])
+    v = await run_verifier(ctx.verifier, ctx.task, last["text"], ctx)
     ctx.record_verdict(
         v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=last["node_id"], stage="in_loop")
     )

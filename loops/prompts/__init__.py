@@ -5,7 +5,13 @@ from __future__ import annotations
 import tomllib
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loopwright.loops.tasks import Task
+
+DRAFT_PROMPTS = "self_refine"
+"""The prompt file whose ``system`` and ``generate_{math,code,text}`` keys write first drafts."""
 
 
 @cache
@@ -16,3 +22,26 @@ def load(name: str) -> dict[str, Any]:
 
 def render(name: str, key: str, **fields: Any) -> str:
     return str(load(name)[key]).format(**fields).strip()
+
+
+def flavour(task: Task) -> str:
+    """Which prompt family fits the task: math, code or text."""
+    return task.kind if task.kind in ("math", "code") else "text"
+
+
+def messages(user: str, *, prompts: str = DRAFT_PROMPTS) -> list[dict[str, Any]]:
+    """System prompt of ``prompts`` plus one user turn."""
+    return [
+        {"role": "system", "content": render(prompts, "system")},
+        {"role": "user", "content": user},
+    ]
+
+
+def draft_prompt(task: Task) -> str:
+    """The first-draft prompt for ``task`` (by kind)."""
+    return render(DRAFT_PROMPTS, f"generate_{flavour(task)}", question=task.prompt.rstrip())
+
+
+def draft_messages(task: Task) -> list[dict[str, Any]]:
+    """The messages of a first draft of ``task``: what every loop's generator sends."""
+    return messages(draft_prompt(task))

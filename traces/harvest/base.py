@@ -140,7 +140,14 @@ def build_candidates(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> No
         GROUP BY node_id, stage""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE nodes_f AS
-        SELECT n.*, r.name AS run_name, r.config_hash, r.model AS run_model
+        SELECT n.*, r.name AS run_name, r.config_hash, r.model AS run_model,
+               -- the run's in-loop verifier; runs from before verifiers were chosen checked
+               -- against the reference, so they count as oracle runs
+               coalesce(nullif(array_to_string(list_sort(list_distinct(
+                   json_extract_string(r.config, '$.verifiers.*'))), ','), ''),
+                   json_extract_string(r.config, '$.verifier'), 'oracle (legacy)') AS verifier,
+               coalesce(CAST(json_extract(r.config, '$.oracle') AS BOOLEAN),
+                        json_extract_string(r.config, '$.verifier') IS NULL) AS oracle
         FROM src.nodes n JOIN src.runs r USING (run_id)
         WHERE {_filters("n", opts)}""")
     stage = opts.label
@@ -152,7 +159,7 @@ def build_candidates(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> No
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE cand AS
         SELECT n.node_id, n.parent_id, n.run_id, n.run_name, n.config_hash, n.task_id,
-               n.loop, coalesce(n.model, n.run_model) AS model, n.role, n.depth, n.round,
+               n.verifier, n.oracle, n.loop, coalesce(n.model, n.run_model) AS model, n.role, n.depth, n.round,
                n.content, n.answer, n.value, n.is_final, n.created_at,
                t.prompt, t.kind, pr.prompt_key, pr.prompt_h,
                md5(dtext(n.content)) AS content_h,
@@ -251,7 +258,7 @@ def provenance_sql(c: str, node_ids: str, label: str, passed: str) -> str:
         f"{{'run_id': {c}.run_id, 'run_name': {c}.run_name, 'task_id': {c}.task_id, "
         f"'node_ids': {node_ids}, 'model': {c}.model, 'loop': {c}.loop, "
         f"'config_hash': {c}.config_hash, 'round': {c}.round, 'label': {lit(label)}, "
-        f"'passed': {passed}}}"
+        f"'passed': {passed}, 'verifier': {c}.verifier, 'oracle': {c}.oracle}}"
     )
 
 

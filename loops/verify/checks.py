@@ -1,28 +1,25 @@
-"""In-loop verifiers and the held-out grader, chosen by task kind.
+"""The checks against a task's answer key: the held-out grader's, chosen by task kind.
 
-The in-loop verifier is what a loop may see and optimise; the grader is the final check
-against the reference. Both are stored (``verdicts.stage``) so a loop that games its own
-checks is visible. Math tasks are checked by the math checker (math-verify in a worker
-process, lenient about units); code tasks with tests run them in a sandbox (``CodeTests``).
+Math tasks are checked by the math checker (math-verify over the whole response in a worker
+process, lenient about units); code tasks run their (hidden) tests in a sandbox
+(``CodeTests``). These checks read the reference and the hidden tests, so a loop sees them
+only through the ``oracle`` in-loop verifier, opt-in.
 
-Verifiers block (a worker process, a sandbox run): loops call them through
-``run_verifier``, which takes a verifier's non-blocking ``quick`` verdict when it has one (a
-plain number against a plain number) and goes to a thread otherwise; ``verify_many`` checks a
-batch on a thread pool.
+Checks block (a worker process, a sandbox run): loops call them through ``run_check``, which
+takes a check's non-blocking ``quick`` verdict when it has one and goes to a thread
+otherwise; ``verify_many`` checks a batch on a thread pool.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
 
 from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.tasks import Task
+from loopwright.loops.verify.base import Check, Verdict
 from loopwright.sandboxes import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -34,62 +31,6 @@ from loopwright.sandboxes import (
 from loopwright.sandboxes.base import INSTALL_HINT
 from loopwright.tools import code_tests, math_check
 from loopwright.tools.code_tests import CodeTestResult
-from loopwright.traces.records import VerdictRecord
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class Verdict(BaseModel):
-    """A verifier's judgement of one response."""
-
-    model_config = ConfigDict(frozen=True)
-
-    passed: bool
-    score: float = Field(description="1.0 pass, 0.0 fail; partial credit where a verifier has it.")
-    answer: str | None = Field(None, description="The answer the verifier extracted.")
-    feedback: str = ""
-    verifier: str
-    version: str
-    latency_s: float = 0.0
-    details: dict[str, Any] = Field(
-        default_factory=dict, description="Verifier-specific facts, stored in verdicts.details."
-    )
-
-    def record(
-        self, *, run_id: str, task_id: str, node_id: str | None, stage: str
-    ) -> VerdictRecord:
-        return VerdictRecord(
-            run_id=run_id,
-            task_id=task_id,
-            node_id=node_id,
-            stage=stage,  # type: ignore[arg-type]
-            verifier=self.verifier,
-            verifier_version=self.version,
-            passed=self.passed,
-            score=self.score,
-            feedback=self.feedback,
-            details=json.dumps({"answer": self.answer, **self.details}),
-            latency_s=self.latency_s,
-        )
-
-
-class Verifier(Protocol):
-    name: str
-
-    def __call__(self, task: Task, response: str) -> Verdict: ...
-
-
-async def run_verifier(verifier: Verifier, task: Task, response: str) -> Verdict:
-    """``verifier(task, response)`` off the event loop, unless it can answer without blocking.
-
-    A thread hop costs a GIL hand-off and a wake-up of the loop: ~1 ms of CPU per task at 64
-    in flight (benchmarks/throughput.py), more than the check itself for plain numbers.
-    """
-    quick = getattr(verifier, "quick", None)
-    if quick is not None:
-        v = quick(task, response)
-        if v is not None:
-            return v  # type: ignore[no-any-return]
-    return await asyncio.to_thread(verifier, task, response)
 
 
 class MathAnswer:
@@ -235,8 +176,8 @@ def _has_code_tests(task: Task) -> bool:
 
 
 # -- choosing --------------------------------------------------------------------------------
-def verifier_for(task: Task, *, sandbox: str = DEFAULT_BACKEND) -> Verifier | None:
-    """The in-loop verifier for a task, or None when none applies.
+def grader_for(task: Task, *, sandbox: str = DEFAULT_BACKEND) -> Check | None:
+    """The held-out grader: compares with the reference; for code, runs the hidden tests.
 
     ``sandbox`` is the backend code tests run in (``bwrap`` unless the user chose another).
     """
@@ -247,11 +188,6 @@ def verifier_for(task: Task, *, sandbox: str = DEFAULT_BACKEND) -> Verifier | No
     return None
 
 
-def grader_for(task: Task, *, sandbox: str = DEFAULT_BACKEND) -> Verifier | None:
-    """The held-out grader (compares with the reference; for code, runs the hidden tests)."""
-    return verifier_for(task, sandbox=sandbox)
-
-
 def verify_many(
     items: Iterable[tuple[Task, str]],
     *,
@@ -259,7 +195,7 @@ def verify_many(
     sandbox: str = DEFAULT_BACKEND,
     limits: SandboxLimits | None = None,
 ) -> list[Verdict | None]:
-    """Verify ``(task, response)`` pairs on a thread pool; verdicts in input order.
+    """Grade ``(task, response)`` pairs on a thread pool; verdicts in input order.
 
     None where a task has no verifier. ``limits`` apply to each code-test run. A
     ``UserError`` (e.g. no sandbox) propagates.
@@ -271,10 +207,10 @@ def verify_many(
 
     def one(pair: tuple[Task, str]) -> Verdict | None:
         task, response = pair
-        verifier = verifier_for(task, sandbox=sandbox)
-        if isinstance(verifier, CodeTests):
-            verifier = code
-        return verifier(task, response) if verifier is not None else None
+        check = grader_for(task, sandbox=sandbox)
+        if isinstance(check, CodeTests):
+            check = code
+        return check(task, response) if check is not None else None
 
     if concurrency == 1 or len(pairs) <= 1:
         return [one(p) for p in pairs]
