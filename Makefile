@@ -51,9 +51,14 @@ bench: install sysdeps
 
 # The experiment in docs/experiments.md: the embedded model on 20 builtin:arithmetic and 20
 # builtin:code tasks, best-of-n (with majority and weighted vote read from its samples),
-# self-refine and Reflexion at matched budgets. About 1 h on an idle 2-core machine;
-# re-running resumes. Traces in build/experiments/, reports in docs/experiments/.
-EXP_GRID := best-of-n:n=1,2,4,8; self-refine:rounds=1,2; reflexion:trials=1,2
+# self-refine and Reflexion at matched budgets, each with the honest default in-loop verifier
+# (self-check for math, visible tests for code) and again with the oracle (the grader's check
+# in the loop: an upper bound) beside it. Re-running resumes. Traces in build/experiments/,
+# reports in docs/experiments/.
+EXP_LOOPS := best-of-n:n=1,2,4,8; self-refine:rounds=1,2; reflexion:trials=1,2
+EXP_ORACLE := best-of-n(verifier=oracle):n=1,2,4,8; self-refine(verifier=oracle):rounds=1,2; \
+	reflexion(verifier=oracle):trials=1,2
+EXP_GRID := $(EXP_LOOPS); $(EXP_ORACLE)
 experiment: install sysdeps
 	mkdir -p build/experiments
 	$(VENV)/bin/loopwright sweep --tasks builtin:arithmetic --limit 20 --grid "$(EXP_GRID)" \

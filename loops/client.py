@@ -9,6 +9,7 @@ every request, and one trace row per sample.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -359,14 +360,19 @@ class ModelClient:
         stop: list[str] | None = None,
         budget: Budget | None = None,
         context: CallContext | None = None,
+        role: str | None = None,
     ) -> list[Sample]:
         """Draw ``n`` completions. Raises BudgetExhausted before spending, ModelCallError after retries.
 
         The ``n`` calls are reserved in ``budget`` (and its parents) until they are charged, so
         concurrent requests cannot together overshoot a call limit each one fits alone.
+        ``role`` names the calls' role in the trace when ``context`` does not (a tool's
+        default, e.g. ``judge``).
         """
         if n < 1:
             raise ValueError("n must be >= 1")
+        if role is not None and (context is None or context.role is None):
+            context = dataclasses.replace(context or CallContext(), role=role)
         if budget is None:
             return await self._sample(
                 messages, n, temperature, max_tokens, seed, stop, None, context

@@ -1,4 +1,5 @@
-"""Errors split by whose fault they are.
+"""Errors split by whose fault they are (defined in ``loopwright.tools.errors``, so tools
+raise the same classes; ``first_error`` is the CLI's one-line form of a validation error).
 
 ``UserError`` — the user can fix it (bad task file, unknown loop or model, missing API key):
 the CLI prints its message as one line, no traceback. Anything else is a bug or an outside
@@ -7,32 +8,9 @@ failure and keeps its traceback.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
+from loopwright.tools.errors import BudgetExhausted, ModelCallError, UserError, unknown
 
-
-class UserError(Exception):
-    """Something the user can fix; the message says what to do."""
-
-
-class ModelCallError(Exception):
-    """A model call failed after retries (or with an error that is not worth retrying)."""
-
-
-class BudgetExhausted(Exception):
-    """A task or run budget has no room for another call."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def unknown(kind: str, name: str, valid: Iterable[str]) -> UserError:
-    """A UserError naming the valid choices and the closest match."""
-    valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" — did you mean {close[0]!r}?" if close else ""
-    return UserError(f"unknown {kind} {name!r}{hint} (choose from: {', '.join(valid)})")
+__all__ = ["BudgetExhausted", "ModelCallError", "UserError", "first_error", "unknown"]
 
 
 def first_error(exc: Exception, *, as_flag: bool = False) -> str:

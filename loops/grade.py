@@ -33,7 +33,14 @@ from typing import Any
 
 from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.tasks import Task, load_tasks
-from loopwright.loops.verify import CodeTests, Verdict, Verifier, grader_for, shared_sandbox
+from loopwright.loops.verify import (
+    CodeTests,
+    Verdict,
+    Verifier,
+    grader_for,
+    shared_sandbox,
+    verdict_record,
+)
 from loopwright.sandboxes import BACKENDS, SandboxLimits
 from loopwright.traces import TraceStore, TraceWriter, VerdictRecord
 from pydantic import BaseModel, Field
@@ -414,8 +421,12 @@ def _grade_all(
             verdict, exc, latency = fut.result()  # a UserError (no sandbox) stops the grading
             if verdict is not None:
                 writer.write(
-                    verdict.record(
-                        run_id=ans.run_id, task_id=ans.task_id, node_id=ans.node_id, stage="graded"
+                    verdict_record(
+                        verdict,
+                        run_id=ans.run_id,
+                        task_id=ans.task_id,
+                        node_id=ans.node_id,
+                        stage="graded",
                     )
                 )
                 progress.passed += verdict.passed

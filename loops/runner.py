@@ -34,6 +34,7 @@ from loopwright.loops.verify import (
     make_verifier,
     resolve,
     run_check,
+    verdict_record,
 )
 from loopwright.traces import (
     TaskRecord,
@@ -433,8 +434,8 @@ async def _run_task(
             v = await run_check(grader, task, outcome.final_text or "")
             graded = v.passed
             writer.write(
-                v.record(
-                    run_id=run_id, task_id=task.id, node_id=outcome.final_node_id, stage="graded"
+                verdict_record(
+                    v, run_id=run_id, task_id=task.id, node_id=outcome.final_node_id, stage="graded"
                 )
             )
         for node in ctx.nodes:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from loopwright.loops.errors import UserError
 from loopwright.loops.tasks import Task, builtin_code, load_tasks
-from loopwright.loops.verify import CodeTests, grader_for, verifier_for, verify_many
+from loopwright.loops.verify import CodeTests, grader_for, verdict_record, verifier_for, verify_many
 from loopwright.loops.verify import checks as verify
 from loopwright.loops.verify.verifiers import Oracle, VisibleTests
 from loopwright.sandboxes import BwrapSandbox, SandboxLimits, SandboxUnavailable
@@ -123,7 +123,7 @@ def test_verdict_carries_name_version_score_feedback_and_code(bwrap: str) -> Non
         "killed_by": None,
         "sandbox": "bwrap",
     }
-    rec = v.record(run_id="r", task_id=task.id, node_id="n", stage="in_loop")
+    rec = verdict_record(v, run_id="r", task_id=task.id, node_id="n", stage="in_loop")
     assert (rec.verifier, rec.verifier_version) == ("code-tests", f"{VERSION}-bwrap")
     assert json.loads(rec.details or "{}")["tests_passed"] == 3
 

@@ -1,7 +1,7 @@
 """Best-of-n control flow, driven through the runner with the scripted model.
 
 Generation replies come from a list (one item per sample, in order); judge prompts are told
-apart by their text (loops/prompts/judge.toml) and rated by the answer they show.
+apart by their text (tools/prompts/judge.toml) and rated by the answer they show.
 """
 
 from __future__ import annotations

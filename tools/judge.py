@@ -1,7 +1,7 @@
 """LLM judge: rubric scores, pairwise comparisons in both orders, panels.
 
-A :class:`Judge` asks a model through :class:`~loopwright.loops.client.ModelClient`, so its
-calls are budgeted, cached and traced like every other model call (role ``"judge"``).
+A :class:`Judge` asks a model through any :class:`Sampler` (loopwright's model client is one),
+so its calls are budgeted, cached and traced like every other model call (role ``"judge"``).
 Judge outputs are parsed by :mod:`loopwright.tools.judge_parse`: what cannot be parsed
 becomes ``parsed=False`` with the raw text kept. A failed model call becomes a failed
 judgement; only an exhausted budget (and user errors) raise.
@@ -11,30 +11,53 @@ so position bias is measured rather than inherited; :func:`~loopwright.tools.jud
 turns many judgements into a bias report. :class:`~loopwright.tools.reward_model.RewardModel`
 scores answers with a reward model over HTTP. Both are re-exported here.
 
-Prompts live in ``loops/prompts/judge.toml``.
+Prompts live in ``tools/prompts/judge.toml``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
-from loopwright.loops.errors import UserError, unknown
-from loopwright.loops.prompts import render
+from loopwright.tools.errors import ModelCallError, UserError, unknown
 from loopwright.tools.judge_parse import Position, parse_preference, parse_score
 from loopwright.tools.judge_report import BiasReport, report, report_by_model
+from loopwright.tools.prompts import render
 from loopwright.tools.reward_model import RewardEndpoint, RewardModel, RewardScore
+from loopwright.tools.verdict import Verdict
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:  # imported lazily at run time: `import loopwright.tools` stays light
-    from loopwright.loops.budget import Budget
-    from loopwright.loops.client import CallContext, ModelClient
-    from loopwright.loops.verify import Verdict
+
+class Sampled(Protocol):
+    """One completion: its text."""
+
+    text: str
+
+
+class Sampler(Protocol):
+    """What a judge asks: something with a model name and an async ``sample`` (loopwright's
+    ``ModelClient``; ``budget`` and ``context`` are passed through to it untouched)."""
+
+    @property
+    def model(self) -> str: ...
+
+    async def sample(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        n: int = 1,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        budget: Any = None,
+        context: Any = None,
+        role: str | None = None,
+    ) -> Sequence[Sampled]: ...
+
 
 __all__ = [
     "VERSION",
@@ -216,8 +239,6 @@ def _head(raw: Sequence[str], limit: int = 1000) -> str:
 def _verdict(
     name: str, model: str, normalized: float | None, threshold: float, feedback: str, latency: float
 ) -> Verdict:
-    from loopwright.loops.verify import Verdict
-
     return Verdict(
         passed=normalized is not None and normalized >= threshold,
         score=normalized if normalized is not None else 0.0,
@@ -232,7 +253,6 @@ def _verdict(
 def _pair_verdict(
     name: str, model: str, winner: Winner | None, side: str, latency: float, error: str | None
 ) -> Verdict:
-    from loopwright.loops.verify import Verdict
 
     score = {None: 0.0, "tie": 0.5, side: 1.0}.get(winner, 0.0)
     feedback = (
@@ -291,7 +311,7 @@ class Judge:
 
     def __init__(
         self,
-        client: ModelClient,
+        client: Sampler,
         *,
         rubric: str | None = None,
         scale: tuple[float, float] = (1, 10),
@@ -320,14 +340,8 @@ class Judge:
     def model(self) -> str:
         return self.client.model
 
-    async def _ask(
-        self, prompt: str, budget: Budget | None, context: CallContext | None
-    ) -> tuple[list[str], str | None]:
+    async def _ask(self, prompt: str, budget: Any, context: Any) -> tuple[list[str], str | None]:
         """The judge's k raw outputs, or no outputs and the error of a failed call."""
-        from loopwright.loops.client import CallContext
-        from loopwright.loops.errors import ModelCallError
-
-        ctx = context or CallContext()
         messages = [
             {"role": "system", "content": render("judge", "system")},
             {"role": "user", "content": prompt},
@@ -340,7 +354,8 @@ class Judge:
                 max_tokens=self.max_tokens,
                 seed=self.seed,
                 budget=budget,
-                context=dataclasses.replace(ctx, role=ctx.role or "judge"),
+                context=context,
+                role="judge",
             )
         except ModelCallError as exc:  # an outside failure is data; BudgetExhausted propagates
             return [], str(exc)
@@ -354,8 +369,8 @@ class Judge:
         question: str,
         answer: str,
         reference: str | None = None,
-        budget: Budget | None = None,
-        context: CallContext | None = None,
+        budget: Any = None,
+        context: Any = None,
     ) -> PointwiseJudgement:
         """Score ``answer`` on the rubric. A failed call or unparseable output gives parsed=False."""
         t0 = time.perf_counter()
@@ -393,8 +408,8 @@ class Judge:
         a: str,
         b: str,
         reference: str | None = None,
-        budget: Budget | None = None,
-        context: CallContext | None = None,
+        budget: Any = None,
+        context: Any = None,
     ) -> PairwiseJudgement:
         """Compare ``a`` with ``b``, once with each shown first; the flip is recorded."""
         if budget is not None:  # both orders or neither: half a comparison is worthless
@@ -497,8 +512,8 @@ class Panel:
         question: str,
         answer: str,
         reference: str | None = None,
-        budget: Budget | None = None,
-        context: CallContext | None = None,
+        budget: Any = None,
+        context: Any = None,
     ) -> PanelScore:
         """Every member scores ``answer``; the scores are aggregated."""
         if budget is not None:
@@ -534,8 +549,8 @@ class Panel:
         a: str,
         b: str,
         reference: str | None = None,
-        budget: Budget | None = None,
-        context: CallContext | None = None,
+        budget: Any = None,
+        context: Any = None,
     ) -> PanelComparison:
         """Every member compares ``a`` and ``b`` (both orders); the winners are aggregated."""
         if budget is not None:

@@ -6,14 +6,11 @@ import asyncio
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from loopwright.loops.errors import UserError, unknown
+from loopwright.tools.errors import UserError, unknown
+from loopwright.tools.verdict import Verdict
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:  # imported lazily at run time: `import loopwright.tools` stays light
-    from loopwright.loops.budget import Budget
-    from loopwright.loops.verify import Verdict
 
 RewardEndpoint = Literal["pooling", "classify", "chat"]
 _FROZEN = ConfigDict(frozen=True)
@@ -38,7 +35,6 @@ class RewardScore(BaseModel):
 
     def to_verdict(self, threshold: float = 0.0) -> Verdict:
         """Passed when the reward reaches ``threshold``; the verdict score is the raw reward."""
-        from loopwright.loops.verify import Verdict
         from loopwright.tools.judge import VERSION  # lazy: judge re-exports this module
 
         return Verdict(
@@ -149,7 +145,7 @@ class RewardModel:
             return min(hinted, self.backoff_max_s)
         return min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
 
-    async def score(self, question: str, answer: str, budget: Budget | None = None) -> RewardScore:
+    async def score(self, question: str, answer: str, budget: Any = None) -> RewardScore:
         """The reward for ``answer``. Transport failures give score=None; a bad key or URL raises."""
         import httpx
         from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt

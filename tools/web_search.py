@@ -23,7 +23,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from loopwright.loops.errors import UserError
+from loopwright.tools.errors import UserError
 from loopwright.tools.search.base import MissingAPIKey, Searcher, SearchError, SearchResult
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 

@@ -47,7 +47,7 @@ from loopwright.loops.graphs.common import (
     set_node,
     verify_all,
 )
-from loopwright.loops.verify import Verdict
+from loopwright.loops.verify import Verdict, verdict_record
 from loopwright.tools.judge import Judge
 from loopwright.tools.reward_model import RewardEndpoint, RewardModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -195,8 +195,12 @@ async def _score_each(
         signals[c["node_id"]] = value
         set_node(ctx, c["node_id"], value=value)
         ctx.record_verdict(
-            verdict.record(
-                run_id=ctx.run_id, task_id=ctx.task.id, node_id=c["node_id"], stage="in_loop"
+            verdict_record(
+                verdict,
+                run_id=ctx.run_id,
+                task_id=ctx.task.id,
+                node_id=c["node_id"],
+                stage="in_loop",
             )
         )
     update: dict[str, Any] = {"signals": signals}

@@ -25,7 +25,7 @@ from loopwright.loops.prompts import (  # noqa: F401  (re-exported for loops)
     messages,
 )
 from loopwright.loops.tasks import Task
-from loopwright.loops.verify import extract_answer, run_verifier
+from loopwright.loops.verify import extract_answer, run_verifier, verdict_record
 from loopwright.traces.metrics import tally
 
 
@@ -86,7 +86,9 @@ async def verify(ctx: LoopContext, cand: Candidate) -> Candidate:
         return cand
     v = await run_verifier(ctx.verifier, ctx.task, cand["text"], ctx)
     ctx.record_verdict(
-        v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=cand["node_id"], stage="in_loop")
+        verdict_record(
+            v, run_id=ctx.run_id, task_id=ctx.task.id, node_id=cand["node_id"], stage="in_loop"
+        )
     )
     set_node(ctx, cand["node_id"], score=v.score)
     return {**cand, "passed": v.passed, "score": v.score, "feedback": v.feedback}

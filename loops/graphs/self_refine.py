@@ -20,7 +20,7 @@ from loopwright.loops.client import Sample
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.graphs.common import unless_stopped
 from loopwright.loops.prompts import render
-from loopwright.loops.verify import extract_answer, run_verifier
+from loopwright.loops.verify import extract_answer, run_verifier, verdict_record
 from pydantic import BaseModel, ConfigDict, Field
 
 PROMPTS = "self_refine"
@@ -128,7 +128,9 @@ async def verify(state: State, config: RunnableConfig) -> dict[str, Any]:
         return {}
     v = await run_verifier(ctx.verifier, ctx.task, last["text"], ctx)
     ctx.record_verdict(
-        v.record(run_id=ctx.run_id, task_id=ctx.task.id, node_id=last["node_id"], stage="in_loop")
+        verdict_record(
+            v, run_id=ctx.run_id, task_id=ctx.task.id, node_id=last["node_id"], stage="in_loop"
+        )
     )
     drafts[-1] = {**last, "passed": v.passed, "score": v.score, "feedback": v.feedback}
     for node in ctx.nodes:

@@ -1,11 +1,10 @@
-"""Prompt templates live in TOML files beside this module, not in code."""
+"""The loops' prompt templates: TOML files beside this module, not in code."""
 
 from __future__ import annotations
 
-import tomllib
-from functools import cache
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
+
+from loopwright.tools.prompts import Templates
 
 if TYPE_CHECKING:
     from loopwright.loops.tasks import Task
@@ -14,14 +13,9 @@ DRAFT_PROMPTS = "self_refine"
 """The prompt file whose ``system`` and ``generate_{math,code,text}`` keys write first drafts."""
 
 
-@cache
-def load(name: str) -> dict[str, Any]:
-    """The templates of ``<name>.toml`` as a dict of strings."""
-    return tomllib.loads(files(__name__).joinpath(f"{name}.toml").read_text(encoding="utf-8"))
-
-
-def render(name: str, key: str, **fields: Any) -> str:
-    return str(load(name)[key]).format(**fields).strip()
+_LOOPS = Templates(__name__)
+load = _LOOPS.load
+render = _LOOPS.render
 
 
 def flavour(task: Task) -> str:

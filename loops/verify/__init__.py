@@ -27,6 +27,7 @@ from loopwright.loops.verify.base import (
     resolve,
     run_check,
     run_verifier,
+    verdict_record,
     verifier_names,
 )
 from loopwright.loops.verify.checks import (
@@ -68,6 +69,7 @@ __all__ = [
     "run_check",
     "run_verifier",
     "shared_sandbox",
+    "verdict_record",
     "verifier_for",
     "verifier_names",
     "verify_many",

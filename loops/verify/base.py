@@ -19,45 +19,31 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.tasks import Task
+from loopwright.tools.verdict import Verdict
 from loopwright.traces.records import VerdictRecord
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 if TYPE_CHECKING:
     from loopwright.loops.client import ModelClient, Sample
 
 
-class Verdict(BaseModel):
-    """A verifier's judgement of one response."""
-
-    model_config = ConfigDict(frozen=True)
-
-    passed: bool
-    score: float = Field(description="1.0 pass, 0.0 fail; partial credit where a verifier has it.")
-    answer: str | None = Field(None, description="The answer the verifier extracted.")
-    feedback: str = ""
-    verifier: str
-    version: str
-    latency_s: float = 0.0
-    details: dict[str, Any] = Field(
-        default_factory=dict, description="Verifier-specific facts, stored in verdicts.details."
+def verdict_record(
+    v: Verdict, *, run_id: str, task_id: str, node_id: str | None, stage: str
+) -> VerdictRecord:
+    """The ``verdicts`` row of ``v`` for a node of a run."""
+    return VerdictRecord(
+        run_id=run_id,
+        task_id=task_id,
+        node_id=node_id,
+        stage=stage,  # type: ignore[arg-type]
+        verifier=v.verifier,
+        verifier_version=v.version,
+        passed=v.passed,
+        score=v.score,
+        feedback=v.feedback,
+        details=json.dumps({"answer": v.answer, **v.details}),
+        latency_s=v.latency_s,
     )
-
-    def record(
-        self, *, run_id: str, task_id: str, node_id: str | None, stage: str
-    ) -> VerdictRecord:
-        return VerdictRecord(
-            run_id=run_id,
-            task_id=task_id,
-            node_id=node_id,
-            stage=stage,  # type: ignore[arg-type]
-            verifier=self.verifier,
-            verifier_version=self.version,
-            passed=self.passed,
-            score=self.score,
-            feedback=self.feedback,
-            details=json.dumps({"answer": self.answer, **self.details}),
-            latency_s=self.latency_s,
-        )
 
 
 class Check(Protocol):

@@ -6,7 +6,7 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Self
 
-from loopwright.loops.errors import UserError, unknown
+from loopwright.tools.errors import UserError, unknown
 from pydantic import BaseModel, ConfigDict, Field
 
 

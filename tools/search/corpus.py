@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from loopwright.loops.errors import UserError
+from loopwright.tools.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field
 
 ID_FIELDS = ("id", "doc_id", "docid", "_id")

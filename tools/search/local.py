@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from loopwright.loops.errors import UserError
+from loopwright.tools.errors import UserError
 from loopwright.tools.search.base import Searcher, SearchResult
 from loopwright.tools.search.corpus import (
     CorpusError,
