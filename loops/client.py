@@ -144,10 +144,18 @@ class _ScriptedProvider(CustomLLM):
         return _response(f"scripted/{model}", texts, sm.count_prompt_tokens(messages))
 
 
-litellm.custom_provider_map = [
-    {"provider": "local", "custom_handler": _LocalProvider()},
-    {"provider": "scripted", "custom_handler": _ScriptedProvider()},
-]
+def _add_providers() -> None:
+    """Append our providers to litellm's map, keeping any the user registered (and replacing
+    only earlier copies of ours, e.g. after a module reload)."""
+    ours = {"local": _LocalProvider(), "scripted": _ScriptedProvider()}
+    kept = [p for p in (litellm.custom_provider_map or []) if p.get("provider") not in ours]
+    litellm.custom_provider_map = [
+        *kept,
+        *({"provider": name, "custom_handler": handler} for name, handler in ours.items()),
+    ]
+
+
+_add_providers()
 
 
 # -- retry policy ------------------------------------------------------------------------

@@ -39,9 +39,23 @@ class LoopContext:
     memo: dict[str, Any] = field(default_factory=dict)
     """Per-task scratch space for verifiers (e.g. consistency's reference samples)."""
 
+    pool: dict[tuple[str, str | None], ModelClient] = field(default_factory=dict)
+    """The run's clients by (model, api_base): one per model for the whole run, closed with it."""
+
     def client_for(self, role: str) -> ModelClient:
         """The client of ``role``'s model (``--role-model ROLE=MODEL``), else the run's."""
         return self.clients.get(role, self.client)
+
+    def client_of(self, model: str, api_base: str | None = None) -> ModelClient:
+        """The run's client for ``model`` at ``api_base`` (made once, with the run's retry,
+        timeout and cache settings), e.g. a loop option's judge model."""
+        if model == self.client.model and api_base == self.client.config.api_base:
+            return self.client
+        key = (model, api_base)
+        if key not in self.pool:
+            cfg = self.client.config.model_copy(update={"model": model, "api_base": api_base})
+            self.pool[key] = ModelClient(cfg, writer=self.writer)
+        return self.pool[key]
 
     def call_seed(self, role: str, round_: int, extra: int = 0) -> int:
         """A deterministic per-call seed: same run seed, task, role and round -> same seed."""

@@ -265,6 +265,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
                     base_cfg.model_copy(update={"model": model}), writer=writer
                 )
         clients = {role: by_model[m] for role, m in cfg.role_models.items()}
+        pool: dict[tuple[str, str | None], ModelClient] = {}  # loop options' own models
         graph = spec.build()
         _freeze_imports()
         run_budget = Budget(cfg.run_budget)
@@ -290,6 +291,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
                     index[task.id],
                     run_budget,
                     clients,
+                    pool,
                 )
             progress.done += 1
             progress.failed += rec.status == "failed"
@@ -303,7 +305,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
             await asyncio.gather(*(one(t) for t in todo))
             status = "done"
         finally:
-            for c in by_model.values():
+            for c in [*by_model.values(), *pool.values()]:
                 await c.aclose()
             writer.flush()
             store.execute(
@@ -380,12 +382,14 @@ async def _run_task(
     idx: int,
     run_budget: Budget,
     clients: dict[str, ModelClient] | None = None,
+    pool: dict[tuple[str, str | None], ModelClient] | None = None,
 ) -> TaskRecord:
     budget = Budget(cfg.budget, parent=run_budget)
     ctx = LoopContext(
         task=task.blind(),  # the loop never sees the answer key; the grader below does
         client=client,
         clients=clients or {},
+        pool=pool if pool is not None else {},
         verifier=make_verifier(
             cfg.verifier, task, options=cfg.verifier_options, sandbox=cfg.sandbox
         ),

@@ -436,3 +436,19 @@ async def test_in_process_models_are_not_timed_out() -> None:
     client = _client(model, timeout_s=0.05, max_attempts=2)
     [s] = await client.sample(MSG)
     assert s.text == "done" and len(model.calls) == 1
+
+
+def test_our_litellm_providers_are_appended_not_replacing_the_users() -> None:
+    import litellm
+    from loopwright.loops import client as client_mod
+
+    saved = list(litellm.custom_provider_map)
+    mine = {"provider": "mine", "custom_handler": object()}
+    try:
+        litellm.custom_provider_map = [mine, *saved]
+        client_mod._add_providers()
+        names = [p["provider"] for p in litellm.custom_provider_map]
+        assert names[0] == "mine" and litellm.custom_provider_map[0] is mine
+        assert names.count("local") == 1 and names.count("scripted") == 1
+    finally:
+        litellm.custom_provider_map = saved

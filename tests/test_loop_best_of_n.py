@@ -20,7 +20,16 @@ from best_of_n_helpers import (
     run_loop,
     vote_record,
 )
-from loop_testkit import QUESTION, last_user, one_task, text_task, untested_code_task, user_error
+from loop_testkit import (
+    QUESTION,
+    last_user,
+    math_task,
+    one_task,
+    text_task,
+    untested_code_task,
+    user_error,
+    write_jsonl,
+)
 from loopwright.loops.scripted import ScriptedModel
 
 # -- one request, majority vote -----------------------------------------------------------------
@@ -179,6 +188,30 @@ async def test_weighted_by_logprob_without_logprobs_falls_back(tmp_path: Path) -
     rec = vote_record(rows)
     assert (rec["used"], rec["note"], rec["weighted"]) == ("majority", "no logprob weights", None)
     assert rows["tasks"][0]["stop_reason"] == "selected: majority"
+
+
+async def test_judge_model_gets_one_client_for_the_whole_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loopwright.loops import client as client_mod
+
+    made: list[str] = []
+    real_init = client_mod.ModelClient.__init__
+
+    def counting(self: Any, config: Any, *a: Any, **kw: Any) -> None:
+        made.append(config.model)
+        real_init(self, config, *a, **kw)
+
+    monkeypatch.setattr(client_mod.ModelClient, "__init__", counting)
+    judge = ScriptedModel(Script([], rate=rate_by_number))
+    model = ScriptedModel(Script(["The answer is 2.", "The answer is 6."] * 3))
+    tasks = write_jsonl(tmp_path / "three.jsonl", [math_task(f"t{i}") for i in range(3)])
+    _, rows = await run_loop(
+        tmp_path, model, tasks, concurrency=1,
+        options={"n": 2, "selector": "judge", "judge_model": judge.register()},
+    )  # fmt: skip
+    assert len(rows["tasks"]) == 3 and len(judge.calls) == 6
+    assert made.count(judge.model_string) == 1
 
 
 async def test_judge_model_option_sends_judge_calls_elsewhere(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal, TypedDict
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from loopwright.loops.budget import Budget
-from loopwright.loops.client import CallContext, ModelClient, check_model
+from loopwright.loops.client import CallContext, check_model
 from loopwright.loops.errors import BudgetExhausted, UserError
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.graphs.best_of_n_select import Selector, WeightBy, select
@@ -213,10 +213,7 @@ async def _judge_all(ctx: LoopContext, cands: Sequence[Candidate]) -> dict[str, 
     opts = _opts(ctx)
     client = ctx.client_for("judge")
     if opts.judge_model is not None:  # same retries, timeouts and cache; its own endpoint
-        cfg = ctx.client.config.model_copy(
-            update={"model": opts.judge_model, "api_base": opts.judge_api_base}
-        )
-        client = ModelClient(cfg, writer=ctx.writer)
+        client = ctx.client_of(opts.judge_model, opts.judge_api_base)
     judge = Judge(
         client, k=opts.judge_k, max_tokens=opts.judge_max_tokens, seed=ctx.call_seed("judge", 0)
     )
