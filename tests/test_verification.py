@@ -257,3 +257,30 @@ def test_best_of_n_judge_selection_is_replayed_not_replaced(tmp_path: Path) -> N
     assert data.oracle and not any(
         "oracle" in p.strategy for p in data.points if "judge" in p.strategy
     )
+
+
+def test_report_counts_answers_that_fooled_the_in_loop_verifier(tmp_path: Path) -> None:
+    from loopwright.loops.report import write_report
+    from loopwright.loops.report_data import load_sweep
+    from loopwright.loops.sweep import SweepConfig, run_sweep
+
+    skip_without_bwrap()
+    right = dict(CODE_TASK, id="ok", prompt=CODE_TASK["prompt"].replace("square", "sq2"),
+                 entry_point="sq2", tests=["assert sq2(3) == 9", "assert sq2(5) == 25"])  # fmt: skip
+    tasks = write_jsonl(tmp_path / "code.jsonl", [CODE_TASK, right])
+
+    def script(messages: list[dict[str, Any]], i: int) -> str:
+        if "sq2" in last_user(messages):
+            return "```python\ndef sq2(x: int) -> int:\n    return x * x\n```"
+        return GAMED
+
+    model = ScriptedModel(script)
+    db = str(tmp_path / "r.duckdb")
+    cfg = SweepConfig(name="fool", tasks=tasks, models=(model.register(),), db=db,
+                      grid="self-refine:rounds=1")  # fmt: skip
+    run_sweep(cfg)
+    data = load_sweep(db, "fool")
+    assert sorted(data.agreement["self-refine"]) == [(True, False), (True, True)]
+    text = write_report(db, "fool", tmp_path / "rep", n_boot=200).read_text()
+    assert "| self-refine | 2 | 1 | 1 | 0 | 0 | 0 | 50.0 % |" in text
+    assert "`visible-tests`" in text and "[oracle]" not in text
