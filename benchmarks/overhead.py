@@ -182,6 +182,9 @@ class LoopwrightSide:
             run_name=f"overhead-{self.runs}",
             concurrency=concurrency,
             cache=self.cache,
+            # The reference check is a quick local verdict (one call per task), as the bare
+            # baseline does; a self-check would add a model call per task to what is timed.
+            verifier="oracle",
         )
 
     async def __call__(self, n: int, concurrency: int) -> int:

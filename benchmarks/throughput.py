@@ -339,6 +339,7 @@ class LoopwrightSide:
             cache=False,
             db=str(self.workdir / f"run-{self.runs}.duckdb"),
             run_name=f"throughput-{self.runs}",
+            verifier="oracle",  # one request per task, a quick local check, as the baselines
         )
         result = await run(cfg)
         with TraceStore(cfg.db, read_only=True) as store:

@@ -446,7 +446,8 @@ def test_cli_bad_input_is_one_line(
 @pytest.mark.local_model
 @local_model
 async def test_harvest_from_a_real_local_model_run(tmp_path: Path) -> None:
-    """best-of-n on the embedded model: every harvested label matches the math checker."""
+    """best-of-n on the embedded model, graded: every graded label matches the math checker."""
+    from loopwright.loops.grade import grade_run
     from loopwright.loops.runner import RunConfig, run
     from loopwright.tools.math_check import MathChecker
 
@@ -455,16 +456,21 @@ async def test_harvest_from_a_real_local_model_run(tmp_path: Path) -> None:
                     options={"n": 6, "max_tokens": 64})  # fmt: skip
     result = await run(cfg)
     assert result.summary["done"] == 3
+    grade_run(str(db), [result.name])  # the in-loop labels are the model's self-checks
     refs = {t.id: t.reference for t in load_tasks("builtin:arithmetic?seed=3&n=3")}
-    checker = MathChecker()
+    checker = MathChecker("lenient")  # the grader's policy
     try:
-        kto = harvest("kto", db, tmp_path / "kto.jsonl", HarvestOptions(dedup="none"))
+        kto = harvest(
+            "kto", db, tmp_path / "kto.jsonl", HarvestOptions(dedup="none", label="graded")
+        )
         rows = _rows(tmp_path / "kto.jsonl")
         assert kto.rows == len(rows) == 18  # 3 tasks x 6 samples, all labelled
         for r in rows:
             want = checker.check(r["completion"][0]["content"], refs[r["provenance"]["task_id"]])
             assert r["label"] == want.passed, r
-        harvest("dpo", db, tmp_path / "dpo.jsonl", HarvestOptions(pairs=["siblings"]))
+        harvest(
+            "dpo", db, tmp_path / "dpo.jsonl", HarvestOptions(pairs=["siblings"], label="graded")
+        )
         for r in _rows(tmp_path / "dpo.jsonl"):
             ref = refs[r["provenance"]["task_id"]]
             assert checker.check(r["chosen"][0]["content"], ref).passed

@@ -329,6 +329,7 @@ async def test_local_model_weighted_by_logprob(tmp_path: Path) -> None:
         tasks="builtin:arithmetic?seed=5&n=2",
         db=db,
         options={"n": 4, "max_tokens": 48, "selector": "weighted", "weight_by": "logprob"},
+        verifier="none",  # the vote alone: no self-check calls beside the samples
     )
     result = await run(cfg)
     assert result.summary["done"] == 2 and result.summary["failed"] == 0

@@ -440,7 +440,7 @@ async def test_reflexion_on_the_local_model(tmp_path: Path) -> None:
     rows = read_rows(db, result.run_id)
     for t in rows["tasks"]:
         assert t["stop_reason"] in {"verified", "max_trials"}
-        assert t["graded"] == t["verdict"]
+        assert t["verdict"] is not None  # the model's own check decided each trial
         nodes = [n for n in rows["nodes"] if n["task_id"] == t["task_id"]]
         attempts = [n for n in nodes if n["role"] == "generator"]
         lessons = [n for n in nodes if n["role"] == "reflector"]
