@@ -5,7 +5,6 @@ scripted model), a browser (Debian's chromium through Playwright) and a started 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -14,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loop_testkit import QUESTION, RIGHT, WRONG, last_user, math_task, write_jsonl
+from loop_testkit import RIGHT, WRONG, last_user, math_task, write_jsonl
 from loopwright.loops.runner import RunConfig, run
 from loopwright.loops.scripted import ScriptedModel
+from loopwright.traces.store import TraceStore
 from loopwright.traces.view import Viewer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -78,14 +78,23 @@ def run_loop(db: Path, loop: str, tasks: str, name: str, **options: Any) -> None
     asyncio.run(run(cfg))
 
 
-def build_store(tmp: Path) -> Path:
-    """A store holding a self-refine, an MCTS, a best-of-n and a Reflexion run (scripted)."""
+def build_store(tmp: Path, sweep: bool = False) -> Path:
+    """A store holding a self-refine, an MCTS, a best-of-n and a Reflexion run (scripted),
+    and with ``sweep`` a small best-of-n / self-refine sweep named "grid"."""
     db = tmp / "view.duckdb"
     tasks = tasks_file(tmp, 4, payload=True)
     run_loop(db, "self-refine", tasks, "refine-a", max_rounds=2)
     run_loop(db, "mcts", tasks, "mcts-a", children=2, simulations=3)
     run_loop(db, "best-of-n", tasks, "bon-a", n=4)
     run_loop(db, "reflexion", tasks, "reflexion-a", max_trials=3)
+    if sweep:
+        from loopwright.loops.sweep import SweepConfig, run_sweep
+
+        model = ScriptedModel(reply)
+        cfg = SweepConfig(name="grid", tasks=tasks_file(tmp, 12), models=(model.register(),),
+                          grid="best-of-n:n=1,2,4; self-refine:max_rounds=1,2", db=str(db),
+                          sandbox="process")  # fmt: skip
+        run_sweep(cfg)
     return db
 
 
@@ -123,4 +132,12 @@ def wait_for(pred: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
     raise AssertionError("condition not met in time")
 
 
-__all__ = ["QUESTION", "RIGHT", "WRONG", "shutil", "sys"]
+def thousand_node_store(db: Path, n: int = 1000) -> Path:
+    """A store holding run "big", whose task "big-task" has an ``n``-node tree (generated
+    rows: benchmarks/view_pages.py's builder, the same tree the page-time benchmark uses)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from view_pages import add_tree
+
+    with TraceStore(db, serve_reads=False) as s:
+        add_tree(s, n)
+    return db

@@ -100,8 +100,9 @@ class _Handler(BaseHTTPRequestHandler):
         viewer = self.server.viewer
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
         # DNS rebinding: a page on another site that resolves its name to 127.0.0.1 must not
-        # read the traces, so only our own host names are answered.
-        if host not in LOCAL_HOSTS and host != viewer.host:
+        # read the traces, so a loopback viewer answers only loopback host names (one bound
+        # to another interface with --host was exposed on purpose).
+        if viewer.loopback and host not in LOCAL_HOSTS:
             self._json(HTTPStatus.FORBIDDEN, {"error": f"unexpected Host {host!r}"})
             return
         url = urlsplit(self.path)
@@ -165,6 +166,7 @@ class Viewer:
         if not Path(self.db).exists():
             raise ViewError(f"no trace database at {self.db}: run `loopwright run` first")
         self.host = host
+        self.loopback = host in LOCAL_HOSTS or host == "::1"
         self.sweep_report = sweep_report
         self._reports: dict[str, tuple[float, dict[str, Any]]] = {}
         self._reports_lock = threading.Lock()
