@@ -246,6 +246,7 @@ def _write(db: Path, calls: int, reading: bool) -> float:
 
 def writer_rows(work: Path, calls: int, repeats: int) -> list[dict[str, Any]]:
     off, on = [], []
+    _write(work / "w.duckdb", calls // 4, reading=True)  # warm: imports, first DuckDB file
     for _ in range(repeats):  # alternate, so drift in machine load hits both sides alike
         off.append(_write(work / "w.duckdb", calls, reading=False))
         on.append(_write(work / "w.duckdb", calls, reading=True))

@@ -34,6 +34,9 @@ PAYLOAD_REPLY = (
 )
 
 
+REVISED = "Recounting: Tom had 2 apples, then 3 more, so 2 + 3 = 5. The answer is 5."
+
+
 def have_browser() -> str | None:
     """Why the browser tests cannot run here, or None when they can."""
     if not Path(CHROMIUM).exists():
@@ -58,7 +61,7 @@ def reply(messages: list[dict[str, Any]], index: int) -> str:
     if "lesson for your next attempt" in user or "what went wrong" in user:
         return "Lesson: add the two numbers carefully."
     if "Previous answer:" in user or "Previous attempt:" in user:  # a revision
-        return RIGHT if index % 3 else WRONG
+        return REVISED if index % 3 else WRONG
     if "<script>" in user:
         return PAYLOAD_REPLY
     return [WRONG, RIGHT, "The answer is 7."][index % 3]

@@ -229,7 +229,7 @@ class Viewer:
                                     sort=a.get("sort", ""), desc=desc, limit=limit,
                                     offset=offset)  # fmt: skip
             if route == "task":
-                return Q.task_tree(st, a.get("run", ""), a.get("task", ""))
+                return Q.task_tree(st, a.get("run", ""), a.get("task", ""), a.get("node", ""))
             if route == "node":
                 return Q.node_detail(st, a.get("id", ""))
             if route == "call":

@@ -89,9 +89,9 @@
       el("h5", {}, "output"), el("pre", { class: "text output" }, c.output ?? "")));
   }
 
-  async function showNode(panel, nodeId) {
-    const n = await api("node", { id: nodeId });
-    history.replaceState(null, "", `?node=${enc(nodeId)}`);
+  async function showNode(panel, nodeId, preloaded) {
+    const n = preloaded || (await api("node", { id: nodeId }));
+    if (!preloaded) history.replaceState(null, "", `?node=${enc(nodeId)}`);
     document.querySelectorAll(".node.selected").forEach((x) => x.classList.remove("selected"));
     const li = document.querySelector(`li[data-node="${CSS.escape(nodeId)}"]`);
     if (li) li.classList.add("selected");
@@ -121,7 +121,7 @@
   async function pageTask(run, taskId) {
     document.title = `${taskId} · ${run} · loopwright`;
     stopPoll();
-    const d = await api("task", { run, task: taskId });
+    const d = await api("task", { run, task: taskId, node: query().node });
     const t = d.task;
     const panel = el("aside", { class: "panel", id: "node-panel" }, el("p", { class: "muted" }, "select a node"));
     const tree = buildTree(d.nodes, (id) => showNode(panel, id));
@@ -143,8 +143,7 @@
             el("button", { type: "button", id: "unfold-all", onclick: () => document.querySelectorAll("#tree li.node.closed").forEach((li) => { li.classList.remove("closed"); li.querySelector(".fold").textContent = "▾"; }) }, "unfold all")),
           tree),
         panel));
-    const sel = query().node || (d.nodes.find((n) => n.is_final) || {}).node_id;
-    if (sel) await showNode(panel, sel);
+    if (d.selected) await showNode(panel, d.selected.node_id, d.selected);
   }
 
   // -- sweeps --------------------------------------------------------------------------------
