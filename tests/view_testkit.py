@@ -87,7 +87,7 @@ def build_store(tmp: Path, sweep: bool = False) -> Path:
     db = tmp / "view.duckdb"
     tasks = tasks_file(tmp, 4, payload=True)
     run_loop(db, "self-refine", tasks, "refine-a", max_rounds=2)
-    run_loop(db, "mcts", tasks, "mcts-a", children=2, simulations=3)
+    run_loop(db, "mcts", tasks, "mcts-a", children=2, simulations=4)
     run_loop(db, "best-of-n", tasks, "bon-a", n=4)
     run_loop(db, "reflexion", tasks, "reflexion-a", max_trials=3)
     if sweep:

@@ -27,9 +27,9 @@ def main() -> None:
                 "WHERE r.name = 'refine-a' AND t.rounds >= 1 ORDER BY t.rounds DESC, t.idx "
                 "LIMIT 1"
             )
-            [mcts] = s.query(
-                "SELECT t.task_id FROM tasks t JOIN runs r USING (run_id) WHERE r.name = "
-                "'mcts-a' ORDER BY t.rounds DESC, t.idx LIMIT 1"
+            [mcts] = s.query(  # the task with the largest tree
+                "SELECT n.task_id FROM nodes n JOIN runs r USING (run_id) WHERE r.name = "
+                "'mcts-a' GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
             )
         with viewer(db, sweep_report=sweep_report) as v, browser_page(Path(tmp)) as page:
             shots = [
@@ -43,6 +43,9 @@ def main() -> None:
             for name, path, ready in shots:
                 page.goto(v.url + path)
                 page.wait_for_selector(ready)
+                if name == "mcts-tree.png":  # show a call opened, too
+                    page.click("#calls button.open-call")
+                    page.wait_for_selector("#call-detail")
                 page.wait_for_load_state("networkidle")
                 page.screenshot(path=str(out / name), full_page=name == "sweep.png")
                 print(out / name)

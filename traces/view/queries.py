@@ -205,7 +205,9 @@ def task_tree(store: TraceStore, run: str, task_id: str, node: str = "") -> dict
             "selected": selected}  # fmt: skip
 
 
-_DRAFT_ROLES_NOT = {"critic", "reflector", "judge", "verifier", "value", "reflection"}
+# Roles whose text is not a draft of the answer (the MCTS root holds the question), so a
+# node under one of them, or of one, gets no draft/revision diff.
+_DRAFT_ROLES_NOT = {"critic", "reflector", "judge", "verifier", "value", "vote", "root"}
 
 
 def node_detail(store: TraceStore, node_id: str) -> dict[str, Any]:

@@ -43,8 +43,13 @@ def sweep_points(store: TraceStore, name: str) -> dict[str, Any]:
                 WHERE p.sweep_id = ?)
             GROUP BY run_id
         )
+        -- a derived point (best-of-n at k < N) reads the first k samples of a shared run:
+        -- that run's own pass rate and costs are not the point's, so the report has them
         SELECT p.strategy, p.loop, p.model, p.seed, p.param, p.value, p.run_name, p.derived,
-               p.status, t.tasks, t.done, t.pass_rate, t.tokens_per_task, t.calls_per_task
+               p.status, t.tasks, t.done,
+               CASE WHEN NOT p.derived THEN t.pass_rate END AS pass_rate,
+               CASE WHEN NOT p.derived THEN t.tokens_per_task END AS tokens_per_task,
+               CASE WHEN NOT p.derived THEN t.calls_per_task END AS calls_per_task
         FROM sweep_points p LEFT JOIN runs r ON r.name = p.run_name
              LEFT JOIN t ON t.run_id = r.run_id
         WHERE p.sweep_id = ? ORDER BY p.strategy, p.model, p.value, p.seed

@@ -164,8 +164,8 @@
       el("h2", {}, "points"), table([
         { label: "strategy", key: "strategy" }, { label: "model", key: "model" }, { label: "value", cell: (r) => (r.param ? `${r.param}=${r.value}` : "default") },
         { label: "seed", cls: "n", key: "seed" }, { label: "run", cell: (r) => el("a", { href: runHref(r.run_name) }, r.run_name) },
-        { label: "shared", cell: (r) => (r.derived ? "yes" : "") }, { label: "status", key: "status" },
-        { label: "graded pass", cls: "n", cell: (r) => pct(r.pass_rate) }, { label: "tokens/task", cls: "n", cell: (r) => num(Math.round(r.tokens_per_task ?? 0)) },
+        { label: "shared", cell: (r) => (r.derived ? el("span", { title: "the first k samples of a larger run: see the table below" }, "yes") : "") }, { label: "status", key: "status" },
+        { label: "graded pass", cls: "n", cell: (r) => pct(r.pass_rate) }, { label: "tokens/task", cls: "n", cell: (r) => (r.tokens_per_task == null ? "–" : num(Math.round(r.tokens_per_task))) },
         { label: "samples/task", cls: "n", cell: (r) => fix(r.calls_per_task, 2) }], d.points, { id: "points" })];
     for (const t of d.report.tables) {
       parts.push(el("h2", {}, t.title), table(t.columns.map((c, i) => ({ label: c, cell: (r) => r[i] })), t.rows));
