@@ -41,8 +41,8 @@ def test_click_from_runs_to_a_task_tree_fold_a_subtree_and_open_a_call(
         page.click("#tasks a.task-link:text-is('t1')")
         page.wait_for_url(re.compile(r"/run/mcts-a/task/t1$"))
         page.wait_for_selector("#tree li.node")
-        # the root's first generator has children (value, reflector, expanders): fold it
-        sub = page.locator("#tree > li > ul > li.node").first
+        # a draft under the root that has children (value, reflector, expanders): fold it
+        sub = page.locator("#tree > li > ul > li.node:has(> ul > li.node)").first
         child = sub.locator(":scope > ul > li.node").first
         assert child.is_visible()
         sub.locator(":scope > button.fold").click()

@@ -77,7 +77,7 @@ def tasks_file(tmp: Path, n: int = 4, payload: bool = False) -> str:
 def run_loop(db: Path, loop: str, tasks: str, name: str, **options: Any) -> None:
     model = ScriptedModel(reply)
     cfg = RunConfig(loop=loop, tasks=tasks, model=model.register(), db=str(db), run_name=name,
-                    backoff_base_s=0.0, concurrency=2, options=options)  # fmt: skip
+                    backoff_base_s=0.0, concurrency=1, options=options)  # fmt: skip
     asyncio.run(run(cfg))
 
 
