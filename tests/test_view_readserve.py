@@ -102,3 +102,22 @@ def test_a_stale_sidecar_is_ignored(tmp_path: Path) -> None:
     with TraceStore(db, read_only=True) as s:
         assert not s.remote
         assert list_runs(s) == []
+
+
+def test_two_writable_stores_in_one_process_share_the_service(tmp_path: Path) -> None:
+    db = tmp_path / "t.duckdb"
+    first = TraceStore(db)
+    second = TraceStore(db)  # e.g. a sweep's bookkeeping while its run writes
+    side = sidecar_path(db).read_text()
+    first.execute("INSERT INTO runs (run_id, name, loop, model, status) "
+                  "VALUES ('r1', 'one', 'l', 'm', 'running')")  # fmt: skip
+    first.close()
+    assert sidecar_path(db).read_text() == side  # the first closing took nothing away
+    reader = subprocess.run(
+        [sys.executable, "-c", "import sys; from loopwright.traces import TraceStore, list_runs;"
+         "s = TraceStore(sys.argv[1], read_only=True); print(s.remote, len(list_runs(s)))",
+         str(db)], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert reader.stdout.split() == ["True", "1"], reader.stderr
+    second.close()
+    assert not sidecar_path(db).exists()

@@ -25,13 +25,10 @@ import struct
 import threading
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import pyarrow as pa
-
-if TYPE_CHECKING:
-    from loopwright.traces.store import TraceStore
 
 SIDECAR_SUFFIX = ".readers.json"
 _REQ = struct.Struct("!I")  # request: length-prefixed JSON
@@ -58,16 +55,50 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-class ReadServer:
-    """Serves SELECTs over the writer's connection to other local processes."""
+_servers: dict[str, tuple[ReadServer, int]] = {}
+_servers_lock = threading.Lock()
 
-    def __init__(self, store: TraceStore, con: duckdb.DuckDBPyConnection) -> None:
-        self._con = con
+
+def acquire_server(path: str) -> ReadServer:
+    """The read service for ``path`` in this process, started by its first writable store.
+
+    A process may hold several writable stores on one file at once (a sweep's bookkeeping
+    while a run writes): they share one service and one sidecar, which lives until the last
+    of them closes, so closing one never takes reads away from the others.
+    """
+    key = os.path.realpath(path)
+    with _servers_lock:
+        srv, n = _servers.get(key, (None, 0))
+        if srv is None:
+            srv = ReadServer(path)
+        _servers[key] = (srv, n + 1)
+        return srv
+
+
+def release_server(srv: ReadServer) -> None:
+    with _servers_lock:
+        key = os.path.realpath(srv.path)
+        _, n = _servers[key]
+        if n > 1:
+            _servers[key] = (srv, n - 1)
+            return
+        del _servers[key]
+    srv.close()
+
+
+class ReadServer:
+    """Serves SELECTs to other local processes over a connection of this one's."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # In-process connections to one file share DuckDB's database instance: this one sees
+        # every commit of the writer's, and outlives whichever store closes first.
+        self._con = duckdb.connect(path)
         self._token = secrets.token_hex(16)
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self._closed = threading.Event()
-        self.sidecar = sidecar_path(store.path)
+        self.sidecar = sidecar_path(path)
         self._write_sidecar()
         self._thread = threading.Thread(
             target=self._accept, name="loopwright-read-server", daemon=True
@@ -135,6 +166,7 @@ class ReadServer:
         self._closed.set()
         with contextlib.suppress(OSError):
             self._sock.close()
+        self._con.close()
         # Remove the sidecar only if it is still ours (a newer writer may have replaced it).
         with contextlib.suppress(OSError, ValueError):
             if json.loads(self.sidecar.read_text()).get("token") == self._token:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from loopwright.traces.readserve import ReadServer, RemoteReader, RemoteReadError, sidecar_path
+from loopwright.traces.readserve import (
+    ReadServer,
+    RemoteReader,
+    RemoteReadError,
+    acquire_server,
+    release_server,
+    sidecar_path,
+)
 from loopwright.traces.schema import SCHEMA_VERSION, TABLES
 
 # A reader (``loopwright runs``, one viewer page) holds the file for milliseconds; a writer
@@ -55,7 +62,7 @@ class TraceStore:
         if not read_only:
             self._migrate()
             if on_disk and serve_reads:
-                self._server = ReadServer(self, self._con)
+                self._server = acquire_server(self.path)
         else:
             self._check_version()
 
@@ -147,7 +154,8 @@ class TraceStore:
             self._remote.close()
             return
         if self._server is not None:
-            self._server.close()
+            release_server(self._server)
+            self._server = None
         with self._cursors_lock:
             for cur in self._cursors:
                 cur.close()
