@@ -80,10 +80,10 @@ function table(columns, rows, opts = {}) {
 
 function pager(page) {
   const { total, limit, offset } = page;
-  if (total === undefined || total <= limit) return el("p", { class: "muted" }, `${num(total ?? page.rows.length)} rows`);
+  if (total === undefined || total <= limit) return el("p", { class: "muted", id: "pager" }, `${num(total ?? page.rows.length)} rows`);
   const prev = offset > 0 ? el("a", { href: withQuery({ offset: Math.max(0, offset - limit) }) }, "← previous") : "";
   const next = offset + limit < total ? el("a", { href: withQuery({ offset: offset + limit }) }, "next →") : "";
-  return el("p", { class: "pager" }, prev, ` rows ${num(offset + 1)}–${num(Math.min(total, offset + limit))} of ${num(total)} `, next);
+  return el("p", { class: "pager", id: "pager" }, prev, ` rows ${num(offset + 1)}–${num(Math.min(total, offset + limit))} of ${num(total)} `, next);
 }
 
 function filterForm(fields) {
@@ -101,6 +101,13 @@ function filterForm(fields) {
   for (const keep of ["sort", "dir", "a", "b"]) if (q[keep]) form.append(el("input", { type: "hidden", name: keep, value: q[keep] }));
   form.append(el("button", { type: "submit" }, "apply"));
   return form;
+}
+
+// A live refresh swaps only the parts that change (by id), so a half-typed filter survives.
+function swapOrDraw(fresh, all) {
+  const live = fresh.filter((n) => n.id && document.getElementById(n.id));
+  if (live.length === fresh.length) live.forEach((n) => document.getElementById(n.id).replaceWith(n));
+  else $main().replaceChildren(...all());
 }
 
 function progress(done, total) {
@@ -128,12 +135,12 @@ async function pageRuns() {
   const q = query();
   const draw = async () => {
     const page = await api("runs", { q: q.q, status: q.status, sort: q.sort, dir: q.dir, offset: q.offset, limit: q.limit || 50 });
-    $main().replaceChildren(
+    const fresh = [table(RUN_COLUMNS, page.rows, { sortable: true, id: "runs", rowClass: (r) => (r.oracle ? "oracle-row" : null) }), pager(page)];
+    swapOrDraw(fresh, () => [
       el("h1", {}, "Runs"),
       filterForm([{ name: "q", label: "filter", placeholder: "name, loop, model, verifier" },
         { name: "status", label: "status", options: [["", "any"], ["running", "running"], ["done", "done"], ["interrupted", "interrupted"]] }]),
-      table(RUN_COLUMNS, page.rows, { sortable: true, id: "runs", rowClass: (r) => (r.oracle ? "oracle-row" : null) }),
-      pager(page));
+      ...fresh]);
     if (page.rows.some((r) => r.status === "running")) poll(draw, 2000); else stopPoll();
   };
   await draw();
@@ -176,14 +183,16 @@ async function pageRun(name) {
     const stops = [["", "any"], ...run.stop_reasons.filter((s) => s.stop_reason).map((s) => [s.stop_reason, `${s.stop_reason} (${s.n})`])];
     const cmp = el("select", { id: "compare-with" }, el("option", { value: "" }, "compare with…"), others.map((r) => el("option", { value: r.name }, r.name)));
     cmp.addEventListener("change", () => { if (cmp.value) location.href = `/compare?a=${enc(name)}&b=${enc(cmp.value)}`; });
-    $main().replaceChildren(
+    const summary = runHeader(run);
+    const tasks = table(TASK_COLUMNS(name), page.rows, { sortable: true, id: "tasks", rowClass: (r) => (r.verdict != null && r.graded != null && r.verdict !== r.graded ? "disagree" : null) });
+    const pg = pager(page);
+    swapOrDraw([summary, tasks, pg], () => [
       el("p", { class: "crumbs" }, el("a", { href: "/" }, "runs"), " / ", name),
       el("h1", {}, name, " ", run.oracle ? el("span", { class: "oracle" }, "oracle") : ""),
-      runHeader(run), el("p", {}, cmp),
+      summary, el("p", {}, cmp),
       filterForm([{ name: "filter", label: "show", options: [["", "all tasks"], ["failed", "failed (graded or error)"], ["errors", "errors"], ["disagree", "in-loop ≠ graded"], ["passed", "passed"], ["running", "running"]] },
         { name: "stop", label: "stop reason", options: stops }, { name: "q", label: "search", placeholder: "task id or prompt" }]),
-      table(TASK_COLUMNS(name), page.rows, { sortable: true, id: "tasks", rowClass: (r) => (r.verdict != null && r.graded != null && r.verdict !== r.graded ? "disagree" : null) }),
-      pager(page));
+      tasks, pg]);
     if (run.status === "running") poll(draw, 1500); else stopPoll();
   };
   await draw();
