@@ -83,7 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a page load is a dozen requests; the terminal shows the URL, not a log
 
-    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None):
+    def _send(
+        self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -151,6 +153,34 @@ def _int(args: dict[str, str], key: str, default: int) -> int:
         raise Q.BadRequest(f"{key} must be a number") from None
 
 
+def _paging(a: dict[str, str]) -> dict[str, int]:
+    return {"limit": _int(a, "limit", 50), "offset": _int(a, "offset", 0)}
+
+
+Route = Callable[[TraceStore, dict[str, str]], Any]
+ROUTES: dict[str, Route] = {
+    "runs": lambda st, a: Q.runs_page(
+        st, q=a.get("q", ""), status=a.get("status", ""), sort=a.get("sort", ""),
+        desc=a.get("dir", "desc") == "desc", **_paging(a),
+    ),
+    "run": lambda st, a: Q.run_detail(st, a.get("name", "")),
+    "tasks": lambda st, a: Q.tasks_page(
+        st, a.get("run", ""), filter=a.get("filter", ""), stop=a.get("stop", ""),
+        q=a.get("q", ""), sort=a.get("sort", ""), desc=a.get("dir", "") == "desc", **_paging(a),
+    ),
+    "task": lambda st, a: Q.task_tree(st, a.get("run", ""), a.get("task", ""), a.get("node", "")),
+    "node": lambda st, a: Q.node_detail(st, a.get("id", "")),
+    "call": lambda st, a: Q.call_detail(st, a.get("id", "")),
+    "sweeps": lambda st, a: {"rows": S.sweeps_list(st)},
+    "sweep": lambda st, a: S.sweep_points(st, a.get("name", "")),
+    "compare": lambda st, a: S.compare_page(
+        st, a.get("a", ""), a.get("b", ""), filter=a.get("filter", ""), **_paging(a)
+    ),
+    "improve": lambda st, a: S.improve_page(st),
+}  # fmt: skip
+"""API routes under /api/: each reads one page's rows from a store opened for the request."""
+
+
 class Viewer:
     """The viewer over one trace database; ``start()`` serves from a thread, ``stop()`` ends."""
 
@@ -214,44 +244,17 @@ class Viewer:
 
     # -- answers ---------------------------------------------------------------------------
     def answer(self, route: str, a: dict[str, str]) -> Any:
-        desc = a.get("dir", "") == "desc"
-        limit, offset = _int(a, "limit", 50), _int(a, "offset", 0)
+        fn = ROUTES.get(route)
+        if fn is None:
+            raise Q.BadRequest(f"no API route {route!r}")
         with TraceStore(self.db, read_only=True) as st:
-            if route == "runs":
-                return Q.runs_page(st, q=a.get("q", ""), status=a.get("status", ""),
-                                   sort=a.get("sort", ""), desc=a.get("dir", "desc") == "desc",
-                                   limit=limit, offset=offset)  # fmt: skip
-            if route == "run":
-                return Q.run_detail(st, a.get("name", ""))
-            if route == "tasks":
-                return Q.tasks_page(st, a.get("run", ""), filter=a.get("filter", ""),
-                                    stop=a.get("stop", ""), q=a.get("q", ""),
-                                    sort=a.get("sort", ""), desc=desc, limit=limit,
-                                    offset=offset)  # fmt: skip
-            if route == "task":
-                return Q.task_tree(st, a.get("run", ""), a.get("task", ""), a.get("node", ""))
-            if route == "node":
-                return Q.node_detail(st, a.get("id", ""))
-            if route == "call":
-                return Q.call_detail(st, a.get("id", ""))
-            if route == "sweeps":
-                return {"rows": S.sweeps_list(st)}
-            if route == "sweep":
-                out = S.sweep_points(st, a.get("name", ""))
-            elif route == "compare":
-                return S.compare_page(st, a.get("a", ""), a.get("b", ""),
-                                      filter=a.get("filter", ""), limit=limit,
-                                      offset=offset)  # fmt: skip
-            elif route == "improve":
-                return S.improve_page(st)
-            else:
-                raise Q.BadRequest(f"no API route {route!r}")
-        # the report reads the store itself, after ours is closed
-        report = self._report(out["name"])
-        out["report"] = {
-            "tables": report.get("tables", []),
-            "plots": [[k, v[0]] for k, v in report.get("plots", {}).items()],
-        }
+            out = fn(st, a)
+        if route == "sweep":  # the report reads the store itself, after ours is closed
+            report = self._report(out["name"])
+            out["report"] = {
+                "tables": report.get("tables", []),
+                "plots": [[k, v[0]] for k, v in report.get("plots", {}).items()],
+            }
         return out
 
     def _report(self, name: str) -> dict[str, Any]:
