@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml
 
 # System packages the sandboxes need: bubblewrap and a Python with its stdlib the sandbox uid
 # can read (python3-minimal alone lacks json);
-# dockerd (docker.io) for the docker backend's tests, debootstrap to build its image offline.
+# dockerd (docker.io) for the docker backend's tests, debootstrap to build its image offline;
+# chromium for the viewer's browser tests (Playwright drives it; its own download is offline).
 sysdeps:
 	@if command -v bwrap >/dev/null && /usr/bin/python3 -c 'import json' 2>/dev/null \
-		&& [ -x /usr/sbin/dockerd ] && [ -x /usr/sbin/debootstrap ]; then :; \
+		&& [ -x /usr/sbin/dockerd ] && [ -x /usr/sbin/debootstrap ] && [ -x /usr/bin/chromium ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap python3 docker.io debootstrap; \
-	else echo "the sandboxes need: sudo apt-get install bubblewrap python3 docker.io debootstrap"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap python3 docker.io debootstrap chromium; \
+	else echo "the sandboxes and the viewer's tests need: sudo apt-get install bubblewrap python3 docker.io debootstrap chromium"; fi
 
 # Self-refine on the embedded local model over 20 built-in arithmetic tasks, offline.
 demo: install

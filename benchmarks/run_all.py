@@ -54,6 +54,7 @@ BENCHES: list[Bench] = [
     Bench("local_model", ["--requests", "4", "--repeats", "1"]),
     Bench("math_agreement", ["--limit", "100", "--show", "0"]),
     Bench("search", ["--queries", "1000"]),
+    Bench("view_pages", ["--calls", "20000", "--repeats", "3", "--writer-calls", "5000"]),
 ]
 NAMES = [b.name for b in BENCHES]
 

@@ -323,6 +323,9 @@ def _mount_tools() -> None:
 
     app.command("sweep")(sweep)
     app.command("report")(report)
+    from loopwright.loops.cli_view import view
+
+    app.command("view")(view)
     from loopwright.loops.cli_judge import judge_app
 
     app.add_typer(judge_app, name="judge", help="Judge a run's answers after the fact.")

@@ -56,4 +56,6 @@ def test_wheel_contains_only_loopwright(tmp_path: Path) -> None:
     for pkg in _declared():
         assert f"{pkg.replace('.', '/')}/__init__.py" in names
     assert "loopwright/loops/prompts/self_refine.toml" in names
+    for asset in ("index.html", "app.js", "pages.js", "app.css"):  # the viewer ships its page
+        assert f"loopwright/traces/view/static/{asset}" in names
     assert not any(n.startswith(("loops/", "tools/", "traces/", "sandboxes/")) for n in names)

@@ -1,0 +1,161 @@
+"""The viewer in a real browser (Debian's chromium, driven by Playwright), over stores built
+by running loops on the scripted model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from loopwright.traces import TraceStore
+from loopwright.traces.readserve import sidecar_path
+from view_testkit import PAYLOAD_ID, browser_only, browser_page, build_store, viewer, wait_for
+
+pytestmark = [browser_only, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_store(tmp_path_factory.mktemp("view"))
+
+
+def _digest(db: Path) -> str:
+    return hashlib.sha256(db.read_bytes()).hexdigest()
+
+
+def test_click_from_runs_to_a_task_tree_fold_a_subtree_and_open_a_call(
+    store: Path, tmp_path: Path
+) -> None:
+    before = _digest(store)
+    with viewer(store) as v, browser_page(tmp_path) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(v.url)
+        page.click("#runs a.run-link:text-is('mcts-a')")
+        page.wait_for_url(re.compile(r"/run/mcts-a$"))
+        page.click("#tasks a.task-link:text-is('t1')")
+        page.wait_for_url(re.compile(r"/run/mcts-a/task/t1$"))
+        page.wait_for_selector("#tree li.node")
+        # a draft under the root that has children (value, reflector, expanders): fold it
+        sub = page.locator("#tree > li > ul > li.node:has(> ul > li.node)").first
+        child = sub.locator(":scope > ul > li.node").first
+        assert child.is_visible()
+        sub.locator(":scope > button.fold").click()
+        assert not child.is_visible()
+        assert "hidden" in sub.locator(":scope > .folded-note").inner_text()
+        sub.locator(":scope > button.fold").click()
+        assert child.is_visible()
+        # open a node, then one of its calls: messages, params, tokens, latency, cache
+        page.locator("#tree a.node-head", has_text="expander").first.click()
+        page.wait_for_selector("#node-panel #calls")
+        page.click("#calls button.open-call")
+        detail = page.wait_for_selector("#call-detail")
+        text = detail.inner_text()
+        for needle in ("messages", "temperature=", "latency", "attempts", "not cached", "user"):
+            assert needle in text
+        assert "Tom has 2 apples" in text  # the prompt the call sent
+        assert "node=" in page.url  # the selected node is linkable
+        page.screenshot(path=str(tmp_path / "task-tree.png"), full_page=True)
+        assert errors == []
+    assert (tmp_path / "task-tree.png").stat().st_size > 10_000
+    assert _digest(store) == before  # the viewer never writes the store
+
+
+def test_untrusted_text_is_shown_as_text_and_never_runs(store: Path, tmp_path: Path) -> None:
+    with viewer(store) as v, browser_page(tmp_path) as page:
+        resp = page.goto(v.url + "run/refine-a")
+        assert resp is not None
+        assert "script-src 'self'" in resp.headers["content-security-policy"]
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        link = page.locator("#tasks a.task-link", has_text=PAYLOAD_ID)
+        # the id "javascript:..." is a path under /run/, not a scheme
+        assert link.get_attribute("href").startswith("/run/refine-a/task/javascript%3A")
+        assert "<script>window.__pwned=1</script>" in page.inner_text("#tasks")
+        link.click()
+        page.wait_for_selector("#node-text")
+        shown = page.inner_text("#node-text")
+        assert '<img src=x onerror="window.__pwned=2">' in shown
+        assert "<script>window.__pwned=4</script>" in shown
+        page.click("details.prompt summary")
+        assert "<script>window.__pwned=1</script>" in page.inner_text("#prompt")
+        # no element came from the payloads, and none of them ran
+        assert page.locator("main img, main script").count() == 0
+        assert page.locator("main a[href^='javascript']").count() == 0
+        page.click("#calls button.open-call")
+        page.wait_for_selector("#call-detail")
+        assert "onerror" in page.inner_text("#call-detail .output")
+        time.sleep(0.3)  # an onerror handler would have fired by now
+        assert page.evaluate("window.__pwned") is None
+
+
+def test_the_viewer_follows_a_run_writing_in_another_process(tmp_path: Path) -> None:
+    db = tmp_path / "live.duckdb"
+    writer = Path(__file__).with_name("view_live_writer.py")
+    n = 12
+    proc = subprocess.Popen(
+        [sys.executable, str(writer), str(db), str(n), "0.12"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def run_visible() -> bool:
+            if not sidecar_path(db).exists():
+                return False
+            try:
+                with TraceStore(db, read_only=True) as s:
+                    return bool(s.query("SELECT 1 FROM runs WHERE name = 'live'"))
+            except Exception:
+                return False
+
+        wait_for(run_visible, timeout=60)
+        seen: list[int] = []
+        with viewer(db) as v, browser_page(tmp_path) as page:
+            page.goto(v.url + "run/live")
+            page.wait_for_selector("#run-progress")
+            assert "refreshing" in page.inner_text("#live")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                m = re.search(r"(\d+)/(\d+)", page.inner_text("#run-progress"))
+                if m and (not seen or int(m[1]) != seen[-1]):
+                    seen.append(int(m[1]))
+                if page.inner_text("#run-status") == "done":
+                    break
+                time.sleep(0.2)
+            page.screenshot(path=str(tmp_path / "live.png"))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    made = json.loads(out.strip().splitlines()[-1])
+    assert seen[-1] == n and len(seen) >= 3, seen  # it advanced while we watched
+    assert seen == sorted(seen)
+    with TraceStore(db, read_only=True) as s:
+        assert not s.remote
+        calls = s.query("SELECT count(*) AS n FROM calls")[0]["n"]
+        done = s.query("SELECT count(*) AS n FROM tasks WHERE status = 'done'")[0]["n"]
+    assert (calls, done) == (made["calls"], n)  # every row the run wrote is there
+
+
+def test_a_thousand_node_tree_draws_and_folds(tmp_path: Path) -> None:
+    from view_testkit import thousand_node_store
+
+    db = thousand_node_store(tmp_path / "big.duckdb", 1000)
+    with viewer(db) as v, browser_page(tmp_path) as page:
+        t0 = time.perf_counter()
+        page.goto(v.url + "run/big/task/big-task")
+        page.wait_for_selector("#node-panel #calls")
+        assert page.locator("#tree li.node").count() == 1000
+        took = time.perf_counter() - t0
+        page.click("#fold-all")
+        assert page.locator("#tree li.node:visible").count() == 1
+        page.click("#unfold-all")
+        assert page.locator("#tree li.node:visible").count() == 1000
+    assert took < 5.0, took  # generous for a busy 2-core machine; benchmarks/ has the number
