@@ -61,9 +61,10 @@ def test_a_foreign_host_name_is_refused(store: Path) -> None:
 def test_runs_sort_filter_page_and_mark_the_oracle(store: Path, tmp_path: Path) -> None:
     db = tmp_path / "o.duckdb"
     shutil.copy(store, db)
-    with TraceStore(db, serve_reads=False) as s:  # another engineer's field, set by hand here
+    with TraceStore(db, serve_reads=False) as s:  # what an oracle run records, set by hand
         s.execute(
-            'UPDATE runs SET config = json_merge_patch(config, \'{"verifier": "oracle"}\') '
+            "UPDATE runs SET config = json_merge_patch(config, "
+            '\'{"verifier": "oracle", "verifiers": {"math": "oracle"}, "oracle": true}\') '
             "WHERE name = 'bon-a'"
         )
     with viewer(db) as v:
@@ -75,7 +76,7 @@ def test_runs_sort_filter_page_and_mark_the_oracle(store: Path, tmp_path: Path) 
         [row] = page["rows"]
         assert row["oracle"] and row["verifier"] == "oracle"
         _, _, page = get(v.url + "api/runs?q=refine-a")
-        assert page["rows"][0]["verifier"] == "default"  # absent: the old default
+        assert page["rows"][0]["verifier"] == "self" and not page["rows"][0]["oracle"]
         status, _, body = get(v.url + "api/runs?sort=name;DROP%20TABLE%20runs")
         assert status == 404 and "cannot sort" in body["error"]
 

@@ -66,6 +66,26 @@ def verifier_label(config: str | dict[str, Any] | None) -> tuple[str, bool]:
     return ",".join(names), oracle
 
 
+def verifier_sql(config: str) -> str:
+    """SQL for a run's in-loop verifier as shown, from its ``config`` JSON column (the same
+    reading as ``verifier_label``): the verifiers it resolved, else the name it was given,
+    else ``oracle (legacy)``."""
+    return (
+        f"coalesce(nullif(array_to_string(list_sort(list_distinct("
+        f"json_extract_string({config}, '$.verifiers.*'))), ','), ''), "
+        f"json_extract_string({config}, '$.verifier'), 'oracle (legacy)')"
+    )
+
+
+def oracle_sql(config: str) -> str:
+    """SQL: did the run's loop see the answer key (``verifier_label``'s second value)."""
+    return (
+        f"(coalesce(CAST(json_extract({config}, '$.oracle') AS BOOLEAN), FALSE) "
+        f"OR json_extract_string({config}, '$.verifier') IS NULL "
+        f"OR json_extract_string({config}, '$.verifier') = 'oracle')"
+    )
+
+
 def list_runs(store: TraceStore) -> list[dict[str, Any]]:
     """One summary row per run, newest first, with its in-loop verifier (``verifier``,
     ``oracle``)."""

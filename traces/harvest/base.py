@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 from loopwright.traces.harvest.options import HarvestOptions
+from loopwright.traces.queries import oracle_sql, verifier_sql
 
 ANSWER_ROLES = ("generator", "refiner", "expander", "rollout")
 FEEDBACK_ROLES = ("critic", "reflector")
@@ -143,11 +144,7 @@ def build_candidates(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> No
         SELECT n.*, r.name AS run_name, r.config_hash, r.model AS run_model,
                -- the run's in-loop verifier; runs from before verifiers were chosen checked
                -- against the reference, so they count as oracle runs
-               coalesce(nullif(array_to_string(list_sort(list_distinct(
-                   json_extract_string(r.config, '$.verifiers.*'))), ','), ''),
-                   json_extract_string(r.config, '$.verifier'), 'oracle (legacy)') AS verifier,
-               coalesce(CAST(json_extract(r.config, '$.oracle') AS BOOLEAN),
-                        json_extract_string(r.config, '$.verifier') IS NULL) AS oracle
+               {verifier_sql("r.config")} AS verifier, {oracle_sql("r.config")} AS oracle
         FROM src.nodes n JOIN src.runs r USING (run_id)
         WHERE {_filters("n", opts)}""")
     stage = opts.label

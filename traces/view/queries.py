@@ -3,7 +3,8 @@
 Every list is sorted and filtered in SQL and cut with LIMIT/OFFSET, so no page reads a whole
 table into Python; sort keys come from a fixed map (never from the request), values are bound
 parameters. ``run_config`` fields are read with ``json_extract_string`` so a runs table from
-before a field existed (e.g. ``verifier``) still reads: absent means the old default.
+before a field existed still reads; a run without ``verifier`` in its config checked against
+the reference in the loop, and shows as ``oracle (legacy)``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import re
 from typing import Any
 
+from loopwright.traces.queries import oracle_sql, verifier_sql
 from loopwright.traces.store import TraceStore
 
 MAX_PAGE = 500
@@ -46,7 +48,7 @@ RUN_SORTS = {
     "tokens": "tokens", "cost_usd": "cost_usd", "wall_s": "wall_s", "started_at": "started_at",
 }  # fmt: skip
 
-_RUNS = """
+_RUNS = f"""
 WITH t AS (
     SELECT run_id, count(*) AS tasks,
            count(*) FILTER (WHERE status = 'done') AS done,
@@ -57,7 +59,7 @@ WITH t AS (
     FROM tasks GROUP BY run_id
 ), r AS (
     SELECT r.run_id, r.name, r.loop, r.model, r.status, r.started_at,
-           coalesce(json_extract_string(r.config, '$.verifier'), 'default') AS verifier,
+           {verifier_sql("r.config")} AS verifier, {oracle_sql("r.config")} AS oracle,
            json_extract_string(r.config, '$.limit') AS task_limit,
            coalesce(t.tasks, 0) AS tasks, coalesce(t.done, 0) AS done,
            coalesce(t.failed, 0) AS failed, t.pass_rate, coalesce(t.tokens, 0) AS tokens,
@@ -91,8 +93,6 @@ def runs_page(
     total = rows[0].pop("total") if rows else 0
     for r in rows[1:]:
         r.pop("total")
-    for r in rows:
-        r["oracle"] = r["verifier"] == "oracle"
     return {"rows": rows, "total": total, "limit": limit, "offset": offset}
 
 
@@ -101,7 +101,6 @@ def run_detail(store: TraceStore, name: str) -> dict[str, Any]:
     if not rows:
         raise BadRequest(f"no run named {name!r}")
     run = rows[0]
-    run["oracle"] = run["verifier"] == "oracle"
     cfg = store.query("SELECT config, tasks_spec, seed, version FROM runs WHERE name = ?", [name])[
         0
     ]
