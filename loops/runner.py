@@ -435,13 +435,20 @@ async def _run_task(
     if outcome is not None and outcome.final_node_id is not None:
         grader = grader_for(task, sandbox=cfg.sandbox)
         if grader is not None:
-            v = await run_check(grader, task, outcome.final_text or "")
-            graded = v.passed
-            writer.write(
-                verdict_record(
-                    v, run_id=run_id, task_id=task.id, node_id=outcome.final_node_id, stage="graded"
-                )
-            )
+            try:
+                v = await run_check(grader, task, outcome.final_text or "")
+            except UserError:
+                raise
+            except Exception as exc:  # the task's record says so; the run goes on
+                status, error = "failed", f"grading failed: {type(exc).__name__}: {exc}"
+            else:
+                graded = v.passed
+                writer.write(
+                    verdict_record(
+                        v, run_id=run_id, task_id=task.id, node_id=outcome.final_node_id,
+                        stage="graded",
+                    )
+                )  # fmt: skip
         for node in ctx.nodes:
             node.is_final = node.node_id == outcome.final_node_id
     for node in ctx.nodes:

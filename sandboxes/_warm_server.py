@@ -253,7 +253,7 @@ def _serve_one(req):
         if grace_until is not None and now >= grace_until:
             break
         limit = (grace_until if grace_until is not None else deadline) - now
-        r, w, _ = select.select(readers + exited, writers, [], max(0.0, min(limit, 0.05)))
+        r, w = _wait(readers + exited, writers, max(0.0, min(limit, 0.05)))
         for fd in w:
             try:
                 sent = os.write(fd, to_send[:65536])
@@ -267,8 +267,9 @@ def _serve_one(req):
             if fd in exited:
                 continue
             data = os.read(fd, 65536)
-            if not data:
+            if not data:  # EOF: close it now, or every program leaks its two pipes
                 readers.remove(fd)
+                os.close(fd)
                 continue
             if len(data) > budget:
                 data, truncated = data[:budget], True
@@ -294,6 +295,20 @@ def _serve_one(req):
         "stdout": base64.b64encode(b"".join(chunks[out_r])).decode(),
         "stderr": base64.b64encode(b"".join(chunks[err_r])).decode(),
     }
+
+
+def _wait(readers, writers, timeout):
+    """(readable, writable) fds within ``timeout`` seconds. poll(), not select(): select()
+    cannot watch descriptors numbered above FD_SETSIZE (1024)."""
+    p = select.poll()
+    for fd in readers:
+        p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    for fd in writers:
+        p.register(fd, select.POLLOUT | select.POLLHUP | select.POLLERR)
+    r, w = [], []
+    for fd, _ in p.poll(timeout * 1000):
+        (w if fd in writers else r).append(fd)
+    return r, w
 
 
 def main():

@@ -543,3 +543,28 @@ async def test_concurrent_requests_cannot_overshoot_a_call_budget() -> None:
     assert len(ok) == 2 and len(refused) == 1
     assert run_budget.calls == task_budget.calls == 4
     assert run_budget.pending == task_budget.pending == 0
+
+
+async def test_a_grader_that_breaks_fails_its_task_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loopwright.loops import runner as runner_mod
+    from loopwright.loops.verify import MathAnswer
+
+    class Broken(MathAnswer):
+        def quick(self, task: Any, response: str) -> None:
+            return None
+
+        def __call__(self, task: Any, response: str) -> Any:
+            if task.id == "t01":
+                raise ValueError("sandbox could not set up the run")
+            return super().__call__(task, response)
+
+    monkeypatch.setattr(runner_mod, "grader_for", lambda task, sandbox="bwrap": Broken())
+    model = ScriptedModel(lambda m, i: "The answer is 2.").register()
+    tasks = write_tasks(tmp_path / "tasks.jsonl", 3)
+    result = await run(config(tmp_path, model, tasks, verifier="none"))
+    rows = {r["task_id"]: r for r in query(str(tmp_path / "t.duckdb"), "SELECT * FROM tasks")}
+    assert rows["t01"]["status"] == "failed" and "grading failed" in rows["t01"]["error"]
+    assert rows["t00"]["status"] == rows["t02"]["status"] == "done"
+    assert result.progress.failed == 1

@@ -41,6 +41,18 @@ def test_programs_reuse_one_worker(warm: BwrapSandbox) -> None:
     assert len(warm.worker_pids()) == 3  # bwrap, its init, the server: nothing else
 
 
+@pytest.mark.slow
+def test_a_worker_serves_thousands_of_programs_without_leaking_descriptors(
+    warm: BwrapSandbox,
+) -> None:
+    """Each program's pipes are closed after it: a worker that leaked two per program ran
+    out of select()-able descriptors after ~500 programs (a code sweep's grading failed)."""
+    for i in range(600):
+        r = py(warm, f"print({i})")
+        assert r.ok and r.stdout.strip() == str(i), (i, r.stderr[-300:])
+    assert len(warm.worker_pids()) == 3  # the same worker served them all
+
+
 def test_files_and_tmp_do_not_carry_over(warm: BwrapSandbox) -> None:
     r = py(
         warm,
