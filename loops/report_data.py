@@ -14,6 +14,7 @@ prompt tokens of the requests they came from, and the request time scaled by tok
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,10 @@ class Sample:
     """The loop's reward-model score of this sample, when its selector asked for one."""
     final: bool = False
     """The loop returned this sample (its own pick over all of its samples)."""
+    check_tokens: float = 0.0
+    """Tokens its in-loop verification spent (its verdict's ``details.cost_tokens``)."""
+    check_calls: float = 0.0
+    check_usd: float = 0.0
 
 
 @dataclass
@@ -173,7 +178,8 @@ def load_sweep(db: str, name: str) -> SweepData:
             # rejection sampling stops early: its samples are no first-k-of-N, read the run
             shared = p["param"] == "n" and not opts.get("rejection")
             if p["derived"] or (p["loop"] == "best-of-n" and shared):
-                _derived(point, p, samples.get(p["run_id"], {}), data)
+                _derived(point, p, samples.get(p["run_id"], {}), data,
+                         per_task.get(p["run_id"], {}))  # fmt: skip
             else:
                 point.results += [
                     TaskResult(t, int(p["seed"]), bool(c["correct"]), c["tokens"], c["calls"],
@@ -221,7 +227,10 @@ def _samples(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, list[
         f"""
         WITH v AS (
             SELECT node_id, stage, arg_max(passed, created_at) AS passed,
-                   arg_max(score, created_at) AS score
+                   arg_max(score, created_at) AS score,
+                   sum(coalesce(TRY_CAST(details->>'$.cost_tokens' AS DOUBLE), 0)) AS ctok,
+                   sum(coalesce(TRY_CAST(details->>'$.cost_calls' AS DOUBLE), 0)) AS ccalls,
+                   sum(coalesce(TRY_CAST(details->>'$.cost_usd' AS DOUBLE), 0)) AS cusd
             FROM verdicts WHERE run_id IN ({marks}) AND stage IN ('in_loop', 'graded')
               AND verifier NOT IN ('llm-judge', 'llm-judge-pairwise', 'reward-model')
             GROUP BY ALL),
@@ -233,7 +242,7 @@ def _samples(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, list[
               AND verifier IN ('llm-judge', 'reward-model')
             GROUP BY 1)
         SELECT n.run_id, n.task_id, n.node_id, n.content, n.answer, t.kind, n.is_final,
-               sig.judge, sig.reward,
+               sig.judge, sig.reward, il.ctok, il.ccalls, il.cusd,
                il.passed AS verified, il.score, g.passed AS correct,
                c.logprob_mean, c.completion_tokens, c.prompt_tokens, c.cost_usd,
                c.latency_s, c.created_at, c.sample_index
@@ -268,15 +277,28 @@ def _samples(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, list[
                 judge=r["judge"],
                 reward=r["reward"],
                 final=bool(r["is_final"]),
+                check_tokens=float(r["ctok"] or 0.0),
+                check_calls=float(r["ccalls"] or 0.0),
+                check_usd=float(r["cusd"] or 0.0),
             )
         )
     return out
 
 
 def _derived(
-    point: Point, p: dict[str, Any], runs: dict[str, list[Sample]], data: SweepData
+    point: Point,
+    p: dict[str, Any],
+    runs: dict[str, list[Sample]],
+    data: SweepData,
+    costs: dict[str, dict[str, Any]],
 ) -> None:
-    """A best-of-n point read from the first ``value`` samples of its run."""
+    """A best-of-n point read from the first ``value`` samples of its run.
+
+    Its cost is what those samples cost, plus their own in-loop verification (charged per
+    sample from each verdict's ``details.cost_*``), plus a k/N share of the run's other
+    calls for the task (judge or reward scoring, anything not attributed to one sample), so
+    at k = N the point costs exactly what the run spent.
+    """
     k = int(p["value"])
     seed = int(p["seed"])
     for task_id, samples in runs.items():
@@ -284,31 +306,44 @@ def _derived(
         first = samples[:k]
         if len(first) < k:
             continue  # the run stopped early (budget): no honest k-sample point
+        n = len(samples)
+        own = costs.get(task_id, {})
+
+        tokens = _spent(
+            first,
+            samples,
+            float(own.get("tokens") or 0.0),
+            lambda s: s.completion_tokens + s.prompt_tokens + s.check_tokens,
+        )
+        calls = _spent(
+            first, samples, float(own.get("calls") or 0.0), lambda s: 1.0 + s.check_calls
+        )
+        usd = _spent(first, samples, float(own.get("usd") or 0.0), lambda s: s.usd + s.check_usd)
         total_tok = sum(s.completion_tokens + s.prompt_tokens for s in samples) or 1
         tok = sum(s.completion_tokens + s.prompt_tokens for s in first)
         lat = max((s.latency for s in samples), default=0.0)
         opts = json.loads(p["options"]) if p["options"] else {}
         selector, weight_by = opts.get("selector", "verifier"), opts.get("weight_by", "logprob")
         right = select(first, selector, weight_by)
-        if k == len(samples) and any(s.final for s in samples):
-            own = next(s for s in samples if s.final)
-            if bool(own.correct) != right:
+        if k == n and any(s.final for s in samples):
+            pick = next(s for s in samples if s.final)
+            if bool(pick.correct) != right:
                 raise UserError(
                     f"sweep point {p['run_name']}: replaying best-of-n selector={selector} on "
                     f"the stored samples of task {task_id} does not give the loop's own pick; "
                     "refusing to report a substituted selection"
                 )
         point.results.append(
-            TaskResult(
-                task_id,
-                seed,
-                right,
-                float(tok),
-                float(k),
-                sum(s.usd for s in first),
-                lat * tok / total_tok,
-            )
+            TaskResult(task_id, seed, right, tokens, calls, usd, lat * tok / total_tok)
         )
+
+
+def _spent(
+    first: list[Sample], samples: list[Sample], total: float, cost: Callable[[Sample], float]
+) -> float:
+    """The first samples' own cost plus their k/N share of what no sample is charged with."""
+    rest = max(total - sum(cost(s) for s in samples), 0.0)
+    return sum(cost(s) for s in first) + rest * len(first) / len(samples)
 
 
 def select(samples: list[Sample], selector: str, weight_by: str = "logprob") -> bool:

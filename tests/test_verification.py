@@ -257,6 +257,25 @@ def test_best_of_n_judge_selection_is_replayed_not_replaced(tmp_path: Path) -> N
     assert data.oracle and not any(
         "oracle" in p.strategy for p in data.points if "judge" in p.strategy
     )
+    # Costs: at k = N a point costs what its run spent (samples, self-checks, judge calls);
+    # below, each sample brings its own self-check and a k/N share of the judging.
+    with TraceStore(db, read_only=True) as store:
+        spent = {
+            r["task_id"]: (r["total_tokens"], r["calls"])
+            for r in store.query(
+                "SELECT t.task_id, t.total_tokens, t.calls FROM tasks t JOIN runs r USING (run_id)"
+                " WHERE r.name LIKE '%selector=judge%'"
+            )
+        }
+    judged = {p.value: p for p in data.points if p.strategy == "best-of-n(selector=judge)"}
+    for r in judged[4].results:
+        assert (r.tokens, r.calls) == pytest.approx(spent[r.task_id])
+    for r in judged[1].results:
+        total_tokens, total_calls = spent[r.task_id]
+        assert r.calls == pytest.approx(
+            1 + 1 + (total_calls - 8) / 4
+        )  # sample, its check, 1/4 of judging
+        assert r.tokens < total_tokens / 2
 
 
 def test_report_counts_answers_that_fooled_the_in_loop_verifier(tmp_path: Path) -> None:

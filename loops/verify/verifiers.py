@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from loopwright.loops.answers import normalise_answer, vote_keys
-from loopwright.loops.client import CallContext
+from loopwright.loops.client import CallContext, Sample
 from loopwright.loops.errors import ModelCallError
 from loopwright.loops.prompts import draft_messages, render
 from loopwright.loops.tasks import Task
@@ -157,7 +158,8 @@ class SelfCheck(LoopVerifier):
         counted = [v for v in votes if v is not None]
         share = sum(counted) / len(counted) if counted else None
         note = samples[0].text.strip() if samples else ""
-        return self._verdict(task, response, share, votes, note, t0)
+        v = self._verdict(task, response, share, votes, note, t0)
+        return v.model_copy(update={"details": {**v.details, **cost_of(samples)}})
 
     def _verdict(
         self,
@@ -180,6 +182,16 @@ class SelfCheck(LoopVerifier):
             latency_s=time.perf_counter() - t0,
             details={"votes": votes, "unparsed": sum(v is None for v in votes)},
         )
+
+
+def cost_of(samples: Sequence[Sample]) -> dict[str, float]:
+    """What a verifier's own model calls cost, kept on its verdict (``details.cost_*``) so a
+    report can charge each best-of-n sample its verification exactly."""
+    return {
+        "cost_tokens": float(sum(s.tokens for s in samples)),
+        "cost_calls": float(len(samples)),
+        "cost_usd": float(sum(s.cost_usd for s in samples)),
+    }
 
 
 def _first_verdict(text: str) -> bool | None:
@@ -214,8 +226,13 @@ class Consistency(LoopVerifier):
     kinds = ("math", "text")
     Options = ConsistencyOptions
 
-    async def _reference_keys(self, ctx: VerifyContext, task: Task) -> list[str | None]:
+    async def _reference_keys(
+        self, ctx: VerifyContext, task: Task
+    ) -> tuple[list[str | None], dict[str, float]]:
+        """The fresh samples' answer keys, and what they cost when drawn by this call (the
+        first verdict of a task carries the cost; later ones reuse the samples)."""
         memo_key = f"consistency:{self.options.model_dump_json()}"
+        cost: dict[str, float] = {}
         if memo_key not in ctx.memo:
             o: ConsistencyOptions = self.options  # type: ignore[assignment]
             samples = await ctx.sample(
@@ -223,14 +240,16 @@ class Consistency(LoopVerifier):
                 temperature=o.temperature, max_tokens=o.max_tokens,
             )  # fmt: skip
             ctx.memo[memo_key] = [_key(task, s.text) for s in samples]
+            cost = cost_of(samples)
         keys: list[str | None] = ctx.memo[memo_key]
-        return keys
+        return keys, cost
 
     async def verify(self, ctx: VerifyContext, task: Task, response: str) -> Verdict:
         t0 = time.perf_counter()
         error: str | None = None
+        cost: dict[str, float] = {}
         try:
-            keys = await self._reference_keys(ctx, task)
+            keys, cost = await self._reference_keys(ctx, task)
         except ModelCallError as exc:
             keys, error = [], f"consistency samples failed: {exc}"
         mine = _key(task, response)
@@ -253,7 +272,7 @@ class Consistency(LoopVerifier):
             verifier=self.name,
             version=VERSION,
             latency_s=time.perf_counter() - t0,
-            details={"majority": winner, "tally": tally, "samples": len(keys)},
+            details={"majority": winner, "tally": tally, "samples": len(keys), **cost},
         )
 
 
