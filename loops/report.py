@@ -12,6 +12,7 @@ grader when the sweep has judge verdicts.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,8 +58,9 @@ def curve_points(data: SweepData, n_boot: int) -> list[dict[str, Any]]:
 def vote_points(data: SweepData, rows: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
     """Majority vote over the same shared samples, as its own strategy at the same costs.
 
-    For every best-of-n point at k, a ``... majority`` point: the same first-k samples and
-    costs, the answer picked by plain majority over normalised answers.
+    For every best-of-n point at k, a ``... majority`` point: the same first-k samples, the
+    answer picked by plain majority over normalised answers, at what the samples cost (the
+    vote needs no verification).
     """
     out = []
     for r in rows:
@@ -67,17 +69,26 @@ def vote_points(data: SweepData, rows: list[dict[str, Any]], n_boot: int) -> lis
             continue
         k = int(float(p.value))
         seeds = {res.seed for res in p.results}
-        per_task = [
-            (task, seed, select(samples[:k], "majority"))
+        shared = [
+            (task, seed, samples[:k])
             for (model, strategy, seed, task), samples in sorted(data.samples.items())
             if model == p.model and strategy == p.strategy and seed in seeds and len(samples) >= k
         ]
-        if not per_task:
+        if not shared:
             continue
+        per_task = [(task, seed, select(first, "majority")) for task, seed, first in shared]
         mean, lo, hi = M.bootstrap_ci([float(c) for _, _, c in per_task], n_boot=n_boot,
                                       groups=[t for t, _, _ in per_task])  # fmt: skip
-        out.append({**r, "label": f"{r['label']} majority", "acc": mean, "lo": lo, "hi": hi,
-                    "n": len(per_task)})  # fmt: skip
+        # A vote needs the samples only, not the loop's verification or judging of them.
+        costs = {
+            "tokens": statistics.fmean(
+                sum(s.prompt_tokens + s.completion_tokens for s in f) for _, _, f in shared
+            ),
+            "calls": float(k),
+            "usd": statistics.fmean(sum(s.usd for s in f) for _, _, f in shared),
+        }
+        out.append({**r, **costs, "label": f"{r['label']} majority", "acc": mean, "lo": lo,
+                    "hi": hi, "n": len(per_task)})  # fmt: skip
     return out
 
 
