@@ -257,6 +257,14 @@ def test_best_of_n_judge_selection_is_replayed_not_replaced(tmp_path: Path) -> N
     assert data.oracle and not any(
         "oracle" in p.strategy for p in data.points if "judge" in p.strategy
     )
+    # The oracle is shown beside the judge but wins no budget of the compute-matched table.
+    from loopwright.loops.report import curve_points, matched_table
+
+    table = matched_table(curve_points(data, n_boot=50))
+    assert table and all("oracle" not in (m.winner or "") for m in table), [
+        (m.budget, m.winner) for m in table
+    ]
+    assert any(m.best.get("best-of-n(verifier=oracle)") for m in table)
     # Costs: at k = N a point costs what its run spent (samples, self-checks, judge calls);
     # below, each sample brings its own self-check and a k/N share of the judging.
     with TraceStore(db, read_only=True) as store:
