@@ -56,6 +56,9 @@ def reply(messages: list[dict[str, Any]], index: int) -> str:
     user = last_user(messages)
     if "Rating: [[N]]" in user:  # mcts value prompt
         return f"Plausible.\nRating: [[{(index * 7) % 11}]]"
+    if "CORRECT or INCORRECT" in user:  # the in-loop self-check
+        answer = user.split("Proposed answer:", 1)[1]
+        return "CORRECT: 2 + 3 = 5." if "is 5" in answer else "INCORRECT: 2 + 3 is 5."
     if "Check the proposed answer" in user:  # self-refine critic
         return "2 + 3 is not 6: recount the apples and state the answer again."
     if "lesson for your next attempt" in user or "what went wrong" in user:
@@ -74,10 +77,13 @@ def tasks_file(tmp: Path, n: int = 4, payload: bool = False) -> str:
     return write_jsonl(tmp / f"tasks-{n}-{payload}.jsonl", rows)
 
 
-def run_loop(db: Path, loop: str, tasks: str, name: str, **options: Any) -> None:
+def run_loop(
+    db: Path, loop: str, tasks: str, name: str, verifier: str = "auto", **options: Any
+) -> None:
     model = ScriptedModel(reply)
     cfg = RunConfig(loop=loop, tasks=tasks, model=model.register(), db=str(db), run_name=name,
-                    backoff_base_s=0.0, concurrency=1, options=options)  # fmt: skip
+                    backoff_base_s=0.0, concurrency=1, options=options,
+                    verifier=verifier)  # fmt: skip
     asyncio.run(run(cfg))
 
 
@@ -87,7 +93,9 @@ def build_store(tmp: Path, sweep: bool = False) -> Path:
     db = tmp / "view.duckdb"
     tasks = tasks_file(tmp, 4, payload=True)
     run_loop(db, "self-refine", tasks, "refine-a", max_rounds=2)
-    run_loop(db, "mcts", tasks, "mcts-a", children=2, simulations=4)
+    # The oracle stops MCTS on the reference, which the script's tree shapes rely on (and
+    # the runs page then shows an oracle run beside honest ones).
+    run_loop(db, "mcts", tasks, "mcts-a", verifier="oracle", children=2, simulations=4)
     run_loop(db, "best-of-n", tasks, "bon-a", n=4)
     run_loop(db, "reflexion", tasks, "reflexion-a", max_trials=3)
     if sweep:
