@@ -147,12 +147,10 @@ class _ScriptedProvider(CustomLLM):
 def _add_providers() -> None:
     """Append our providers to litellm's map, keeping any the user registered (and replacing
     only earlier copies of ours, e.g. after a module reload)."""
-    ours = {"local": _LocalProvider(), "scripted": _ScriptedProvider()}
+    ours: dict[str, CustomLLM] = {"local": _LocalProvider(), "scripted": _ScriptedProvider()}
     kept = [p for p in (litellm.custom_provider_map or []) if p.get("provider") not in ours]
-    litellm.custom_provider_map = [
-        *kept,
-        *({"provider": name, "custom_handler": handler} for name, handler in ours.items()),
-    ]
+    added: list[Any] = [{"provider": n, "custom_handler": h} for n, h in ours.items()]
+    litellm.custom_provider_map = [*kept, *added]
 
 
 _add_providers()

@@ -305,7 +305,8 @@ def _wait(readers, writers, timeout):
         p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     for fd in writers:
         p.register(fd, select.POLLOUT | select.POLLHUP | select.POLLERR)
-    r, w = [], []
+    r: list = []
+    w: list = []
     for fd, _ in p.poll(timeout * 1000):
         (w if fd in writers else r).append(fd)
     return r, w
