@@ -157,6 +157,11 @@ class _RoundFailed(Exception):
     pass
 
 
+def served_as(path: Path) -> str:
+    """The model string a trained file is served and traced under."""
+    return f"local/{path}"
+
+
 def _round(cfg: ImproveConfig, rnd: int, parent: str, row: dict[str, Any],
            train_cfg: dict[str, Any], eval_file: Path, work: Path, ev: Events) -> str:  # fmt: skip
     """Finish round ``rnd`` from the stage its row is at; returns the round's model."""
@@ -245,7 +250,7 @@ def _train(cfg: ImproveConfig, rnd: int, parent: str, data: Path, rows: int, wor
         res = train_and_export(start, data, path, cfg.train, ev.train_step)
     except TrainingFailed as exc:
         _fail(cfg, rnd, f"training failed: {exc}")
-    model_id = f"local/{path}"
+    model_id = served_as(path)
     record = L.ModelRecord(
         model_id=model_id,
         parent=parent,
