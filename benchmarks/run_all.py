@@ -54,6 +54,7 @@ BENCHES: list[Bench] = [
     Bench("local_model", ["--requests", "4", "--repeats", "1"]),
     Bench("math_agreement", ["--limit", "100", "--show", "0"]),
     Bench("search", ["--queries", "1000"]),
+    Bench("improve_train", ["--rows", "16", "--steps", "2", "--repeats", "2"]),
 ]
 NAMES = [b.name for b in BENCHES]
 
