@@ -195,3 +195,27 @@ def test_local_gguf_path_is_a_model_string(tmp_path: Path) -> None:
     f.write_bytes(b"x")
     check_model(f"local/{f}")
     assert weights_path(spec_for(str(f))) == f and spec_for(str(f)).chat
+
+
+def _only_with_hint(messages: list[dict[str, Any]], index: int) -> str:
+    """Solves a task only when the prompt carries the answer as a hint."""
+    text = str(messages[-1]["content"])
+    hint = re.search(r"correct answer is (\d+)", text)
+    return f"The answer is {hint.group(1) if hint else 1000}."
+
+
+def test_star_rationalises_unsolved_tasks_and_trains_without_the_hint(
+    tmp_path: Path, fake: FakeTrainer
+) -> None:
+    base = ScriptedModel(_only_with_hint).register()
+    cfg = _cfg(tmp_path, method="star", base=base)
+    result = R.run_improve(cfg)
+    assert result.failed is None, result.failed
+    assert result.rounds[1]["metrics"]["train"]["yield"] == 0.0  # nothing solved unaided
+    rows = [json.loads(x) for x in fake.calls[0][1].read_text().splitlines()]
+    assert rows and all(r["provenance"]["run_name"] == "s-r1-rationalise" for r in rows)
+    train_prompts = {r["prompt"] for r in _rows(cfg.db, "SELECT prompt FROM tasks JOIN runs "
+                                              "USING (run_id) WHERE name = 's-r1-train'")}  # fmt: skip
+    for r in rows:
+        assert "Hint" not in r["messages"][0]["content"]
+        assert r["messages"][0]["content"] in train_prompts

@@ -20,6 +20,7 @@ from loopwright.loops.errors import UserError
 from loopwright.loops.grade import grade_run
 from loopwright.loops.improve.config import ImproveConfig
 from loopwright.loops.improve.metrics import eval_metrics, train_metrics
+from loopwright.loops.improve.star import hinted_task_file, strip_hints, unsolved_tasks
 from loopwright.loops.runner import Progress, RunConfig, prepare
 from loopwright.loops.runner import run as run_loop
 from loopwright.loops.tasks import load_tasks
@@ -28,7 +29,7 @@ from loopwright.traces import lineage as L
 from loopwright.traces.harvest import HarvestOptions, harvest, overlapping
 from pydantic import BaseModel, Field
 
-IMPLEMENTED = ("rest-em", "dpo")
+IMPLEMENTED = ("rest-em", "star", "dpo")
 
 
 class Events:
@@ -177,6 +178,8 @@ def _round(cfg: ImproveConfig, rnd: int, parent: str, row: dict[str, Any],
         _run(cfg, train_run, {**train_cfg, "model": parent}, ev, f"r{rnd} generate")
         ev.stage(rnd, "grade")
         grade_run(cfg.db, [train_run], sandbox=cfg.sandbox)
+        if cfg.method == "star":
+            _rationalise(cfg, rnd, parent, train_cfg, work, ev)
         ev.stage(rnd, "harvest")
         data, rows = _harvest(cfg, rnd, eval_file, work)
         with TraceStore(cfg.db) as store:
@@ -213,7 +216,11 @@ def _harvest(cfg: ImproveConfig, rnd: int, eval_file: Path, work: Path) -> tuple
     """The round's training file. Labels are the held-out grader's verdicts on the train
     samples; eval prompts are excluded again here (the contamination check)."""
     first = 1 if cfg.data == "accumulate" else rnd
-    runs = tuple(f"{cfg.name}-r{r}-train" for r in range(first, rnd + 1))
+    rounds = range(first, rnd + 1)
+    rationalised = {f"{cfg.name}-r{r}-rationalise" for r in rounds}
+    with TraceStore(cfg.db) as store:
+        rationalised = {r for r in rationalised if run_by_name(store, r) is not None}
+    runs = tuple(f"{cfg.name}-r{r}-train" for r in rounds) + tuple(sorted(rationalised))
     fmt = "dpo" if cfg.train.objective == "dpo" else "sft"
     opts = HarvestOptions(
         runs=runs,
@@ -224,7 +231,24 @@ def _harvest(cfg: ImproveConfig, rnd: int, eval_file: Path, work: Path) -> tuple
     )
     out = work / f"r{rnd}" / f"{fmt}.jsonl"
     res = harvest(fmt, cfg.db, out, opts, overwrite=True)
+    if rationalised:
+        strip_hints(out, rationalised)
     return out, res.rows
+
+
+def _rationalise(cfg: ImproveConfig, rnd: int, parent: str, train_cfg: dict[str, Any],
+                 work: Path, ev: Events) -> None:  # fmt: skip
+    """STaR: the never-solved train tasks again, with their reference as a hint."""
+    todo = unsolved_tasks(cfg.db, f"{cfg.name}-r{rnd}-train", train_cfg["tasks"],
+                          train_cfg["limit"])  # fmt: skip
+    if not todo:
+        return
+    spec = hinted_task_file(todo, work / f"r{rnd}" / "rationalise.jsonl")
+    name = f"{cfg.name}-r{rnd}-rationalise"
+    ev.stage(rnd, "rationalise", f"{len(todo)} unsolved train tasks with the answer as a hint")
+    _run(cfg, name, {**train_cfg, "tasks": str(spec), "limit": None, "model": parent}, ev,
+         f"r{rnd} rationalise")  # fmt: skip
+    grade_run(cfg.db, [name], sandbox=cfg.sandbox)
 
 
 def _train(cfg: ImproveConfig, rnd: int, parent: str, data: Path, rows: int, work: Path,
