@@ -180,11 +180,6 @@ def test_dropping_overlap_trains_only_on_disjoint_prompts(tmp_path: Path) -> Non
     assert overlapping(kept, evals) == []
 
 
-def test_unimplemented_method_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="not implemented yet"):
-        R.run_improve(_cfg(tmp_path, method="self-reward"))
-
-
 def test_local_gguf_path_is_a_model_string(tmp_path: Path) -> None:
     from loopwright.loops.client import check_model
     from loopwright.loops.local_model import spec_for, weights_path
@@ -219,3 +214,28 @@ def test_star_rationalises_unsolved_tasks_and_trains_without_the_hint(
     for r in rows:
         assert "Hint" not in r["messages"][0]["content"]
         assert r["messages"][0]["content"] in train_prompts
+
+
+def test_self_reward_labels_pairs_with_its_own_judge_and_never_shows_it_the_reference(
+    tmp_path: Path, fake: FakeTrainer
+) -> None:
+    def answer_or_judge(messages: list[dict[str, Any]], index: int) -> str:
+        text = str(messages[-1]["content"])
+        if "[Answer A]" in text:  # a judge that prefers the larger number, in either order
+            a = int(re.findall(r"\d+", text.split("[Answer A]")[1].split("[End")[0])[0])
+            b = int(re.findall(r"\d+", text.split("[Answer B]")[1].split("[End")[0])[0])
+            return "[[A]]" if a > b else "[[B]]"
+        return _answer(messages, index)
+
+    model = ScriptedModel(answer_or_judge)
+    cfg = _cfg(tmp_path, method="self-reward", base=model.register())
+    result = R.run_improve(cfg)
+    assert result.failed is None, result.failed
+    judge_prompts = [c.messages[-1]["content"] for c in model.calls
+                     if "[Answer A]" in str(c.messages[-1]["content"])]  # fmt: skip
+    assert judge_prompts and not any("[Reference answer]" in p for p in judge_prompts)
+    rows = [json.loads(x) for x in fake.calls[0][1].read_text().splitlines()]
+    assert rows and fake.calls[0][2] == "dpo"
+    agreement = result.rounds[1]["metrics"]["train"]["judge_grader_agreement"]
+    # the wrong answers are the right ones plus 1: the larger-number judge is always wrong
+    assert agreement["decided"] > 0 and agreement["agreement"] == 0.0

@@ -74,3 +74,31 @@ def train_metrics(store: TraceStore, run: str) -> dict[str, Any]:
         "solved": sum(solved) / len(solved) if solved else None,
         **_shape(per_task),
     }
+
+
+def judge_agreement(store: TraceStore, run: str) -> dict[str, Any]:
+    """self-reward: of the judged pairs whose graded verdicts differ, the share where the
+    model's judge (same winner in both orders) picked the graded-correct answer."""
+    row = run_by_name(store, run)
+    if row is None:
+        return {"pairs": 0, "agreement": None}
+    rows = store.query(
+        """
+        WITH j AS (
+            SELECT details->>'$.a_node_id' AS a, details->>'$.b_node_id' AS b,
+                   details->>'$.a_first.winner' AS af, details->>'$.b_first.winner' AS bf
+            FROM verdicts WHERE run_id = ? AND verifier = 'llm-judge-pairwise'),
+        g AS (SELECT node_id, bool_or(passed) AS passed FROM verdicts
+              WHERE run_id = ? AND stage = 'graded' GROUP BY node_id)
+        SELECT j.af, j.bf, ga.passed AS pa, gb.passed AS pb
+        FROM j JOIN g ga ON ga.node_id = j.a JOIN g gb ON gb.node_id = j.b
+        WHERE ga.passed <> gb.passed""",
+        [row["run_id"], row["run_id"]],
+    )
+    decided = [r for r in rows if r["af"] == r["bf"] and r["af"] in ("a", "b")]
+    agree = sum((r["af"] == "a") == bool(r["pa"]) for r in decided)
+    return {
+        "pairs": len(rows),
+        "decided": len(decided),
+        "agreement": agree / len(decided) if decided else None,
+    }

@@ -19,8 +19,9 @@ from typing import Any, NoReturn
 from loopwright.loops.errors import UserError
 from loopwright.loops.grade import grade_run
 from loopwright.loops.improve.config import ImproveConfig
-from loopwright.loops.improve.metrics import eval_metrics, train_metrics
+from loopwright.loops.improve.metrics import eval_metrics, judge_agreement, train_metrics
 from loopwright.loops.improve.star import hinted_task_file, strip_hints, unsolved_tasks
+from loopwright.loops.judge_pairs import judge_pairs
 from loopwright.loops.runner import Progress, RunConfig, prepare
 from loopwright.loops.runner import run as run_loop
 from loopwright.loops.tasks import load_tasks
@@ -29,7 +30,7 @@ from loopwright.traces import lineage as L
 from loopwright.traces.harvest import HarvestOptions, harvest, overlapping
 from pydantic import BaseModel, Field
 
-IMPLEMENTED = ("rest-em", "star", "dpo")
+IMPLEMENTED = ("rest-em", "star", "dpo", "self-reward")
 
 
 class Events:
@@ -180,10 +181,17 @@ def _round(cfg: ImproveConfig, rnd: int, parent: str, row: dict[str, Any],
         grade_run(cfg.db, [train_run], sandbox=cfg.sandbox)
         if cfg.method == "star":
             _rationalise(cfg, rnd, parent, train_cfg, work, ev)
+        if cfg.method == "self-reward":
+            ev.stage(rnd, "judge", f"{parent} judges pairs of its own samples")
+            asyncio.run(judge_pairs(cfg.db, [train_run], parent, seed=cfg.seed,
+                                    pairs_per_task=cfg.max_per_prompt or 4,
+                                    concurrency=cfg.concurrency, with_reference=False))  # fmt: skip
         ev.stage(rnd, "harvest")
         data, rows = _harvest(cfg, rnd, eval_file, work)
         with TraceStore(cfg.db) as store:
             metrics["train"] = {**train_metrics(store, train_run), "data_rows": rows}
+            if cfg.method == "self-reward":
+                metrics["train"]["judge_grader_agreement"] = judge_agreement(store, train_run)
             L.set_round(store, name, rnd, stage="train", metrics=metrics)
         if rows == 0:
             _fail(cfg, rnd, "harvest found no training rows (no verified samples)")
@@ -227,7 +235,9 @@ def _harvest(cfg: ImproveConfig, rnd: int, eval_file: Path, work: Path) -> tuple
         label="graded",
         contamination=(eval_file,),
         max_per_prompt=cfg.max_per_prompt,
-        pairs=("siblings",),
+        # self-reward: the model's own pairwise judgements pick chosen/rejected; the graded
+        # labels (the reference) are used for the metrics only
+        pairs=("judge",) if cfg.method == "self-reward" else ("siblings",),
     )
     out = work / f"r{rnd}" / f"{fmt}.jsonl"
     res = harvest(fmt, cfg.db, out, opts, overwrite=True)
