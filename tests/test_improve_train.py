@@ -49,10 +49,11 @@ def test_served_export_matches_the_trained_model_greedily(tmp_path: Path) -> Non
     out = export_gguf(T.state_arrays(model), base.template, tmp_path / "m.gguf", "F32")
     assert not list(tmp_path.glob(".*.tmp"))  # written beside and renamed into place
     # the LoRA update was merged: the exported weights differ from the base file's
+    # (unchanged weights would come back exactly: Q4_1 values are exact in F32)
     diff = np.abs(
         _tensor(out, "blk.0.attn_v.weight") - _tensor(base.template, "blk.0.attn_v.weight")
     )
-    assert diff.max() > 1e-3
+    assert diff.max() > 1e-5
     engine = LocalEngine.get(str(out))
     for prompt in PROMPTS:
         want = T.greedy_tokens(model, tok, prompt, max_new_tokens=16)
