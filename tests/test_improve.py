@@ -104,6 +104,18 @@ def test_a_round_trains_on_graded_train_samples_and_records_lineage(
         assert row["provenance"]["model"] == cfg.base
     assert _rows(cfg.db, "SELECT max(version) AS v FROM schema_version")[0]["v"] == SCHEMA_VERSION
 
+    from loopwright.loops.cli import app
+    from typer.testing import CliRunner
+
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", "--improve", "s", "--db", cfg.db, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = (out / "report.md").read_text()
+    assert "| 1 | done | 50.0% [" in text and "## Lineage" in text
+    assert (out / "accuracy.png").stat().st_size > 0 and (out / "yield_diversity.png").is_file()
+    r = CliRunner().invoke(app, ["report", "--db", cfg.db, "--out", str(out)])
+    assert r.exit_code != 0
+
 
 def test_dpo_iterates_from_the_previous_model_on_sibling_pairs(
     tmp_path: Path, fake: FakeTrainer
