@@ -226,12 +226,13 @@ def train_model(
     torch.manual_seed(cfg.seed)
     model, tok = load_model(base, device)
     losses: list[float | None] = []
-    trainer = _trainer(model, tok, rows, cfg, device, [_callback(on_step, losses)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' notices about TRL's args
+        trainer = _trainer(model, tok, rows, cfg, device, [_callback(on_step, losses)])
     tokens = _count_tokens(trainer)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
-            # transformers' own deprecation notices about arguments TRL passes, not ours
             warnings.simplefilter("ignore", FutureWarning)
             trainer.train()
     except torch.OutOfMemoryError as exc:
