@@ -7,9 +7,9 @@ Install with ``pip install 'loopwright[train]'``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -82,12 +82,15 @@ def resolve_base(model: str) -> BaseWeights:
 def load_model(base: BaseWeights, device: str) -> tuple[Any, Any]:
     """(plain trainable model, tokenizer). A GGUF load comes back marked quantised, which
     transformers refuses to fine-tune fully: rebuild a plain model from config + weights."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF de-quantising bar
     import datasets
     import torch
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    # its de-quantising bar is a bare tqdm that ignores transformers' progress-bar switch
+    if not isinstance(gguf_utils.tqdm, functools.partial):
+        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
