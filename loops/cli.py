@@ -326,6 +326,9 @@ def _mount_tools() -> None:
     from loopwright.loops.cli_view import view
 
     app.command("view")(view)
+    from loopwright.loops.cli_improve import improve
+
+    app.command("improve")(improve)
     from loopwright.loops.cli_judge import judge_app
 
     app.add_typer(judge_app, name="judge", help="Judge a run's answers after the fact.")

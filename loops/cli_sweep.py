@@ -199,14 +199,26 @@ def _summary(db: str, name: str) -> None:
 
 
 def report(
-    sweep_name: Annotated[str, typer.Option("--sweep", help="Sweep name.")],
     out: Annotated[Path, typer.Option(help="Folder for report.md and the PNG plots.")],
+    sweep_name: Annotated[str | None, typer.Option("--sweep", help="Sweep name.")] = None,
+    improve_name: Annotated[
+        str | None, typer.Option("--improve", help="Improve series name (instead of --sweep).")
+    ] = None,
     db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 2000,
 ) -> None:
-    """Plots (PNG) and a Markdown report of a sweep: accuracy vs compute with CIs, pass@k,
-    maj@k, the compute-matched winners and caution metrics."""
+    """Plots (PNG) and a Markdown report of a sweep (accuracy vs compute with CIs, pass@k,
+    maj@k, the compute-matched winners and caution metrics) or of an improve series."""
+    if (sweep_name is None) == (improve_name is None):
+        raise UserError("report takes one of --sweep NAME or --improve NAME")
+    if improve_name is not None:
+        from loopwright.loops.report_improve import write_improve_report
+
+        path = write_improve_report(db, improve_name, out)
+        _console().print(f"report: {path}", highlight=False)
+        return
     from loopwright.loops.report import write_report
 
+    assert sweep_name is not None
     path = write_report(db, sweep_name, out, n_boot=n_boot)
     _console().print(f"report: {path}", highlight=False)

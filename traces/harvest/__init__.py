@@ -28,6 +28,7 @@ from loopwright.traces.harvest.base import (
     connect,
     finish,
     lit,
+    overlapping,
 )
 from loopwright.traces.harvest.formats import BUILDERS, Plan
 from loopwright.traces.harvest.options import (
@@ -45,6 +46,7 @@ __all__ = [
     "HarvestResult",
     "harvest",
     "output_kind",
+    "overlapping",
 ]
 
 

@@ -218,10 +218,34 @@ def _eval_texts(opts: HarvestOptions) -> list[str]:
     return texts
 
 
-def build_contamination(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> None:
-    """``contam(prompt_key)``: candidate prompts overlapping an eval text."""
+def overlapping(
+    prompts: list[str], eval_texts: list[str], opts: HarvestOptions | None = None
+) -> list[str]:
+    """The ``prompts`` that harvest's contamination check finds in ``eval_texts`` (same
+    n-gram rule and threshold), so a train/eval split can be refused before any run."""
+    opts = opts or HarvestOptions()
+    con = duckdb.connect()
+    try:
+        _macros(con, opts)
+        con.execute("CREATE TEMP TABLE cand (prompt VARCHAR, prompt_key VARCHAR)")
+        con.executemany("INSERT INTO cand VALUES (?, pkey(?))", [[p, p] for p in prompts])
+        build_contamination(con, opts, eval_texts)
+        rows = con.execute(
+            "SELECT DISTINCT prompt FROM cand WHERE prompt_key IN (SELECT prompt_key FROM contam)"
+            " ORDER BY prompt"
+        ).fetchall()
+        return [r[0] for r in rows]
+    finally:
+        con.close()
+
+
+def build_contamination(
+    con: duckdb.DuckDBPyConnection, opts: HarvestOptions, texts: list[str] | None = None
+) -> None:
+    """``contam(prompt_key)``: candidate prompts overlapping an eval text (``texts``, or the
+    rows of the eval files ``opts.contamination`` names)."""
     con.execute("CREATE OR REPLACE TEMP TABLE contam (prompt_key VARCHAR)")
-    texts = _eval_texts(opts)
+    texts = _eval_texts(opts) if texts is None else texts
     if not texts:
         return
     con.execute("CREATE OR REPLACE TEMP TABLE eval_texts (text VARCHAR)")

@@ -1,0 +1,8 @@
+"""Self-improvement rounds: generate -> grade -> harvest -> train -> export -> evaluate.
+
+Only ``train`` imports torch/TRL (lazily, when a round trains); the rest is light.
+"""
+
+from loopwright.loops.improve.config import METHODS, ImproveConfig, Method, TrainConfig
+
+__all__ = ["METHODS", "ImproveConfig", "Method", "TrainConfig"]

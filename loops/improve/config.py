@@ -1,0 +1,112 @@
+"""What ``loopwright improve`` takes: the rounds, the method and the training settings.
+
+Plain pydantic, no torch: the CLI validates everything here before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from loopwright.loops.improve.export import ExportType
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["rest-em", "star", "dpo", "self-reward"]
+METHODS: tuple[Method, ...] = ("rest-em", "star", "dpo", "self-reward")
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TrainConfig(BaseModel):
+    """One training run (TRL trainer over a harvested file)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    objective: Literal["sft", "dpo"] = Field("sft", description="TRL trainer: SFT or DPO.")
+    lora_rank: int = Field(16, ge=0, description="LoRA rank; 0 fine-tunes every weight.")
+    lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha; default 2 x rank.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the data (unless max_steps).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Default: SFT 2e-4 with LoRA / 2e-5 full; DPO 5e-5 with LoRA / 5e-6 full.",
+    )
+    batch_size: int = Field(8, ge=1, description="Rows per optimizer step (per device).")
+    max_length: int = Field(512, ge=16, description="Tokens kept of each row.")
+    beta: float = Field(0.1, gt=0, description="DPO: strength of the pull to the reference.")
+    export: ExportType = Field("Q8_0", description="GGUF tensor type of the exported model.")
+    device: Device = Field("auto", description="auto: CUDA when torch sees a GPU, else CPU.")
+    seed: int = Field(0, description="Data order and initialisation seed.")
+
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        lora = self.lora_rank > 0
+        if self.objective == "sft":
+            return 2e-4 if lora else 2e-5
+        return 5e-5 if lora else 5e-6
+
+
+class ImproveConfig(BaseModel):
+    """A series of self-improvement rounds, stored under ``name`` in the trace database."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, description="Name of the series (resume keys on it).")
+    tasks: str = Field(description="Train task spec (the loop's tasks each round).")
+    eval_tasks: str = Field(description="Held-out eval task spec; must not overlap tasks.")
+    rounds: int = Field(3, ge=0, description="Training rounds after the base evaluation.")
+    method: Method = Field("rest-em", description="rest-em, star, dpo or self-reward.")
+    base: str = Field(
+        "local/smollm2-135m",
+        description="Base model: local/NAME, local/PATH.gguf or a Hugging Face checkpoint dir.",
+    )
+    loop: str = Field("best-of-n", description="Loop generating the training samples.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Loop options.")
+    limit: int | None = Field(None, ge=1, description="Only the first N train tasks.")
+    eval_limit: int | None = Field(None, ge=1, description="Only the first N eval tasks.")
+    drop_overlap: bool = Field(
+        False, description="Train without the train prompts that overlap eval (else refuse)."
+    )
+    eval_samples: int = Field(4, ge=1, description="Plain samples per eval task (pass@k).")
+    max_per_prompt: int | None = Field(
+        None, ge=1, description="Training rows kept per prompt (harvest cap)."
+    )
+    data: Literal["accumulate", "replace"] = Field(
+        "replace", description="Train on every round's samples so far, or this round's only."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Trainer settings.")
+    db: str = Field("loopwright.duckdb", description="Trace database.")
+    workdir: str | None = Field(
+        None, description="Where data and models go; default NAME.improve/ beside the db."
+    )
+    concurrency: int = Field(4, ge=1, description="Model requests in flight.")
+    seed: int = Field(0, description="Seed of the runs.")
+    sandbox: str = Field("bwrap", description="Sandbox of code tests.")
+    verifier: str = Field(
+        "auto",
+        description="In-loop verifier of the loop runs (training data is labelled by the "
+        "held-out grader either way); oracle makes the eval's loop column an upper bound.",
+    )
+    resume: bool = Field(False, description="Continue the series called name.")
+
+    @model_validator(mode="after")
+    def _method_objective(self) -> ImproveConfig:
+        want = "dpo" if self.method in ("dpo", "self-reward") else "sft"
+        if self.train.objective != want:
+            # The method decides the trainer; a config that says otherwise is rewritten.
+            object.__setattr__(self, "train", self.train.model_copy(update={"objective": want}))
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed series must match (everything that changes the results)."""
+        return self.model_dump(mode="json", exclude={"resume", "db", "workdir", "concurrency"})
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def restarts_from_base(self) -> bool:
+        """ReST-EM and STaR fine-tune the base each round; DPO methods iterate."""
+        return self.method in ("rest-em", "star")
