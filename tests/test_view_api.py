@@ -116,18 +116,17 @@ def test_compare_and_improve(store: Path, tmp_path: Path) -> None:
         _, _, c = get(v.url + "api/compare?a=refine-a&b=bon-a")
         assert c["summary"]["shared"] == 5 and len(c["rows"]) == 5
         _, _, imp = get(v.url + "api/improve")
-        assert imp == {"models": None, "rounds": None}  # no improve tables: skipped
+        assert imp == {"models": [], "rounds": []}  # the lineage tables exist, still empty
     db = tmp_path / "i.duckdb"
     shutil.copy(store, db)
     with TraceStore(db, serve_reads=False) as s:
-        s.execute("CREATE TABLE rounds (improve VARCHAR, round INTEGER, model VARCHAR, "
-                  "train_run VARCHAR, eval_run VARCHAR, metrics JSON)")  # fmt: skip
         s.execute(
-            "INSERT INTO rounds VALUES ('rest', 1, 'm1', 'bon-a', 'refine-a', '{\"acc\": 0.4}')"
+            "INSERT INTO rounds (improve, round, model, train_run, eval_run, stage, metrics) "
+            "VALUES ('rest', 1, 'm1', 'bon-a', 'refine-a', 'done', '{\"acc\": 0.4}')"
         )
     with viewer(db) as v:
         _, _, imp = get(v.url + "api/improve")
-        assert imp["models"] is None and imp["rounds"][0]["train_run"] == "bon-a"
+        assert imp["models"] == [] and imp["rounds"][0]["train_run"] == "bon-a"
 
 
 def test_bad_input_gives_one_clear_line(tmp_path: Path, store: Path) -> None:

@@ -52,9 +52,20 @@ def test_click_from_runs_to_a_task_tree_fold_a_subtree_and_open_a_call(
         assert child.is_visible()
         # open a node, then one of its calls: messages, params, tokens, latency, cache
         page.locator("#tree a.node-head", has_text="expander").first.click()
-        page.wait_for_selector("#node-panel #calls")
-        page.click("#calls button.open-call")
-        detail = page.wait_for_selector("#call-detail")
+        # the panel of *this* node, not the one shown before the click
+        page.wait_for_function(
+            "() => (document.querySelector('#node-panel')?.innerText || '')"
+            ".includes('expander node') && document.querySelector('#calls button.open-call')"
+        )
+        detail = None
+        for _ in range(3):  # a panel re-rendered by a late answer drops the first click
+            page.click("#calls button.open-call")
+            try:
+                detail = page.wait_for_selector("#call-detail", timeout=10_000)
+                break
+            except Exception:  # playwright's TimeoutError
+                continue
+        assert detail is not None, "the call detail never opened"
         text = detail.inner_text()
         for needle in ("messages", "temperature=", "latency", "attempts", "not cached", "user"):
             assert needle in text
