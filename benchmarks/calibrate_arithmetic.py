@@ -13,7 +13,7 @@ import asyncio
 import collections
 import time
 
-from loopwright.loops.client import ClientConfig, ModelClient
+from loopwright.loops.models.client import ClientConfig, ModelClient
 from loopwright.loops.prompts import render
 from loopwright.loops.tasks import builtin_arithmetic
 from loopwright.tools.numeric import check_number

@@ -60,7 +60,7 @@ def _bare_trl(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: Any) -> flo
 
 
 def _serve_rate(model: str, prompts: list[str], max_tokens: int) -> float:
-    from loopwright.loops.local_model import LocalEngine
+    from loopwright.loops.models.local_model import LocalEngine
 
     engine = LocalEngine.get(model)
     engine.generate([{"role": "user", "content": "hi"}], {"max_tokens": 4})  # warm-up

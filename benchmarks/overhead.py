@@ -6,7 +6,7 @@ Three sides, measured alternately ``--repeats`` times after a warm-up; the media
   mock_response=...)`` at ``--concurrency``; the figure the issue names.
 * ``bare litellm scripted`` -- ``litellm.acompletion(model="scripted/<name>")`` against the
   scripted custom provider, with the same request arguments the loopwright client sends.
-* ``loopwright self-refine`` -- ``loopwright.loops.runner.run`` over ``--calls`` math tasks
+* ``loopwright self-refine`` -- ``loopwright.loops.execution.runner.run`` over ``--calls`` math tasks
   whose reference is 5; the scripted model answers "The answer is 5.", so every task is one
   generator call plus an in-loop verify (and the held-out grade): exactly one call per task.
   Tracing goes into a fresh temporary DuckDB file per repetition; the timed span is the
@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import litellm
-import loopwright.loops.client  # noqa: F401  (registers the scripted provider with litellm)
+import loopwright.loops.models.client  # noqa: F401  (registers the scripted provider with litellm)
+from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.loops.prompts import render
-from loopwright.loops.runner import RunConfig, run
-from loopwright.loops.scripted import ScriptedModel
 from loopwright.traces.store import TraceStore
 from loopwright.traces.writer import TraceWriter
 

@@ -7,7 +7,7 @@ timers would wait on the client's GIL and every client's CPU would look like ser
 binds 127.0.0.1 on a free port, and stops when the benchmark ends, when the benchmark's process
 goes away, or after a hard timeout, whichever comes first.
 
-loopwright is driven as a user would drive it: ``loopwright.loops.runner.run`` with
+loopwright is driven as a user would drive it: ``loopwright.loops.execution.runner.run`` with
 ``loop="best-of-n", options={"n": 1}, model="openai/mock", api_base=<the server>``, call cache
 off, tracing into a fresh temporary DuckDB file, over math tasks the mock always answers right
 (one model call per task), at each ``--concurrency`` level. The timed span is the whole
@@ -324,7 +324,7 @@ class LoopwrightSide:
 
     async def __call__(self, n: int, concurrency: int) -> str:
         """Run ``n`` tasks; returns a problem description, or "" when the trace is right."""
-        from loopwright.loops.runner import RunConfig, run
+        from loopwright.loops.execution.runner import RunConfig, run
         from loopwright.traces.store import TraceStore
 
         self.runs += 1

@@ -1,7 +1,7 @@
 """Tracing cost: the same model calls through ``ModelClient`` with a trace writer and without.
 
 Workload: ``--calls`` chat completions at ``--concurrency`` through
-``loopwright.loops.client.ModelClient`` (call cache off, a distinct seed per call), against
+``loopwright.loops.models.client.ModelClient`` (call cache off, a distinct seed per call), against
 the loopback mock OpenAI-compatible server of ``throughput.py`` (``--latency``, default
 50 ms) or, with ``--provider scripted``, against the in-process scripted model (no network,
 no latency: every microsecond of tracing shows).
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loopwright.loops.client import CallContext, ClientConfig, ModelClient
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.models.client import CallContext, ClientConfig, ModelClient
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.store import TraceStore
 from loopwright.traces.writer import TraceWriter
 from throughput import MODEL, REPLY, MockServer

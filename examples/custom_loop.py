@@ -46,7 +46,7 @@ LOOP = define_loop(
 if __name__ == "__main__":
     import asyncio
 
-    from loopwright.loops.runner import RunConfig, run
+    from loopwright.loops.execution.runner import RunConfig, run
 
     result = asyncio.run(run(RunConfig(loop="generate-refine", tasks="builtin:arithmetic?n=3")))
     print(result.name, result.summary)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from loop_testkit import LoopRunner, Rows, finals, last_user
-from loopwright.loops.scripted import Fault
+from loopwright.loops.models.scripted import Fault
 
 run_loop = LoopRunner("best-of-n")
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from loopwright.loops.errors import UserError
+from loopwright.loops.execution.runner import RunConfig, RunResult, run
 from loopwright.loops.graphs.common import Candidate
-from loopwright.loops.local_model import LOCAL_MODELS, is_installed
-from loopwright.loops.runner import RunConfig, RunResult, run
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.models.local_model import LOCAL_MODELS, is_installed
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.sandboxes import BwrapSandbox
 from loopwright.traces.store import TraceStore
 
@@ -252,7 +252,7 @@ def skip_without_bwrap() -> None:
 
 def cli_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run ``loopwright ARGS`` in-process: (exit code, stdout, stderr)."""
-    from loopwright.loops.cli import main
+    from loopwright.loops.cli.main import main
 
     old = sys.argv
     sys.argv = ["loopwright", *args]

@@ -1,6 +1,6 @@
 """The ``loopwright`` command line: real exit codes and one-line errors.
 
-The subprocess cases run the installed console script (``loopwright.loops.cli:main``), all
+The subprocess cases run the installed console script (``loopwright.loops.cli.main:main``), all
 started at once by one module fixture because a ``run`` pays the litellm import (~5 s). Cases
 that need the scripted model, or only a listing, call ``main()`` in-process with ``sys.argv``
 set (exit codes come from its ``SystemExit``).
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopwright.loops.cli import main
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.cli.main import main
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.store import TraceStore
 
 LOOPWRIGHT = str(Path(sys.executable).with_name("loopwright"))

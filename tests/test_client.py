@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 import pytest
-from loopwright.loops.budget import Budget, BudgetLimits
-from loopwright.loops.client import CallContext, ClientConfig, ModelClient, check_model
 from loopwright.loops.errors import BudgetExhausted, ModelCallError, UserError
-from loopwright.loops.scripted import Fault, ScriptedModel
+from loopwright.loops.models.budget import Budget, BudgetLimits
+from loopwright.loops.models.client import CallContext, ClientConfig, ModelClient, check_model
+from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
 from loopwright.traces.writer import TraceWriter
 
@@ -440,7 +440,7 @@ async def test_in_process_models_are_not_timed_out() -> None:
 
 def test_our_litellm_providers_are_appended_not_replacing_the_users() -> None:
     import litellm
-    from loopwright.loops import client as client_mod
+    from loopwright.loops.models import client as client_mod
 
     saved = list(litellm.custom_provider_map)
     mine = {"provider": "mine", "custom_handler": object()}

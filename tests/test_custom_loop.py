@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from langgraph.graph import END, START, StateGraph
 from loop_testkit import LoopRunner, RoleScript, Rows, last_user, math_task, write_jsonl
-from loopwright.loops.budget import BudgetLimits
 from loopwright.loops.errors import UserError
+from loopwright.loops.execution.runner import RunResult
 from loopwright.loops.graphs import get_loop, loop_names
 from loopwright.loops.graphs.custom import (
     CandidatesState,
@@ -21,8 +21,8 @@ from loopwright.loops.graphs.custom import (
     make_verify,
     until_verified,
 )
-from loopwright.loops.runner import RunResult
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.models.budget import BudgetLimits
+from loopwright.loops.models.scripted import ScriptedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Ana has 3 bags with 2 coins in each bag. How many coins are there in total?"

@@ -26,11 +26,11 @@ from loop_testkit import (
     skip_without_bwrap,
     write_jsonl,
 )
-from loopwright.loops import grade as grade_mod
-from loopwright.loops.cli_grade import grade
+from loopwright.loops.cli.grade import grade
 from loopwright.loops.errors import UserError
-from loopwright.loops.grade import Agreement, GradeReport, grade_run
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.execution import grade as grade_mod
+from loopwright.loops.execution.grade import Agreement, GradeReport, grade_run
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.loops.tasks import Task, builtin_arithmetic
 from loopwright.loops.verify import MathAnswer, Verdict
 from loopwright.tools import math_check

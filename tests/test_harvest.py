@@ -447,8 +447,8 @@ def test_cli_bad_input_is_one_line(
 @local_model
 async def test_harvest_from_a_real_local_model_run(tmp_path: Path) -> None:
     """best-of-n on the embedded model, graded: every graded label matches the math checker."""
-    from loopwright.loops.grade import grade_run
-    from loopwright.loops.runner import RunConfig, run
+    from loopwright.loops.execution.grade import grade_run
+    from loopwright.loops.execution.runner import RunConfig, run
     from loopwright.tools.math_check import MathChecker
 
     db = tmp_path / "run.duckdb"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from loopwright.loops import http_transport
-from loopwright.loops.client import ClientConfig, ModelClient, check_model, uses_http
 from loopwright.loops.errors import ModelCallError, UserError
+from loopwright.loops.models.client import ClientConfig, ModelClient, check_model, uses_http
 from loopwright.traces.store import TraceStore
 from loopwright.traces.writer import TraceWriter
 
@@ -303,7 +303,7 @@ async def _best_of_one(
     server: Server, tmp_path: Path, rows: list[tuple[str, str]], concurrency: int
 ) -> tuple[Any, Any]:
     """A real best-of-n (n=1) run of math tasks (prompt, reference) against ``server``."""
-    from loopwright.loops.runner import RunConfig, run
+    from loopwright.loops.execution.runner import RunConfig, run
 
     tasks = tmp_path / "tasks.jsonl"
     with tasks.open("w") as fh:
@@ -336,7 +336,7 @@ async def test_a_run_keeps_exactly_concurrency_requests_in_flight(
     server: Server, tmp_path: Path
 ) -> None:
     """Tasks get slack beyond --concurrency (runner.task_slots); requests never do."""
-    from loopwright.loops.runner import task_slots
+    from loopwright.loops.execution.runner import task_slots
 
     assert [task_slots(c) for c in (1, 3, 4, 8, 64)] == [1, 3, 5, 10, 80]
     server.script = [Reply(body=completion("The answer is 4."), delay=0.15)]

@@ -14,7 +14,7 @@ from loopwright.loops.errors import UserError
 from loopwright.loops.improve import ImproveConfig, TrainConfig
 from loopwright.loops.improve import rounds as R
 from loopwright.loops.improve import train as T
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces import SCHEMA_VERSION, TraceStore
 
 TRAIN = "builtin:arithmetic?seed=1&n=6"
@@ -104,7 +104,7 @@ def test_a_round_trains_on_graded_train_samples_and_records_lineage(
         assert row["provenance"]["model"] == cfg.base
     assert _rows(cfg.db, "SELECT max(version) AS v FROM schema_version")[0]["v"] == SCHEMA_VERSION
 
-    from loopwright.loops.cli import app
+    from loopwright.loops.cli.main import app
     from typer.testing import CliRunner
 
     out = tmp_path / "report"
@@ -193,8 +193,8 @@ def test_dropping_overlap_trains_only_on_disjoint_prompts(tmp_path: Path) -> Non
 
 
 def test_local_gguf_path_is_a_model_string(tmp_path: Path) -> None:
-    from loopwright.loops.client import check_model
-    from loopwright.loops.local_model import spec_for, weights_path
+    from loopwright.loops.models.client import check_model
+    from loopwright.loops.models.local_model import spec_for, weights_path
 
     f = tmp_path / "m.gguf"
     with pytest.raises(UserError, match="no such GGUF file"):

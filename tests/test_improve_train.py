@@ -17,7 +17,7 @@ from loopwright.loops.improve import ImproveConfig, TrainConfig
 from loopwright.loops.improve import train as T
 from loopwright.loops.improve.export import export_gguf
 from loopwright.loops.improve.rounds import run_improve
-from loopwright.loops.local_model import LocalEngine
+from loopwright.loops.models.local_model import LocalEngine
 from loopwright.traces import TraceStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.local_model]

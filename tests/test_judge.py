@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from loopwright.loops.budget import Budget, BudgetLimits
-from loopwright.loops.client import CallContext, ClientConfig, ModelClient
 from loopwright.loops.errors import BudgetExhausted, UserError
-from loopwright.loops.local_model import LOCAL_MODELS, is_installed
-from loopwright.loops.scripted import Fault, ScriptedModel
+from loopwright.loops.models.budget import Budget, BudgetLimits
+from loopwright.loops.models.client import CallContext, ClientConfig, ModelClient
+from loopwright.loops.models.local_model import LOCAL_MODELS, is_installed
+from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.tools import (
     Judge,
     Panel,

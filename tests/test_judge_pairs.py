@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import typer
 from loop_testkit import LoopRunner, last_user, local_model, math_task, write_jsonl
-from loopwright.loops.cli_judge import judge_app
-from loopwright.loops.errors import UserError
-from loopwright.loops.judge_pairs import (
+from loopwright.loops.analysis.judge_pairs import (
     Candidate,
     JudgePairsReport,
     judge_pairs,
     normalise,
     select_pairs,
 )
-from loopwright.loops.scripted import Fault, ScriptedModel
+from loopwright.loops.cli.judge import judge_app
+from loopwright.loops.errors import UserError
+from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces import (
     NodeRecord,
     TaskRecord,

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from loopwright.loops.client import ClientConfig, ModelClient
-from loopwright.loops.local_model import LOCAL_MODELS, is_installed
-from loopwright.loops.runner import RunConfig, run
+from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.client import ClientConfig, ModelClient
+from loopwright.loops.models.local_model import LOCAL_MODELS, is_installed
 from loopwright.traces import TraceStore
 
 pytestmark = [

@@ -14,7 +14,7 @@ from beam_script import Script, by_content, kind_of, run_beam
 from loop_testkit import one_task
 from loopwright.loops.graphs.beam import best_terminal, select_beams
 from loopwright.loops.graphs.beam_score import Partial, has_final_answer, judge_value, split_step
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.loops.tasks import Task
 
 # -- the pure pruning rule ---------------------------------------------------------------------

@@ -30,7 +30,7 @@ from loop_testkit import (
     user_error,
     write_jsonl,
 )
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.models.scripted import ScriptedModel
 
 # -- one request, majority vote -----------------------------------------------------------------
 
@@ -193,7 +193,7 @@ async def test_weighted_by_logprob_without_logprobs_falls_back(tmp_path: Path) -
 async def test_judge_model_gets_one_client_for_the_whole_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from loopwright.loops import client as client_mod
+    from loopwright.loops.models import client as client_mod
 
     made: list[str] = []
     real_init = client_mod.ModelClient.__init__

@@ -21,9 +21,9 @@ from loop_testkit import (
     seeded_runs,
     write_jsonl,
 )
-from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.runner import RunConfig, run
-from loopwright.loops.scripted import Fault, ScriptedModel
+from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.budget import BudgetLimits
+from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
 
 WRONG, RIGHT = "The answer is 6.", "The answer is 5."

@@ -6,10 +6,10 @@ import math
 
 import pytest
 from loop_testkit import candidate
-from loopwright.loops.budget import Budget, BudgetLimits
 from loopwright.loops.graphs.best_of_n import BestOfNOptions, calls_left
 from loopwright.loops.graphs.best_of_n_select import select, weights
 from loopwright.loops.graphs.common import Candidate
+from loopwright.loops.models.budget import Budget, BudgetLimits
 from loopwright.loops.tasks import Task
 
 MATH = Task(id="m", prompt="?", kind="math", reference="5")

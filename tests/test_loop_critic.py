@@ -38,9 +38,9 @@ from loop_testkit import (
     user_error,
     write_jsonl,
 )
-from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.runner import RunConfig, run
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.budget import BudgetLimits
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.tools.search import LocalIndex
 
 

@@ -33,11 +33,11 @@ from loop_testkit import (
     user_error,
     write_jsonl,
 )
-from loopwright.loops.budget import BudgetLimits
+from loopwright.loops.execution.runner import RunConfig, run
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.mcts import MCTS, MctsOptions
-from loopwright.loops.runner import RunConfig, run
-from loopwright.loops.scripted import Fault, ScriptedModel
+from loopwright.loops.models.budget import BudgetLimits
+from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
 
 LESSON = "Lesson: add the numbers carefully."

@@ -37,9 +37,9 @@ from loop_testkit import (
     text_task,
     user_error,
 )
-from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.runner import RunConfig, run
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.budget import BudgetLimits
+from loopwright.loops.models.scripted import ScriptedModel
 
 MISMATCH_6 = MISMATCH.format(6)
 

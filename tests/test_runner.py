@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from loopwright.loops.errors import UserError
+from loopwright.loops.execution.runner import Progress, RunConfig, RunResult, run
 from loopwright.loops.graphs.self_refine import SelfRefineOptions
-from loopwright.loops.runner import Progress, RunConfig, RunResult, run
-from loopwright.loops.scripted import Fault, ScriptedModel
+from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
 
 _TASK_NO = re.compile(r"Task (\d+):")
@@ -297,8 +297,8 @@ async def test_resume_errors(tmp_path: Path) -> None:
 KILL_SCRIPT = textwrap.dedent(
     """
     import asyncio, os, signal, sys, time
-    from loopwright.loops.runner import RunConfig, run
-    from loopwright.loops.scripted import ScriptedModel
+    from loopwright.loops.execution.runner import RunConfig, run
+    from loopwright.loops.models.scripted import ScriptedModel
 
     done = 0
 
@@ -524,10 +524,10 @@ async def test_concurrent_requests_cannot_overshoot_a_call_budget() -> None:
     """Requests in flight hold their calls: with 5 left, three concurrent n=2 asks get 2 through."""
     import asyncio as aio
 
-    from loopwright.loops.budget import Budget, BudgetLimits
-    from loopwright.loops.client import ClientConfig, ModelClient
     from loopwright.loops.errors import BudgetExhausted
-    from loopwright.loops.scripted import ScriptedModel
+    from loopwright.loops.models.budget import Budget, BudgetLimits
+    from loopwright.loops.models.client import ClientConfig, ModelClient
+    from loopwright.loops.models.scripted import ScriptedModel
 
     model = ScriptedModel(lambda messages, i: "ok")
     run_budget = Budget(BudgetLimits(calls=5))
@@ -548,7 +548,7 @@ async def test_concurrent_requests_cannot_overshoot_a_call_budget() -> None:
 async def test_a_grader_that_breaks_fails_its_task_not_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from loopwright.loops import runner as runner_mod
+    from loopwright.loops.execution import runner as runner_mod
     from loopwright.loops.verify import MathAnswer
 
     class Broken(MathAnswer):

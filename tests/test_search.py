@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from loopwright.loops.cli_search import search_app
+from loopwright.loops.cli.search import search_app
 from loopwright.loops.errors import UserError
 from loopwright.tools.search import (
     SEARCHERS,

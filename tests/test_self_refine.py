@@ -35,8 +35,8 @@ from loop_testkit import (
     user_error,
     write_jsonl,
 )
-from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.models.budget import BudgetLimits
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.loops.verify import checks as verify
 from loopwright.sandboxes import SandboxUnavailable
 from loopwright.tools.code_tests import VERSION as CODE_TESTS_VERSION

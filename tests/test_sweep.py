@@ -15,12 +15,15 @@ from typing import Any
 
 import pytest
 from loop_testkit import cli_main, last_user, math_task, write_jsonl
+from loopwright.loops.analysis.report import (
+    curve_points,
+    matched_table,
+    sample_curves,
+    write_report,
+)
+from loopwright.loops.analysis.report_data import SweepData, load_sweep
 from loopwright.loops.errors import UserError
-from loopwright.loops.graphs.best_of_n import BestOfNOptions
-from loopwright.loops.report import curve_points, matched_table, sample_curves, write_report
-from loopwright.loops.report_data import SweepData, load_sweep
-from loopwright.loops.scripted import ScriptedModel
-from loopwright.loops.sweep import (
+from loopwright.loops.execution.sweep import (
     GridEntry,
     SweepConfig,
     SweepEvent,
@@ -29,6 +32,8 @@ from loopwright.loops.sweep import (
     run_sweep,
     validate,
 )
+from loopwright.loops.graphs.best_of_n import BestOfNOptions
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.store import TraceStore
 
 PROMPT = 10
@@ -732,7 +737,7 @@ def test_unfinished_points_are_left_out_and_named(swept: Swept, tmp_path: Path) 
 
 
 def test_a_point_whose_tasks_failed_is_failed_and_retried(tmp_path: Path) -> None:
-    from loopwright.loops.scripted import Fault
+    from loopwright.loops.models.scripted import Fault
 
     broken = {"on": True}
 
@@ -757,7 +762,7 @@ def test_a_point_whose_tasks_failed_is_failed_and_retried(tmp_path: Path) -> Non
 
 
 def test_majority_is_its_own_strategy_at_the_same_costs(swept: Swept) -> None:
-    from loopwright.loops.report import curve_points, sample_curves, vote_points
+    from loopwright.loops.analysis.report import curve_points, sample_curves, vote_points
 
     data = swept.data()
     rows = curve_points(data, 50)
@@ -773,7 +778,7 @@ def test_majority_is_its_own_strategy_at_the_same_costs(swept: Swept) -> None:
 
 
 def test_compute_matched_winner_cell_names_ties() -> None:
-    from loopwright.loops.report import _winner_cell
+    from loopwright.loops.analysis.report import _winner_cell
     from loopwright.traces.metrics import CurvePoint, MatchedRow
 
     a = CurvePoint("reflexion", cost=221, accuracy=0.15)
@@ -790,8 +795,8 @@ def test_compute_matched_winner_cell_names_ties() -> None:
 
 
 def test_every_run_of_a_sweep_gets_its_endpoint_and_transport() -> None:
-    from loopwright.loops.runner import RunConfig
-    from loopwright.loops.sweep import _run_config
+    from loopwright.loops.execution.runner import RunConfig
+    from loopwright.loops.execution.sweep import _run_config
 
     cfg = _cfg("best-of-n:n=1,2; self-refine:rounds=1", api_base="http://127.0.0.1:9/v1",
                transport="litellm")  # fmt: skip

@@ -19,8 +19,8 @@ from loop_testkit import (
     write_jsonl,
 )
 from loopwright.loops.errors import UserError
-from loopwright.loops.runner import RunConfig, run
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.loops.tasks import Task, load_tasks
 from loopwright.loops.verify import make_verifier, verifier_names
 from loopwright.traces.store import TraceStore
@@ -221,8 +221,8 @@ def _judged_script(messages: list[dict[str, Any]], i: int) -> str:
 
 
 def test_best_of_n_judge_selection_is_replayed_not_replaced(tmp_path: Path) -> None:
-    from loopwright.loops.report_data import load_sweep
-    from loopwright.loops.sweep import SweepConfig, run_sweep
+    from loopwright.loops.analysis.report_data import load_sweep
+    from loopwright.loops.execution.sweep import SweepConfig, run_sweep
 
     counter = {"n": 0}
 
@@ -258,7 +258,7 @@ def test_best_of_n_judge_selection_is_replayed_not_replaced(tmp_path: Path) -> N
         "oracle" in p.strategy for p in data.points if "judge" in p.strategy
     )
     # The oracle is shown beside the judge but wins no budget of the compute-matched table.
-    from loopwright.loops.report import curve_points, matched_table
+    from loopwright.loops.analysis.report import curve_points, matched_table
 
     table = matched_table(curve_points(data, n_boot=50))
     assert table and all("oracle" not in (m.winner or "") for m in table), [
@@ -287,9 +287,9 @@ def test_best_of_n_judge_selection_is_replayed_not_replaced(tmp_path: Path) -> N
 
 
 def test_report_counts_answers_that_fooled_the_in_loop_verifier(tmp_path: Path) -> None:
-    from loopwright.loops.report import write_report
-    from loopwright.loops.report_data import load_sweep
-    from loopwright.loops.sweep import SweepConfig, run_sweep
+    from loopwright.loops.analysis.report import write_report
+    from loopwright.loops.analysis.report_data import load_sweep
+    from loopwright.loops.execution.sweep import SweepConfig, run_sweep
 
     skip_without_bwrap()
     right = dict(CODE_TASK, id="ok", prompt=CODE_TASK["prompt"].replace("square", "sq2"),

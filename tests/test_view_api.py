@@ -97,7 +97,7 @@ def test_run_tasks_filters(store: Path) -> None:
 
 
 def test_sweep_page_has_the_report_tables_and_plots(store: Path) -> None:
-    from loopwright.loops.cli_view import sweep_report
+    from loopwright.loops.cli.view import sweep_report
 
     with viewer(store, sweep_report=sweep_report) as v:
         _, _, sweeps = get(v.url + "api/sweeps")
@@ -139,7 +139,7 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path, store: Path) -> None:
         with pytest.raises(ViewError, match=f"cannot listen on 127.0.0.1:{port}"):
             Viewer(store, port=port)
         out = subprocess.run(
-            [sys.executable, "-m", "loopwright.loops.cli", "view", "--db", str(store),
+            [sys.executable, "-m", "loopwright.loops.cli.main", "view", "--db", str(store),
              "--port", str(port)], capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert out.returncode == 2
@@ -148,7 +148,7 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path, store: Path) -> None:
 
 def test_the_command_prints_the_url_serves_and_stops_on_ctrl_c(store: Path) -> None:
     p = subprocess.Popen(
-        [sys.executable, "-m", "loopwright.loops.cli", "view", "--db", str(store), "--port", "0"],
+        [sys.executable, "-m", "loopwright.loops.cli.main", "view", "--db", str(store), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -167,7 +167,7 @@ def test_the_command_prints_the_url_serves_and_stops_on_ctrl_c(store: Path) -> N
 
 def test_another_interface_needs_host_and_warns(store: Path) -> None:
     p = subprocess.Popen(
-        [sys.executable, "-m", "loopwright.loops.cli", "view", "--db", str(store), "--port", "0",
+        [sys.executable, "-m", "loopwright.loops.cli.main", "view", "--db", str(store), "--port", "0",
          "--host", "0.0.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

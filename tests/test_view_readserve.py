@@ -73,7 +73,7 @@ def test_another_process_reads_while_a_writer_holds_the_file(held) -> None:
 def test_loopwright_runs_works_from_another_terminal(held) -> None:
     db, _ = held
     out = subprocess.run(
-        [sys.executable, "-m", "loopwright.loops.cli", "runs", "--db", str(db)],
+        [sys.executable, "-m", "loopwright.loops.cli.main", "runs", "--db", str(db)],
         capture_output=True,
         text=True,
         timeout=120,

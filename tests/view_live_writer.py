@@ -16,8 +16,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from loopwright.loops.runner import RunConfig, run
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.scripted import ScriptedModel
 from view_testkit import reply, tasks_file
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from loop_testkit import RIGHT, WRONG, last_user, math_task, write_jsonl
-from loopwright.loops.runner import RunConfig, run
-from loopwright.loops.scripted import ScriptedModel
+from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.store import TraceStore
 from loopwright.traces.view import Viewer
 
@@ -99,7 +99,7 @@ def build_store(tmp: Path, sweep: bool = False) -> Path:
     run_loop(db, "best-of-n", tasks, "bon-a", n=4)
     run_loop(db, "reflexion", tasks, "reflexion-a", max_trials=3)
     if sweep:
-        from loopwright.loops.sweep import SweepConfig, run_sweep
+        from loopwright.loops.execution.sweep import SweepConfig, run_sweep
 
         model = ScriptedModel(reply)
         cfg = SweepConfig(name="grid", tasks=tasks_file(tmp, 12), models=(model.register(),),

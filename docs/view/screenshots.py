@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from loopwright.loops.cli_view import sweep_report  # noqa: E402
+from loopwright.loops.cli.view import sweep_report  # noqa: E402
 from loopwright.traces import TraceStore  # noqa: E402
 from view_testkit import browser_page, build_store, viewer  # noqa: E402
 

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from langchain_core.runnables import RunnableConfig
-from loopwright.loops.context import LoopContext, ctx_of
 from loopwright.loops.errors import BudgetExhausted
+from loopwright.loops.graphs.context import LoopContext, ctx_of
 from pydantic import BaseModel, ConfigDict, Field
 
 Opts = TypeVar("Opts", bound=BaseModel)

@@ -26,7 +26,6 @@ from typing import Any, Literal, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
-from loopwright.loops.client import Sample
 from loopwright.loops.errors import BudgetExhausted, UserError
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.graphs.beam_score import (
@@ -47,6 +46,7 @@ from loopwright.loops.graphs.common import (
 from loopwright.loops.graphs.common import (
     outcome as common_outcome,
 )
+from loopwright.loops.models.client import Sample
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Scorer = Literal["value", "prm", "rollout"]

@@ -15,8 +15,6 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from loopwright.loops.client import Sample
-from loopwright.loops.context import LoopContext
 from loopwright.loops.errors import BudgetExhausted
 from loopwright.loops.graphs.common import (
     Candidate,
@@ -25,6 +23,8 @@ from loopwright.loops.graphs.common import (
     messages,
     verify_all,
 )
+from loopwright.loops.graphs.context import LoopContext
+from loopwright.loops.models.client import Sample
 from loopwright.loops.prompts import render
 from loopwright.loops.tasks import Task
 from loopwright.tools.judge_parse import parse_score

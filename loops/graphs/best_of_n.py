@@ -32,8 +32,6 @@ from typing import Any, Literal, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
-from loopwright.loops.budget import Budget
-from loopwright.loops.client import CallContext, check_model
 from loopwright.loops.errors import BudgetExhausted, UserError
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.graphs.best_of_n_select import Selector, WeightBy, select
@@ -47,6 +45,8 @@ from loopwright.loops.graphs.common import (
     set_node,
     verify_all,
 )
+from loopwright.loops.models.budget import Budget
+from loopwright.loops.models.client import CallContext, check_model
 from loopwright.loops.verify import Verdict, verdict_record
 from loopwright.tools.judge import Judge
 from loopwright.tools.reward_model import RewardEndpoint, RewardModel

@@ -13,10 +13,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from langgraph.graph import END
-from loopwright.loops import answers
-from loopwright.loops.client import Sample
-from loopwright.loops.context import LoopContext
 from loopwright.loops.graphs.base import LoopOutcome
+from loopwright.loops.graphs.context import LoopContext
+from loopwright.loops.models.client import Sample
 from loopwright.loops.prompts import (  # noqa: F401  (re-exported for loops)
     DRAFT_PROMPTS,
     draft_messages,
@@ -24,7 +23,7 @@ from loopwright.loops.prompts import (  # noqa: F401  (re-exported for loops)
     flavour,
     messages,
 )
-from loopwright.loops.tasks import Task
+from loopwright.loops.tasks import Task, answers
 from loopwright.loops.verify import extract_answer, run_verifier, verdict_record
 from loopwright.traces.metrics import tally
 
@@ -117,7 +116,7 @@ def best(cands: Iterable[Candidate]) -> Candidate | None:
 
 
 def normalise_answer(task: Task, answer: str | None) -> str | None:
-    """A voting key for ``task``'s kind (``loopwright.loops.answers.normalise_answer``)."""
+    """A voting key for ``task``'s kind (``loopwright.loops.tasks.answers.normalise_answer``)."""
     return answers.normalise_answer(task.kind, answer)
 
 

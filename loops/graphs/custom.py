@@ -36,10 +36,10 @@ from typing import Annotated, Any, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END
-from loopwright.loops.context import LoopContext
 from loopwright.loops.graphs import common
 from loopwright.loops.graphs import register as _register
 from loopwright.loops.graphs.base import LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.context import LoopContext
 from loopwright.loops.prompts import render
 from pydantic import BaseModel, ConfigDict
 

@@ -16,14 +16,14 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
+from loopwright.loops.analysis.judge_pairs import judge_pairs
 from loopwright.loops.errors import UserError
-from loopwright.loops.grade import grade_run
+from loopwright.loops.execution.grade import grade_run
+from loopwright.loops.execution.runner import Progress, RunConfig, prepare
+from loopwright.loops.execution.runner import run as run_loop
 from loopwright.loops.improve.config import ImproveConfig
 from loopwright.loops.improve.metrics import eval_metrics, judge_agreement, train_metrics
 from loopwright.loops.improve.star import hinted_task_file, strip_hints, unsolved_tasks
-from loopwright.loops.judge_pairs import judge_pairs
-from loopwright.loops.runner import Progress, RunConfig, prepare
-from loopwright.loops.runner import run as run_loop
 from loopwright.loops.tasks import load_tasks
 from loopwright.traces import TraceStore, new_id, run_by_name
 from loopwright.traces import lineage as L

@@ -20,7 +20,7 @@ from typing import Any
 from loopwright.loops.errors import UserError
 from loopwright.loops.improve.config import TrainConfig
 from loopwright.loops.improve.export import export_gguf
-from loopwright.loops.local_model import spec_for, weights_path
+from loopwright.loops.models.local_model import spec_for, weights_path
 from pydantic import BaseModel, Field
 
 StepCallback = Callable[[int, int, float | None], None]

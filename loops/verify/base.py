@@ -24,7 +24,7 @@ from loopwright.traces.records import VerdictRecord
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 if TYPE_CHECKING:
-    from loopwright.loops.client import ModelClient, Sample
+    from loopwright.loops.models.client import ModelClient, Sample
 
 
 def verdict_record(

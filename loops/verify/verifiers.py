@@ -21,11 +21,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from loopwright.loops.answers import normalise_answer, vote_keys
-from loopwright.loops.client import CallContext, Sample
 from loopwright.loops.errors import ModelCallError
+from loopwright.loops.models.client import CallContext, Sample
 from loopwright.loops.prompts import draft_messages, render
 from loopwright.loops.tasks import Task
+from loopwright.loops.tasks.answers import normalise_answer, vote_keys
 from loopwright.loops.verify.base import (
     LoopVerifier,
     NoOptions,

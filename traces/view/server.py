@@ -47,7 +47,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 
 SweepReport = Callable[[str, str], dict[str, Any]]
 """(db, sweep name) -> {"tables": [{"title", "columns", "rows"}], "plots": {file: (title,
-png bytes)}}; the CLI passes one built on loops/report.py (traces cannot import loops)."""
+png bytes)}}; the CLI passes one built on loops/analysis/report.py (traces cannot import loops)."""
 
 
 class ViewError(Exception):

@@ -6,8 +6,8 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from loopwright.loops.cli_progress import LazyBar
-from loopwright.loops.cli_sweep import VerifierOption
+from loopwright.loops.cli.progress import LazyBar
+from loopwright.loops.cli.sweep import VerifierOption
 from loopwright.loops.errors import UserError, first_error
 from pydantic import ValidationError
 from rich.console import Console
@@ -100,7 +100,7 @@ def improve(
     resume: Annotated[bool, typer.Option(help="Continue the series --name.")] = False,
 ) -> None:
     """Self-improvement rounds: generate -> grade -> harvest -> train -> serve -> evaluate."""
-    from loopwright.loops.cli import _parse_options
+    from loopwright.loops.cli.main import _parse_options
     from loopwright.loops.improve import ImproveConfig, TrainConfig
     from loopwright.loops.improve.rounds import run_improve
 
@@ -125,7 +125,7 @@ def improve(
         result = run_improve(cfg, bars)  # type: ignore[arg-type]
     finally:
         bars.close()
-    from loopwright.loops.report_improve import improve_table
+    from loopwright.loops.analysis.report_improve import improve_table
 
     print(improve_table(result.rounds))
     if result.failed:

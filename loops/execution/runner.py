@@ -19,12 +19,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from langgraph.errors import GraphRecursionError
-from loopwright.loops.budget import Budget, BudgetLimits
-from loopwright.loops.client import ClientConfig, ModelClient, Transport, check_model
-from loopwright.loops.context import LoopContext
 from loopwright.loops.errors import ModelCallError, UserError, unknown
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.base import LoopSpec
+from loopwright.loops.graphs.context import LoopContext
+from loopwright.loops.models.budget import Budget, BudgetLimits
+from loopwright.loops.models.client import ClientConfig, ModelClient, Transport, check_model
 from loopwright.loops.tasks import Task, load_tasks
 from loopwright.loops.verify import (
     VERIFIERS,

@@ -7,7 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
-from loopwright.loops.cli_progress import LazyBar
+from loopwright.loops.cli.progress import LazyBar
 from loopwright.loops.errors import UserError
 from rich.console import Console
 from rich.table import Table
@@ -44,7 +44,7 @@ def pairs(
     Writes one verdict per pair (stage judge, verifier llm-judge-pairwise). Pairs already
     judged are skipped, so the same command continues an interrupted or budget-capped job.
     """
-    from loopwright.loops.judge_pairs import JudgePairsProgress, judge_pairs
+    from loopwright.loops.analysis.judge_pairs import JudgePairsProgress, judge_pairs
     from loopwright.traces.store import TraceStoreError
 
     err = _console(stderr=True)

@@ -27,8 +27,8 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
-from loopwright.loops.budget import BudgetLimits
 from loopwright.loops.errors import UserError
+from loopwright.loops.models.budget import BudgetLimits
 from loopwright.traces.records import new_id, utcnow
 from loopwright.traces.store import TraceStore
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -336,7 +336,7 @@ class SweepEvent(BaseModel):
 
 def validate(cfg: SweepConfig) -> tuple[list[GridEntry], list[PointPlan]]:
     """Everything a user can get wrong, checked before anything runs."""
-    from loopwright.loops.runner import RunConfig, prepare
+    from loopwright.loops.execution.runner import RunConfig, prepare
 
     entries = parse_grid(cfg.grid)
     points = plan(cfg, entries)
@@ -367,8 +367,8 @@ def run_sweep(
     on_run_progress: Callable[[Any], None] | None = None,
 ) -> str:
     """Run (or resume) every point of the sweep; returns the sweep id."""
-    from loopwright.loops.grade import grade_run
-    from loopwright.loops.runner import RunConfig, run
+    from loopwright.loops.execution.grade import grade_run
+    from loopwright.loops.execution.runner import RunConfig, run
 
     _, points = validate(cfg)
     sweep_id = open_sweep(cfg, points)

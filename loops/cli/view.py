@@ -1,7 +1,7 @@
 """``loopwright view``: serve the trace viewer, and hand it the sweep report it cannot import.
 
 The viewer lives in traces/ and traces never imports loops, so the sweep page's plots and
-tables (loops/report.py) reach it as a function passed in here.
+tables (loops/analysis/report.py) reach it as a function passed in here.
 """
 
 from __future__ import annotations
@@ -31,8 +31,13 @@ def _pct(x: float | None) -> str:
 
 def sweep_report(db: str, name: str, n_boot: int = 500) -> dict[str, Any]:
     """The report of ``loopwright report`` as the viewer shows it: tables and PNG bytes."""
-    from loopwright.loops.report import curve_points, matched_table, vote_points, write_report
-    from loopwright.loops.report_data import load_sweep
+    from loopwright.loops.analysis.report import (
+        curve_points,
+        matched_table,
+        vote_points,
+        write_report,
+    )
+    from loopwright.loops.analysis.report_data import load_sweep
 
     data = load_sweep(db, name)
     rows = curve_points(data, n_boot)

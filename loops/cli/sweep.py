@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from loopwright.loops.budget import BudgetLimits
 from loopwright.loops.errors import UserError, first_error
+from loopwright.loops.models.budget import BudgetLimits
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -104,7 +104,7 @@ def sweep(
     """Run a grid of strategies x values x models x seeds as one sweep (resumable)."""
     import hashlib
 
-    from loopwright.loops.sweep import SweepConfig, SweepEvent, run_sweep, validate
+    from loopwright.loops.execution.sweep import SweepConfig, SweepEvent, run_sweep, validate
 
     models = tuple(model or ["local/smollm2-135m"])
     if name is None:
@@ -212,12 +212,12 @@ def report(
     if (sweep_name is None) == (improve_name is None):
         raise UserError("report takes one of --sweep NAME or --improve NAME")
     if improve_name is not None:
-        from loopwright.loops.report_improve import write_improve_report
+        from loopwright.loops.analysis.report_improve import write_improve_report
 
         path = write_improve_report(db, improve_name, out)
         _console().print(f"report: {path}", highlight=False)
         return
-    from loopwright.loops.report import write_report
+    from loopwright.loops.analysis.report import write_report
 
     assert sweep_name is not None
     path = write_report(db, sweep_name, out, n_boot=n_boot)

@@ -26,10 +26,10 @@ import httpx
 import litellm
 from litellm import CustomLLM
 from litellm.types.utils import Choices, Message, ModelResponse, Usage
-from loopwright.loops import http_transport, scripted
-from loopwright.loops.budget import Budget
 from loopwright.loops.errors import ModelCallError, UserError
-from loopwright.loops.local_model import LocalEngine, LocalModelError, spec_for
+from loopwright.loops.models import http_transport, scripted
+from loopwright.loops.models.budget import Budget
+from loopwright.loops.models.local_model import LocalEngine, LocalModelError, spec_for
 from loopwright.traces.queries import cache_lookup
 from loopwright.traces.records import CacheRecord, CallRecord, new_id
 from loopwright.traces.writer import TraceWriter
@@ -296,7 +296,7 @@ def check_model(model: str, api_base: str | None = None, transport: Transport = 
         )
     if provider == "local":
         spec = spec_for(name)
-        from loopwright.loops.local_model import is_installed
+        from loopwright.loops.models.local_model import is_installed
 
         if spec.path is not None and not is_installed(spec):
             raise UserError(f"local model {model}: no such GGUF file")

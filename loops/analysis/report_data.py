@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopwright.loops.answers import normalise_answer
 from loopwright.loops.errors import UserError
+from loopwright.loops.tasks.answers import normalise_answer
 from loopwright.traces.queries import verifier_label
 from loopwright.traces.store import TraceStore
 

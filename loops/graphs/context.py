@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from loopwright.loops.budget import Budget
-from loopwright.loops.client import CallContext, ModelClient, Sample
+from loopwright.loops.models.budget import Budget
+from loopwright.loops.models.client import CallContext, ModelClient, Sample
 from loopwright.loops.tasks import Task
 from loopwright.loops.verify import LoopVerifier
 from loopwright.traces.records import NodeRecord, VerdictRecord, new_id

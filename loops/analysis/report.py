@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loopwright.loops.report_data import ORACLE_MARK, Point, SweepData, load_sweep, select
+from loopwright.loops.analysis.report_data import ORACLE_MARK, Point, SweepData, load_sweep, select
 from loopwright.traces import metrics as M
 
 COSTS = (("tokens", "tokens / task"), ("calls", "model samples / task"),

