@@ -13,7 +13,8 @@ import asyncio
 import collections
 import time
 
-from loopwright.loops.models.client import ClientConfig, ModelClient
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import ClientConfig
 from loopwright.loops.prompts import render
 from loopwright.loops.tasks import builtin_arithmetic
 from loopwright.tools.numeric import check_number

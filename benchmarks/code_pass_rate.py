@@ -17,7 +17,8 @@ import json
 import time
 
 from loopwright.loops.graphs.self_refine import SelfRefineOptions
-from loopwright.loops.models.client import ClientConfig, ModelClient
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import ClientConfig
 from loopwright.loops.prompts import render
 from loopwright.loops.tasks import Task, builtin_code
 from loopwright.loops.verify import verify_many

@@ -27,7 +27,8 @@ import sys
 import time
 from typing import Any
 
-from loopwright.loops.models.client import ClientConfig, ModelClient
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import ClientConfig
 
 MODEL = "local/smollm2-135m"
 PROMPT = "Write a short story about a robot who learns to paint. Use at least five sentences."

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loopwright.loops.models.client import CallContext, ClientConfig, ModelClient
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import CallContext, ClientConfig
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.store import TraceStore
 from loopwright.traces.writer import TraceWriter

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from loopwright.loops.errors import BudgetExhausted, ModelCallError, UserError
 from loopwright.loops.models.budget import Budget, BudgetLimits
-from loopwright.loops.models.client import CallContext, ClientConfig, ModelClient, check_model
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import CallContext, ClientConfig, check_model
 from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
 from loopwright.traces.writer import TraceWriter
@@ -440,13 +441,13 @@ async def test_in_process_models_are_not_timed_out() -> None:
 
 def test_our_litellm_providers_are_appended_not_replacing_the_users() -> None:
     import litellm
-    from loopwright.loops.models import client as client_mod
+    from loopwright.loops.models import providers
 
     saved = list(litellm.custom_provider_map)
     mine = {"provider": "mine", "custom_handler": object()}
     try:
         litellm.custom_provider_map = [mine, *saved]
-        client_mod._add_providers()
+        providers.install()
         names = [p["provider"] for p in litellm.custom_provider_map]
         assert names[0] == "mine" and litellm.custom_provider_map[0] is mine
         assert names.count("local") == 1 and names.count("scripted") == 1

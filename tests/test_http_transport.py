@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from loopwright.loops import http_transport
 from loopwright.loops.errors import ModelCallError, UserError
-from loopwright.loops.models.client import ClientConfig, ModelClient, check_model, uses_http
+from loopwright.loops.models import http_transport
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import ClientConfig, check_model, uses_http
 from loopwright.traces.store import TraceStore
 from loopwright.traces.writer import TraceWriter
 

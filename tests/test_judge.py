@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from loopwright.loops.errors import BudgetExhausted, UserError
 from loopwright.loops.models.budget import Budget, BudgetLimits
-from loopwright.loops.models.client import CallContext, ClientConfig, ModelClient
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import CallContext, ClientConfig
 from loopwright.loops.models.local_model import LOCAL_MODELS, is_installed
 from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.tools import (

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from loopwright.loops.execution.runner import RunConfig, run
-from loopwright.loops.models.client import ClientConfig, ModelClient
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import ClientConfig
 from loopwright.loops.models.local_model import LOCAL_MODELS, is_installed
 from loopwright.traces import TraceStore
 

@@ -440,7 +440,14 @@ async def test_rerun_under_new_name_hits_the_call_cache(tmp_path: Path) -> None:
     assert_consistent(db, second.run_id)
 
     # With the cache off the model is asked again.
-    await run(first_cfg.model_copy(update={"run_name": "third", "cache": False}))
+    await run(
+        first_cfg.model_copy(
+            update={
+                "run_name": "third",
+                "connection": first_cfg.connection.model_copy(update={"cache": False}),
+            }
+        )
+    )
     assert len(model.calls) == 2 * n_calls
 
 

@@ -30,7 +30,9 @@ from typing import Any
 
 from loopwright.loops.errors import BudgetExhausted, UserError, unknown
 from loopwright.loops.models.budget import Budget, BudgetLimits
-from loopwright.loops.models.client import CallContext, ClientConfig, ModelClient, check_model
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import CallContext, ClientConfig, check_model
+from loopwright.loops.models.retry import RetryPolicy
 from loopwright.tools.judge import Judge, OrderResult, PairwiseJudgement
 from loopwright.traces import TraceStore, TraceWriter, VerdictRecord, run_by_name
 from pydantic import BaseModel, Field
@@ -376,7 +378,8 @@ async def judge_pairs(
         todo, left = todo[:allowed], todo[allowed:]
         client_cfg = ClientConfig(
             model=model, api_base=api_base, concurrency=concurrency, timeout_s=timeout_s,
-            max_attempts=max_attempts, backoff_base_s=backoff_base_s, cache=cache,
+            retry=RetryPolicy(max_attempts=max_attempts, backoff_base_s=backoff_base_s),
+            cache=cache,
         )  # fmt: skip
         budget = Budget(BudgetLimits(calls=budget_calls))
         writer = TraceWriter(store)

@@ -96,6 +96,7 @@ def run(
     _load_plugins(plugin)
     from loopwright.loops.execution.runner import RunConfig
     from loopwright.loops.execution.runner import run as run_loop
+    from loopwright.loops.models.config import Connection
 
     options = _parse_options(option or [])
     if max_rounds is not None:
@@ -105,15 +106,17 @@ def run(
             loop=loop,
             tasks=tasks,
             model=model,
-            api_base=api_base,
-            transport=transport,  # type: ignore[arg-type]
+            connection=Connection(
+                api_base=api_base,
+                transport=transport,  # type: ignore[arg-type]
+                concurrency=concurrency,
+                cache=not no_cache,
+            ),
             limit=limit,
             db=db,
             run_name=run_name,
-            concurrency=concurrency,
             seed=seed,
             resume=resume,
-            cache=not no_cache,
             budget=BudgetLimits(
                 tokens=budget_tokens, calls=budget_calls, usd=budget_usd, seconds=budget_seconds
             ),

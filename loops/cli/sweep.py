@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from loopwright.loops.errors import UserError, first_error
 from loopwright.loops.models.budget import BudgetLimits
+from loopwright.loops.models.config import Connection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -113,7 +114,9 @@ def sweep(
     try:
         cfg = SweepConfig(
             name=name, tasks=tasks, models=models, grid=grid, seeds=seeds, limit=limit, db=db,
-            concurrency=concurrency, sandbox=sandbox, api_base=api_base, transport=transport,  # type: ignore[arg-type]
+            connection=Connection(concurrency=concurrency, api_base=api_base,
+                                  transport=transport),  # type: ignore[arg-type]
+            sandbox=sandbox,
             budget=BudgetLimits(tokens=budget_tokens, calls=budget_calls, usd=budget_usd),
             grade=not no_grade, verifier=verifier,
             verifier_options=parse_key_values(verifier_option or [], "--verifier-option"),

@@ -24,7 +24,8 @@ from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.base import LoopSpec
 from loopwright.loops.graphs.context import LoopContext
 from loopwright.loops.models.budget import Budget, BudgetLimits
-from loopwright.loops.models.client import ClientConfig, ModelClient, Transport, check_model
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import ClientConfig, Connection, check_model, nest_connection
 from loopwright.loops.tasks import Task, load_tasks
 from loopwright.loops.verify import (
     VERIFIERS,
@@ -47,7 +48,7 @@ from loopwright.traces import (
     task_statuses,
     utcnow,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class RunConfig(BaseModel):
@@ -60,24 +61,13 @@ class RunConfig(BaseModel):
         description="Task spec: PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:NAME."
     )
     model: str = Field("local/smollm2-135m", description="litellm model string.")
-    api_base: str | None = Field(None, description="Endpoint for self-hosted models.")
-    transport: Transport = Field(
-        "auto", description="auto, litellm or http (direct OpenAI-compatible requests)."
-    )
     limit: int | None = Field(None, ge=1, description="Use only the first N tasks.")
     db: str = Field("loopwright.duckdb", description="Trace database path.")
     run_name: str | None = Field(None, description="Name to resume by; generated if absent.")
-    concurrency: int = Field(
-        4,
-        ge=1,
-        description="Model requests in flight at once. From 4 up, a quarter more tasks are "
-        "in progress, so a task's next request is ready when a slot frees.",
-    )
     seed: int = Field(0, description="Run seed; per-call seeds derive from it.")
     budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
     run_budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Whole-run limits.")
     options: dict[str, Any] = Field(default_factory=dict, description="Loop options.")
-    cache: bool = Field(True, description="Reuse identical seeded calls from the DB cache.")
     sandbox: str = Field("bwrap", description="Sandbox backend code tests run in.")
     resume: bool = Field(False, description="Continue the run named run_name.")
     verifier: str = Field(
@@ -93,9 +83,13 @@ class RunConfig(BaseModel):
         description="Model per role (generator, critic, refiner, reflector, judge, value, "
         "verifier, ...); roles not named use `model`.",
     )
-    timeout_s: float = Field(120.0, gt=0, description="Per model request.")
-    max_attempts: int = Field(6, ge=1, description="Tries per model request.")
-    backoff_base_s: float = Field(1.0, ge=0, description="First retry wait.")
+    connection: Connection = Field(
+        default_factory=Connection,
+        description="Endpoint, transport, concurrency, timeout, retries and call cache; may "
+        "be given flat (concurrency=8, max_attempts=3).",
+    )
+
+    _flat = model_validator(mode="before")(nest_connection)
 
     def identity(self, options: BaseModel | None = None) -> dict[str, Any]:
         """The fields that define what a run computes (resume must match them).
@@ -180,11 +174,11 @@ def prepare(cfg: RunConfig) -> tuple[LoopSpec[Any], BaseModel, list[Task]]:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "options"
         raise UserError(f"{cfg.loop} option {field}: {err['msg']}") from None
-    check_model(cfg.model, cfg.api_base, cfg.transport)
+    check_model(cfg.model, cfg.connection.api_base, cfg.connection.transport)
     for role, model in cfg.role_models.items():
         if role not in ROLES:
             raise unknown("role", role, ROLES)
-        check_model(model, cfg.api_base, cfg.transport)
+        check_model(model, cfg.connection.api_base, cfg.connection.transport)
     from loopwright.sandboxes import BACKENDS
 
     if cfg.sandbox not in BACKENDS:
@@ -247,16 +241,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
             progress.passed, progress.tokens = int(row["passed"]), int(row["tokens"])
         if on_progress:
             on_progress(progress)
-        base_cfg = ClientConfig(
-            model=cfg.model,
-            api_base=cfg.api_base,
-            transport=cfg.transport,
-            concurrency=max(cfg.concurrency, 1),
-            timeout_s=cfg.timeout_s,
-            max_attempts=cfg.max_attempts,
-            backoff_base_s=cfg.backoff_base_s,
-            cache=cfg.cache,
-        )
+        base_cfg = ClientConfig.of(cfg.model, cfg.connection)
         client = ModelClient(base_cfg, writer=writer)
         by_model = {cfg.model: client}  # one client per model, shared by its roles
         for model in cfg.role_models.values():
@@ -274,7 +259,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
         # grade and trace work, which on a burst of answers all interleave on the event
         # loop: the next requests then leave late every round (0.83 vs 0.90 of the ideal
         # rate at 64 in flight, benchmarks/throughput.py).
-        sem = asyncio.Semaphore(task_slots(cfg.concurrency))
+        sem = asyncio.Semaphore(task_slots(cfg.connection.concurrency))
         index = {t.id: i for i, t in enumerate(tasks)}
 
         async def one(task: Task) -> None:

@@ -25,13 +25,14 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from loopwright.loops.errors import UserError
 from loopwright.loops.models.budget import BudgetLimits
+from loopwright.loops.models.config import Connection, nest_connection
 from loopwright.traces.records import new_id, utcnow
 from loopwright.traces.store import TraceStore
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ALIASES = {"rounds": "max_rounds", "trials": "max_trials"}
 VERIFIER_KEY = "verifier"
@@ -170,14 +171,13 @@ class SweepConfig(BaseModel):
     seeds: int = Field(1, ge=1, le=100, description="Seeds 0..seeds-1 per point.")
     limit: int | None = Field(None, ge=1, description="Only the first N tasks.")
     db: str = Field("loopwright.duckdb", description="Trace database.")
-    concurrency: int = Field(4, ge=1, description="Model requests in flight per run.")
     sandbox: str = Field("bwrap", description="Sandbox for code tests and grading.")
-    api_base: str | None = Field(None, description="Endpoint for self-hosted models.")
-    transport: Literal["auto", "litellm", "http"] = Field(
-        "auto", description="auto, litellm or http (direct OpenAI-compatible requests)."
-    )
     budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
-    cache: bool = Field(True, description="Share identical seeded calls between points.")
+    connection: Connection = Field(
+        default_factory=Connection,
+        description="Endpoint, transport, requests in flight per run, retries and the call "
+        "cache the points share; may be given flat (concurrency=8).",
+    )
     grade: bool = Field(True, description="Grade every answer after each run.")
     verifier: str = Field(
         "auto", description="In-loop verifier of every point (a grid entry may override it)."
@@ -188,6 +188,8 @@ class SweepConfig(BaseModel):
     role_models: dict[str, str] = Field(
         default_factory=dict, description="Model per role; roles not named use the point's."
     )
+
+    _flat = model_validator(mode="before")(nest_connection)
 
     @field_validator("name")
     @classmethod
@@ -207,8 +209,9 @@ class SweepConfig(BaseModel):
     def identity_hash(self) -> str:
         """What must match for a re-run to resume this sweep."""
         keep = self.model_dump(mode="json", include={"tasks", "models", "grid", "seeds", "limit",
-                                                     "budget", "api_base", "verifier",
+                                                     "budget", "verifier",
                                                      "verifier_options", "role_models"})  # fmt: skip
+        keep["api_base"] = self.connection.api_base
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -352,10 +355,9 @@ def validate(cfg: SweepConfig) -> tuple[list[GridEntry], list[PointPlan]]:
 
 def _run_config(cfg: SweepConfig, p: PointPlan, run_config: Any, resume: bool = False) -> Any:
     return run_config(
-        loop=p.loop, tasks=cfg.tasks, model=p.model, api_base=cfg.api_base, transport=cfg.transport,
-        limit=cfg.limit,
-        db=cfg.db, run_name=p.run_name, concurrency=cfg.concurrency, seed=p.seed,
-        budget=cfg.budget, options=p.options, cache=cfg.cache, sandbox=cfg.sandbox,
+        loop=p.loop, tasks=cfg.tasks, model=p.model, connection=cfg.connection, limit=cfg.limit,
+        db=cfg.db, run_name=p.run_name, seed=p.seed,
+        budget=cfg.budget, options=p.options, sandbox=cfg.sandbox,
         resume=resume, verifier=p.verifier or cfg.verifier,
         verifier_options={} if p.verifier else cfg.verifier_options, role_models=cfg.role_models,
     )  # fmt: skip

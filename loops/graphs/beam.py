@@ -46,7 +46,7 @@ from loopwright.loops.graphs.common import (
 from loopwright.loops.graphs.common import (
     outcome as common_outcome,
 )
-from loopwright.loops.models.client import Sample
+from loopwright.loops.models.config import Sample
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Scorer = Literal["value", "prm", "rollout"]

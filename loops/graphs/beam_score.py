@@ -24,7 +24,7 @@ from loopwright.loops.graphs.common import (
     verify_all,
 )
 from loopwright.loops.graphs.context import LoopContext
-from loopwright.loops.models.client import Sample
+from loopwright.loops.models.config import Sample
 from loopwright.loops.prompts import render
 from loopwright.loops.tasks import Task
 from loopwright.tools.judge_parse import parse_score

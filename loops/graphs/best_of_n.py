@@ -46,7 +46,7 @@ from loopwright.loops.graphs.common import (
     verify_all,
 )
 from loopwright.loops.models.budget import Budget
-from loopwright.loops.models.client import CallContext, check_model
+from loopwright.loops.models.config import CallContext, check_model
 from loopwright.loops.verify import Verdict, verdict_record
 from loopwright.tools.judge import Judge
 from loopwright.tools.reward_model import RewardEndpoint, RewardModel

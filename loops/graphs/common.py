@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 from langgraph.graph import END
 from loopwright.loops.graphs.base import LoopOutcome
 from loopwright.loops.graphs.context import LoopContext
-from loopwright.loops.models.client import Sample
+from loopwright.loops.models.config import Sample
 from loopwright.loops.prompts import (  # noqa: F401  (re-exported for loops)
     DRAFT_PROMPTS,
     draft_messages,

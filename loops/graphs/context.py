@@ -8,7 +8,8 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from loopwright.loops.models.budget import Budget
-from loopwright.loops.models.client import CallContext, ModelClient, Sample
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import CallContext, Sample
 from loopwright.loops.tasks import Task
 from loopwright.loops.verify import LoopVerifier
 from loopwright.traces.records import NodeRecord, VerdictRecord, new_id

@@ -18,7 +18,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.graphs.common import unless_stopped
-from loopwright.loops.models.client import Sample
+from loopwright.loops.models.config import Sample
 from loopwright.loops.prompts import render
 from loopwright.loops.verify import extract_answer, run_verifier, verdict_record
 from pydantic import BaseModel, ConfigDict, Field

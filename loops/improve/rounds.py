@@ -24,6 +24,7 @@ from loopwright.loops.execution.runner import run as run_loop
 from loopwright.loops.improve.config import ImproveConfig
 from loopwright.loops.improve.metrics import eval_metrics, judge_agreement, train_metrics
 from loopwright.loops.improve.star import hinted_task_file, strip_hints, unsolved_tasks
+from loopwright.loops.models.config import Connection
 from loopwright.loops.tasks import load_tasks
 from loopwright.traces import TraceStore, new_id, run_by_name
 from loopwright.traces import lineage as L
@@ -117,7 +118,7 @@ def _run(cfg: ImproveConfig, name: str, loop_cfg: dict[str, Any], events: Events
     if row is not None and row["status"] == "done":
         return
     rc = RunConfig(run_name=name, resume=row is not None, db=cfg.db, seed=cfg.seed,
-                   concurrency=cfg.concurrency, sandbox=cfg.sandbox, verifier=cfg.verifier,
+                   connection=Connection(concurrency=cfg.concurrency), sandbox=cfg.sandbox, verifier=cfg.verifier,
                    **loop_cfg)  # fmt: skip
     asyncio.run(run_loop(rc, lambda p: events.run_progress(label, p)))
 

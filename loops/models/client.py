@@ -1,327 +1,40 @@
-"""The model client: the only module that imports litellm.
+"""The model client: budgeted, cached, traced, retried sampling over litellm or the direct
+OpenAI-compatible transport.
 
-Async, bounded concurrency, tenacity retries on transient provider errors only, per-call
-timeout, token/cost accounting, n>1 in one request where the provider allows it (fan-out
-otherwise), a call cache keyed on request content *and sample index*, a budget check before
-every request, and one trace row per sample.
+Async, bounded concurrency, tenacity retries on transient provider errors only (``retry``),
+per-call timeout, token/cost accounting, n>1 in one request where the provider allows it
+(fan-out otherwise), a call cache keyed on request content *and sample index*, a budget check
+before every request, and one trace row per sample. Configuration and records are in
+``config``; loopwright's own litellm providers in ``providers``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
-import os
-import random
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else litellm fetches it
-
-import httpx
 import litellm
-from litellm import CustomLLM
-from litellm.types.utils import Choices, Message, ModelResponse, Usage
 from loopwright.loops.errors import ModelCallError, UserError
-from loopwright.loops.models import http_transport, scripted
+from loopwright.loops.models import http_transport, providers
 from loopwright.loops.models.budget import Budget
-from loopwright.loops.models.local_model import LocalEngine, LocalModelError, spec_for
+from loopwright.loops.models.config import (
+    CallContext,
+    ClientConfig,
+    Sample,
+    cache_key,
+    supports_n,
+    uses_http,
+)
+from loopwright.loops.models.retry import MalformedResponse, TooFewChoices, is_retryable
 from loopwright.traces.queries import cache_lookup
 from loopwright.traces.records import CacheRecord, CallRecord, new_id
 from loopwright.traces.writer import TraceWriter
-from pydantic import BaseModel, ConfigDict, Field
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-litellm.suppress_debug_info = True
-litellm.telemetry = False
-
-_local_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="loopwright-local")
-
-
-class MalformedResponse(Exception):
-    """The provider answered, but not with usable choices. Retried like a 5xx."""
-
-
-class TooFewChoices(MalformedResponse):
-    """A request for n>1 samples came back with fewer: the server ignores ``n``."""
-
-
-# -- custom litellm providers ------------------------------------------------------------
-def _response(
-    model: str, texts: Sequence[tuple[str, str, int, float | None]], prompt_tokens: int
-) -> ModelResponse:
-    choices = []
-    for i, (text, finish, _tok, lp) in enumerate(texts):
-        ch = Choices(index=i, finish_reason=finish, message=Message(role="assistant", content=text))
-        ch._loopwright = {"completion_tokens": _tok, "logprob_mean": lp}  # type: ignore[attr-defined]
-        choices.append(ch)
-    completion = sum(t[2] for t in texts)
-    return ModelResponse(
-        model=model,
-        choices=choices,
-        usage=Usage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion,
-            total_tokens=prompt_tokens + completion,
-        ),
-    )
-
-
-class _LocalProvider(CustomLLM):
-    async def acompletion(  # type: ignore[override]
-        self, model: str, messages: list, optional_params: dict, **_: Any
-    ) -> ModelResponse:
-        engine = LocalEngine.get(model)
-        loop = asyncio.get_running_loop()
-        try:
-            out = await loop.run_in_executor(
-                _local_pool, engine.generate, messages, optional_params
-            )
-        except LocalModelError as exc:
-            raise litellm.BadRequestError(str(exc), model=model, llm_provider="local") from exc
-        texts = [
-            (c["text"], c["finish_reason"], c["completion_tokens"], c["logprob_mean"])
-            for c in out["choices"]
-        ]
-        return _response(f"local/{model}", texts, out["prompt_tokens"])
-
-
-def _raise_fault(fault: scripted.Fault, model: str) -> None:
-    kind, p = fault.kind, "scripted"
-    req = httpx.Request("POST", "http://scripted.invalid/v1/chat/completions")
-    if kind == "rate_limit":
-        headers = {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else {}
-        resp = httpx.Response(429, headers=headers, request=req)
-        raise litellm.RateLimitError(
-            "scripted rate limit", llm_provider=p, model=model, response=resp
-        )
-    if kind == "timeout":
-        raise litellm.Timeout("scripted timeout", model=model, llm_provider=p)
-    if kind == "server_error":
-        resp = httpx.Response(500, request=req)
-        raise litellm.InternalServerError(
-            "scripted 500", llm_provider=p, model=model, response=resp
-        )
-    if kind == "connection":
-        raise litellm.APIConnectionError(
-            "scripted connection reset", llm_provider=p, model=model, request=req
-        )
-    if kind == "bad_request":
-        resp = httpx.Response(400, request=req)
-        raise litellm.BadRequestError("scripted 400", model=model, llm_provider=p, response=resp)
-
-
-class _ScriptedProvider(CustomLLM):
-    async def acompletion(  # type: ignore[override]
-        self, model: str, messages: list, optional_params: dict, **_: Any
-    ) -> ModelResponse:
-        sm = scripted.lookup(model)
-        n = int(optional_params.get("n") or 1)
-        if n > 1 and not sm.supports_n:
-            raise litellm.BadRequestError("n>1 not supported", model=model, llm_provider="scripted")
-        texts: list[tuple[str, str, int, float | None]] = []
-        for _i in range(n):
-            try:
-                reply = sm.next_reply(messages, dict(optional_params))
-            except scripted.ScriptExhausted as exc:  # a test bug, not a transient error
-                raise litellm.BadRequestError(
-                    str(exc), model=model, llm_provider="scripted"
-                ) from exc
-            if isinstance(reply, scripted.Fault):
-                if reply.kind == "malformed":
-                    return ModelResponse(model=f"scripted/{model}", choices=[])
-                _raise_fault(reply, model)
-            else:
-                texts.append((reply, "stop", len(reply.split()), None))
-        return _response(f"scripted/{model}", texts, sm.count_prompt_tokens(messages))
-
-
-def _add_providers() -> None:
-    """Append our providers to litellm's map, keeping any the user registered (and replacing
-    only earlier copies of ours, e.g. after a module reload)."""
-    ours: dict[str, CustomLLM] = {"local": _LocalProvider(), "scripted": _ScriptedProvider()}
-    kept = [p for p in (litellm.custom_provider_map or []) if p.get("provider") not in ours]
-    added: list[Any] = [{"provider": n, "custom_handler": h} for n, h in ours.items()]
-    litellm.custom_provider_map = [*kept, *added]
-
-
-_add_providers()
-
-
-# -- retry policy ------------------------------------------------------------------------
-_RETRYABLE = (
-    litellm.RateLimitError,
-    litellm.Timeout,
-    litellm.APIConnectionError,
-    litellm.InternalServerError,
-    litellm.ServiceUnavailableError,
-    litellm.BadGatewayError,
-    MalformedResponse,
-    asyncio.TimeoutError,
-    http_transport.EndpointConnectionError,
-    http_transport.EndpointGarbage,
-)
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Rate limits, timeouts, connection errors, 5xx and garbage — never a 4xx user error."""
-    if isinstance(exc, TooFewChoices):  # the same request would come back the same way
-        return False
-    if isinstance(exc, _RETRYABLE):
-        return True
-    status = getattr(exc, "status_code", None)
-    if isinstance(exc, http_transport.EndpointError) and status in (408, 429):
-        return True
-    return isinstance(status, int) and status >= 500
-
-
-def retry_after_seconds(exc: BaseException | None) -> float | None:
-    """The provider's Retry-After, in seconds, when it sent one."""
-    if exc is None:
-        return None
-    headers: Any = getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
-    resp = getattr(exc, "response", None)
-    if not headers and resp is not None:
-        headers = getattr(resp, "headers", None)
-    if not headers:
-        return None
-    value = headers.get("retry-after") or headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-Transport = Literal["auto", "litellm", "http"]
-
-
-def uses_http(model: str, api_base: str | None, transport: Transport) -> bool:
-    """Whether calls go straight to the endpoint (see ``http_transport``) or through litellm."""
-    if transport == "litellm":
-        return False
-    return http_transport.supports(model, api_base)
-
-
-class ClientConfig(BaseModel):
-    """How to reach a model and how hard to try."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str = Field("local/smollm2-135m", description="Any litellm model string.")
-    api_base: str | None = Field(None, description="Endpoint for self-hosted servers.")
-    transport: Transport = Field(
-        "auto",
-        description="'litellm', 'http' (direct OpenAI-compatible JSON, for openai/ and "
-        "hosted_vllm/ models with an api_base), or 'auto': http where it applies.",
-    )
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    timeout_s: float = Field(
-        120.0, gt=0, description="Per-request timeout of remote models (not in-process ones)."
-    )
-    max_attempts: int = Field(6, ge=1, description="Tries per request, first included.")
-    backoff_base_s: float = Field(1.0, ge=0, description="First exponential backoff wait.")
-    backoff_max_s: float = Field(60.0, ge=0, description="Longest wait between tries.")
-    cache: bool = Field(True, description="Reuse identical seeded requests from the DB cache.")
-    temperature: float = Field(0.7, ge=0, description="Default sampling temperature.")
-    max_tokens: int = Field(512, gt=0, description="Default completion length cap.")
-
-
-@dataclass
-class CallContext:
-    """Where a call belongs in the trace."""
-
-    run_id: str | None = None
-    task_id: str | None = None
-    loop: str | None = None
-    round: int | None = None
-    role: str | None = None
-
-
-@dataclass
-class Sample:
-    """One completion of one request."""
-
-    text: str
-    node_id: str
-    call_id: str
-    sample_index: int
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    logprob_mean: float | None
-    cache_hit: bool
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
-    blob = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _supports_n(model: str) -> bool:
-    provider = model.split("/", 1)[0]
-    if provider == "local":
-        return True
-    if provider == "scripted":
-        return scripted.lookup(model.split("/", 1)[1]).supports_n
-    try:
-        _, prov, _, _ = litellm.get_llm_provider(model)
-        return "n" in (
-            litellm.get_supported_openai_params(model=model, custom_llm_provider=prov) or []
-        )
-    except Exception:
-        return False
-
-
-def check_model(model: str, api_base: str | None = None, transport: Transport = "auto") -> None:
-    """Fail fast, in one line, on an unknown model, a missing local model or a missing key."""
-    provider, _, name = model.partition("/")
-    if transport == "http" and not http_transport.supports(model, api_base):
-        raise UserError(
-            f"--transport http needs an OpenAI-compatible model string "
-            f"({', '.join(p + '/NAME' for p in http_transport.PROVIDERS)}) and --api-base; "
-            f"got {model!r}{'' if api_base else ' without --api-base'}"
-        )
-    if provider == "local":
-        spec = spec_for(name)
-        from loopwright.loops.models.local_model import is_installed
-
-        if spec.path is not None and not is_installed(spec):
-            raise UserError(f"local model {model}: no such GGUF file")
-        if not is_installed(spec):
-            raise UserError(f"local model {model} is not installed: run `{spec.install}`")
-        return
-    if provider == "scripted":
-        scripted.lookup(name)
-        return
-    try:
-        litellm.get_llm_provider(model, api_base=api_base)
-    except Exception:
-        raise UserError(
-            f"unknown model {model!r}: use a litellm model string such as "
-            "'openai/gpt-4o-mini', 'anthropic/claude-3-5-haiku-latest', 'hosted_vllm/NAME' "
-            "with --api-base, or 'local/smollm2-135m'"
-        ) from None
-    if api_base is None:
-        env = litellm.validate_environment(model)
-        if not env.get("keys_in_environment", True):
-            missing = ", ".join(env.get("missing_keys") or ["an API key"])
-            raise UserError(
-                f"{model} needs {missing} in the environment: export it, "
-                "or use --model local/smollm2-135m to run offline"
-            )
+providers.install()
 
 
 class ModelClient:
@@ -335,7 +48,7 @@ class ModelClient:
         self.config = config
         self.writer = writer
         self.http = uses_http(config.model, config.api_base, config.transport)
-        self.n_supported = True if self.http else _supports_n(config.model)
+        self.n_supported = True if self.http else supports_n(config.model)
         self._free = config.model.split("/", 1)[0] in ("local", "scripted")
         self._price: tuple[float, float] | None = None  # USD per prompt / completion token
         # In-process models cannot hang on a network: a timeout would only abandon work the
@@ -544,15 +257,6 @@ class ModelClient:
                 )
         return self._parse(resp, n)
 
-    def _delay(self, exc: BaseException | None, failed_attempt: int) -> float:
-        """Retry-After when the provider sent one, else exponential backoff with jitter."""
-        cfg = self.config
-        hinted = retry_after_seconds(exc)
-        if hinted is not None:
-            return min(hinted, cfg.backoff_max_s)
-        expo = cfg.backoff_base_s * (2 ** (failed_attempt - 1))
-        return min(cfg.backoff_max_s, expo) * (0.5 + random.random() / 2)
-
     async def _request(
         self, messages: list[dict[str, Any]], params: dict[str, Any], n: int
     ) -> tuple[list[Sample], int]:
@@ -568,13 +272,13 @@ class ModelClient:
             try:
                 return await self._once(messages, kwargs, n), 1
             except Exception as exc:
-                if not is_retryable(exc) or cfg.max_attempts == 1:
+                if not is_retryable(exc) or cfg.retry.max_attempts == 1:
                     raise
-                await asyncio.sleep(self._delay(exc, 1))
+                await asyncio.sleep(cfg.retry.delay(exc, 1))
             retrying = AsyncRetrying(
                 retry=retry_if_exception(is_retryable),
-                stop=stop_after_attempt(cfg.max_attempts - 1),
-                wait=lambda st: self._delay(
+                stop=stop_after_attempt(cfg.retry.max_attempts - 1),
+                wait=lambda st: cfg.retry.delay(
                     st.outcome.exception() if st.outcome else None, st.attempt_number + 1
                 ),
                 reraise=True,
@@ -726,7 +430,7 @@ class ModelClient:
                 n=n,
                 seed=params["seed"],
                 latency_s=latency,
-                attempts=getattr(exc, "attempts", self.config.max_attempts),
+                attempts=getattr(exc, "attempts", self.config.retry.max_attempts),
                 error=str(exc),
             )
         )

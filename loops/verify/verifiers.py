@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loopwright.loops.errors import ModelCallError
-from loopwright.loops.models.client import CallContext, Sample
+from loopwright.loops.models.config import CallContext, Sample
 from loopwright.loops.prompts import draft_messages, render
 from loopwright.loops.tasks import Task
 from loopwright.loops.tasks.answers import normalise_answer, vote_keys
