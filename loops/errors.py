@@ -13,6 +13,9 @@ from loopwright.tools.errors import BudgetExhausted, ModelCallError, UserError, 
 __all__ = ["BudgetExhausted", "ModelCallError", "UserError", "first_error", "unknown"]
 
 
+_NESTS = frozenset({"connection", "retry"})
+
+
 def first_error(exc: Exception, *, as_flag: bool = False) -> str:
     """One line for a validation error: the first pydantic error's field and message.
 
@@ -22,7 +25,10 @@ def first_error(exc: Exception, *, as_flag: bool = False) -> str:
     if callable(errors):
         e = errors()[0]
         where = ".".join(str(p) for p in e["loc"])
-        if as_flag and where:
-            return f"--{where.replace('_', '-')}: {e['msg']}"
+        # a nested setting is set by its own flag: connection.concurrency is --concurrency,
+        # budget.tokens is --budget-tokens
+        names = [p for p in e["loc"] if isinstance(p, str) and p not in _NESTS]
+        if as_flag and names:
+            return f"--{'-'.join(names).replace('_', '-')}: {e['msg']}"
         return f"{where or 'value'}: {e['msg']}"
     return str(exc).splitlines()[0]

@@ -801,6 +801,8 @@ def test_every_run_of_a_sweep_gets_its_endpoint_and_transport() -> None:
     cfg = _cfg("best-of-n:n=1,2; self-refine:rounds=1", api_base="http://127.0.0.1:9/v1",
                transport="litellm")  # fmt: skip
     runs = [_run_config(cfg, p, RunConfig) for p in plan(cfg, parse_grid(cfg.grid))]
-    assert {(r.connection.api_base, r.connection.transport) for r in runs} == {("http://127.0.0.1:9/v1", "litellm")}
+    assert {(r.connection.api_base, r.connection.transport) for r in runs} == {
+        ("http://127.0.0.1:9/v1", "litellm")
+    }
     plain = _cfg("best-of-n:n=1,2; self-refine:rounds=1", api_base="http://127.0.0.1:9/v1")
     assert plain.identity_hash() == cfg.identity_hash()  # a sweep resumes over either transport

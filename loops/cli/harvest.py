@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from loopwright.loops.errors import UserError, first_error
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -113,7 +114,7 @@ def harvest(
             system=system,
             provenance=provenance,
         )
-    except ValueError as exc:
+    except ValidationError as exc:  # pydantic: one line naming the bad value
         raise UserError(first_error(exc, as_flag=True)) from None
     try:
         result = run_harvest(fmt, db, None if dry_run else out, opts, overwrite=overwrite)

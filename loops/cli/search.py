@@ -9,6 +9,7 @@ from typing import Annotated, Literal, cast
 
 import typer
 from loopwright.loops.errors import UserError, first_error
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -41,7 +42,7 @@ def index(
 
     try:
         config = IndexConfig(passage_words=passage_words, overlap=overlap)
-    except ValueError as exc:  # pydantic: one line naming the bad value
+    except ValidationError as exc:  # pydantic: one line naming the bad value
         raise UserError(first_error(exc)) from None
     ix = LocalIndex.build(source, index_path, config, force=force)
     ix.close()

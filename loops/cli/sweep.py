@@ -11,6 +11,7 @@ import typer
 from loopwright.loops.errors import UserError, first_error
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.config import Connection
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -122,7 +123,7 @@ def sweep(
             verifier_options=parse_key_values(verifier_option or [], "--verifier-option"),
             role_models=parse_role_models(role_model),
         )  # fmt: skip
-    except ValueError as exc:
+    except ValidationError as exc:  # pydantic: one line naming the bad value
         raise UserError(first_error(exc, as_flag=True)) from None
     _, points = validate(cfg)
     out = _console()

@@ -12,6 +12,7 @@ import gc
 import hashlib
 import json
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -414,8 +415,8 @@ async def _run_task(
         status, error = "failed", f"loop exceeded its step limit: {exc}"
     except UserError:
         raise
-    except Exception as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a bug in a loop or a tool: the record keeps its traceback
+        status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
     graded = None
     if outcome is not None and outcome.final_node_id is not None:
         grader = grader_for(task, sandbox=cfg.sandbox)

@@ -17,10 +17,20 @@ from typing import Any, TypedDict
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
-from loopwright.loops.graphs.common import unless_stopped
-from loopwright.loops.models.config import Sample
+from loopwright.loops.graphs.common import (
+    Candidate,
+    add_candidate,
+    add_note,
+    chain_outcome,
+    draft_messages,
+    flavour,
+    max_tokens_for,
+    messages,
+    shown,
+    unless_stopped,
+    verify_last,
+)
 from loopwright.loops.prompts import render
-from loopwright.loops.verify import extract_answer, run_verifier, verdict_record
 from pydantic import BaseModel, ConfigDict, Field
 
 PROMPTS = "self_refine"
@@ -43,63 +53,14 @@ class SelfRefineOptions(BaseModel):
     stop_on_no_issues: bool = Field(True, description="Stop when the critic finds nothing to fix.")
 
 
-class Draft(TypedDict):
-    node_id: str
-    text: str
-    answer: str | None
-    passed: bool | None
-    score: float | None
-    feedback: str | None
-    round: int
-    depth: int
-
-
 class State(TypedDict, total=False):
-    drafts: list[Draft]
+    drafts: list[Candidate]
     critique: str | None
     critique_id: str | None
     stop_reason: str | None
 
 
-def _draft(ctx: LoopContext, s: Sample, *, round_: int, depth: int) -> Draft:
-    """A not-yet-verified draft from one sample."""
-    answer = extract_answer(ctx.task, s.text)
-    return Draft(
-        node_id=s.node_id,
-        text=s.text,
-        answer=answer,
-        passed=None,
-        score=None,
-        feedback=None,
-        round=round_,
-        depth=depth,
-    )
-
-
-def _messages(ctx: LoopContext, user: str) -> list[dict[str, Any]]:
-    return [
-        {"role": "system", "content": render(PROMPTS, "system")},
-        {"role": "user", "content": user},
-    ]
-
-
-def _flavour(ctx: LoopContext) -> str:
-    return ctx.task.kind if ctx.task.kind in ("math", "code") else "text"
-
-
-def _draft_tokens(ctx: LoopContext) -> int:
-    opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
-    return opts.code_max_tokens if ctx.task.kind == "code" else opts.max_tokens
-
-
-def _shown(ctx: LoopContext, draft: Draft) -> str:
-    """The draft as critic and refiner see it: the extracted program for code, else the text."""
-    if ctx.task.kind == "code":
-        return (draft["answer"] or draft["text"]).strip()
-    return draft["text"]
-
-
-def _test_feedback(draft: Draft) -> str:
+def _test_feedback(draft: Candidate) -> str:
     return draft["feedback"] or "not run (this task has no tests)."
 
 
@@ -107,36 +68,21 @@ def _test_feedback(draft: Draft) -> str:
 async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
     ctx = ctx_of(config)
     opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
-    prompt = render(PROMPTS, f"generate_{_flavour(ctx)}", question=ctx.task.prompt.rstrip())
     [s] = await ctx.sample(
-        _messages(ctx, prompt),
+        draft_messages(ctx.task),
         role="generator",
         round_=0,
         temperature=opts.temperature,
-        max_tokens=_draft_tokens(ctx),
+        max_tokens=max_tokens_for(ctx.task, opts.max_tokens, opts.code_max_tokens),
     )
-    draft = _draft(ctx, s, round_=0, depth=0)
-    ctx.add_node(s, role="generator", parent_id=None, depth=0, round_=0, answer=draft["answer"])
-    return {"drafts": [draft]}
+    return {"drafts": [add_candidate(ctx, s, role="generator", parent_id=None, depth=0, round_=0)]}
 
 
 async def verify(state: State, config: RunnableConfig) -> dict[str, Any]:
     ctx = ctx_of(config)
-    drafts = list(state["drafts"])
-    last = drafts[-1]
     if ctx.verifier is None:
         return {}
-    v = await run_verifier(ctx.verifier, ctx.task, last["text"], ctx)
-    ctx.record_verdict(
-        verdict_record(
-            v, run_id=ctx.run_id, task_id=ctx.task.id, node_id=last["node_id"], stage="in_loop"
-        )
-    )
-    drafts[-1] = {**last, "passed": v.passed, "score": v.score, "feedback": v.feedback}
-    for node in ctx.nodes:
-        if node.node_id == last["node_id"]:
-            node.score = v.score
-    return {"drafts": drafts}
+    return {"drafts": await verify_last(ctx, list(state["drafts"]))}
 
 
 @budget_guard
@@ -151,21 +97,19 @@ async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
             PROMPTS,
             key,
             question=ctx.task.prompt.rstrip(),
-            answer=_shown(ctx, last),
+            answer=shown(ctx.task, last),
             test_feedback=_test_feedback(last),
         )
     else:
         prompt = render(PROMPTS, "critique", question=ctx.task.prompt, answer=last["text"])
     [s] = await ctx.sample(
-        _messages(ctx, prompt),
+        messages(prompt, prompts=PROMPTS),
         role="critic",
         round_=last["round"],
         temperature=opts.critic_temperature,
         max_tokens=opts.critic_max_tokens,
     )
-    ctx.add_node(
-        s, role="critic", parent_id=last["node_id"], depth=last["depth"] + 1, round_=last["round"]
-    )
+    add_note(ctx, s, role="critic", about=last)
     update: dict[str, Any] = {"critique": s.text, "critique_id": s.node_id}
     if opts.stop_on_no_issues and _NO_ISSUES.search(s.text):
         update["stop_reason"] = "critic_satisfied"
@@ -181,27 +125,21 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
     code = ctx.task.kind == "code"
     prompt = render(
         PROMPTS,
-        f"refine_{_flavour(ctx)}",
+        f"refine_{flavour(ctx.task)}",
         question=ctx.task.prompt.rstrip() if code else ctx.task.prompt,
-        answer=_shown(ctx, last),
+        answer=shown(ctx.task, last),
         feedback=state.get("critique") or "",
         test_feedback=_test_feedback(last),  # only the code template uses it
     )
     [s] = await ctx.sample(
-        _messages(ctx, prompt),
+        messages(prompt, prompts=PROMPTS),
         role="refiner",
         round_=round_,
         temperature=opts.temperature,
-        max_tokens=_draft_tokens(ctx),
+        max_tokens=max_tokens_for(ctx.task, opts.max_tokens, opts.code_max_tokens),
     )
-    draft = _draft(ctx, s, round_=round_, depth=last["depth"] + 1)
-    ctx.add_node(
-        s,
-        role="refiner",
-        parent_id=last["node_id"],
-        depth=draft["depth"],
-        round_=round_,
-        answer=draft["answer"],
+    draft = add_candidate(
+        ctx, s, role="refiner", parent_id=last["node_id"], depth=last["depth"] + 1, round_=round_
     )
     return {"drafts": [*state["drafts"], draft]}
 
@@ -238,33 +176,13 @@ def build() -> Any:
     return g.compile()
 
 
-def best_draft(drafts: list[Draft]) -> Draft | None:
-    """The last passing draft, else the highest-scoring one (latest on ties)."""
-    if not drafts:
-        return None
-    return max(reversed(drafts), key=lambda d: (bool(d["passed"]), d["score"] or 0.0, d["round"]))
-
-
 def outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
-    drafts: list[Draft] = state.get("drafts") or []
-    best = best_draft(drafts)
-    last = drafts[-1] if drafts else None
-    reason = state.get("stop_reason")
-    if reason is None and last is not None:
-        if last["passed"]:
-            reason = "verified"
-        elif ctx.verifier is None or last["round"] >= ctx.options.max_rounds:  # type: ignore[attr-defined]
-            reason = "max_rounds"
-        else:
-            reason = "unknown"
-    return LoopOutcome(
-        final_node_id=best["node_id"] if best else None,
-        final_text=best["text"] if best else None,
-        answer=best["answer"] if best else None,
-        verified=best["passed"] if best else None,
-        score=best["score"] if best else None,
-        stop_reason=reason or "no_draft",
-        rounds=last["round"] if last else 0,
+    opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
+    return chain_outcome(
+        state.get("drafts") or [],
+        state.get("stop_reason"),
+        last_round=opts.max_rounds,
+        at_last_round="max_rounds",
     )
 
 
