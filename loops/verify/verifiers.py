@@ -53,19 +53,19 @@ class Oracle(LoopVerifier):
 
     def __init__(self, options: BaseModel, *, sandbox: str = "bwrap") -> None:
         super().__init__(options, sandbox=sandbox)
-        self._keys: dict[str, Task] = {}
+        self._keyed: Task | None = None
 
     def bind(self, task: Task) -> Oracle:
         """Hold ``task`` with its answer key: loops only ever get the blind view."""
-        self._keys[task.id] = task
+        self._keyed = task
         return self
 
     def applies(self, task: Task) -> bool:
         return grader_for(task, sandbox=self.sandbox) is not None
 
     async def verify(self, ctx: VerifyContext, task: Task, response: str) -> Verdict:
-        keyed = self._keys.get(task.id)
-        if keyed is None:
+        keyed = self._keyed
+        if keyed is None or keyed.id != task.id:
             raise RuntimeError(f"oracle verifier was not bound to task {task.id!r}")
         check = grader_for(keyed, sandbox=self.sandbox)
         assert check is not None  # applies() said so
@@ -87,15 +87,24 @@ class VisibleTests(LoopVerifier):
     description = "code: the tests the problem shows (docstring examples, visible_tests)"
     kinds = ("code",)
 
+    def __init__(self, options: BaseModel, *, sandbox: str = "bwrap") -> None:
+        super().__init__(options, sandbox=sandbox)
+        self._shown: Task | None = None
+
     def applies(self, task: Task) -> bool:
         blind = task.blind()
         if task.metadata.get("test_style") == "io":
             return bool(blind.metadata.get("visible_io_cases"))
         return task.kind == "code" and bool(blind.visible_tests)
 
+    def bind(self, task: Task) -> VisibleTests:
+        """Build the task with only its visible tests once, not on every verification."""
+        self._shown = _shown_tests(task)
+        return self
+
     async def verify(self, ctx: VerifyContext, task: Task, response: str) -> Verdict:
-        shown = _shown_tests(task)
-        v = await run_check(CodeTests(self.sandbox), shown, response)
+        shown = self._shown if self._shown is not None and self._shown.id == task.id else None
+        v = await run_check(CodeTests(self.sandbox), shown or _shown_tests(task), response)
         return v.model_copy(
             update={
                 "verifier": self.name,
@@ -172,16 +181,38 @@ class SelfCheck(LoopVerifier):
     ) -> Verdict:
         o: SelfOptions = self.options  # type: ignore[assignment]
         feedback = " ".join(note.split())[:500] if note else "no usable verdict"
-        return Verdict(
+        return own_verdict(
+            self, task, response, t0,
             passed=share is not None and share >= o.threshold,
             score=share if share is not None else 0.0,
-            answer=extract_answer(task, response),
             feedback=feedback,
-            verifier=self.name,
-            version=VERSION,
-            latency_s=time.perf_counter() - t0,
             details={"votes": votes, "unparsed": sum(v is None for v in votes)},
-        )
+        )  # fmt: skip
+
+
+def own_verdict(
+    verifier: LoopVerifier,
+    task: Task,
+    response: str,
+    t0: float,
+    *,
+    passed: bool,
+    score: float,
+    feedback: str,
+    details: dict[str, Any],
+) -> Verdict:
+    """A verdict a verifier reached itself (not a wrapped check's): its name and version,
+    the answer it judged, the time since ``t0``."""
+    return Verdict(
+        passed=passed,
+        score=score,
+        answer=extract_answer(task, response),
+        feedback=feedback,
+        verifier=verifier.name,
+        version=VERSION,
+        latency_s=time.perf_counter() - t0,
+        details=details,
+    )
 
 
 def cost_of(samples: Sequence[Sample]) -> dict[str, float]:
@@ -264,16 +295,10 @@ class Consistency(LoopVerifier):
             feedback = f"{agree:.0%} of {len(keys)} fresh samples agree with {mine}" + (
                 "" if passed else f"; the majority answer is {winner}"
             )
-        return Verdict(
-            passed=passed,
-            score=agree,
-            answer=extract_answer(task, response),
-            feedback=feedback,
-            verifier=self.name,
-            version=VERSION,
-            latency_s=time.perf_counter() - t0,
+        return own_verdict(
+            self, task, response, t0, passed=passed, score=agree, feedback=feedback,
             details={"majority": winner, "tally": tally, "samples": len(keys), **cost},
-        )
+        )  # fmt: skip
 
 
 def _key(task: Task, text: str) -> str | None:
