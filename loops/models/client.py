@@ -204,21 +204,14 @@ class ModelClient:
             msg_json = json.dumps(messages)
             for s in samples:
                 self.writer.write(
-                    CallRecord(
+                    self._call_record(
+                        request_id,
+                        ctx,
+                        msg_json,
+                        params,
+                        n,
                         call_id=s.call_id,
-                        request_id=request_id,
-                        run_id=ctx.run_id,
-                        task_id=ctx.task_id,
                         node_id=s.node_id,
-                        loop=ctx.loop,
-                        round=ctx.round,
-                        role=ctx.role,
-                        model=self.model,
-                        messages=msg_json,
-                        temperature=params["temperature"],
-                        max_tokens=params["max_tokens"],
-                        n=n,
-                        seed=seed,
                         sample_index=s.sample_index,
                         output=s.text,
                         finish_reason=s.finish_reason,
@@ -367,24 +360,34 @@ class ModelClient:
         if self.writer is None:
             return
         self.writer.write(
-            CallRecord(
-                request_id=request_id,
-                run_id=ctx.run_id,
-                task_id=ctx.task_id,
-                loop=ctx.loop,
-                round=ctx.round,
-                role=ctx.role,
-                model=self.model,
-                messages=json.dumps(messages),
-                temperature=params["temperature"],
-                max_tokens=params["max_tokens"],
-                n=n,
-                seed=params["seed"],
+            self._call_record(
+                request_id,
+                ctx,
+                json.dumps(messages),
+                params,
+                n,
                 latency_s=latency,
                 attempts=getattr(exc, "attempts", self.config.retry.max_attempts),
                 error=str(exc),
             )
         )
+
+    def _call_record(
+        self,
+        request_id: str,
+        ctx: CallContext,
+        messages_json: str,
+        params: dict[str, Any],
+        n: int,
+        **fields: Any,
+    ) -> CallRecord:
+        """One ``calls`` row of a request: where it belongs, what was asked, plus ``fields``."""
+        return CallRecord(
+            request_id=request_id, run_id=ctx.run_id, task_id=ctx.task_id, loop=ctx.loop,
+            round=ctx.round, role=ctx.role, model=self.model, messages=messages_json,
+            temperature=params["temperature"], max_tokens=params["max_tokens"], n=n,
+            seed=params["seed"], **fields,
+        )  # fmt: skip
 
 
 def _first_line(exc: BaseException) -> str:
