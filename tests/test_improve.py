@@ -193,7 +193,7 @@ def test_dropping_overlap_trains_only_on_disjoint_prompts(tmp_path: Path) -> Non
 
 
 def test_local_gguf_path_is_a_model_string(tmp_path: Path) -> None:
-    from loopwright.loops.models.client import check_model
+    from loopwright.loops.models.config import check_model
     from loopwright.loops.models.local_model import spec_for, weights_path
 
     f = tmp_path / "m.gguf"

@@ -533,7 +533,8 @@ async def test_concurrent_requests_cannot_overshoot_a_call_budget() -> None:
 
     from loopwright.loops.errors import BudgetExhausted
     from loopwright.loops.models.budget import Budget, BudgetLimits
-    from loopwright.loops.models.client import ClientConfig, ModelClient
+    from loopwright.loops.models.client import ModelClient
+    from loopwright.loops.models.config import ClientConfig
     from loopwright.loops.models.scripted import ScriptedModel
 
     model = ScriptedModel(lambda messages, i: "ok")

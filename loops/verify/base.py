@@ -24,7 +24,8 @@ from loopwright.traces.records import VerdictRecord
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 if TYPE_CHECKING:
-    from loopwright.loops.models.client import ModelClient, Sample
+    from loopwright.loops.models.client import ModelClient
+    from loopwright.loops.models.config import Sample
 
 
 def verdict_record(
