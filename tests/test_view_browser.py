@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from loopwright.traces import TraceStore
@@ -51,26 +52,24 @@ def test_click_from_runs_to_a_task_tree_fold_a_subtree_and_open_a_call(
         sub.locator(":scope > button.fold").click()
         assert child.is_visible()
         # open a node, then one of its calls: messages, params, tokens, latency, cache
-        page.locator("#tree a.node-head", has_text="expander").first.click()
+        head = page.locator("#tree a.node-head", has_text="expander").first
+        node_id = head.locator("xpath=..").get_attribute("data-node")
+        assert node_id
+        head.click()
+        page.wait_for_url(re.compile(r"[?&]node="))  # the selected node is linkable
         # the panel of *this* node, not the one shown before the click
         page.wait_for_function(
-            "() => (document.querySelector('#node-panel')?.innerText || '')"
-            ".includes('expander node') && document.querySelector('#calls button.open-call')"
+            "(id) => (document.querySelector('#node-panel')?.innerText || '')"
+            ".includes('id ' + id + ' ') && document.querySelector('#calls button.open-call')",
+            arg=node_id,
         )
-        detail = None
-        for _ in range(3):  # a panel re-rendered by a late answer drops the first click
-            page.click("#calls button.open-call")
-            try:
-                detail = page.wait_for_selector("#call-detail", timeout=10_000)
-                break
-            except Exception:  # playwright's TimeoutError
-                continue
-        assert detail is not None, "the call detail never opened"
+        page.click("#calls button.open-call")
+        detail = page.wait_for_selector("#call-detail")
         text = detail.inner_text()
         for needle in ("messages", "temperature=", "latency", "attempts", "not cached", "user"):
             assert needle in text
         assert "Tom has 2 apples" in text  # the prompt the call sent
-        assert "node=" in page.url  # the selected node is linkable
+        assert f"node={node_id}" in unquote(page.url)
         page.screenshot(path=str(tmp_path / "task-tree.png"), full_page=True)
         assert errors == []
     assert (tmp_path / "task-tree.png").stat().st_size > 10_000

@@ -89,9 +89,13 @@
       el("h5", {}, "output"), el("pre", { class: "text output" }, c.output ?? "")));
   }
 
+  // The latest selection wins: an answer for a node clicked earlier never replaces the panel.
+  let selection = 0;
   async function showNode(panel, nodeId, preloaded) {
-    const n = preloaded || (await api("node", { id: nodeId }));
+    const mine = ++selection;
     if (!preloaded) history.replaceState(null, "", `?node=${enc(nodeId)}`);
+    const n = preloaded || (await api("node", { id: nodeId }));
+    if (mine !== selection) return;
     document.querySelectorAll(".node.selected").forEach((x) => x.classList.remove("selected"));
     const li = document.querySelector(`li[data-node="${CSS.escape(nodeId)}"]`);
     if (li) li.classList.add("selected");
