@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loopwright.loops.errors import BudgetExhausted, UserError, unknown
+from loopwright.loops.errors import BudgetExhausted, UserError
 from loopwright.loops.models.budget import Budget, BudgetLimits
 from loopwright.loops.models.client import ModelClient
 from loopwright.loops.models.config import CallContext, ClientConfig, check_model
 from loopwright.loops.models.retry import RetryPolicy
 from loopwright.tools.judge import Judge, OrderResult, PairwiseJudgement
-from loopwright.traces import TraceStore, TraceWriter, VerdictRecord, run_by_name
+from loopwright.traces import TraceStore, TraceWriter, UnknownRun, VerdictRecord, resolve_runs
 from pydantic import BaseModel, Field
 
 __all__ = [
@@ -246,20 +246,6 @@ def _record(pair: Pair, j: PairwiseJudgement) -> VerdictRecord:
     )
 
 
-def _resolve_runs(store: TraceStore, db: str, names: Sequence[str]) -> dict[str, str]:
-    """run name -> run_id, in the order given (duplicates dropped)."""
-    out: dict[str, str] = {}
-    for name in dict.fromkeys(names):
-        row = run_by_name(store, name)
-        if row is None:
-            known = [r["name"] for r in store.query("SELECT name FROM runs ORDER BY started_at")]
-            if not known:
-                raise UserError(f"no runs in {db}: `loopwright run` writes them")
-            raise unknown("run", name, known)
-        out[name] = row["run_id"]
-    return out
-
-
 def _load(
     store: TraceStore, run_ids: list[str]
 ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[Candidate], dict[frozenset[str], bool]]:
@@ -365,7 +351,11 @@ async def judge_pairs(
         raise UserError(f"no trace database at {db}: run `loopwright run` first")
     store = TraceStore(db)
     try:
-        run_ids = _resolve_runs(store, db, runs)
+        try:
+            named = resolve_runs(store, db, runs)
+        except UnknownRun as exc:  # a name the user typed
+            raise UserError(str(exc)) from None
+        run_ids = {n: r["run_id"] for n, r in named.items()}
         tasks, cands, judged = _load(store, list(run_ids.values()))
         done = {key for key, failed in judged.items() if not failed}
         pairs = select_pairs(cands, pairs_per_task=pairs_per_task, seed=seed, judged=done)
