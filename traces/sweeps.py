@@ -10,11 +10,14 @@ from typing import Any
 
 from loopwright.traces.records import new_id, utcnow
 from loopwright.traces.store import TraceStore
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class PointRow(BaseModel):
-    """What a ``sweep_points`` row records of a planned point."""
+    """What a ``sweep_points`` row records of a planned point. ``value`` is the grid value
+    of ``param``; only a number is stored (NULL otherwise)."""
+
+    model_config = ConfigDict(frozen=True)
 
     point_id: str
     strategy: str
@@ -22,10 +25,14 @@ class PointRow(BaseModel):
     model: str
     seed: int
     param: str | None
-    value: float | None
+    value: Any
     options: dict[str, Any]
     run_name: str
     derived: bool
+
+
+def _numeric(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 def sweep_by_name(store: TraceStore, name: str) -> dict[str, Any] | None:
@@ -55,7 +62,7 @@ def insert_sweep(
             "INSERT INTO sweep_points (point_id, sweep_id, strategy, loop, model, seed, param,"
             " value, options, run_name, derived, status) VALUES"
             " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            [p.point_id, sweep_id, p.strategy, p.loop, p.model, p.seed, p.param, p.value,
+            [p.point_id, sweep_id, p.strategy, p.loop, p.model, p.seed, p.param, _numeric(p.value),
              json.dumps(p.options), p.run_name, p.derived],
         )  # fmt: skip
     return sweep_id

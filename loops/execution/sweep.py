@@ -224,22 +224,10 @@ class SweepConfig(BaseModel):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class PointPlan(BaseModel):
+class PointPlan(PointRow):
     """One point of the grid and the run that produces (or contains) it."""
 
-    model_config = ConfigDict(frozen=True)
-
-    point_id: str
-    strategy: str
-    loop: str
-    model: str
-    seed: int
-    param: str | None
-    value: Any
-    options: dict[str, Any]
     verifier: str | None = None
-    run_name: str
-    derived: bool
 
 
 def _short(model: str) -> str:
@@ -287,10 +275,6 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (0, v) if isinstance(v, int | float) else (1, str(v))
 
 
-def _numeric(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
 def open_sweep(cfg: SweepConfig, points: list[PointPlan]) -> str:
     """Insert the sweep and its points, or check a re-run matches and return its id."""
     with TraceStore(cfg.db) as store:
@@ -303,12 +287,6 @@ def open_sweep(cfg: SweepConfig, points: list[PointPlan]) -> str:
                 )
             set_sweep_status(store, row["sweep_id"], "running")
             return str(row["sweep_id"])
-        rows = [
-            PointRow(
-                **p.model_dump(include=set(PointRow.model_fields)) | {"value": _numeric(p.value)}
-            )
-            for p in points
-        ]
         return insert_sweep(
             store,
             name=cfg.name,
@@ -316,7 +294,7 @@ def open_sweep(cfg: SweepConfig, points: list[PointPlan]) -> str:
             grid=cfg.grid,
             config=cfg.model_dump_json(),
             config_hash=cfg.identity_hash(),
-            points=rows,
+            points=points,
         )
 
 
