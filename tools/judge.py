@@ -16,12 +16,9 @@ Prompts live in ``tools/prompts/judge.toml``.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
-import time
-from collections import Counter
-from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar, get_args
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, get_args
 
 from loopwright.tools.errors import ModelCallError, UserError, unknown
 from loopwright.tools.judge_parse import Position, parse_preference, parse_score
@@ -39,9 +36,16 @@ from loopwright.tools.judgements import (
     PointwiseJudgement,
     Winner,
 )
+from loopwright.tools.judging import (
+    Ask,
+    JudgingBase,
+    gather_all,
+    mode_share,
+    normalize,
+    plurality,
+)
 from loopwright.tools.prompts import render
 from loopwright.tools.reward_model import RewardEndpoint, RewardModel, RewardScore
-from pydantic import BaseModel
 
 
 class Sampled(Protocol):
@@ -95,117 +99,13 @@ __all__ = [
 ]
 
 OnInconsistent = Literal["tie", "abstain", "pooled"]
-T = TypeVar("T")
-S = TypeVar("S", bound=BaseModel)  # what ``score`` returns
-C = TypeVar("C", bound=BaseModel)  # what ``compare`` returns
-J = TypeVar("J", bound=BaseModel)
-
-
-def _mode_share(values: Sequence[Any]) -> tuple[Any, float] | None:
-    """The most common value (None when the top count is shared) and its share."""
-    if not values:
-        return None
-    counts = Counter(values).most_common()
-    top = counts[0][1]
-    modal = counts[0][0] if len(counts) == 1 or counts[1][1] < top else None
-    return modal, top / len(values)
-
-
-def _plurality(votes: Sequence[Winner]) -> Winner | None:
-    ms = _mode_share(votes)
-    if ms is None:
-        return None
-    return ms[0] if ms[0] is not None else "tie"
-
-
-async def _gather_all(coros: Iterable[Awaitable[T]]) -> list[T]:
-    """Run concurrently; wait for all, then re-raise the first failure (no orphaned calls)."""
-    results = await asyncio.gather(*coros, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return results  # type: ignore[return-value]
 
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-class _Ask(NamedTuple):
-    """What every judgement of one question is asked with, besides the answers."""
-
-    question: str
-    reference: str | None
-    budget: Any
-    context: Any
-
-
-class _Judging(Generic[S, C]):
-    """What a judge and a panel share: ``score`` and ``compare`` with their budget check up
-    front (a judgement is asked for whole or not at all) and their wall time, and the
-    ``*_sync`` forms. Subclasses say how many calls each takes and make the judgement."""
-
-    def _calls(self, pairwise: bool) -> int | None:
-        """Calls to reserve before a judgement; None: leave the check to the client."""
-        raise NotImplementedError
-
-    async def _score(self, ask: _Ask, answer: str) -> S:
-        raise NotImplementedError
-
-    async def _compare(self, ask: _Ask, a: str, b: str) -> C:
-        raise NotImplementedError
-
-    @staticmethod
-    async def _timed(work: Awaitable[J]) -> J:
-        t0 = time.perf_counter()
-        judged = await work
-        return judged.model_copy(update={"latency_s": time.perf_counter() - t0})
-
-    def _check(self, budget: Any, pairwise: bool) -> None:
-        calls = self._calls(pairwise)
-        if budget is not None and calls is not None:
-            budget.check(calls=calls)
-
-    async def score(
-        self,
-        question: str,
-        answer: str,
-        reference: str | None = None,
-        budget: Any = None,
-        context: Any = None,
-    ) -> S:
-        """Score ``answer`` on the rubric. A failed call or unparseable output gives parsed=False."""
-        self._check(budget, pairwise=False)
-        return await self._timed(self._score(_Ask(question, reference, budget, context), answer))
-
-    async def compare(
-        self,
-        question: str,
-        a: str,
-        b: str,
-        reference: str | None = None,
-        budget: Any = None,
-        context: Any = None,
-    ) -> C:
-        """Compare ``a`` with ``b``, each judge once with each shown first; the flip is recorded."""
-        self._check(budget, pairwise=True)
-        return await self._timed(self._compare(_Ask(question, reference, budget, context), a, b))
-
-    def score_sync(self, question: str, answer: str, **kw: Any) -> S:
-        """:meth:`score` for scripts (not inside a running event loop)."""
-        return asyncio.run(self.score(question, answer, **kw))
-
-    def compare_sync(self, question: str, a: str, b: str, **kw: Any) -> C:
-        """:meth:`compare` for scripts (not inside a running event loop)."""
-        return asyncio.run(self.compare(question, a, b, **kw))
-
-
-def _normalized(value: float | None, scale: tuple[float, float]) -> float | None:
-    low, high = scale
-    return None if value is None else (value - low) / (high - low)
-
-
-class Judge(_Judging[PointwiseJudgement, PairwiseJudgement]):
+class Judge(JudgingBase[PointwiseJudgement, PairwiseJudgement]):
     """An LLM judge over one model client: rubric scores and order-flipped comparisons.
 
     ``k`` samples per prompt are drawn in one request (``n=k``); ``temperature`` defaults to
@@ -249,7 +149,7 @@ class Judge(_Judging[PointwiseJudgement, PairwiseJudgement]):
         # both orders or neither: half a comparison is worthless; one score is one request
         return 2 * self.k if pairwise else None
 
-    async def _ask(self, prompt: str, ask: _Ask) -> tuple[list[str], str | None]:
+    async def _ask(self, prompt: str, ask: Ask) -> tuple[list[str], str | None]:
         """The judge's k raw outputs, or no outputs and the error of a failed call."""
         messages = [
             {"role": "system", "content": render("judge", "system")},
@@ -273,7 +173,7 @@ class Judge(_Judging[PointwiseJudgement, PairwiseJudgement]):
     def _reference(self, reference: str | None) -> str:
         return render("judge", "reference", reference=reference) if reference else ""
 
-    async def _score(self, ask: _Ask, answer: str) -> PointwiseJudgement:
+    async def _score(self, ask: Ask, answer: str) -> PointwiseJudgement:
         low, high = self.scale
         prompt = render(
             "judge", "pointwise", question=ask.question, answer=answer, rubric=self.rubric,
@@ -283,11 +183,11 @@ class Judge(_Judging[PointwiseJudgement, PairwiseJudgement]):
         results = [parse_score(t, self.scale) for t in texts]
         scores = [s for s, _ in results if s is not None]
         mean = statistics.fmean(scores) if scores else None
-        ms = _mode_share(scores)
+        ms = mode_share(scores)
         return PointwiseJudgement(
             judge_model=self.model,
             score=mean,
-            normalized=_normalized(mean, self.scale),
+            normalized=normalize(mean, self.scale),
             scale=self.scale,
             parsed=bool(scores),
             sample_scores=[s for s, _ in results],
@@ -301,14 +201,14 @@ class Judge(_Judging[PointwiseJudgement, PairwiseJudgement]):
             error=error,
         )
 
-    async def _compare(self, ask: _Ask, a: str, b: str) -> PairwiseJudgement:
+    async def _compare(self, ask: Ask, a: str, b: str) -> PairwiseJudgement:
         ref = self._reference(ask.reference)
         prompts = [
             render("judge", "pairwise", question=ask.question, first=x, second=y,
                    rubric=self.rubric, reference=ref)
             for x, y in ((a, b), (b, a))
         ]  # fmt: skip
-        asked = await _gather_all(self._ask(p, ask) for p in prompts)
+        asked = await gather_all(self._ask(p, ask) for p in prompts)
         ab, ba = _order("ab", *asked[0]), _order("ba", *asked[1])
         pooled = [v for v in (*ab.votes, *ba.votes) if v is not None]
         winner: Winner | None = None
@@ -320,8 +220,8 @@ class Judge(_Judging[PointwiseJudgement, PairwiseJudgement]):
             elif self.on_inconsistent == "tie":
                 winner = "tie"
             elif self.on_inconsistent == "pooled":
-                winner = _plurality(pooled)
-        ms = _mode_share(pooled)
+                winner = plurality(pooled)
+        ms = mode_share(pooled)
         return PairwiseJudgement(
             judge_model=self.model,
             winner=winner,
@@ -351,18 +251,18 @@ def _order(order: Literal["ab", "ba"], texts: list[str], error: str | None) -> O
         pos = parse_preference(t)
         votes.append(None if pos is None else to_answer[pos])
     parsed = [v for v in votes if v is not None]
-    ms = _mode_share(parsed)
+    ms = mode_share(parsed)
     return OrderResult(
         order=order,
         raw=texts,
         votes=votes,
-        winner=_plurality(parsed),
+        winner=plurality(parsed),
         agreement=None if ms is None else ms[1],
         error=error,
     )
 
 
-class Panel(_Judging[PanelScore, PanelComparison]):
+class Panel(JudgingBase[PanelScore, PanelComparison]):
     """Several judges on the same question; their judgements aggregated and all kept.
 
     ``majority``: the most common member score (median when the top is shared) or winner
@@ -388,13 +288,13 @@ class Panel(_Judging[PanelScore, PanelComparison]):
     def _calls(self, pairwise: bool) -> int | None:
         return sum((2 if pairwise else 1) * j.k for j in self.judges)
 
-    async def _score(self, ask: _Ask, answer: str) -> PanelScore:
-        members = await _gather_all(
+    async def _score(self, ask: Ask, answer: str) -> PanelScore:
+        members = await gather_all(
             j.score(ask.question, answer, ask.reference, ask.budget, ask.context)
             for j in self.judges
         )
         scores = [m.score for m in members if m.score is not None]
-        ms = _mode_share(scores)
+        ms = mode_share(scores)
         agg: float | None = None
         if scores and self.aggregate == "mean":
             agg = statistics.fmean(scores)
@@ -404,7 +304,7 @@ class Panel(_Judging[PanelScore, PanelComparison]):
             judge_model=self.model,
             aggregate=self.aggregate,
             score=agg,
-            normalized=_normalized(agg, self.scale),
+            normalized=normalize(agg, self.scale),
             scale=self.scale,
             parsed=bool(scores),
             members=members,
@@ -412,8 +312,8 @@ class Panel(_Judging[PanelScore, PanelComparison]):
             stdev=statistics.pstdev(scores) if scores else None,
         )
 
-    async def _compare(self, ask: _Ask, a: str, b: str) -> PanelComparison:
-        members = await _gather_all(
+    async def _compare(self, ask: Ask, a: str, b: str) -> PanelComparison:
+        members = await gather_all(
             j.compare(ask.question, a, b, ask.reference, ask.budget, ask.context)
             for j in self.judges
         )
@@ -423,7 +323,7 @@ class Panel(_Judging[PanelScore, PanelComparison]):
             pref = statistics.fmean({"a": 1.0, "tie": 0.0, "b": -1.0}[v] for v in votes)
             winner = "a" if pref > 0 else "b" if pref < 0 else "tie"
         elif votes:
-            winner = _plurality(votes)
+            winner = plurality(votes)
         return PanelComparison(
             judge_model=self.model,
             aggregate=self.aggregate,
