@@ -7,6 +7,7 @@
 const $main = () => document.getElementById("main");
 const enc = encodeURIComponent;
 let pollTimer = null;
+const API_TIMEOUT_MS = 120000; // a first sweep report (bootstrap CIs) on a big store is slow
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -22,11 +23,21 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-async function api(route, params) {
+async function api(route, params, timeoutMs = API_TIMEOUT_MS) {
   const qs = new URLSearchParams();
   for (const [k, v] of Object.entries(params || {})) if (v !== "" && v != null) qs.set(k, v);
-  const res = await fetch(`/api/${route}?${qs}`, { headers: { Accept: "application/json" } });
-  const body = await res.json();
+  // A request the viewer never answers becomes an error on the page, not a spinner forever.
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), timeoutMs);
+  let res, body;
+  try {
+    res = await fetch(`/api/${route}?${qs}`, { headers: { Accept: "application/json" }, signal: ctl.signal });
+    body = await res.json();
+  } catch (e) {
+    throw new Error(e.name === "AbortError" ? `the viewer did not answer /api/${route} in ${timeoutMs / 1000} s` : `/api/${route}: ${e.message}`);
+  } finally {
+    clearTimeout(timer);
+  }
   if (!res.ok) throw new Error(body.error || res.statusText);
   return body;
 }

@@ -75,15 +75,16 @@
 
   async function showCall(box, callId) {
     box.replaceChildren(el("p", { class: "muted", id: "call-loading" }, "loading call…"));
-    let c;
     try {
-      c = await api("call", { id: callId });
+      box.replaceChildren(callDetail(await api("call", { id: callId }, 30000)));  // one row
     } catch (e) {
       box.replaceChildren(el("p", { class: "error", id: "call-error" }, `error: ${e.message}`));
-      return;
     }
+  }
+
+  function callDetail(c) {
     const params = { model: c.model, temperature: c.temperature, max_tokens: c.max_tokens, n: c.n, seed: c.seed, sample_index: c.sample_index };
-    box.replaceChildren(el("div", { class: "call-detail", id: "call-detail" },
+    return el("div", { class: "call-detail", id: "call-detail" },
       el("h4", {}, `call ${c.call_id}`),
       el("p", {}, Object.entries(params).map(([k, v]) => el("span", { class: "kv" }, `${k}=${v ?? "–"}`))),
       el("p", {}, el("span", { class: "kv" }, `prompt ${num(c.prompt_tokens)} tok`), el("span", { class: "kv" }, `completion ${num(c.completion_tokens)} tok`),
@@ -93,7 +94,7 @@
       el("h5", {}, "messages"),
       c.messages.map((m) => el("div", { class: "msg" }, el("div", { class: "msg-role" }, String(m.role)),
         el("pre", { class: "text" }, typeof m.content === "string" ? m.content : JSON.stringify(m.content, null, 2)))),
-      el("h5", {}, "output"), el("pre", { class: "text output" }, c.output ?? "")));
+      el("h5", {}, "output"), el("pre", { class: "text output" }, c.output ?? ""));
   }
 
   // The latest selection wins: an answer for a node clicked earlier never replaces the panel.
