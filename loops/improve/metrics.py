@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loopwright.loops.analysis.report_data import Sample
-from loopwright.loops.analysis.report_data import _samples as load_samples
+from loopwright.loops.analysis.samples import Sample, load_samples
 from loopwright.traces import TraceStore, run_by_name
 from loopwright.traces import metrics as M
 
