@@ -23,11 +23,10 @@ from loopwright.loops.analysis.report import (
 )
 from loopwright.loops.analysis.report_data import SweepData, load_sweep
 from loopwright.loops.errors import UserError
+from loopwright.loops.execution.grid import GridEntry, parse_grid
 from loopwright.loops.execution.sweep import (
-    GridEntry,
     SweepConfig,
     SweepEvent,
-    parse_grid,
     plan,
     run_sweep,
     validate,
