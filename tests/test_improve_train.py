@@ -92,3 +92,29 @@ def test_one_tiny_round_end_to_end(tmp_path: Path) -> None:
     base = T.resolve_base("local/smollm2-135m").template
     diff = np.abs(_tensor(path, "blk.0.attn_v.weight") - _tensor(base, "blk.0.attn_v.weight"))
     assert diff.max() > 1e-5
+
+
+def test_benchmark_baseline_trains_with_our_settings(tmp_path: Path) -> None:
+    """benchmarks/improve_train.py's bare-TRL baseline must train as ours does: SFTConfig
+    defaults bf16 to True, which on CPU is bf16 autocast where ours is float32."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import improve_train
+
+    rows = improve_train._rows(8)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(max_steps=1, batch_size=4, lora_rank=8, device="cpu")
+    base = T.resolve_base("local/smollm2-135m")
+    model, tok = T.load_model(base, "cpu")
+    ours = T._trainer(model, tok, T.read_rows(data, "sft"), cfg, "cpu", [])
+    model, tok = T.load_model(base, "cpu")
+    bare = improve_train._bare_trainer(model, tok, rows, cfg)
+    fields = ("bf16", "fp16", "gradient_checkpointing", "max_length", "packing", "padding_free",
+              "completion_only_loss", "optim", "per_device_train_batch_size", "max_steps",
+              "learning_rate", "logging_steps", "dataloader_num_workers", "seed")  # fmt: skip
+    assert {f: getattr(ours.args, f) for f in fields} == {f: getattr(bare.args, f) for f in fields}
+    assert ours.accelerator.mixed_precision == bare.accelerator.mixed_precision == "no"
+    assert ours.train_dataset["input_ids"] == bare.train_dataset["input_ids"]
+    assert ours.train_dataset["labels"] == bare.train_dataset["labels"]
