@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import sys
@@ -330,14 +331,10 @@ def _scripted_models(cfg: RunConfig) -> bytes:
         models.append(_Scripted(sm.name, sm.replies, sm.supports_n, sm.prompt_tokens_per_call))
     import ray.cloudpickle as cloudpickle
 
-    # Replies defined in a module the workers cannot import (a test file, a script) travel
-    # by value; installed modules and loopwright's own (plugins included) by reference.
-    by_value = {
-        mod
-        for m in models
-        if (mod := sys.modules.get(getattr(m.replies, "__module__", None) or "")) is not None
-        and not _importable_everywhere(mod)
-    }
+    # Replies defined in modules the workers cannot import (test files, scripts, and what
+    # they import from beside them) travel by value; installed modules by reference.
+    by_value = [m for m in list(sys.modules.values())
+                if isinstance(m, types.ModuleType) and not _importable_everywhere(m)]  # fmt: skip
     for mod in by_value:
         cloudpickle.register_pickle_by_value(mod)
     try:
@@ -348,14 +345,22 @@ def _scripted_models(cfg: RunConfig) -> bytes:
 
 
 def _importable_everywhere(mod: types.ModuleType) -> bool:
-    name = mod.__name__
-    if name == "__main__" or name.startswith(("loopwright.", "loopwright_plugin_")):
+    name = getattr(mod, "__name__", "")
+    if name == "__main__" or name.split(".")[0] in ("loopwright", "ray"):
         return True  # __main__: cloudpickle sends it by value itself
+    if name.startswith("loopwright_plugin_"):
+        return True  # the workers import the plugin files first, under the same names
     path = getattr(mod, "__file__", None)
-    if not path:
+    if not isinstance(path, str):
         return True
-    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return any(Path(path).is_relative_to(r) for r in roots)
+    return path.startswith(_installed_roots())
+
+
+@functools.cache
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib",
+                                                          "platlib")} | {sys.prefix, sys.base_prefix})  # fmt: skip
 
 
 class RayPool:
@@ -391,8 +396,9 @@ class RayPool:
         try:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
             n = self.n_workers or max(1, int(cpus))
+            # Ray's default resources for actors: a CPU to be placed, none held while running,
+            # so two runs (or a sweep's driver and a test's) can share a cluster.
             actor = ray.remote(Worker).options(
-                num_cpus=min(1.0, cpus / n),
                 max_restarts=-1,  # a killed worker comes back; its task is queued again
                 max_task_retries=0,  # ... by the driver, which decides where
                 max_concurrency=1000,
