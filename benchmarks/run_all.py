@@ -52,6 +52,7 @@ BENCHES: list[Bench] = [
     Bench("verify_throughput", ["--repeats", "1"]),
     Bench("harvest", ["--calls", "20000"], timeout_full=7200.0),
     Bench("local_model", ["--requests", "4", "--repeats", "1"]),
+    Bench("engine", ["--requests", "8", "--repeats", "2", "--rounds", "2"]),
     Bench("math_agreement", ["--limit", "100", "--show", "0"]),
     Bench("search", ["--queries", "1000"]),
     Bench("view_pages", ["--calls", "20000", "--repeats", "3", "--writer-calls", "5000"]),

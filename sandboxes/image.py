@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from loopwright.sandboxes.base import SandboxUnavailable
-from loopwright.sandboxes.docker import DEFAULT_IMAGE, docker_client, import_rootfs
+from loopwright.sandboxes.docker_api import DEFAULT_IMAGE, docker_client, import_rootfs
 
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("python3",)

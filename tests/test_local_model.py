@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,62 @@ async def test_gemma_base_model_completes_text() -> None:
     client = ModelClient(ClientConfig(model="local/gemma3-270m", max_tokens=12))
     [s] = await client.sample([{"role": "user", "content": "Q: What is 2+3?\nA:"}], temperature=0.0)
     assert s.completion_tokens > 0 and isinstance(s.text, str)
+
+
+def test_the_engine_takes_the_cores_idle_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loopwright.loops.models import local_model as lm
+
+    monkeypatch.setattr(lm, "_cores", lambda: 2)
+    for idle, threads in [(1.95, 2), (1.7, 2), (1.2, 1), (0.9, 1), (0.0, 1)]:
+        monkeypatch.setattr(lm, "idle_cores", lambda window_s=0.3, v=idle: v)
+        assert lm.default_threads() == threads, idle
+    monkeypatch.setattr(lm, "idle_cores", lambda window_s=0.3: None)  # no /proc/stat
+    assert lm.default_threads() == 1
+    monkeypatch.setattr(lm, "_cores", lambda: 8)
+    monkeypatch.setattr(lm, "idle_cores", lambda window_s=0.3: 8.0)
+    assert lm.default_threads() == 8
+
+
+def test_idle_cores_reads_the_machine() -> None:
+    from loopwright.loops.models.local_model import idle_cores
+
+    idle = idle_cores(0.05)
+    assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
+
+
+@pytest.mark.slow
+def test_a_copied_gguf_file_is_served_like_the_shipped_model(tmp_path: Path) -> None:
+    """``--model local/PATH.gguf`` (a relative path) serves that file: greedy answers match the
+    shipped model's, and the run records the model string it was given."""
+    import shutil
+    import subprocess
+    import sys
+
+    from loopwright.loops.models.local_model import spec_for, weights_path
+
+    shipped = weights_path(spec_for("smollm2-135m"))
+    (tmp_path / "models").mkdir()
+    shutil.copyfile(shipped, tmp_path / "models" / "copy.gguf")
+    cli = str(Path(sys.executable).with_name("loopwright"))
+    outs = {}
+    for name, model in [("copy", "local/models/copy.gguf"), ("shipped", "local/smollm2-135m")]:
+        r = subprocess.run(
+            [cli, "run", "best-of-n", "--tasks", "builtin:arithmetic?seed=5", "--limit", "2",
+             "--model", model, "--db", "runs.duckdb", "--run-name", name,
+             "-o", "n=1", "-o", "temperature=0", "-o", "max_tokens=48"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+        with TraceStore(tmp_path / "runs.duckdb", read_only=True) as store:
+            [run] = store.query("SELECT run_id, model FROM runs WHERE name = ?", [name])
+            assert run["model"] == model
+            outs[name] = [
+                x["output"]
+                for x in store.query(
+                    "SELECT c.output FROM calls c JOIN tasks t USING (run_id, task_id) "
+                    "WHERE c.run_id = ? AND c.role = 'generator' ORDER BY t.idx",
+                    [run["run_id"]],
+                )
+            ]
+    assert len(outs["copy"]) == 2 and all(outs["copy"])
+    assert outs["copy"] == outs["shipped"]

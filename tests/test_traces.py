@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from loopwright.traces.queries import cache_lookup, discard_partial_tasks, task_statuses
+from loopwright.traces.queries import cache_lookup
 from loopwright.traces.records import (
     CacheRecord,
     CallRecord,
@@ -19,6 +19,7 @@ from loopwright.traces.records import (
     TaskRecord,
     VerdictRecord,
 )
+from loopwright.traces.runs import discard_partial_tasks, task_statuses
 from loopwright.traces.schema import SCHEMA_VERSION, TABLES
 from loopwright.traces.store import TraceStore, TraceStoreError
 from loopwright.traces.writer import TraceWriter

@@ -64,7 +64,11 @@ def test_click_from_runs_to_a_task_tree_fold_a_subtree_and_open_a_call(
             arg=node_id,
         )
         page.click("#calls button.open-call")
-        detail = page.wait_for_selector("#call-detail")
+        page.wait_for_selector("#call-box > *")  # the click was taken
+        shown = page.wait_for_selector("#call-detail, #call-error", timeout=60_000)
+        assert shown is not None
+        assert shown.get_attribute("id") == "call-detail", shown.inner_text()
+        detail = shown
         text = detail.inner_text()
         for needle in ("messages", "temperature=", "latency", "attempts", "not cached", "user"):
             assert needle in text

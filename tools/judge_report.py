@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
+from loopwright.tools.judgements import (
+    AnyJudgement,
+    PairwiseJudgement,
+    PanelComparison,
+    PanelScore,
+    PointwiseJudgement,
+)
 from pydantic import BaseModel, ConfigDict, Field
-
-# `loopwright.tools.judge` re-exports this module, so the judgement classes are imported where
-# they are used at run time, not here: importing either module first works, no import cycle.
-if TYPE_CHECKING:
-    from loopwright.tools.judge import AnyJudgement, PairwiseJudgement, PointwiseJudgement
 
 _FROZEN = ConfigDict(frozen=True)
 
@@ -53,8 +54,6 @@ class BiasReport(BaseModel):
 def _flatten(
     judgements: Iterable[AnyJudgement],
 ) -> Iterator[PointwiseJudgement | PairwiseJudgement]:
-    from loopwright.tools.judge import PanelComparison, PanelScore
-
     for j in judgements:
         if isinstance(j, PanelScore | PanelComparison):
             yield from j.members
@@ -68,8 +67,6 @@ def _rate(num: int, den: int) -> float | None:
 
 def report(judgements: Iterable[AnyJudgement]) -> BiasReport:
     """Aggregate judgements (panels are unpacked into their members) into a bias report."""
-    from loopwright.tools.judge import PairwiseJudgement, PointwiseJudgement
-
     flat = list(_flatten(judgements))
     points = [j for j in flat if isinstance(j, PointwiseJudgement)]
     pairs = [j for j in flat if isinstance(j, PairwiseJudgement)]

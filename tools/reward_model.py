@@ -9,6 +9,7 @@ import time
 from typing import Any, Literal
 
 from loopwright.tools.errors import UserError, unknown
+from loopwright.tools.judgements import VERSION
 from loopwright.tools.verdict import Verdict
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,8 +36,6 @@ class RewardScore(BaseModel):
 
     def to_verdict(self, threshold: float = 0.0) -> Verdict:
         """Passed when the reward reaches ``threshold``; the verdict score is the raw reward."""
-        from loopwright.tools.judge import VERSION  # lazy: judge re-exports this module
-
         return Verdict(
             passed=self.score is not None and self.score >= threshold,
             score=self.score if self.score is not None else 0.0,

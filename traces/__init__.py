@@ -1,13 +1,6 @@
 """The DuckDB trace store: schema, one writer per process, and query helpers."""
 
-from loopwright.traces.queries import (
-    cache_lookup,
-    discard_partial_tasks,
-    list_runs,
-    run_by_name,
-    run_summary,
-    task_statuses,
-)
+from loopwright.traces.queries import cache_lookup
 from loopwright.traces.records import (
     CacheRecord,
     CallRecord,
@@ -16,6 +9,15 @@ from loopwright.traces.records import (
     VerdictRecord,
     new_id,
     utcnow,
+)
+from loopwright.traces.runs import (
+    UnknownRun,
+    discard_partial_tasks,
+    list_runs,
+    resolve_runs,
+    run_by_name,
+    run_summary,
+    task_statuses,
 )
 from loopwright.traces.schema import SCHEMA_VERSION
 from loopwright.traces.store import TraceStore, TraceStoreError
@@ -30,11 +32,13 @@ __all__ = [
     "TraceStore",
     "TraceStoreError",
     "TraceWriter",
+    "UnknownRun",
     "VerdictRecord",
     "cache_lookup",
     "discard_partial_tasks",
     "list_runs",
     "new_id",
+    "resolve_runs",
     "run_by_name",
     "run_summary",
     "task_statuses",

@@ -33,6 +33,14 @@ class _Row(BaseModel):
         return self.model_dump()
 
 
+ANSWER_ROLES = ("generator", "refiner", "expander", "rollout")
+"""Roles of nodes that hold a whole answer: what grading grades and harvesting harvests."""
+FEEDBACK_ROLES = ("critic", "reflector")
+"""Roles of nodes that comment on an answer."""
+OPINION_VERIFIERS = ("llm-judge", "llm-judge-pairwise", "reward-model")
+"""Verifiers that rate an answer without checking it: scores, never a pass/fail label."""
+
+
 class NodeRecord(_Row):
     """One draft, critique, candidate or search-tree node."""
 

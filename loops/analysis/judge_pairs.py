@@ -19,22 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import json
-import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loopwright.loops.errors import BudgetExhausted, UserError, unknown
+from loopwright.loops.analysis.pairs import (
+    CANDIDATE_ROLES,
+    VERIFIER,
+    Candidate,
+    Pair,
+    count_text_pairs,
+    load_candidates,
+    normalise,
+    select_pairs,
+)
+from loopwright.loops.errors import BudgetExhausted, UserError
 from loopwright.loops.models.budget import Budget, BudgetLimits
 from loopwright.loops.models.client import ModelClient
 from loopwright.loops.models.config import CallContext, ClientConfig, check_model
 from loopwright.loops.models.retry import RetryPolicy
 from loopwright.tools.judge import Judge, OrderResult, PairwiseJudgement
-from loopwright.traces import TraceStore, TraceWriter, VerdictRecord, run_by_name
+from loopwright.traces import TraceStore, TraceWriter, UnknownRun, VerdictRecord, resolve_runs
 from pydantic import BaseModel, Field
 
 __all__ = [
@@ -50,39 +58,8 @@ __all__ = [
     "select_pairs",
 ]
 
-VERIFIER = "llm-judge-pairwise"
-"""The ``verifier`` of the verdict rows written (and of the rows that mark a pair judged)."""
 LOOP = "judge-pairs"
 """The ``loop`` of the judge's ``calls`` rows: tells them apart from in-loop judge calls."""
-CANDIDATE_ROLES = ("generator", "refiner", "expander")
-_SCORERS = ("llm-judge%", "reward-model%")  # in-loop scores, not checks of the answer
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One verified answer of one task."""
-
-    run_id: str
-    task_id: str
-    node_id: str
-    content: str
-    passed: bool | None
-    """The in-loop outcome: its checks all passed (None when no verdict said pass or fail)."""
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Two candidates of one task to compare; ``rank`` is the pair's place in its task."""
-
-    a: Candidate
-    b: Candidate
-    differ: bool
-    """True when one passed its in-loop checks and the other failed them."""
-    rank: int
-
-    @property
-    def key(self) -> frozenset[str]:
-        return frozenset((self.a.node_id, self.b.node_id))
 
 
 @dataclass
@@ -120,64 +97,6 @@ class JudgePairsReport(BaseModel):
     tokens: int = Field(description="Prompt + completion tokens of those samples.")
     cost_usd: float = Field(description="Dollars, from litellm's cost map.")
     wall_s: float = Field(description="Wall time of the invocation.")
-
-
-def normalise(text: str) -> str:
-    """Lower case, whitespace collapsed: texts equal under this are never paired."""
-    return " ".join(text.lower().split())
-
-
-def select_pairs(
-    candidates: Sequence[Candidate],
-    *,
-    pairs_per_task: int,
-    seed: int,
-    judged: Iterable[frozenset[str]] = (),
-) -> list[Pair]:
-    """The pairs to compare, at most ``pairs_per_task`` per task, in judging order.
-
-    ``candidates`` come in their trace order (a pair's *a* is the earlier one). Within a task,
-    one pair per distinct pair of normalised texts (an already ``judged`` one when there is);
-    differing in-loop verdicts first, then the rest, each group shuffled under ``seed``.
-    Across tasks the result interleaves: every task's first pair, then every second, ...
-    """
-    done = set(judged)
-    by_task: dict[tuple[str, str], list[Candidate]] = {}
-    for c in candidates:
-        by_task.setdefault((c.run_id, c.task_id), []).append(c)
-    per_task: list[list[Pair]] = []
-    for (run_id, task_id), cands in by_task.items():
-        texts = [normalise(c.content) for c in cands]
-        chosen: dict[frozenset[str], tuple[Candidate, Candidate]] = {}
-        for i, j in itertools.combinations(range(len(cands)), 2):
-            if texts[i] == texts[j]:
-                continue
-            texts_key = frozenset((texts[i], texts[j]))
-            prev = chosen.get(texts_key)
-            pair = (cands[i], cands[j])
-            if prev is None or (
-                frozenset(n.node_id for n in prev) not in done
-                and frozenset((cands[i].node_id, cands[j].node_id)) in done
-            ):
-                chosen[texts_key] = pair
-        differ: list[tuple[Candidate, Candidate, bool]] = []
-        rest: list[tuple[Candidate, Candidate, bool]] = []
-        for a, b in chosen.values():
-            d = a.passed is not None and b.passed is not None and a.passed != b.passed
-            (differ if d else rest).append((a, b, d))
-        rng = random.Random(f"{seed}|{run_id}|{task_id}")
-        rng.shuffle(differ)
-        rng.shuffle(rest)
-        ordered = (differ + rest)[:pairs_per_task]
-        per_task.append([Pair(a, b, d, rank) for rank, (a, b, d) in enumerate(ordered)])
-    return _interleave(per_task)
-
-
-def _interleave(per_task: list[list[Pair]]) -> list[Pair]:
-    out: list[Pair] = []
-    for rank in range(max((len(ps) for ps in per_task), default=0)):
-        out.extend(ps[rank] for ps in per_task if rank < len(ps))
-    return out
 
 
 def _pair_seed(seed: int, pair: Pair) -> int:
@@ -246,78 +165,6 @@ def _record(pair: Pair, j: PairwiseJudgement) -> VerdictRecord:
     )
 
 
-def _resolve_runs(store: TraceStore, db: str, names: Sequence[str]) -> dict[str, str]:
-    """run name -> run_id, in the order given (duplicates dropped)."""
-    out: dict[str, str] = {}
-    for name in dict.fromkeys(names):
-        row = run_by_name(store, name)
-        if row is None:
-            known = [r["name"] for r in store.query("SELECT name FROM runs ORDER BY started_at")]
-            if not known:
-                raise UserError(f"no runs in {db}: `loopwright run` writes them")
-            raise unknown("run", name, known)
-        out[name] = row["run_id"]
-    return out
-
-
-def _load(
-    store: TraceStore, run_ids: list[str]
-) -> tuple[dict[tuple[str, str], dict[str, Any]], list[Candidate], dict[frozenset[str], bool]]:
-    """Finished tasks, candidates (trace order) and judged pairs (-> whether that failed)."""
-    marks = ", ".join("?" for _ in run_ids)
-    order = {r: i for i, r in enumerate(run_ids)}
-    tasks = store.query(
-        f"SELECT run_id, task_id, idx, prompt, reference FROM tasks "
-        f"WHERE run_id IN ({marks}) AND status = 'done'",
-        run_ids,
-    )
-    tasks.sort(key=lambda t: (order[t["run_id"]], t["idx"] if t["idx"] is not None else -1))
-    roles = ", ".join(f"'{r}'" for r in CANDIDATE_ROLES)
-    scorer = " OR ".join(f"verifier LIKE '{s}'" for s in _SCORERS)
-    rows = store.query(
-        f"""
-        WITH v AS (
-            SELECT node_id,
-                   bool_and(passed) FILTER (WHERE passed IS NOT NULL AND NOT ({scorer})) AS checked,
-                   bool_and(passed) FILTER (WHERE passed IS NOT NULL) AS scored
-            FROM verdicts WHERE stage = 'in_loop' AND run_id IN ({marks})
-            GROUP BY node_id
-        )
-        SELECT n.run_id, n.task_id, n.node_id, n.content,
-               coalesce(v.checked, v.scored) AS passed
-        FROM nodes n
-        JOIN v ON v.node_id = n.node_id
-        JOIN tasks t ON t.run_id = n.run_id AND t.task_id = n.task_id AND t.status = 'done'
-        WHERE n.run_id IN ({marks}) AND n.role IN ({roles})
-              AND n.content IS NOT NULL AND trim(n.content) <> ''
-        ORDER BY n.created_at, n.node_id
-        """,
-        [*run_ids, *run_ids],
-    )
-    place = {(t["run_id"], t["task_id"]): i for i, t in enumerate(tasks)}
-    rows.sort(key=lambda r: place[(r["run_id"], r["task_id"])])  # stable: trace order kept
-    cands = [
-        Candidate(r["run_id"], r["task_id"], r["node_id"], r["content"], r["passed"]) for r in rows
-    ]
-    judged: dict[frozenset[str], bool] = {}
-    for r in store.query(
-        f"SELECT details FROM verdicts WHERE stage = 'judge' AND verifier = ? "
-        f"AND run_id IN ({marks})",
-        [VERIFIER, *run_ids],
-    ):
-        try:
-            d = json.loads(r["details"] or "{}")
-        except json.JSONDecodeError:
-            continue
-        a, b = d.get("a_node_id"), d.get("b_node_id")
-        if not (isinstance(a, str) and isinstance(b, str)):
-            continue
-        failed = any((d.get(o) or {}).get("error") for o in ("a_first", "b_first"))
-        key = frozenset((a, b))
-        judged[key] = judged.get(key, True) and failed  # any good judgement counts as done
-    return {(t["run_id"], t["task_id"]): t for t in tasks}, cands, judged
-
-
 async def judge_pairs(
     db: str,
     runs: Sequence[str],
@@ -365,8 +212,12 @@ async def judge_pairs(
         raise UserError(f"no trace database at {db}: run `loopwright run` first")
     store = TraceStore(db)
     try:
-        run_ids = _resolve_runs(store, db, runs)
-        tasks, cands, judged = _load(store, list(run_ids.values()))
+        try:
+            named = resolve_runs(store, db, runs)
+        except UnknownRun as exc:  # a name the user typed
+            raise UserError(str(exc)) from None
+        run_ids = {n: r["run_id"] for n, r in named.items()}
+        tasks, cands, judged = load_candidates(store, list(run_ids.values()))
         done = {key for key, failed in judged.items() if not failed}
         pairs = select_pairs(cands, pairs_per_task=pairs_per_task, seed=seed, judged=done)
         todo = [p for p in pairs if p.key not in done]
@@ -412,7 +263,7 @@ async def judge_pairs(
         judge_model=model,
         tasks=len(tasks),
         candidates=len(cands),
-        candidate_pairs=_count_text_pairs(cands),
+        candidate_pairs=count_text_pairs(cands),
         selected=len(pairs),
         skipped=skipped,
         judged=tally.progress.done,
@@ -512,11 +363,3 @@ async def _judge_all(
     except BaseExceptionGroup as eg:  # the first failure itself, e.g. a rejected API key
         raise eg.exceptions[0] from None
     return tally
-
-
-def _count_text_pairs(cands: Sequence[Candidate]) -> int:
-    """Pairs of distinct normalised texts over all tasks: what an unlimited cap would take."""
-    texts: dict[tuple[str, str], set[str]] = {}
-    for c in cands:
-        texts.setdefault((c.run_id, c.task_id), set()).add(normalise(c.content))
-    return sum(len(t) * (len(t) - 1) // 2 for t in texts.values())

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
-from loopwright.loops.cli.progress import LazyBar
+from loopwright.loops.cli.progress import LazyBar, console
 from loopwright.loops.errors import UserError
-from rich.console import Console
 from rich.table import Table
-
-
-def _console(stderr: bool = False) -> Console:
-    # Built per call so a test runner's captured streams are the ones written to.
-    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
 
 
 def grade(
@@ -38,7 +31,7 @@ def grade(
     from loopwright.loops.execution.grade import GradeProgress, grade_run
     from loopwright.traces.store import TraceStoreError
 
-    err = _console(stderr=True)
+    err = console(stderr=True)
     bar = LazyBar("grade", {"passed": "passed", "failed": "failed", "errors": "errors"}, err)
 
     def on_progress(p: GradeProgress) -> None:
@@ -64,7 +57,7 @@ def grade(
     if json_out:
         typer.echo(report.model_dump_json(indent=2))
         return
-    out = _console()
+    out = console()
     t = Table(title=f"grade: {', '.join(report.runs)}", show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from loopwright.loops.cli.progress import console
 from loopwright.loops.errors import UserError, first_error
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 FORMAT_HELP = (
@@ -17,10 +16,6 @@ FORMAT_HELP = (
     "(step labels), critique (critiques that led to a better verified revision), corrections "
     "(attempt, feedback, revision ... turns)."
 )
-
-
-def _console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:
@@ -121,7 +116,7 @@ def harvest(
     except HarvestError as exc:
         raise UserError(str(exc)) from None
     if json_out:
-        _console().print_json(result.model_dump_json())
+        console().print_json(result.model_dump_json())
         return
     print_report(result.model_dump())
 
@@ -132,7 +127,7 @@ def _bar(n: int, top: int, width: int = 30) -> str:
 
 def print_report(r: dict[str, Any]) -> None:
     """The short report after an export: rows, per prompt, sources, margins, exclusions."""
-    con = _console()
+    con = console()
     where = f"to {r['out']}" if r["out"] else "(dry run: nothing written)"
     per = r["rows"] / r["prompts"] if r["prompts"] else 0.0
     con.print(

@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 import typer
 from loopwright.loops.cli.progress import LazyBar
+from loopwright.loops.cli.progress import console as make_console
 from loopwright.loops.cli.sweep import VerifierOption
 from loopwright.loops.errors import UserError, first_error
 from pydantic import ValidationError
-from rich.console import Console
 
-err = Console(stderr=True)
+err = make_console(stderr=True)
 
 
 class _Bars:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Annotated
 
 import typer
-from loopwright.loops.cli.progress import LazyBar
+from loopwright.loops.cli.progress import LazyBar, console
 from loopwright.loops.errors import UserError
-from rich.console import Console
 from rich.table import Table
 
 judge_app = typer.Typer(
@@ -17,11 +15,6 @@ judge_app = typer.Typer(
     no_args_is_help=True,
     help="Judge traced answers after a run: pairwise preferences for harvesting.",
 )
-
-
-def _console(stderr: bool = False) -> Console:
-    # Built per call so a test runner's captured streams are the ones written to.
-    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
 
 
 @judge_app.command("pairs")
@@ -47,7 +40,7 @@ def pairs(
     from loopwright.loops.analysis.judge_pairs import JudgePairsProgress, judge_pairs
     from loopwright.traces.store import TraceStoreError
 
-    err = _console(stderr=True)
+    err = console(stderr=True)
     bar = LazyBar(
         "judge pairs",
         {"consistent": "consistent", "flipped": "flipped", "undecided": "undecided",
@@ -105,7 +98,7 @@ def pairs(
         rows.append(("left for a rerun", f"{report.not_started} ({report.stopped})"))
     for name, value in rows:
         t.add_row(name, value)
-    out = _console()
+    out = console()
     out.print(t)
     out.print(
         f"verdicts: {report.db} (stage 'judge', verifier 'llm-judge-pairwise')",

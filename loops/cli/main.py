@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from loopwright.loops.cli.progress import console as make_console
 from loopwright.loops.cli.sweep import (
     ExecutorOption,
     RayAddressOption,
@@ -22,7 +23,6 @@ from loopwright.loops.cli.sweep import (
 from loopwright.loops.errors import UserError, first_error
 from loopwright.loops.models.budget import BudgetLimits
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -32,8 +32,8 @@ app = typer.Typer(
     help="Self-improvement loops over language models, traced in DuckDB.",
 )
 # Piped output gets a wide table instead of rich's 80-column default that truncates names.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:

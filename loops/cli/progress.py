@@ -1,12 +1,20 @@
-"""A progress bar for long CLI commands, shared so each command only says what it counts."""
+"""The CLI's consoles, and a progress bar for long commands, shared so each command only says
+what it counts."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console; when stdout is not a terminal (a pipe, a CI log) tables are laid out
+    160 columns wide instead of rich's 80."""
+    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
 
 
 class LazyBar:

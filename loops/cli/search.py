@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Literal, cast
 
 import typer
+from loopwright.loops.cli.progress import console
 from loopwright.loops.errors import UserError, first_error
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -22,11 +21,6 @@ search_app = typer.Typer(
     no_args_is_help=True,
     help="Build a local search index (SQLite FTS5, BM25) and query it or a web provider.",
 )
-
-
-def _console() -> Console:
-    # Built per call so CliRunner's captured stdout is the one written to.
-    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 @search_app.command("index")
@@ -55,7 +49,7 @@ def index(
             f"indexed {s.documents} documents, {s.passages} passages into {index_path} "
             f"(added {s.added}, updated {s.updated}, removed {s.removed}; {s.seconds:.2f}s)"
         )
-    _console().print(msg, highlight=False, soft_wrap=True)
+    console().print(msg, highlight=False, soft_wrap=True)
 
 
 @search_app.command("query")
@@ -91,9 +85,9 @@ def query(
         for r in results:
             typer.echo(r.model_dump_json())
         return
-    console = _console()
+    con = console()
     if not results:
-        console.print("no results", highlight=False)
+        con.print("no results", highlight=False)
         return
     t = Table(title=escape(f"{provider}: {text}"), title_justify="left")
     t.add_column("#", justify="right")
@@ -109,4 +103,4 @@ def query(
             escape(r.title),
             _BOLD.sub(r"[bold]\1[/bold]", escape(r.snippet or r.text[:200])),
         )
-    console.print(t)
+    con.print(t)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from loopwright.loops.cli.progress import console
 from loopwright.loops.errors import UserError, first_error
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.config import Connection
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -88,10 +87,6 @@ def parse_role_models(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
-
-
 def sweep(
     tasks: Annotated[str, typer.Option(help="Task spec, as for `loopwright run`.")],
     grid: Annotated[
@@ -150,7 +145,7 @@ def sweep(
     except ValidationError as exc:  # pydantic: one line naming the bad value
         raise UserError(first_error(exc, as_flag=True)) from None
     _, points = validate(cfg)
-    out = _console()
+    out = console()
     runs = len({p.run_name for p in points})
     out.print(
         f"sweep [bold]{cfg.name}[/bold]: {len(points)} points "
@@ -165,7 +160,7 @@ def sweep(
         MofNCompleteColumn(),
         TextColumn("pass {task.fields[rate]}"),
         TimeElapsedColumn(),
-        console=_console(stderr=True),
+        console=console(stderr=True),
     )
     bar_id = bar.add_task("", total=None, rate="-")
 
@@ -222,8 +217,8 @@ def _summary(db: str, name: str) -> None:
         acc = "shared" if r["derived"] else ("-" if r["acc"] is None else f"{r['acc']:.0%}")
         tok = "" if r["derived"] or r["tok"] is None else f"{r['tok']:.0f}"
         t.add_row(r["strategy"], r["model"], val, r["status"], acc, tok)
-    _console().print(t)
-    _console().print(f"next: loopwright report --db {db} --sweep {name} --out report-{name}")
+    console().print(t)
+    console().print(f"next: loopwright report --db {db} --sweep {name} --out report-{name}")
 
 
 def report(
@@ -243,10 +238,10 @@ def report(
         from loopwright.loops.analysis.report_improve import write_improve_report
 
         path = write_improve_report(db, improve_name, out)
-        _console().print(f"report: {path}", highlight=False)
+        console().print(f"report: {path}", highlight=False)
         return
     from loopwright.loops.analysis.report import write_report
 
     assert sweep_name is not None
     path = write_report(db, sweep_name, out, n_boot=n_boot)
-    _console().print(f"report: {path}", highlight=False)
+    console().print(f"report: {path}", highlight=False)

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from loopwright.loops.cli.progress import console as make_console
 from loopwright.loops.errors import UserError, unknown
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = make_console()
 
 sandbox_app = typer.Typer(no_args_is_help=True, help="Run programs in a sandbox; check isolation.")
 check_app = typer.Typer(no_args_is_help=True, help="Check one answer by hand.")
@@ -75,7 +75,7 @@ def sandbox_exec(
         elif result.killed_by is not None:
             status = f"killed ({result.killed_by} limit)"
         trunc = ", output truncated" if result.truncated else ""
-        Console(stderr=True).print(
+        make_console(stderr=True).print(
             f"[dim]{backend}: {status}{trunc}, {result.duration_s * 1000:.0f} ms[/dim]"
         )
     raise typer.Exit(result.exit_code if result.exit_code is not None else 124)
@@ -209,7 +209,7 @@ def verify(
         MofNCompleteColumn(),
         TextColumn("{task.fields[passed]} passed"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         disable=as_json or not sys.stderr.isatty(),
     )
     with progress, ThreadPoolExecutor(workers) as pool:

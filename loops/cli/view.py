@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from loopwright.loops.cli.progress import console as make_console
 from loopwright.loops.errors import UserError
-from rich.console import Console
 
 PLOT_TITLES = {
     "accuracy_vs_tokens.png": "accuracy vs tokens / task",
@@ -100,7 +100,7 @@ def view(
     """Serve a read-only web page over the trace store (works while a run writes it)."""
     from loopwright.traces.view import Viewer, ViewError
 
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(
             f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach it reads "
@@ -111,7 +111,7 @@ def view(
         viewer = Viewer(db, host=host, port=port, sweep_report=sweep_report)
     except ViewError as exc:
         raise UserError(str(exc)) from None
-    Console().print(f"loopwright view: {viewer.url}  (read-only over {db}; Ctrl-C stops)")
+    make_console().print(f"loopwright view: {viewer.url}  (read-only over {db}; Ctrl-C stops)")
     try:
         viewer.serve_forever()
     except KeyboardInterrupt:

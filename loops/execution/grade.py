@@ -42,22 +42,20 @@ from loopwright.loops.verify import (
     verdict_record,
 )
 from loopwright.sandboxes import BACKENDS, SandboxLimits
-from loopwright.traces import TraceStore, TraceWriter, VerdictRecord
+from loopwright.traces import TraceStore, TraceWriter, UnknownRun, VerdictRecord, resolve_runs
+from loopwright.traces.queries import lit
+from loopwright.traces.records import ANSWER_ROLES, OPINION_VERIFIERS
 from pydantic import BaseModel, Field
 
 __all__ = [
-    "ANSWER_ROLES",
     "Agreement",
     "GradeProgress",
     "GradeReport",
     "grade_run",
 ]
 
-ANSWER_ROLES = ("generator", "refiner", "expander", "rollout")
-"""Roles of nodes that hold a whole answer (as harvesting's candidates)."""
-OPINION_VERIFIERS = ("llm-judge", "llm-judge-pairwise", "reward-model")
-"""In-loop scorers, not checks: left out of the in-loop side of the agreement table (as
-harvesting's labels leave them out)."""
+# Opinion verifiers (in-loop scorers, not checks) are left out of the in-loop side of the
+# agreement table, as harvesting's labels leave them out.
 _ERROR_KEY = "grader_error"
 
 
@@ -127,24 +125,6 @@ class _Answer:
     """Has a grader-error row (and no other graded verdict)."""
 
 
-def _resolve_runs(store: TraceStore, db: str, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """run name (or id) as given -> its runs row, in the order given (duplicates dropped)."""
-    out: dict[str, dict[str, Any]] = {}
-    seen: set[str] = set()
-    for name in dict.fromkeys(names):
-        rows = store.query("SELECT * FROM runs WHERE name = ? OR run_id = ?", [name, name])
-        if not rows:
-            known = [r["name"] for r in store.query("SELECT name FROM runs ORDER BY started_at")]
-            if not known:
-                raise UserError(f"no runs in {db}: `loopwright run` writes them")
-            raise unknown("run", name, known)
-        row = rows[0]
-        if row["run_id"] not in seen:
-            seen.add(row["run_id"])
-            out[row["name"]] = row
-    return out
-
-
 def _run_tasks(
     store: TraceStore, run: dict[str, Any], loaded: dict[tuple[str, int | None], list[Task]]
 ) -> dict[str, Task]:
@@ -189,7 +169,7 @@ def _run_tasks(
 def _answers(store: TraceStore, run_ids: list[str]) -> list[_Answer]:
     """Answer nodes of the runs, in run order, then task order, then trace order."""
     marks = ", ".join("?" for _ in run_ids)
-    roles = ", ".join(f"'{r}'" for r in ANSWER_ROLES)
+    roles = ", ".join(lit(r) for r in ANSWER_ROLES)
     rows = store.query(
         f"""
         WITH il AS (
@@ -230,8 +210,8 @@ def _answers(store: TraceStore, run_ids: list[str]) -> list[_Answer]:
 def _agreement(store: TraceStore, run_ids: list[str]) -> Agreement:
     """The 2x2 over every answer node of the runs that now has a graded verdict."""
     marks = ", ".join("?" for _ in run_ids)
-    roles = ", ".join(f"'{r}'" for r in ANSWER_ROLES)
-    opinion = ", ".join(f"'{v}'" for v in OPINION_VERIFIERS)
+    roles = ", ".join(lit(r) for r in ANSWER_ROLES)
+    opinion = ", ".join(lit(v) for v in OPINION_VERIFIERS)
     rows = store.query(
         f"""
         WITH il AS (
@@ -320,7 +300,10 @@ def grade_run(
 
     store = TraceStore(db)
     try:
-        by_name = _resolve_runs(store, db, runs)
+        try:
+            by_name = resolve_runs(store, db, runs)
+        except UnknownRun as exc:  # a name the user typed
+            raise UserError(str(exc)) from None
         run_ids = [r["run_id"] for r in by_name.values()]
         loaded: dict[tuple[str, int | None], list[Task]] = {}
         tasks: dict[tuple[str, str], Task] = {}

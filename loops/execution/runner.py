@@ -38,17 +38,8 @@ from loopwright.loops.verify import (
     run_check,
     verdict_record,
 )
-from loopwright.traces import (
-    TaskRecord,
-    TraceStore,
-    TraceWriter,
-    discard_partial_tasks,
-    new_id,
-    run_by_name,
-    run_summary,
-    task_statuses,
-    utcnow,
-)
+from loopwright.traces import TaskRecord, TraceStore, TraceWriter, run_by_name, run_summary, utcnow
+from loopwright.traces.runs import finish_run, insert_run, reopen_run
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
@@ -274,10 +265,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
             status = "done"
         finally:
             writer.flush()
-            store.execute(
-                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
-                [status, utcnow(), run_id],
-            )
+            finish_run(store, run_id, status)
         return RunResult(
             run_id=run_id, name=name, summary=run_summary(store, run_id), progress=progress
         )
@@ -357,11 +345,7 @@ def _open_run(
                 "resume it with the same arguments or start a new --run-name"
             )
         run_id = row["run_id"]
-        discard_partial_tasks(store, run_id)
-        done = {tid for tid, st in task_statuses(store, run_id).items() if st == "done"}
-        store.execute(
-            "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id]
-        )
+        done = reopen_run(store, run_id)
         todo = [t for t in tasks if t.id not in done]
         return run_id, cfg.run_name, todo
     name = cfg.run_name or f"{cfg.loop}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -370,22 +354,16 @@ def _open_run(
             f"a run named {name!r} already exists in {cfg.db}: pass --resume to "
             "continue it, or choose another --run-name"
         )
-    run_id = new_id()
-    store.execute(
-        "INSERT INTO runs (run_id, name, loop, model, tasks_spec, config, config_hash, seed, version, "
-        "status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-        [
-            run_id,
-            name,
-            cfg.loop,
-            cfg.model,
-            cfg.tasks,
-            json.dumps(_stored_config(cfg, tasks)),
-            config_hash,
-            cfg.seed,
-            _version(),
-            utcnow(),
-        ],
+    run_id = insert_run(
+        store,
+        name=name,
+        loop=cfg.loop,
+        model=cfg.model,
+        tasks_spec=cfg.tasks,
+        config=json.dumps(_stored_config(cfg, tasks)),
+        config_hash=config_hash,
+        seed=cfg.seed,
+        version=_version(),
     )
     return run_id, name, tasks
 

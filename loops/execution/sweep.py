@@ -31,8 +31,17 @@ from typing import Any, Literal
 from loopwright.loops.errors import UserError
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.config import Connection, nest_connection
-from loopwright.traces.records import new_id, utcnow
+from loopwright.traces.queries import in_list
+from loopwright.traces.records import ANSWER_ROLES
+from loopwright.traces.runs import failed_tasks, run_status
 from loopwright.traces.store import TraceStore
+from loopwright.traces.sweeps import (
+    PointRow,
+    insert_sweep,
+    set_point_status,
+    set_sweep_status,
+    sweep_by_name,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ALIASES = {"rounds": "max_rounds", "trials": "max_trials"}
@@ -221,22 +230,10 @@ class SweepConfig(BaseModel):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class PointPlan(BaseModel):
+class PointPlan(PointRow):
     """One point of the grid and the run that produces (or contains) it."""
 
-    model_config = ConfigDict(frozen=True)
-
-    point_id: str
-    strategy: str
-    loop: str
-    model: str
-    seed: int
-    param: str | None
-    value: Any
-    options: dict[str, Any]
     verifier: str | None = None
-    run_name: str
-    derived: bool
 
 
 def _short(model: str) -> str:
@@ -284,53 +281,37 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (0, v) if isinstance(v, int | float) else (1, str(v))
 
 
-def _numeric(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
 def open_sweep(cfg: SweepConfig, points: list[PointPlan]) -> str:
     """Insert the sweep and its points, or check a re-run matches and return its id."""
     with TraceStore(cfg.db) as store:
-        row = store.query("SELECT sweep_id, config_hash FROM sweeps WHERE name = ?", [cfg.name])
+        row = sweep_by_name(store, cfg.name)
         if row:
-            if row[0]["config_hash"] != cfg.identity_hash():
+            if row["config_hash"] != cfg.identity_hash():
                 raise UserError(
                     f"sweep {cfg.name!r} already exists in {cfg.db} with other tasks, models, "
                     "grid or seeds: re-run it with the same arguments or pick another --name"
                 )
-            sweep_id = str(row[0]["sweep_id"])
-            store.execute("UPDATE sweeps SET status = 'running' WHERE sweep_id = ?", [sweep_id])
-            return sweep_id
-        sweep_id = new_id()
-        store.execute(
-            "INSERT INTO sweeps (sweep_id, name, tasks_spec, grid, config, config_hash, status, "
-            "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-            [sweep_id, cfg.name, cfg.tasks, cfg.grid, cfg.model_dump_json(),
-             cfg.identity_hash(), utcnow()],
-        )  # fmt: skip
-        for p in points:
-            store.execute(
-                "INSERT INTO sweep_points (point_id, sweep_id, strategy, loop, model, seed, param,"
-                " value, options, run_name, derived, status) VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                [p.point_id, sweep_id, p.strategy, p.loop, p.model, p.seed, p.param,
-                 _numeric(p.value), json.dumps(p.options), p.run_name, p.derived],
-            )  # fmt: skip
-        return sweep_id
+            set_sweep_status(store, row["sweep_id"], "running")
+            return str(row["sweep_id"])
+        return insert_sweep(
+            store,
+            name=cfg.name,
+            tasks_spec=cfg.tasks,
+            grid=cfg.grid,
+            config=cfg.model_dump_json(),
+            config_hash=cfg.identity_hash(),
+            points=points,
+        )
 
 
 def _set_status(db: str, run_name: str, status: str, error: str | None = None) -> None:
     with TraceStore(db) as store:
-        store.execute(
-            "UPDATE sweep_points SET status = ?, error = ? WHERE run_name = ?",
-            [status, error, run_name],
-        )
+        set_point_status(store, run_name, status, error)
 
 
 def _run_state(db: str, run_name: str) -> str | None:
     with TraceStore(db) as store:
-        rows = store.query("SELECT status FROM runs WHERE name = ?", [run_name])
-    return str(rows[0]["status"]) if rows else None
+        return run_status(store, run_name)
 
 
 class SweepEvent(BaseModel):
@@ -385,10 +366,7 @@ def run_sweep(
             stack.enter_context(ray_pool(cfg.ray_address, cfg.workers))
         failed = _run_points(cfg, points, on_event, on_run_progress)
     with TraceStore(cfg.db) as store:
-        store.execute(
-            "UPDATE sweeps SET status = ?, finished_at = ? WHERE sweep_id = ?",
-            ["done" if not failed else "partial", utcnow(), sweep_id],
-        )
+        set_sweep_status(store, sweep_id, "done" if not failed else "partial")
     return sweep_id
 
 
@@ -447,12 +425,7 @@ def _run_points(
 def _failed_tasks(db: str, run_name: str) -> tuple[int, str | None]:
     """How many of the run's tasks failed, and one of their errors."""
     with TraceStore(db) as store:
-        rows = store.query(
-            "SELECT count(*) AS n, any_value(t.error) AS error FROM tasks t "
-            "JOIN runs r USING (run_id) WHERE r.name = ? AND t.status = 'failed'",
-            [run_name],
-        )
-    return int(rows[0]["n"]), rows[0]["error"]
+        return failed_tasks(store, run_name)
 
 
 def _graded(cfg: SweepConfig, run_name: str) -> bool:
@@ -462,7 +435,7 @@ def _graded(cfg: SweepConfig, run_name: str) -> bool:
     with TraceStore(cfg.db) as store:
         rows = store.query(
             "SELECT count(*) AS n FROM nodes n JOIN runs r USING (run_id) "
-            "WHERE r.name = ? AND n.role IN ('generator', 'refiner', 'expander', 'rollout') "
+            f"WHERE r.name = ? AND {in_list('n.role', ANSWER_ROLES)} "
             "AND coalesce(trim(n.content), '') <> '' "
             "AND EXISTS (SELECT 1 FROM verdicts v WHERE v.node_id = n.node_id "
             "AND v.stage = 'in_loop') AND NOT EXISTS (SELECT 1 FROM verdicts v "

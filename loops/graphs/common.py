@@ -201,6 +201,17 @@ def chain_outcome(
     return outcome(cands, best(cands), reason or "no_draft", last["round"] if last else 0)
 
 
+def rounds_outcome(ctx: LoopContext, state: Mapping[str, Any]) -> LoopOutcome:
+    """:func:`chain_outcome` of a draft-then-revise loop: ``state["drafts"]``, at most
+    ``max_rounds`` revisions (the loop's option)."""
+    return chain_outcome(
+        state.get("drafts") or [],
+        state.get("stop_reason"),
+        last_round=ctx.options.max_rounds,  # type: ignore[attr-defined]
+        at_last_round="max_rounds",
+    )
+
+
 Router = Callable[[Mapping[str, Any]], Awaitable[str]]
 
 

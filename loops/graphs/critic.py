@@ -21,16 +21,16 @@ from typing import Any, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
-from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.base import LoopContext, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.graphs.common import (
     Candidate,
     add_candidate,
     add_note,
-    chain_outcome,
     draft_prompt,
     flavour,
     max_tokens_for,
     messages,
+    rounds_outcome,
     shown,
     unless_stopped,
     verify_last,
@@ -239,15 +239,6 @@ def build() -> Any:
     return g.compile()
 
 
-def critic_outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
-    return chain_outcome(
-        state.get("drafts") or [],
-        state.get("stop_reason"),
-        last_round=_opts(ctx).max_rounds,
-        at_last_round="max_rounds",
-    )
-
-
 def initial_state(ctx: LoopContext) -> dict[str, Any]:
     return {"drafts": [], "evidence": None, "critique": None, "stop_reason": None}
 
@@ -259,6 +250,6 @@ CRITIC: LoopSpec[CriticOptions] = LoopSpec(
     options=CriticOptions,
     build=build,
     initial_state=initial_state,
-    outcome=critic_outcome,
+    outcome=rounds_outcome,
     recursion_limit=lambda o: 4 * (o.max_rounds + 2) + 10,
 )

@@ -16,16 +16,16 @@ from typing import Any, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
-from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.base import LoopContext, LoopSpec, budget_guard, ctx_of
 from loopwright.loops.graphs.common import (
     Candidate,
     add_candidate,
     add_note,
-    chain_outcome,
     draft_messages,
     flavour,
     max_tokens_for,
     messages,
+    rounds_outcome,
     shown,
     unless_stopped,
     verify_last,
@@ -176,16 +176,6 @@ def build() -> Any:
     return g.compile()
 
 
-def outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
-    opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
-    return chain_outcome(
-        state.get("drafts") or [],
-        state.get("stop_reason"),
-        last_round=opts.max_rounds,
-        at_last_round="max_rounds",
-    )
-
-
 def initial_state(ctx: LoopContext) -> dict[str, Any]:
     return {"drafts": [], "critique": None, "critique_id": None, "stop_reason": None}
 
@@ -197,6 +187,6 @@ SELF_REFINE: LoopSpec[SelfRefineOptions] = LoopSpec(
     options=SelfRefineOptions,
     build=build,
     initial_state=initial_state,
-    outcome=outcome,
+    outcome=rounds_outcome,
     recursion_limit=lambda o: 4 * (o.max_rounds + 2) + 10,
 )

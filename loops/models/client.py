@@ -181,17 +181,7 @@ class ModelClient:
                 self._written_keys.add(key)
                 for s in samples:
                     self.writer.write(
-                        CacheRecord(
-                            cache_key=key,
-                            sample_index=s.sample_index,
-                            model=self.model,
-                            output=s.text,
-                            finish_reason=s.finish_reason,
-                            logprob_mean=s.logprob_mean,
-                            prompt_tokens=s.prompt_tokens,
-                            completion_tokens=s.completion_tokens,
-                            cost_usd=s.cost_usd,
-                        )
+                        CacheRecord(cache_key=key, model=self.model, **s.output_fields())
                     )
         if budget is not None:
             budget.charge(
@@ -212,13 +202,7 @@ class ModelClient:
                         n,
                         call_id=s.call_id,
                         node_id=s.node_id,
-                        sample_index=s.sample_index,
-                        output=s.text,
-                        finish_reason=s.finish_reason,
-                        logprob_mean=s.logprob_mean,
-                        prompt_tokens=s.prompt_tokens,
-                        completion_tokens=s.completion_tokens,
-                        cost_usd=s.cost_usd,
+                        **s.output_fields(),
                         latency_s=latency,
                         attempts=attempts,
                         cache_hit=s.cache_hit,

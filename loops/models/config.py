@@ -132,6 +132,18 @@ class Sample:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def output_fields(self) -> dict[str, Any]:
+        """What the trace keeps of this completion, in both ``calls`` and ``call_cache``."""
+        return {
+            "sample_index": self.sample_index,
+            "output": self.text,
+            "finish_reason": self.finish_reason,
+            "logprob_mean": self.logprob_mean,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
 
 def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
     blob = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True)

@@ -14,6 +14,7 @@ import importlib.util
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,15 +108,46 @@ def weights_path(spec: LocalModelSpec) -> Path:
     return Path(gemma.assemble(cache / "models" / gemma.MODEL_NAME))
 
 
-def default_threads() -> int:
-    """llama.cpp threads: all cores but one, so a busy core does not stall every step.
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
-    llama.cpp's worker threads meet at a barrier after every layer; when one of them shares
-    its core with the Python process (tracing, verifiers) each step waits for the OS
-    scheduler, and throughput collapses (measured 66 -> 4 tok/s on 2 cores).
+
+def idle_cores(window_s: float = 0.3) -> float | None:
+    """How many cores were idle over ``window_s`` (from /proc/stat), or None off Linux."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(window_s)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+
+
+def default_threads() -> int:
+    """llama.cpp threads: as many as there are idle cores when the engine starts.
+
+    llama.cpp's worker threads meet at a barrier after every layer, so one thread that waits
+    for a core held by another process stalls them all: on 2 cores, 2 threads serve about
+    1.6x the tokens of 1 on an idle machine, and fewer than 1 thread does when the other
+    core is busy (measured: 66 -> 4 tok/s). The engine's thread count is fixed at start, so
+    the load is measured then (0.3 s of /proc/stat); ``LOOPWRIGHT_LOCAL_THREADS`` overrides.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 2) - 1)
+    cores = _cores()
+    idle = idle_cores()
+    if idle is None:
+        return max(1, cores - 1)
+    return max(1, min(cores, int(idle + 0.35)))
 
 
 class LocalEngine:
@@ -134,6 +166,7 @@ class LocalEngine:
         params.n_parallel = slots
         params.n_ctx = ctx_per_slot * slots
         threads = int(os.environ.get("LOOPWRIGHT_LOCAL_THREADS", "0")) or default_threads()
+        self.threads = threads
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.warmup = False

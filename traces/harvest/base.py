@@ -23,28 +23,15 @@ from pathlib import Path
 
 import duckdb
 from loopwright.traces.harvest.options import HarvestOptions
-from loopwright.traces.queries import oracle_sql, verifier_sql
+from loopwright.traces.queries import in_list as _in_list
+from loopwright.traces.queries import lit, oracle_sql, verifier_sql
+from loopwright.traces.records import ANSWER_ROLES, OPINION_VERIFIERS
 
-ANSWER_ROLES = ("generator", "refiner", "expander", "rollout")
-FEEDBACK_ROLES = ("critic", "reflector")
-# Verdicts that rate an answer without checking it: never a pass/fail label.
-OPINION_VERIFIERS = ("llm-judge", "llm-judge-pairwise", "reward-model")
 EVAL_FIELDS = ("prompt", "question", "problem", "input", "text")
 
 
 class HarvestError(Exception):
     """Bad harvest input: one line saying what is wrong and what to do."""
-
-
-def lit(text: str | None) -> str:
-    """A SQL string literal."""
-    if text is None:
-        return "NULL"
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _in_list(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(lit(v) for v in values)})"
 
 
 def connect(db: str | Path, opts: HarvestOptions) -> duckdb.DuckDBPyConnection:

@@ -74,7 +74,14 @@
   }
 
   async function showCall(box, callId) {
-    const c = await api("call", { id: callId });
+    box.replaceChildren(el("p", { class: "muted", id: "call-loading" }, "loading call…"));
+    let c;
+    try {
+      c = await api("call", { id: callId });
+    } catch (e) {
+      box.replaceChildren(el("p", { class: "error", id: "call-error" }, `error: ${e.message}`));
+      return;
+    }
     const params = { model: c.model, temperature: c.temperature, max_tokens: c.max_tokens, n: c.n, seed: c.seed, sample_index: c.sample_index };
     box.replaceChildren(el("div", { class: "call-detail", id: "call-detail" },
       el("h4", {}, `call ${c.call_id}`),
