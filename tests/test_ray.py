@@ -8,6 +8,7 @@ worker (process) answers.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -416,3 +417,62 @@ def test_a_sweep_on_ray_matches_a_local_sweep(tmp_path: Path, cluster: str) -> N
         ]
         == "ray"
     )
+
+
+# -- grade and improve ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_grading_on_ray_writes_the_same_verdicts_as_local_grading(
+    tmp_path: Path, pool: ray_executor.RayPool
+) -> None:
+    from loop_testkit import CODE_SPEC, RIGHT_CODE, WRONG_CODE, skip_without_bwrap
+    from loopwright.loops.execution.grade import grade_run
+
+    skip_without_bwrap()
+    replies = [WRONG_CODE, RIGHT_CODE, "Here you go:\n" + RIGHT_CODE]
+    model = ScriptedModel(lambda messages, index: replies[index]).register()
+    cfg = _cfg(
+        tmp_path, model, CODE_SPEC, "code", loop="best-of-n", options={"n": 3},
+        sandbox="bwrap", verifier="auto",
+    )  # fmt: skip
+    result = asyncio.run(run(cfg))
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(Path(cfg.db).read_bytes())
+    local = grade_run(cfg.db, ["code"], sandbox="bwrap", concurrency=2)
+    remote = grade_run(str(copy), ["code"], sandbox="bwrap", concurrency=2, executor="ray")
+    assert (remote.graded, remote.passed, remote.failed, remote.errors) == (2, 1, 1, 0)
+    assert remote.agreement == local.agreement
+    sql = (
+        "SELECT node_id, verifier, verifier_version, passed, score, feedback FROM verdicts "
+        "WHERE run_id = ? AND stage = 'graded' ORDER BY 1"
+    )
+    assert query(str(copy), sql, [result.run_id]) == query(cfg.db, sql, [result.run_id])
+
+
+@pytest.mark.slow
+def test_an_improve_series_on_ray_evaluates_like_a_local_one(tmp_path: Path, cluster: str) -> None:
+    from loopwright.loops.improve import ImproveConfig
+    from loopwright.loops.improve.rounds import run_improve
+
+    def answer(messages: list[dict[str, Any]], index: int) -> str:
+        text = str(messages[-1]["content"])
+        nums = [int(x) for x in re.findall(r"\d+", text)][:2]
+        right = nums[0] * nums[1] if "bags" in text else sum(nums)
+        return f"The answer is {right if index % 2 == 0 else right + 1}."
+
+    base = ScriptedModel(answer).register()
+    metrics = {}
+    for executor in ("local", "ray"):
+        cfg = ImproveConfig(
+            name="s", tasks="builtin:arithmetic?seed=1&n=6",
+            eval_tasks="builtin:arithmetic?seed=5&n=4", rounds=0, base=base,
+            eval_samples=2, db=str(tmp_path / f"{executor}.duckdb"), drop_overlap=True,
+            concurrency=2, executor=executor, workers=2,
+        )  # fmt: skip
+        result = run_improve(cfg)
+        assert result.failed is None
+        [round0] = result.rounds
+        metrics[executor] = round0["metrics"]["eval"]
+    assert metrics["ray"] == metrics["local"]
+    assert metrics["ray"]  # something was measured

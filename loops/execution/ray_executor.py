@@ -20,6 +20,7 @@ cache (they have no store); the calls they make are still written to it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -27,7 +28,7 @@ import os
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,13 @@ def _ray() -> Any:
             "--executor ray needs Ray: pip install 'loopwright[ray]' (ray==2.60.0)"
         ) from None
     return ray
+
+
+def _init(ray: Any, address: str | None) -> None:
+    if address:
+        ray.init(address=address, include_dashboard=False)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False)
 
 
 def _lost_worker(ray: Any) -> tuple[type[BaseException], ...]:
@@ -218,6 +226,14 @@ class Worker:
         if self._sink.stray:
             rows[:0], self._sink.stray = self._sink.stray, []
         return rows
+
+    async def grade(
+        self, task: Task, content: str, sandbox: str, timeout_s: float
+    ) -> tuple[Any, str | None, float]:
+        """Grade one answer in this worker's own sandbox (off its event loop: it blocks)."""
+        from loopwright.loops.execution.grade import grade_answer
+
+        return await asyncio.to_thread(grade_answer, task, content, sandbox, timeout_s)
 
     async def end_run(self, run_key: str) -> None:
         state = self._runs.pop(run_key, None)
@@ -388,10 +404,7 @@ class RayPool:
     def start(self) -> RayPool:
         ray = _ray()
         if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, include_dashboard=False)
-            else:
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+            _init(ray, self.address)
             self._started_ray = True
         try:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -519,6 +532,62 @@ class RayPool:
                 with contextlib.suppress(Exception):
                     ray.kill(keeper)
 
+    async def grade(
+        self,
+        items: Sequence[tuple[Task, str]],
+        sandbox: str,
+        timeout_s: float,
+        concurrency: int,
+        record: Callable[[int, Any, str | None, float], None],
+    ) -> None:
+        """Grade ``items`` (task, answer) over the workers, ``concurrency`` at a time on
+        each; ``record(i, verdict, why, latency)`` runs here, in this process, per answer. An
+        answer whose worker died is graded again elsewhere (grading writes nothing there)."""
+        ray = _ray()
+        lost_worker = _lost_worker(ray)
+        if not items:
+            return
+        n_lanes = concurrency * len(self.workers)
+        queue: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
+        for i in range(len(items)):
+            queue.put_nowait((i, 0))
+        left = len(items)
+
+        async def lane(worker: Any) -> None:
+            nonlocal left
+            while (item := await queue.get()) is not None:
+                i, tries = item
+                task, content = items[i]
+                try:
+                    verdict, why, latency = await worker.grade.remote(
+                        task, content, sandbox, timeout_s
+                    )
+                except lost_worker as exc:
+                    if tries + 1 < MAX_ATTEMPTS:
+                        self.retried += 1
+                        queue.put_nowait((i, tries + 1))
+                        await asyncio.sleep(0.2)  # let a live worker's lane take it first
+                        continue
+                    verdict, why, latency = None, f"lost its Ray worker: {type(exc).__name__}", 0.0
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, UserError):
+                        raise UserError(str(exc.cause)) from None
+                    raise
+                record(i, verdict, why, latency)
+                left -= 1
+                if not left:
+                    for _ in range(n_lanes):
+                        queue.put_nowait(None)
+
+        lanes = [asyncio.ensure_future(lane(w)) for w in self.workers for _ in range(concurrency)]
+        try:
+            await asyncio.gather(*lanes)
+        except BaseException:
+            for f in lanes:
+                f.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+            raise
+
 
 def _lost(run_id: str, task: Task, idx: int, exc: BaseException) -> TaskRecord:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -560,3 +629,51 @@ async def run_tasks(
         await pool.run(cfg, run_id, tasks, todo, writer, finished)
     finally:
         pool.close()
+
+
+def grade_answers(
+    items: Sequence[tuple[Task, str]],
+    sandbox: str,
+    timeout_s: float,
+    concurrency: int,
+    record: Callable[[int, Any, str | None, float], None],
+    address: str | None = None,
+    workers: int | None = None,
+) -> None:
+    """``grade --executor ray``'s hook: grade on the active pool, or on one made for it."""
+    if _active is not None:
+        _run_sync(_active.grade(items, sandbox, timeout_s, concurrency, record))
+        return
+    pool = RayPool(address, workers).start()
+    try:
+        _run_sync(pool.grade(items, sandbox, timeout_s, concurrency, record))
+    finally:
+        pool.close()
+
+
+def _run_sync(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to the end from synchronous code, even one called on an event loop (the
+    caller then waits in a thread of its own)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        ex.submit(asyncio.run, coro).result()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Keep Ray up (joined at ``address``, or started locally) for every pool made inside the
+    block, each with fresh workers: ``improve`` serves a new model each round, and a worker
+    keeps every model it has served loaded."""
+    ray = _ray()
+    if ray.is_initialized():
+        yield
+        return
+    _init(ray, address)
+    try:
+        yield
+    finally:
+        ray.shutdown()

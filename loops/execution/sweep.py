@@ -403,7 +403,8 @@ def _run_points(
                                 on_progress=on_run_progress))  # fmt: skip
             if cfg.grade:
                 emit("grade")
-                grade_run(cfg.db, [name], sandbox=cfg.sandbox)
+                grade_run(cfg.db, [name], sandbox=cfg.sandbox, executor=cfg.executor,
+                          ray_address=cfg.ray_address, workers=cfg.workers)  # fmt: skip
         except UserError as exc:
             failed += 1
             _set_status(cfg.db, name, "failed", str(exc))
