@@ -13,6 +13,9 @@ the actor and the driver queues the task again, for whichever worker is free fir
 one small actor that every worker reserves from before each request and charges after it, so
 the run's calls never exceed it in total; a lost attempt's reservations are given back.
 
+``grade --executor ray`` spreads answers over the same kind of workers: each grades in its
+own sandbox and returns the verdict; the driver writes it.
+
 Ray is imported lazily, here only: the default executor never loads it. Workers read no call
 cache (they have no store); the calls they make are still written to it.
 """
@@ -503,7 +506,8 @@ class RayPool:
                     if tries + 1 < MAX_ATTEMPTS:
                         self.retried += 1
                         queue.put_nowait((task, tries + 1))
-                        await asyncio.sleep(0.2)  # let a live worker's lane take it first
+                        if not await _revived(worker, lost_worker):
+                            return  # the other workers' lanes finish the run
                         continue
                     rows = [_lost(run_id, task, index[task.id], exc)]
                 except ray.exceptions.RayTaskError as exc:
@@ -518,6 +522,9 @@ class RayPool:
         lanes = [asyncio.ensure_future(lane(w)) for w in self.workers for _ in range(slots)]
         try:
             await asyncio.gather(*lanes)
+            while left and not queue.empty():  # every worker stayed dead: none will run these
+                if (item := queue.get_nowait()) is not None:
+                    done([_lost(run_id, item[0], index[item[0].id], _NoWorker())])
         except BaseException:
             for f in lanes:
                 f.cancel()
@@ -566,7 +573,8 @@ class RayPool:
                     if tries + 1 < MAX_ATTEMPTS:
                         self.retried += 1
                         queue.put_nowait((i, tries + 1))
-                        await asyncio.sleep(0.2)  # let a live worker's lane take it first
+                        if not await _revived(worker, lost_worker):
+                            return
                         continue
                     verdict, why, latency = None, f"lost its Ray worker: {type(exc).__name__}", 0.0
                 except ray.exceptions.RayTaskError as exc:
@@ -582,11 +590,41 @@ class RayPool:
         lanes = [asyncio.ensure_future(lane(w)) for w in self.workers for _ in range(concurrency)]
         try:
             await asyncio.gather(*lanes)
+            while left and not queue.empty():  # every worker stayed dead
+                if (item := queue.get_nowait()) is not None:
+                    record(item[0], None, "no Ray worker came back to grade it", 0.0)
+                    left -= 1
         except BaseException:
             for f in lanes:
                 f.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
             raise
+
+
+REVIVE_S = 120.0
+"""How long a lane waits for its killed worker to be restarted before it stops."""
+
+
+class _NoWorker(Exception):
+    def __str__(self) -> str:
+        return f"no worker came back within {REVIVE_S:.0f} s"
+
+
+async def _revived(worker: Any, lost_worker: tuple[type[BaseException], ...]) -> bool:
+    """Wait until Ray has restarted ``worker`` (it answers again); False after REVIVE_S.
+
+    A lane whose worker died takes no new task until then: calls to an actor that is still
+    restarting fail at once, and each would use up an attempt of a task the live workers
+    could have run (on a busy machine a restart takes seconds)."""
+    deadline = asyncio.get_running_loop().time() + REVIVE_S
+    while True:
+        try:
+            await worker.pid.remote()
+            return True
+        except lost_worker:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.5)
 
 
 def _lost(run_id: str, task: Task, idx: int, exc: BaseException) -> TaskRecord:
