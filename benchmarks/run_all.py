@@ -56,6 +56,10 @@ BENCHES: list[Bench] = [
     Bench("math_agreement", ["--limit", "100", "--show", "0"]),
     Bench("search", ["--queries", "1000"]),
     Bench("view_pages", ["--calls", "20000", "--repeats", "3", "--writer-calls", "5000"]),
+    Bench(
+        "ray_scale",
+        ["--calls", "1000", "--code-copies", "2", "--repeats", "1", "--writer-tasks", "5000"],
+    ),
     Bench("improve_train", ["--rows", "16", "--steps", "2", "--repeats", "2"]),
 ]
 NAMES = [b.name for b in BENCHES]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from loopwright.loops.cli.progress import LazyBar, console
-from loopwright.loops.errors import UserError
+from loopwright.loops.cli.sweep import ExecutorOption, RayAddressOption, WorkersOption
+from loopwright.loops.errors import UserError, unknown
 from rich.table import Table
 
 
@@ -19,8 +20,13 @@ def grade(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds one code-test run may take.")
     ] = 10.0,
-    concurrency: Annotated[int, typer.Option(help="Answers graded at once.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(help="Answers graded at once (per Ray worker with --executor ray).")
+    ] = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Grade every answer of the runs with the held-out grader, not only each task's final.
 
@@ -46,6 +52,9 @@ def grade(
                 timeout_s=timeout,
                 concurrency=concurrency,
                 on_progress=on_progress,
+                executor=_executor(executor),
+                ray_address=ray_address,
+                workers=workers,
             )
     except (UserError, TraceStoreError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
@@ -97,3 +106,9 @@ def grade(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _executor(name: str) -> Literal["local", "ray"]:
+    if name not in ("local", "ray"):
+        raise unknown("executor", name, ("local", "ray"))
+    return "ray" if name == "ray" else "local"

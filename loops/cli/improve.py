@@ -8,7 +8,12 @@ from typing import Annotated, Any
 import typer
 from loopwright.loops.cli.progress import LazyBar
 from loopwright.loops.cli.progress import console as make_console
-from loopwright.loops.cli.sweep import VerifierOption
+from loopwright.loops.cli.sweep import (
+    ExecutorOption,
+    RayAddressOption,
+    VerifierOption,
+    WorkersOption,
+)
 from loopwright.loops.errors import UserError, first_error
 from pydantic import ValidationError
 
@@ -93,11 +98,16 @@ def improve(
     workdir: Annotated[
         str | None, typer.Option(help="Data and models; default NAME.improve/ by the db.")
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Model requests in flight.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(help="Model requests in flight (per Ray worker with --executor ray).")
+    ] = 4,
     seed: Annotated[int, typer.Option(help="Seed of runs and training.")] = 0,
     sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
     verifier: VerifierOption = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the series --name.")] = False,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Self-improvement rounds: generate -> grade -> harvest -> train -> serve -> evaluate."""
     from loopwright.loops.cli.main import _parse_options
@@ -111,7 +121,8 @@ def improve(
             eval_limit=eval_limit, eval_samples=eval_samples, max_per_prompt=max_per_prompt,
             data=data, drop_overlap=drop_overlap, db=db, workdir=workdir,  # type: ignore[arg-type]
             concurrency=concurrency, seed=seed, sandbox=sandbox, resume=resume,
-            verifier=verifier,
+            verifier=verifier, executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
+            workers=workers,
             train=TrainConfig(
                 lora_rank=lora_rank, epochs=epochs, max_steps=max_steps,
                 learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,

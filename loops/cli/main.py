@@ -10,10 +10,13 @@ from typing import Annotated, Any
 import typer
 from loopwright.loops.cli.progress import console as make_console
 from loopwright.loops.cli.sweep import (
+    ExecutorOption,
+    RayAddressOption,
     RoleModelOption,
     TransportOption,
     VerifierOption,
     VerifierOptionsOption,
+    WorkersOption,
     parse_key_values,
     parse_role_models,
 )
@@ -49,7 +52,9 @@ def run(
     run_name: Annotated[
         str | None, typer.Option(help="Name of the run (resume keys on it).")
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Model requests in flight.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(help="Model requests in flight (per Ray worker with --executor ray).")
+    ] = 4,
     max_rounds: Annotated[
         int | None, typer.Option(help="Refinement rounds after the first draft.")
     ] = None,
@@ -91,9 +96,16 @@ def run(
         list[Path] | None,
         typer.Option(help="Python file defining custom loops (define_loop(..., register=True))."),
     ] = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Run LOOP over a task set; every call, draft and verdict lands in the trace DB."""
     _load_plugins(plugin)
+    if executor == "ray" and plugin:  # Ray workers import the same files (sent as source)
+        from loopwright.loops.execution.ray_executor import ship_plugins
+
+        ship_plugins(plugin)
     from loopwright.loops.execution.runner import RunConfig
     from loopwright.loops.execution.runner import run as run_loop
     from loopwright.loops.models.config import Connection
@@ -131,6 +143,9 @@ def run(
             verifier=verifier,
             verifier_options=parse_key_values(verifier_option or [], "--verifier-option"),
             role_models=parse_role_models(role_model),
+            executor=executor,  # type: ignore[arg-type]
+            ray_address=ray_address,
+            workers=workers,
         )
     except ValidationError as exc:  # pydantic: one line naming the bad value
         raise UserError(first_error(exc)) from None

@@ -34,6 +34,24 @@ VerifierOptionsOption = Annotated[
     list[str] | None,
     typer.Option("--verifier-option", help="In-loop verifier option KEY=VALUE."),
 ]
+ExecutorOption = Annotated[
+    str,
+    typer.Option(
+        help="Where tasks run: local (this process) or ray (Ray worker actors, each with its "
+        "own model client and sandboxes; this process writes every trace row)."
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="With --executor ray: the cluster to join (HEAD_IP:6379, from `ray start "
+        "--head`); default: a local Ray on this machine's cores, stopped at the end."
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(help="With --executor ray: worker actors (default: one per CPU of the cluster)."),
+]
 RoleModelOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -84,7 +102,9 @@ def sweep(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
     db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
-    concurrency: Annotated[int, typer.Option(help="Model requests in flight per run.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(help="Model requests in flight per run (per Ray worker with ray).")
+    ] = 4,
     sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
     api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
     transport: TransportOption = "auto",
@@ -97,6 +117,9 @@ def sweep(
     no_grade: Annotated[
         bool, typer.Option("--no-grade", help="Skip grading every answer (maj@k needs it).")
     ] = False,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Run a grid of strategies x values x models x seeds as one sweep (resumable)."""
     import hashlib
@@ -115,6 +138,7 @@ def sweep(
             sandbox=sandbox,
             budget=BudgetLimits(tokens=budget_tokens, calls=budget_calls, usd=budget_usd),
             grade=not no_grade, verifier=verifier,
+            executor=executor, ray_address=ray_address, workers=workers,  # type: ignore[arg-type]
             verifier_options=parse_key_values(verifier_option or [], "--verifier-option"),
             role_models=parse_role_models(role_model),
         )  # fmt: skip

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.tasks import Task, load_tasks
@@ -249,10 +249,7 @@ def _agreement(store: TraceStore, run_ids: list[str]) -> Agreement:
     return a
 
 
-def _error_record(
-    ans: _Answer, grader: Verifier, exc: BaseException, latency: float
-) -> VerdictRecord:
-    why = f"{type(exc).__name__}: {exc}".strip()
+def _error_record(ans: _Answer, grader: Verifier, why: str, latency: float) -> VerdictRecord:
     return VerdictRecord(
         run_id=ans.run_id,
         task_id=ans.task_id,
@@ -276,12 +273,17 @@ def grade_run(
     timeout_s: float = 10.0,
     concurrency: int = 4,
     on_progress: Callable[[GradeProgress], None] | None = None,
+    executor: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
+    workers: int | None = None,
 ) -> GradeReport:
     """Grade every not-yet-graded answer node of ``runs`` (names or ids) in ``db``.
 
     ``timeout_s`` is the wall-clock limit of one code-test run in the sandbox; ``concurrency``
-    the answers graded at once. Raises ``UserError`` (one line) on a missing database, an
-    unknown run, a task spec that cannot be loaded, or a sandbox that cannot run here.
+    the answers graded at once (per Ray worker with ``executor="ray"``: the answers are then
+    graded in the workers' own sandboxes, and this process writes every verdict). Raises
+    ``UserError`` (one line) on a missing database, an unknown run, a task spec that cannot be
+    loaded, or a sandbox that cannot run here.
     """
     t0 = time.perf_counter()
     db = str(db)
@@ -345,7 +347,21 @@ def grade_run(
             on_progress(progress)
         writer = TraceWriter(store)
         try:
-            _grade_all(todo, writer, progress, concurrency, on_progress)
+            if executor == "ray" and todo:  # ray is imported there, never on the default path
+                from loopwright.loops.execution.ray_executor import grade_answers
+
+                items = [(task, ans.content) for ans, task, _ in todo]
+
+                def record(
+                    i: int, verdict: Verdict | None, why: str | None, latency: float
+                ) -> None:
+                    _record(todo[i][0], todo[i][2], verdict, why, latency, writer, progress)
+                    if on_progress:
+                        on_progress(progress)
+
+                grade_answers(items, sandbox, timeout_s, concurrency, record, ray_address, workers)
+            else:
+                _grade_all(todo, writer, progress, concurrency, on_progress)
             writer.flush()
         finally:
             writer.close()
@@ -370,15 +386,59 @@ def grade_run(
     )
 
 
-def _grade_one(grader: Verifier, task: Task, content: str) -> tuple[Verdict | None, Any, float]:
-    """(verdict, None, latency) or (None, the exception, latency); UserError propagates."""
+def _grade_one(
+    grader: Verifier, task: Task, content: str
+) -> tuple[Verdict | None, str | None, float]:
+    """(verdict, None, latency) or (None, why it raised, latency); UserError propagates."""
     t0 = time.perf_counter()
     try:
         return grader(task, content), None, time.perf_counter() - t0
     except UserError:
         raise
     except Exception as exc:
-        return None, exc, time.perf_counter() - t0
+        return None, f"{type(exc).__name__}: {exc}".strip(), time.perf_counter() - t0
+
+
+_code_tests: dict[tuple[str, float], CodeTests] = {}
+
+
+def grade_answer(
+    task: Task, content: str, sandbox: str, timeout_s: float
+) -> tuple[Verdict | None, str | None, float]:
+    """Grade one answer in this process, as :func:`grade_run` does (what a Ray worker runs):
+    the task's grader, code tests through one ``CodeTests`` per sandbox and timeout."""
+    grader = grader_for(task, sandbox=sandbox)
+    if grader is None:
+        return None, "no grader for the task", 0.0
+    if isinstance(grader, CodeTests):
+        key = (sandbox, timeout_s)
+        if key not in _code_tests:
+            _code_tests[key] = CodeTests(sandbox, SandboxLimits(timeout_s=timeout_s))
+        grader = _code_tests[key]
+    return _grade_one(grader, task, content)
+
+
+def _record(
+    ans: _Answer,
+    grader: Verifier,
+    verdict: Verdict | None,
+    why: str | None,
+    latency: float,
+    writer: TraceWriter,
+    progress: GradeProgress,
+) -> None:
+    """Queue one answer's graded verdict (or its grader-error row) and count it."""
+    if verdict is not None:
+        rec = verdict_record(
+            verdict, run_id=ans.run_id, task_id=ans.task_id, node_id=ans.node_id, stage="graded"
+        )
+        writer.write(rec)
+        progress.passed += verdict.passed
+        progress.failed += not verdict.passed
+    else:
+        writer.write(_error_record(ans, grader, why or "unknown error", latency))
+        progress.errors += 1
+    progress.done += 1
 
 
 def _grade_all(
@@ -395,29 +455,16 @@ def _grade_all(
         max_workers=min(concurrency, len(todo)), thread_name_prefix="loopwright-grade"
     )
     try:
-        futures: dict[Future[tuple[Verdict | None, Any, float]], tuple[_Answer, Verifier]] = {
+        futures: dict[
+            Future[tuple[Verdict | None, str | None, float]], tuple[_Answer, Verifier]
+        ] = {
             pool.submit(_grade_one, grader, task, ans.content): (ans, grader)
             for ans, task, grader in todo
         }
         for fut in as_completed(futures):
             ans, grader = futures[fut]
-            verdict, exc, latency = fut.result()  # a UserError (no sandbox) stops the grading
-            if verdict is not None:
-                writer.write(
-                    verdict_record(
-                        verdict,
-                        run_id=ans.run_id,
-                        task_id=ans.task_id,
-                        node_id=ans.node_id,
-                        stage="graded",
-                    )
-                )
-                progress.passed += verdict.passed
-                progress.failed += not verdict.passed
-            else:
-                writer.write(_error_record(ans, grader, exc, latency))
-                progress.errors += 1
-            progress.done += 1
+            verdict, why, latency = fut.result()  # a UserError (no sandbox) stops the grading
+            _record(ans, grader, verdict, why, latency, writer, progress)
             if on_progress:
                 on_progress(progress)
     finally:

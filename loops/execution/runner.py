@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.errors import GraphRecursionError
 from loopwright.loops.errors import ModelCallError, UserError, unknown
@@ -79,6 +79,18 @@ class RunConfig(BaseModel):
         default_factory=Connection,
         description="Endpoint, transport, concurrency, timeout, retries and call cache; may "
         "be given flat (concurrency=8, max_attempts=3).",
+    )
+
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where tasks run: 'local' (this process) or 'ray' (Ray worker actors; "
+        "this process keeps the one trace writer). Not part of the run's identity.",
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (ray start --head's address); none: a local one."
+    )
+    workers: int | None = Field(
+        None, ge=1, description="Ray worker actors; none: one per CPU of the cluster."
     )
 
     _flat = model_validator(mode="before")(nest_connection)
@@ -233,43 +245,8 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
             progress.passed, progress.tokens = int(row["passed"]), int(row["tokens"])
         if on_progress:
             on_progress(progress)
-        base_cfg = ClientConfig.of(cfg.model, cfg.connection)
-        client = ModelClient(base_cfg, writer=writer)
-        by_model = {cfg.model: client}  # one client per model, shared by its roles
-        for model in cfg.role_models.values():
-            if model not in by_model:
-                by_model[model] = ModelClient(
-                    base_cfg.model_copy(update={"model": model}), writer=writer
-                )
-        clients = {role: by_model[m] for role, m in cfg.role_models.items()}
-        pool: dict[tuple[str, str | None], ModelClient] = {}  # loop options' own models
-        graph = spec.build()
-        _freeze_imports()
-        run_budget = Budget(cfg.run_budget)
-        # Requests are bounded by the client; tasks get a little slack beyond that. With
-        # exactly `concurrency` tasks a slot only reopens after a finished task's verify,
-        # grade and trace work, which on a burst of answers all interleave on the event
-        # loop: the next requests then leave late every round (0.83 vs 0.90 of the ideal
-        # rate at 64 in flight, benchmarks/throughput.py).
-        sem = asyncio.Semaphore(task_slots(cfg.connection.concurrency))
-        index = {t.id: i for i, t in enumerate(tasks)}
 
-        async def one(task: Task) -> None:
-            async with sem:
-                rec = await _run_task(
-                    cfg,
-                    spec,
-                    graph,
-                    options,
-                    client,
-                    writer,
-                    run_id,
-                    task,
-                    index[task.id],
-                    run_budget,
-                    clients,
-                    pool,
-                )
+        def finished(rec: TaskRecord) -> None:
             progress.done += 1
             progress.failed += rec.status == "failed"
             progress.passed += bool(rec.graded)
@@ -279,11 +256,14 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
 
         status = "interrupted"
         try:
-            await asyncio.gather(*(one(t) for t in todo))
+            if cfg.executor == "ray":  # ray is imported there, never on the default path
+                from loopwright.loops.execution.ray_executor import run_tasks
+
+                await run_tasks(cfg, run_id, tasks, todo, writer, finished)
+            else:
+                await _run_local(cfg, spec, options, run_id, tasks, todo, writer, finished)
             status = "done"
         finally:
-            for c in [*by_model.values(), *pool.values()]:
-                await c.aclose()
             writer.flush()
             finish_run(store, run_id, status)
         return RunResult(
@@ -292,6 +272,60 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
     finally:
         writer.close()
         store.close()
+
+
+def make_clients(
+    cfg: RunConfig, writer: TraceWriter
+) -> tuple[ModelClient, dict[str, ModelClient], dict[str, ModelClient]]:
+    """The run's client, one client per model (shared by its roles), and role -> client."""
+    base_cfg = ClientConfig.of(cfg.model, cfg.connection)
+    client = ModelClient(base_cfg, writer=writer)
+    by_model = {cfg.model: client}
+    for model in cfg.role_models.values():
+        if model not in by_model:
+            by_model[model] = ModelClient(
+                base_cfg.model_copy(update={"model": model}), writer=writer
+            )
+    return client, by_model, {role: by_model[m] for role, m in cfg.role_models.items()}
+
+
+async def _run_local(
+    cfg: RunConfig,
+    spec: LoopSpec[Any],
+    options: BaseModel,
+    run_id: str,
+    tasks: list[Task],
+    todo: list[Task],
+    writer: TraceWriter,
+    finished: Callable[[TaskRecord], None],
+) -> None:
+    """Run ``todo`` in this process, ``task_slots(concurrency)`` tasks at a time."""
+    client, by_model, clients = make_clients(cfg, writer)
+    pool: dict[tuple[str, str | None], ModelClient] = {}  # loop options' own models
+    graph = spec.build()
+    _freeze_imports()
+    run_budget = Budget(cfg.run_budget)
+    # Requests are bounded by the client; tasks get a little slack beyond that. With
+    # exactly `concurrency` tasks a slot only reopens after a finished task's verify,
+    # grade and trace work, which on a burst of answers all interleave on the event
+    # loop: the next requests then leave late every round (0.83 vs 0.90 of the ideal
+    # rate at 64 in flight, benchmarks/throughput.py).
+    sem = asyncio.Semaphore(task_slots(cfg.connection.concurrency))
+    index = {t.id: i for i, t in enumerate(tasks)}
+
+    async def one(task: Task) -> None:
+        async with sem:
+            rec = await _run_task(
+                cfg, spec, graph, options, client, writer, run_id, task, index[task.id],
+                run_budget, clients, pool,
+            )  # fmt: skip
+        finished(rec)
+
+    try:
+        await asyncio.gather(*(one(t) for t in todo))
+    finally:
+        for c in [*by_model.values(), *pool.values()]:
+            await c.aclose()
 
 
 def _open_run(

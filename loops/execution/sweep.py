@@ -21,11 +21,12 @@ interrupted run is resumed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from loopwright.loops.errors import UserError
 from loopwright.loops.execution.grid import GridEntry, parse_grid
@@ -74,6 +75,11 @@ class SweepConfig(BaseModel):
     role_models: dict[str, str] = Field(
         default_factory=dict, description="Model per role; roles not named use the point's."
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where each run's tasks run (runner.RunConfig.executor)."
+    )
+    ray_address: str | None = Field(None, description="Ray cluster to join; none: a local one.")
+    workers: int | None = Field(None, ge=1, description="Ray worker actors, kept for all runs.")
 
     _flat = model_validator(mode="before")(nest_connection)
 
@@ -218,6 +224,7 @@ def _run_config(cfg: SweepConfig, p: PointPlan, run_config: Any, resume: bool = 
         budget=cfg.budget, options=p.options, sandbox=cfg.sandbox,
         resume=resume, verifier=p.verifier or cfg.verifier,
         verifier_options={} if p.verifier else cfg.verifier_options, role_models=cfg.role_models,
+        executor=cfg.executor, ray_address=cfg.ray_address, workers=cfg.workers,
     )  # fmt: skip
 
 
@@ -227,11 +234,29 @@ def run_sweep(
     on_run_progress: Callable[[Any], None] | None = None,
 ) -> str:
     """Run (or resume) every point of the sweep; returns the sweep id."""
+    _, points = validate(cfg)
+    sweep_id = open_sweep(cfg, points)
+    with contextlib.ExitStack() as stack:
+        if cfg.executor == "ray":  # one pool of workers for every run of the sweep
+            from loopwright.loops.execution.ray_executor import ray_pool
+
+            stack.enter_context(ray_pool(cfg.ray_address, cfg.workers))
+        failed = _run_points(cfg, points, on_event, on_run_progress)
+    with TraceStore(cfg.db) as store:
+        set_sweep_status(store, sweep_id, "done" if not failed else "partial")
+    return sweep_id
+
+
+def _run_points(
+    cfg: SweepConfig,
+    points: list[PointPlan],
+    on_event: Callable[[SweepEvent], None] | None,
+    on_run_progress: Callable[[Any], None] | None,
+) -> int:
+    """Run (or resume) each run of the sweep in turn; returns how many failed."""
     from loopwright.loops.execution.grade import grade_run
     from loopwright.loops.execution.runner import RunConfig, run
 
-    _, points = validate(cfg)
-    sweep_id = open_sweep(cfg, points)
     runs = list(dict.fromkeys(p.run_name for p in points))
     failed = 0
     for i, name in enumerate(runs):
@@ -255,7 +280,8 @@ def run_sweep(
                                 on_progress=on_run_progress))  # fmt: skip
             if cfg.grade:
                 emit("grade")
-                grade_run(cfg.db, [name], sandbox=cfg.sandbox)
+                grade_run(cfg.db, [name], sandbox=cfg.sandbox, executor=cfg.executor,
+                          ray_address=cfg.ray_address, workers=cfg.workers)  # fmt: skip
         except UserError as exc:
             failed += 1
             _set_status(cfg.db, name, "failed", str(exc))
@@ -271,9 +297,7 @@ def run_sweep(
             continue
         _set_status(cfg.db, name, "done")
         emit("done")
-    with TraceStore(cfg.db) as store:
-        set_sweep_status(store, sweep_id, "done" if not failed else "partial")
-    return sweep_id
+    return failed
 
 
 def _failed_tasks(db: str, run_name: str) -> tuple[int, str | None]:

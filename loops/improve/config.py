@@ -90,6 +90,13 @@ class ImproveConfig(BaseModel):
         "held-out grader either way); oracle makes the eval's loop column an upper bound.",
     )
     resume: bool = Field(False, description="Continue the series called name.")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the generation and eval runs' tasks (and their grading) run: "
+        "local or ray (runner.RunConfig.executor); training stays in this process.",
+    )
+    ray_address: str | None = Field(None, description="Ray cluster to join; none: a local one.")
+    workers: int | None = Field(None, ge=1, description="Ray worker actors per run.")
 
     @model_validator(mode="after")
     def _method_objective(self) -> ImproveConfig:
@@ -101,7 +108,18 @@ class ImproveConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What a resumed series must match (everything that changes the results)."""
-        return self.model_dump(mode="json", exclude={"resume", "db", "workdir", "concurrency"})
+        return self.model_dump(
+            mode="json",
+            exclude={
+                "resume",
+                "db",
+                "workdir",
+                "concurrency",
+                "executor",
+                "ray_address",
+                "workers",
+            },
+        )
 
     def config_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()

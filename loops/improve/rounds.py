@@ -11,6 +11,7 @@ once its ``models`` row exists, which is written after the file is renamed into 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -119,8 +120,14 @@ def _run(cfg: ImproveConfig, name: str, loop_cfg: dict[str, Any], events: Events
         return
     rc = RunConfig(run_name=name, resume=row is not None, db=cfg.db, seed=cfg.seed,
                    connection=Connection(concurrency=cfg.concurrency), sandbox=cfg.sandbox, verifier=cfg.verifier,
+                   executor=cfg.executor, ray_address=cfg.ray_address, workers=cfg.workers,
                    **loop_cfg)  # fmt: skip
     asyncio.run(run_loop(rc, lambda p: events.run_progress(label, p)))
+
+
+def _grade(cfg: ImproveConfig, run: str) -> None:
+    grade_run(cfg.db, [run], sandbox=cfg.sandbox, executor=cfg.executor,
+              ray_address=cfg.ray_address, workers=cfg.workers)  # fmt: skip
 
 
 def run_improve(cfg: ImproveConfig, events: Events | None = None) -> ImproveResult:
@@ -141,17 +148,22 @@ def run_improve(cfg: ImproveConfig, events: Events | None = None) -> ImproveResu
     _open_series(cfg)
     model = cfg.base
     failed = None
-    for rnd in range(cfg.rounds + 1):
-        with TraceStore(cfg.db) as store:
-            row = L.get_round(store, cfg.name, rnd) or {}
-        if row.get("stage") == "done":
-            model = row["model"]
-            continue
-        try:
-            model = _round(cfg, rnd, model, row, train_cfg, eval_file, work, ev)
-        except _RoundFailed as exc:
-            failed = str(exc)
-            break
+    with contextlib.ExitStack() as stack:
+        if cfg.executor == "ray":  # Ray up for the series; each run gets fresh workers
+            from loopwright.loops.execution.ray_executor import ray_session
+
+            stack.enter_context(ray_session(cfg.ray_address))
+        for rnd in range(cfg.rounds + 1):
+            with TraceStore(cfg.db) as store:
+                row = L.get_round(store, cfg.name, rnd) or {}
+            if row.get("stage") == "done":
+                model = row["model"]
+                continue
+            try:
+                model = _round(cfg, rnd, model, row, train_cfg, eval_file, work, ev)
+            except _RoundFailed as exc:
+                failed = str(exc)
+                break
     with TraceStore(cfg.db) as store:
         rows = L.rounds_of(store, cfg.name)
     return ImproveResult(name=cfg.name, rounds=rows, failed=failed)
@@ -180,7 +192,7 @@ def _round(cfg: ImproveConfig, rnd: int, parent: str, row: dict[str, Any],
         ev.stage(rnd, "generate", f"{cfg.loop} with {parent} on {train_cfg['tasks']}")
         _run(cfg, train_run, {**train_cfg, "model": parent}, ev, f"r{rnd} generate")
         ev.stage(rnd, "grade")
-        grade_run(cfg.db, [train_run], sandbox=cfg.sandbox)
+        _grade(cfg, train_run)
         if cfg.method == "star":
             _rationalise(cfg, rnd, parent, train_cfg, work, ev)
         if cfg.method == "self-reward":
@@ -205,7 +217,7 @@ def _round(cfg: ImproveConfig, rnd: int, parent: str, row: dict[str, Any],
     eval_opts = {"n": cfg.eval_samples, "selector": "verifier"}
     _run(cfg, eval_run, {"loop": "best-of-n", "tasks": cfg.eval_tasks, "model": model,
                          "options": eval_opts, "limit": cfg.eval_limit}, ev, f"r{rnd} eval")  # fmt: skip
-    grade_run(cfg.db, [eval_run], sandbox=cfg.sandbox)
+    _grade(cfg, eval_run)
     with TraceStore(cfg.db) as store:
         metrics["eval"] = eval_metrics(store, eval_run, cfg.eval_samples)
         m = L.model_of_round(store, name, rnd)
@@ -260,7 +272,7 @@ def _rationalise(cfg: ImproveConfig, rnd: int, parent: str, train_cfg: dict[str,
     ev.stage(rnd, "rationalise", f"{len(todo)} unsolved train tasks with the answer as a hint")
     _run(cfg, name, {**train_cfg, "tasks": str(spec), "limit": None, "model": parent}, ev,
          f"r{rnd} rationalise")  # fmt: skip
-    grade_run(cfg.db, [name], sandbox=cfg.sandbox)
+    _grade(cfg, name)
 
 
 def _train(cfg: ImproveConfig, rnd: int, parent: str, data: Path, rows: int, work: Path,

@@ -58,11 +58,17 @@ class Budget:
         left: int | None = None
         budget: Budget | None = self
         while budget is not None:
-            if budget.limits.calls is not None:
-                room = budget.limits.calls - budget.calls - budget.pending
+            room = budget._calls_room()
+            if room is not None:
                 left = room if left is None else min(left, room)
             budget = budget.parent
         return left
+
+    def _calls_room(self) -> int | None:
+        """Samples this budget's own call limit still allows; None if it has none."""
+        if self.limits.calls is None:
+            return None
+        return self.limits.calls - self.calls - self.pending
 
     def check(self, calls: int = 1) -> None:
         """Raise BudgetExhausted if the next request does not fit."""
@@ -82,6 +88,22 @@ class Budget:
             try:
                 self.parent.reserve(calls)
             except BudgetExhausted:
+                with self._lock:
+                    self.pending -= calls
+                raise
+
+    async def areserve(self, calls: int) -> None:
+        """:meth:`reserve` for callers on an event loop: a parent may answer asynchronously
+        (a run budget that Ray workers share lives in its own process)."""
+        with self._lock:
+            reason = self._own_reason(calls)
+            if reason:
+                raise BudgetExhausted(reason)
+            self.pending += calls
+        if self.parent is not None:
+            try:
+                await self.parent.areserve(calls)
+            except BaseException:
                 with self._lock:
                     self.pending -= calls
                 raise

@@ -99,7 +99,7 @@ class ModelClient:
             return await self._sample(
                 messages, n, temperature, max_tokens, seed, stop, None, context
             )
-        budget.reserve(n)
+        await budget.areserve(n)
         try:
             return await self._sample(
                 messages, n, temperature, max_tokens, seed, stop, budget, context
@@ -300,7 +300,9 @@ class ModelClient:
 
     def _may_be_cached(self, key: str) -> bool:
         """Skip the DB round trip when the cache table was empty and this key is new."""
-        if self._db_had_cache is None and self.writer is not None:
+        if self.writer is None or self.writer.store is None:  # a Ray worker's record sink
+            return False
+        if self._db_had_cache is None:
             rows = self.writer.store.query("SELECT EXISTS (SELECT 1 FROM call_cache) AS any")
             self._db_had_cache = bool(rows[0]["any"])
         return bool(self._db_had_cache) or key in self._written_keys
