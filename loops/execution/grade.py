@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from loopwright.loops.errors import UserError, unknown
+from loopwright.loops.execution.grade_report import Agreement, GradeProgress, GradeReport, agreement
 from loopwright.loops.tasks import Task, load_tasks
 from loopwright.loops.verify import (
     CodeTests,
@@ -44,8 +45,7 @@ from loopwright.loops.verify import (
 from loopwright.sandboxes import BACKENDS, SandboxLimits
 from loopwright.traces import TraceStore, TraceWriter, UnknownRun, VerdictRecord, resolve_runs
 from loopwright.traces.queries import lit
-from loopwright.traces.records import ANSWER_ROLES, OPINION_VERIFIERS
-from pydantic import BaseModel, Field
+from loopwright.traces.records import ANSWER_ROLES
 
 __all__ = [
     "Agreement",
@@ -54,63 +54,7 @@ __all__ = [
     "grade_run",
 ]
 
-# Opinion verifiers (in-loop scorers, not checks) are left out of the in-loop side of the
-# agreement table, as harvesting's labels leave them out.
 _ERROR_KEY = "grader_error"
-
-
-@dataclass
-class GradeProgress:
-    """Counts so far, for a progress bar."""
-
-    total: int
-    done: int = 0
-    passed: int = 0
-    failed: int = 0
-    errors: int = 0
-
-
-class Agreement(BaseModel):
-    """In-loop verdict x graded verdict over the runs' graded answers (now and before)."""
-
-    in_loop_passed_graded_passed: int = 0
-    in_loop_passed_graded_failed: int = Field(
-        0, description="Answers the loop's own check passed and the grader failed: gaming."
-    )
-    in_loop_failed_graded_passed: int = 0
-    in_loop_failed_graded_failed: int = 0
-    undecided: int = Field(
-        0,
-        description="Graded answers outside the table: no in-loop pass/fail (only scorers "
-        "judged them) or no graded pass/fail (a grader error).",
-    )
-
-    @property
-    def agree(self) -> int:
-        return self.in_loop_passed_graded_passed + self.in_loop_failed_graded_failed
-
-    @property
-    def disagree(self) -> int:
-        return self.in_loop_passed_graded_failed + self.in_loop_failed_graded_passed
-
-
-class GradeReport(BaseModel):
-    """What one invocation found and did."""
-
-    db: str = Field(description="Trace database.")
-    runs: list[str] = Field(description="Run names graded.")
-    sandbox: str = Field(description="Sandbox backend code tests ran in.")
-    tasks: int = Field(description="Tasks of the runs.")
-    answers: int = Field(description="Answer nodes: in-loop verified, non-empty content.")
-    graded: int = Field(description="Answers graded now (one graded verdict each).")
-    passed: int = Field(description="Of those, passed.")
-    failed: int = Field(description="Of those, failed.")
-    errors: int = Field(description="Of those, the grader raised (passed NULL recorded).")
-    retried: int = Field(description="Of those, answers whose earlier grading had errored.")
-    skipped: int = Field(description="Answers already graded (finals, earlier invocations).")
-    no_grader: int = Field(description="Answers whose task has no grader (nothing written).")
-    agreement: Agreement = Field(description="In-loop x graded over every graded answer.")
-    wall_s: float = Field(description="Wall time of the invocation.")
 
 
 @dataclass(frozen=True)
@@ -205,48 +149,6 @@ def _answers(store: TraceStore, run_ids: list[str]) -> list[_Answer]:
         )
         for r in rows
     ]
-
-
-def _agreement(store: TraceStore, run_ids: list[str]) -> Agreement:
-    """The 2x2 over every answer node of the runs that now has a graded verdict."""
-    marks = ", ".join("?" for _ in run_ids)
-    roles = ", ".join(lit(r) for r in ANSWER_ROLES)
-    opinion = ", ".join(lit(v) for v in OPINION_VERIFIERS)
-    rows = store.query(
-        f"""
-        WITH il AS (
-            SELECT node_id, arg_max(passed, created_at)
-                FILTER (WHERE verifier NOT IN ({opinion})) AS passed
-            FROM verdicts
-            WHERE stage = 'in_loop' AND node_id IS NOT NULL AND run_id IN ({marks})
-            GROUP BY node_id
-        ), g AS (
-            SELECT node_id, arg_max(passed, created_at) AS passed
-            FROM verdicts
-            WHERE stage = 'graded' AND node_id IS NOT NULL AND run_id IN ({marks})
-            GROUP BY node_id
-        )
-        SELECT il.passed AS il, g.passed AS g, count(*) AS n
-        FROM nodes n
-        JOIN il ON il.node_id = n.node_id
-        JOIN g ON g.node_id = n.node_id
-        WHERE n.run_id IN ({marks}) AND n.role IN ({roles})
-              AND n.content IS NOT NULL AND trim(n.content) <> ''
-        GROUP BY 1, 2
-        """,
-        [*run_ids, *run_ids, *run_ids],
-    )
-    a = Agreement()
-    for r in rows:
-        if r["il"] is None or r["g"] is None:
-            a.undecided += r["n"]
-        else:
-            field = (
-                f"in_loop_{'passed' if r['il'] else 'failed'}_"
-                f"graded_{'passed' if r['g'] else 'failed'}"
-            )
-            setattr(a, field, getattr(a, field) + r["n"])
-    return a
 
 
 def _error_record(ans: _Answer, grader: Verifier, why: str, latency: float) -> VerdictRecord:
@@ -365,7 +267,7 @@ def grade_run(
             writer.flush()
         finally:
             writer.close()
-        agreement = _agreement(store, run_ids)
+        table = agreement(store, run_ids)
     finally:
         store.close()
     return GradeReport(
@@ -381,7 +283,7 @@ def grade_run(
         retried=len(retry),
         skipped=skipped,
         no_grader=no_grader,
-        agreement=agreement,
+        agreement=table,
         wall_s=time.perf_counter() - t0,
     )
 
