@@ -79,39 +79,36 @@ class Budget:
     def reserve(self, calls: int) -> None:
         """Check that ``calls`` more fit here and in every parent, and hold them until
         :meth:`release`; raises BudgetExhausted (holding nothing) if they do not."""
-        with self._lock:
-            reason = self._own_reason(calls)
-            if reason:
-                raise BudgetExhausted(reason)
-            self.pending += calls
+        self._hold(calls)
         if self.parent is not None:
             try:
                 self.parent.reserve(calls)
             except BudgetExhausted:
-                with self._lock:
-                    self.pending -= calls
+                self._hold(-calls)
                 raise
 
     async def areserve(self, calls: int) -> None:
         """:meth:`reserve` for callers on an event loop: a parent may answer asynchronously
         (a run budget that Ray workers share lives in its own process)."""
-        with self._lock:
-            reason = self._own_reason(calls)
-            if reason:
-                raise BudgetExhausted(reason)
-            self.pending += calls
+        self._hold(calls)
         if self.parent is not None:
             try:
                 await self.parent.areserve(calls)
             except BaseException:
-                with self._lock:
-                    self.pending -= calls
+                self._hold(-calls)
                 raise
+
+    def _hold(self, calls: int) -> None:
+        """Hold ``calls`` more here if they fit (a negative count gives them back)."""
+        with self._lock:
+            reason = self._own_reason(calls) if calls > 0 else None
+            if reason:
+                raise BudgetExhausted(reason)
+            self.pending += calls
 
     def release(self, calls: int) -> None:
         """Give back a reservation (after the calls were charged, or failed)."""
-        with self._lock:
-            self.pending -= calls
+        self._hold(-calls)
         if self.parent is not None:
             self.parent.release(calls)
 
