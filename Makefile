@@ -76,7 +76,9 @@ experiment: install sysdeps
 # docs/improve.md: ReST-EM on builtin:arithmetic with SmolLM2-135M, 3 rounds, evaluated on
 # tasks of another seed (train prompts overlapping them are dropped). Sized for the 2-core
 # machine: 60 train prompts (those left after the overlap check) x 8 samples, 40 eval prompts
-# x 4 samples; re-running resumes. Traces in build/improve/, report in docs/improve/.
+# x 4 samples. Measured 2026-12-03 on the busy 2-core machine (load 3-8): ~35 min a round
+# (generation 14-31, training 13-18, eval 12), round 0 7 min; re-running resumes. Traces in
+# build/improve/, report in docs/improve/.
 IMPROVE_ARGS := --tasks 'builtin:arithmetic?seed=1&n=60' \
 	--eval-tasks 'builtin:arithmetic?seed=2&n=40' --drop-overlap --rounds 3 --method rest-em \
 	--loop best-of-n -o n=8 --eval-samples 4 --lora-rank 0 --learning-rate 2e-5 --epochs 2 \
