@@ -36,7 +36,7 @@ __all__ = [
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from loopwright.loops.errors import UserError
@@ -150,64 +150,30 @@ class RayPool:
             if has_limits(cfg.run_budget)
             else None
         )
-        queue: asyncio.Queue[tuple[Task, int] | None] = asyncio.Queue()
-        for t in todo:
-            queue.put_nowait((t, 0))
         slots = task_slots(cfg.connection.concurrency)  # per worker, as a local run has
-        n_lanes = slots * len(self.workers)
-        left = len(todo)
 
-        def done(rows: list[Any]) -> None:
-            nonlocal left
+        async def call(worker: Any, i: int, tries: int) -> list[Any]:
+            task = todo[i]
+            attempt = f"{run_key}:{task.id}:{tries}"
+            try:
+                return await worker.run_task.remote(  # type: ignore[no-any-return]
+                    run_key, [payload], run_id, task, index[task.id], attempt, keeper
+                )
+            except lost_worker:
+                if keeper is not None:
+                    keeper.abandon.remote(attempt)
+                raise
+
+        def done(_: int, rows: list[Any]) -> None:
             for r in rows:
                 writer.write(r)
             finished(rows[-1])
-            left -= 1
-            if left == 0:
-                for _ in range(n_lanes):
-                    queue.put_nowait(None)
 
-        async def lane(worker: Any) -> None:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                task, tries = item
-                attempt = f"{run_key}:{task.id}:{tries}"
-                try:
-                    rows = await worker.run_task.remote(
-                        run_key, [payload], run_id, task, index[task.id], attempt, keeper
-                    )
-                except lost_worker as exc:
-                    if keeper is not None:
-                        keeper.abandon.remote(attempt)
-                    if tries + 1 < MAX_ATTEMPTS:
-                        self.retried += 1
-                        queue.put_nowait((task, tries + 1))
-                        if not await _revived(worker, lost_worker):
-                            return  # the other workers' lanes finish the run
-                        continue
-                    rows = [_lost(run_id, task, index[task.id], exc)]
-                except ray.exceptions.RayTaskError as exc:
-                    if isinstance(exc.cause, UserError):
-                        raise UserError(str(exc.cause)) from None
-                    raise
-                done(rows)
+        def lost(i: int, exc: BaseException) -> list[Any]:
+            return [_lost(run_id, todo[i], index[todo[i].id], exc)]
 
-        if left == 0:
-            for _ in range(n_lanes):
-                queue.put_nowait(None)
-        lanes = [asyncio.ensure_future(lane(w)) for w in self.workers for _ in range(slots)]
         try:
-            await asyncio.gather(*lanes)
-            while left and not queue.empty():  # every worker stayed dead: none will run these
-                if (item := queue.get_nowait()) is not None:
-                    done([_lost(run_id, item[0], index[item[0].id], _NoWorker())])
-        except BaseException:
-            for f in lanes:
-                f.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
-            raise
+            await self._spread(len(todo), slots, call, done, lost)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
@@ -228,50 +194,76 @@ class RayPool:
         """Grade ``items`` (task, answer) over the workers, ``concurrency`` at a time on
         each; ``record(i, verdict, why, latency)`` runs here, in this process, per answer. An
         answer whose worker died is graded again elsewhere (grading writes nothing there)."""
+
+        async def call(worker: Any, i: int, tries: int) -> tuple[Any, str | None, float]:
+            task, content = items[i]
+            return await worker.grade.remote(task, content, sandbox, timeout_s)  # type: ignore[no-any-return]
+
+        def lost(i: int, exc: BaseException) -> tuple[Any, str | None, float]:
+            if isinstance(exc, _NoWorker):
+                return None, "no Ray worker came back to grade it", 0.0
+            return None, f"lost its Ray worker: {type(exc).__name__}", 0.0
+
+        await self._spread(len(items), concurrency, call, lambda i, r: record(i, *r), lost)
+
+    async def _spread(
+        self,
+        n: int,
+        per_worker: int,
+        call: Callable[[Any, int, int], Awaitable[Any]],
+        done: Callable[[int, Any], None],
+        lost: Callable[[int, BaseException], Any],
+    ) -> None:
+        """Items ``0..n-1`` over the workers, ``per_worker`` at a time on each.
+
+        ``call(worker, i, tries)`` runs item ``i`` on a worker; ``done(i, result)`` runs here,
+        once per item. An item whose worker died is queued again for any lane, up to
+        ``MAX_ATTEMPTS`` tries; then, or when no worker came back, ``lost(i, exc)`` is its
+        result. A lane whose worker died waits for its restart before it takes another item.
+        """
+        if n == 0:
+            return
         ray = import_ray()
         lost_worker = lost_worker_errors(ray)
-        if not items:
-            return
-        n_lanes = concurrency * len(self.workers)
+        n_lanes = per_worker * len(self.workers)
         queue: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
-        for i in range(len(items)):
+        for i in range(n):
             queue.put_nowait((i, 0))
-        left = len(items)
+        left = n
+
+        def finish(i: int, result: Any) -> None:
+            nonlocal left
+            done(i, result)
+            left -= 1
+            if not left:
+                for _ in range(n_lanes):
+                    queue.put_nowait(None)
 
         async def lane(worker: Any) -> None:
-            nonlocal left
             while (item := await queue.get()) is not None:
                 i, tries = item
-                task, content = items[i]
                 try:
-                    verdict, why, latency = await worker.grade.remote(
-                        task, content, sandbox, timeout_s
-                    )
+                    result = await call(worker, i, tries)
                 except lost_worker as exc:
                     if tries + 1 < MAX_ATTEMPTS:
                         self.retried += 1
                         queue.put_nowait((i, tries + 1))
                         if not await _revived(worker, lost_worker):
-                            return
+                            return  # the other workers' lanes finish the items
                         continue
-                    verdict, why, latency = None, f"lost its Ray worker: {type(exc).__name__}", 0.0
+                    result = lost(i, exc)
                 except ray.exceptions.RayTaskError as exc:
                     if isinstance(exc.cause, UserError):
                         raise UserError(str(exc.cause)) from None
                     raise
-                record(i, verdict, why, latency)
-                left -= 1
-                if not left:
-                    for _ in range(n_lanes):
-                        queue.put_nowait(None)
+                finish(i, result)
 
-        lanes = [asyncio.ensure_future(lane(w)) for w in self.workers for _ in range(concurrency)]
+        lanes = [asyncio.ensure_future(lane(w)) for w in self.workers for _ in range(per_worker)]
         try:
             await asyncio.gather(*lanes)
-            while left and not queue.empty():  # every worker stayed dead
+            while left and not queue.empty():  # every worker stayed dead: none will run these
                 if (item := queue.get_nowait()) is not None:
-                    record(item[0], None, "no Ray worker came back to grade it", 0.0)
-                    left -= 1
+                    finish(item[0], lost(item[0], _NoWorker()))
         except BaseException:
             for f in lanes:
                 f.cancel()
