@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from loopwright.loops.errors import BudgetExhausted, UserError
-from loopwright.loops.execution.runner import RunConfig, _freeze_imports, _run_task, make_clients
+from loopwright.loops.execution.runner import RunConfig, freeze_imports, make_clients, run_one_task
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.models import scripted
 from loopwright.loops.models.budget import Budget, BudgetLimits
@@ -176,7 +176,7 @@ class Worker:
         options = spec.options(**cfg.options)
         client, by_model, clients = make_clients(cfg, self._sink)
         state = _RunState(cfg, spec, options, spec.build(), client, by_model, clients)
-        _freeze_imports()
+        freeze_imports()
         self._runs[run_key] = state
         return state
 
@@ -198,7 +198,7 @@ class Worker:
         rows: list[Any] = []
         token = _task_rows.set(rows)
         try:
-            await _run_task(
+            await run_one_task(
                 state.cfg, state.spec, state.graph, state.options, state.client, self._sink,
                 run_id, task, idx, run_budget, state.clients, state.pool,
             )  # fmt: skip

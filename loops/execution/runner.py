@@ -7,7 +7,17 @@ rows of unfinished tasks are deleted and those tasks run again, so none is dupli
 
 from __future__ import annotations
 
-__all__ = ["Progress", "RunConfig", "RunResult", "make_clients", "prepare", "run", "task_slots"]
+__all__ = [
+    "Progress",
+    "RunConfig",
+    "RunResult",
+    "freeze_imports",
+    "make_clients",
+    "prepare",
+    "run",
+    "run_one_task",
+    "task_slots",
+]
 
 import asyncio
 import gc
@@ -54,7 +64,7 @@ def _version() -> str:
 _frozen = False
 
 
-def _freeze_imports() -> None:
+def freeze_imports() -> None:
     """Once per process: move what is alive now (the imported litellm, LangGraph, pydantic
     object graphs, ~10^6 objects) out of the cyclic collector's reach. Each full collection
     would otherwise walk all of it: ~1 ms of CPU per task at 64 in flight."""
@@ -204,7 +214,7 @@ async def _run_local(
     client, by_model, clients = make_clients(cfg, writer)
     pool: dict[tuple[str, str | None], ModelClient] = {}  # loop options' own models
     graph = spec.build()
-    _freeze_imports()
+    freeze_imports()
     run_budget = Budget(cfg.run_budget)
     # Requests are bounded by the client; tasks get a little slack beyond that. With
     # exactly `concurrency` tasks a slot only reopens after a finished task's verify,
@@ -216,7 +226,7 @@ async def _run_local(
 
     async def one(task: Task) -> None:
         async with sem:
-            rec = await _run_task(
+            rec = await run_one_task(
                 cfg, spec, graph, options, client, writer, run_id, task, index[task.id],
                 run_budget, clients, pool,
             )  # fmt: skip
@@ -269,7 +279,7 @@ def _open_run(
     return run_id, name, tasks
 
 
-async def _run_task(
+async def run_one_task(
     cfg: RunConfig,
     spec: LoopSpec[Any],
     graph: Any,
