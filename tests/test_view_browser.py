@@ -165,6 +165,10 @@ def test_the_viewer_follows_a_run_writing_in_another_process(tmp_path: Path) -> 
                 if m and (not seen or int(m[1]) != seen[-1]):
                     seen.append(int(m[1]))
                 if page.inner_text("#run-status") == "done":
+                    # a redraw may land between the two reads: take the progress it shows now
+                    m = re.search(r"(\d+)/(\d+)", page.inner_text("#run-progress"))
+                    if m and (not seen or int(m[1]) != seen[-1]):
+                        seen.append(int(m[1]))
                     break
                 time.sleep(0.2)
             page.screenshot(path=str(tmp_path / "live.png"))
