@@ -11,7 +11,14 @@ Three figures, each against a baseline measured in the same invocation:
    of each) answered at once with their reference solution by a scripted model, verified in
    the loop by their visible tests and graded by the hidden ones, both in the ``bwrap``
    sandbox: tasks/s on Ray against tasks/s locally.
-3. **the single writer's ceiling**: the rows/s one ``TraceWriter`` commits (task, call,
+3. **where the CPU goes**: the CPU seconds per call of every process of the figure-1 runs
+   (this driver, the Ray workers, Ray's own daemons, the mock server), and from them the
+   ratio this machine's cores allow at those costs: ``(cores / CPU per call of the Ray
+   run) / local calls/s``, the ratio a perfect scheduler would reach on these cores. On a
+   2-core machine where the endpoint shares the cores, that ceiling is below 2 whatever the
+   executor does; the driver's CPU per call also gives the rate at which the driver, not
+   the workers, would become the limit (workers on free cores, the endpoint elsewhere).
+4. **the single writer's ceiling**: the rows/s one ``TraceWriter`` commits (task, call,
    node and verdict records as workers return them, written then flushed into a fresh DuckDB
    file) against the rows/s the Ray run of figure 1 needed.
 
@@ -54,6 +61,94 @@ def _load() -> str:
         return "n/a"
 
 
+# -- CPU accounting -------------------------------------------------------------------------
+class CpuMeter:
+    """CPU seconds (user + system) of this process and all its descendants, by role:
+    ``roles`` names some pids; every other descendant counts as ``ray daemons``."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.roles: dict[int, str] = {os.getpid(): "driver"}
+        self.totals: dict[str, dict[str, float]] = {}  # side -> role -> CPU s
+        self.calls: dict[str, int] = {}
+
+    def snapshot(self) -> dict[int, float]:
+        me = self.psutil.Process()
+        out: dict[int, float] = {}
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except self.psutil.Error:
+                continue
+            out[proc.pid] = t.user + t.system
+        return out
+
+    def add(self, side: str, before: dict[int, float], after: dict[int, float], calls: int) -> None:
+        by_role = self.totals.setdefault(side, {})
+        for pid, secs in after.items():
+            role = self.roles.get(pid, "ray daemons")
+            by_role[role] = by_role.get(role, 0.0) + secs - before.get(pid, 0.0)
+        self.calls[side] = self.calls.get(side, 0) + calls
+
+    def per_call_ms(self, side: str) -> dict[str, float]:
+        n = self.calls.get(side) or 1
+        return {k: 1e3 * v / n for k, v in self.totals.get(side, {}).items() if v > 0.005}
+
+
+def _meter(srv: MockServer, worker_pids: list[int]) -> CpuMeter | None:
+    try:
+        meter = CpuMeter()
+    except ImportError:  # psutil comes with loopwright[train]; without it, no CPU figures
+        print("  (no psutil: CPU per call not measured)")
+        return None
+    if srv._proc is not None:
+        meter.roles[srv._proc.pid] = "mock server"
+    for pid in worker_pids:
+        meter.roles[pid] = "ray workers"
+    return meter
+
+
+def cpu_figures(meter: CpuMeter, local_rate: float, ray_rate: float) -> list[dict[str, Any]]:
+    """Print where each side's CPU went; rows for the cores-bound ratio and driver cap."""
+    cores = os.cpu_count() or 1
+    costs = {side: meter.per_call_ms(side) for side in ("local", "ray")}
+    for side, ms in costs.items():
+        parts = ", ".join(f"{role} {v:.3f}" for role, v in sorted(ms.items(), key=lambda x: -x[1]))
+        rate = local_rate if side == "local" else ray_rate
+        used = sum(ms.values()) * rate / 1e3
+        print(f"  CPU ms per call, {side:5}: {sum(ms.values()):.3f} ({parts}); {used:.2f} of "
+              f"{cores} cores busy")  # fmt: skip
+    ray_ms = sum(costs["ray"].values())
+    allowed = cores / (ray_ms / 1e3) / local_rate
+    driver_ms = costs["ray"].get("driver", 0.0)
+    driver_cap = 1e3 / driver_ms if driver_ms else float("inf")
+    print(
+        f"  at these costs {cores} cores allow a ratio of {allowed:.2f} (Ray reached "
+        f"{ray_rate / local_rate / allowed:.0%} of it); the driver alone caps a Ray run at "
+        f"{driver_cap:,.0f} calls/s ({driver_cap / local_rate:.1f}x the local rate)"
+    )
+    return [
+        {
+            "figure": f"the ratio {cores} cores allow at the measured CPU per call (all "
+            "processes of the Ray run, endpoint included) (baseline: the measured ratio)",
+            "value": round(allowed, 3),
+            "baseline": round(ray_rate / local_rate, 3),
+            "ratio": round(ray_rate / local_rate / allowed, 3),
+            "target": "",
+        },
+        {
+            "figure": "calls/s at which the driver (one writer, Ray's returns) becomes the "
+            "limit: 1 / its CPU per call (baseline: local calls/s)",
+            "value": round(driver_cap),
+            "baseline": round(local_rate, 1),
+            "ratio": round(driver_cap / local_rate, 2),
+            "target": "",
+        },
+    ]
+
+
 # -- code tasks answered with their reference -------------------------------------------------
 REFERENCES: dict[str, str] = {}
 
@@ -86,6 +181,7 @@ class Side:
         self.cfg = cfg
         self.runs = 0
         self.rows = 0  # trace rows the last run wrote
+        self.meter: CpuMeter | None = None  # set: count every process's CPU of each run
 
     async def __call__(self, tasks: Path, expect_calls: int) -> tuple[float, str]:
         from loopwright.loops.execution.runner import RunConfig, run
@@ -98,9 +194,12 @@ class Side:
             executor=self.executor, **self.cfg,
         )  # fmt: skip
         await asyncio.sleep(0.2)  # untimed: let the previous side's background work settle
+        before = self.meter.snapshot() if self.meter else {}
         t0 = time.perf_counter()
         result = await run(cfg)
         secs = time.perf_counter() - t0
+        if self.meter:
+            self.meter.add(self.executor, before, self.meter.snapshot(), expect_calls)
         with TraceStore(db, read_only=True) as store:
             [row] = store.query(
                 "SELECT (SELECT count(*) FROM calls) AS calls, (SELECT count(*) FROM calls WHERE "
@@ -198,7 +297,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         with (
             MockServer(0.0, process=True) as srv,
             tempfile.TemporaryDirectory(prefix="loopwright-ray-scale-") as tmp,
-            ray_pool(workers=args.workers),
+            ray_pool(workers=args.workers) as pool,
         ):
             work = Path(tmp)
             print(
@@ -215,6 +314,9 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             warm = task_file(work, min(args.calls, 200))
             await measure(sides, warm, min(args.calls, 200), 1, problems)
             tasks = task_file(work, args.calls)
+            meter = _meter(srv, pool.pids())
+            for side in sides.values():
+                side.meter = meter
             med = await measure(sides, tasks, args.calls, args.repeats, problems)
             local_rate, ray_rate = args.calls / med["local"], args.calls / med["ray"]
             needed = sides["ray"].rows / med["ray"]
@@ -232,6 +334,8 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "target": ">= 1.7",
                 }
             )
+            if meter is not None:
+                rows += cpu_figures(meter, local_rate, ray_rate)
 
             model = ScriptedModel(code_reply, name="ray-scale-code").register()
             code = code_tasks(work, args.code_copies)

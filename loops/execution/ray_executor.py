@@ -36,7 +36,7 @@ __all__ = [
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from loopwright.loops.errors import UserError
@@ -141,7 +141,6 @@ class RayPool:
     ) -> None:
         """Run ``todo`` over the workers, writing each task's rows as it comes back."""
         ray = import_ray()
-        lost_worker = lost_worker_errors(ray)
         index = {t.id: i for i, t in enumerate(tasks)}
         run_key = new_id()
         payload = ray.put(Payload(cfg, list(shipped_plugins), pack_scripted(cfg)))
@@ -152,17 +151,16 @@ class RayPool:
         )
         slots = task_slots(cfg.connection.concurrency)  # per worker, as a local run has
 
-        async def call(worker: Any, i: int, tries: int) -> list[Any]:
-            task = todo[i]
-            attempt = f"{run_key}:{task.id}:{tries}"
-            try:
-                return await worker.run_task.remote(  # type: ignore[no-any-return]
-                    run_key, [payload], run_id, task, index[task.id], attempt, keeper
-                )
-            except lost_worker:
-                if keeper is not None:
-                    keeper.abandon.remote(attempt)
-                raise
+        def attempt(i: int, tries: int) -> str:
+            return f"{run_key}:{todo[i].id}:{tries}"
+
+        def start(worker: Any, chunk: list[tuple[int, int]]) -> Any:
+            items = [(todo[i], index[todo[i].id], attempt(i, t)) for i, t in chunk]
+            return worker.run_tasks.remote(run_key, [payload], run_id, items, keeper, slots)
+
+        def abandon(i: int, tries: int) -> None:
+            if keeper is not None:  # what the lost attempt still held goes back to the run
+                keeper.abandon.remote(attempt(i, tries))
 
         def done(_: int, rows: list[Any]) -> None:
             for r in rows:
@@ -173,7 +171,7 @@ class RayPool:
             return [_lost(run_id, todo[i], index[todo[i].id], exc)]
 
         try:
-            await self._spread(len(todo), slots, call, done, lost)
+            await self._spread(len(todo), slots, start, done, lost, abandon)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
@@ -195,37 +193,43 @@ class RayPool:
         each; ``record(i, verdict, why, latency)`` runs here, in this process, per answer. An
         answer whose worker died is graded again elsewhere (grading writes nothing there)."""
 
-        async def call(worker: Any, i: int, tries: int) -> tuple[Any, str | None, float]:
-            task, content = items[i]
-            return await worker.grade.remote(task, content, sandbox, timeout_s)  # type: ignore[no-any-return]
+        def start(worker: Any, chunk: list[tuple[int, int]]) -> Any:
+            answers = [items[i] for i, _ in chunk]
+            return worker.grade_many.remote(answers, sandbox, timeout_s, concurrency)
 
         def lost(i: int, exc: BaseException) -> tuple[Any, str | None, float]:
             if isinstance(exc, _NoWorker):
                 return None, "no Ray worker came back to grade it", 0.0
             return None, f"lost its Ray worker: {type(exc).__name__}", 0.0
 
-        await self._spread(len(items), concurrency, call, lambda i, r: record(i, *r), lost)
+        await self._spread(len(items), concurrency, start, lambda i, r: record(i, *r), lost)
 
     async def _spread(
         self,
         n: int,
         per_worker: int,
-        call: Callable[[Any, int, int], Awaitable[Any]],
+        start: Callable[[Any, list[tuple[int, int]]], Any],
         done: Callable[[int, Any], None],
         lost: Callable[[int, BaseException], Any],
+        abandon: Callable[[int, int], None] = lambda i, tries: None,
     ) -> None:
         """Items ``0..n-1`` over the workers, ``per_worker`` at a time on each.
 
-        ``call(worker, i, tries)`` runs item ``i`` on a worker; ``done(i, result)`` runs here,
-        once per item. An item whose worker died is queued again for any lane, up to
-        ``MAX_ATTEMPTS`` tries; then, or when no worker came back, ``lost(i, exc)`` is its
-        result. A lane whose worker died waits for its restart before it takes another item.
+        Each worker is handed chunks of ``(item, tries)`` by ``FEEDS`` feeders of its own, so
+        the next chunk is there before the last one's stragglers end; a chunk is at most
+        ``per_worker`` items and shrinks as the queue empties, so the workers finish
+        together. ``start(worker, chunk)`` begins a streaming Ray call that yields ``(position
+        in chunk, result)`` batches; ``done(i, result)`` runs here, once per item. The items
+        of a chunk still out when its worker died are queued again for any worker
+        (``abandon(i, tries)`` for each), up to ``MAX_ATTEMPTS`` tries; then, or when no
+        worker came back, ``lost(i, exc)`` is their result. A feeder whose worker died waits
+        for its restart before it takes another chunk.
         """
         if n == 0:
             return
         ray = import_ray()
         lost_worker = lost_worker_errors(ray)
-        n_lanes = per_worker * len(self.workers)
+        n_feeds = FEEDS * len(self.workers)
         queue: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
         for i in range(n):
             queue.put_nowait((i, 0))
@@ -236,40 +240,59 @@ class RayPool:
             done(i, result)
             left -= 1
             if not left:
-                for _ in range(n_lanes):
+                for _ in range(n_feeds):
                     queue.put_nowait(None)
 
-        async def lane(worker: Any) -> None:
-            while (item := await queue.get()) is not None:
-                i, tries = item
+        def take(first: tuple[int, int]) -> list[tuple[int, int]]:
+            size = max(1, min(per_worker, -(-(queue.qsize() + 1) // n_feeds)))
+            chunk = [first]
+            while len(chunk) < size and not queue.empty():
+                item = queue.get_nowait()
+                if item is None:  # the end: leave it for the next feeder's get
+                    queue.put_nowait(None)
+                    break
+                chunk.append(item)
+            return chunk
+
+        async def feed(worker: Any) -> None:
+            while (first := await queue.get()) is not None:
+                chunk = take(first)
+                out = dict(enumerate(chunk))  # position -> (item, tries), until it returns
                 try:
-                    result = await call(worker, i, tries)
+                    async for ref in start(worker, chunk):
+                        for pos, result in await ref:
+                            finish(out.pop(pos)[0], result)
                 except lost_worker as exc:
-                    if tries + 1 < MAX_ATTEMPTS:
-                        self.retried += 1
-                        queue.put_nowait((i, tries + 1))
-                        if not await _revived(worker, lost_worker):
-                            return  # the other workers' lanes finish the items
-                        continue
-                    result = lost(i, exc)
+                    for i, tries in out.values():
+                        abandon(i, tries)
+                        if tries + 1 < MAX_ATTEMPTS:
+                            self.retried += 1
+                            queue.put_nowait((i, tries + 1))
+                        else:
+                            finish(i, lost(i, exc))
+                    if not await _revived(worker, lost_worker):
+                        return  # the other workers' feeders finish the items
                 except ray.exceptions.RayTaskError as exc:
                     if isinstance(exc.cause, UserError):
                         raise UserError(str(exc.cause)) from None
                     raise
-                finish(i, result)
 
-        lanes = [asyncio.ensure_future(lane(w)) for w in self.workers for _ in range(per_worker)]
+        # Round robin: every worker's first chunk goes out before any worker's second one.
+        feeds = [asyncio.ensure_future(feed(w)) for _ in range(FEEDS) for w in self.workers]
         try:
-            await asyncio.gather(*lanes)
+            await asyncio.gather(*feeds)
             while left and not queue.empty():  # every worker stayed dead: none will run these
                 if (item := queue.get_nowait()) is not None:
                     finish(item[0], lost(item[0], _NoWorker()))
         except BaseException:
-            for f in lanes:
+            for f in feeds:
                 f.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
+            await asyncio.gather(*feeds, return_exceptions=True)
             raise
 
+
+FEEDS = 2
+"""Chunks in flight per worker: one running, the next queued behind it."""
 
 REVIVE_S = 120.0
 """How long a lane waits for its killed worker to be restarted before it stops."""

@@ -18,7 +18,7 @@ import os
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +126,7 @@ class _RunState:
     client: ModelClient
     by_model: dict[str, ModelClient]
     clients: dict[str, ModelClient]
+    slots: asyncio.Semaphore  # tasks of the run in progress at once on this worker
     pool: dict[tuple[str, str | None], ModelClient] = field(default_factory=dict)
 
 
@@ -153,12 +154,12 @@ class Worker:
             fn()
         self._sink = _TaskSink()
         self._runs: dict[str, _RunState] = {}
-        self._closing: set[str] = set()
+        self._grade_slots: dict[int, asyncio.Semaphore] = {}
 
     def pid(self) -> int:
         return os.getpid()
 
-    async def _state(self, run_key: str, payload_ref: list[Any]) -> _RunState:
+    async def _state(self, run_key: str, payload_ref: list[Any], slots: int) -> _RunState:
         state = self._runs.get(run_key)
         if state is not None:
             return state
@@ -175,52 +176,107 @@ class Worker:
         spec = get_loop(cfg.loop)
         options = spec.options(**cfg.options)
         client, by_model, clients = make_clients(cfg, self._sink)
-        state = _RunState(cfg, spec, options, spec.build(), client, by_model, clients)
+        state = _RunState(
+            cfg, spec, options, spec.build(), client, by_model, clients, asyncio.Semaphore(slots)
+        )
         freeze_imports()
         self._runs[run_key] = state
         return state
 
-    async def run_task(
+    async def run_tasks(
         self,
         run_key: str,
         payload_ref: list[Any],
         run_id: str,
-        task: Task,
-        idx: int,
-        attempt: str,
+        items: list[tuple[Task, int, str]],
         keeper: Any,
-    ) -> list[Any]:
-        """Run one task; returns every trace record it wrote, its final ``tasks`` row last."""
-        state = await self._state(run_key, payload_ref)
-        run_budget: Budget = (
-            Budget() if keeper is None else SharedBudget(keeper, attempt, state.cfg.run_budget)
-        )
-        rows: list[Any] = []
-        token = _task_rows.set(rows)
-        try:
-            await run_one_task(
-                state.cfg, state.spec, state.graph, state.options, state.client, self._sink,
-                run_id, task, idx, run_budget, state.clients, state.pool,
-            )  # fmt: skip
-        finally:
-            _task_rows.reset(token)
-        if self._sink.stray:
-            rows[:0], self._sink.stray = self._sink.stray, []
-        return rows
+        slots: int,
+    ) -> AsyncIterator[list[tuple[int, list[Any]]]]:
+        """Run a chunk of ``(task, idx, attempt)`` items, ``slots`` tasks at a time on this
+        worker over all of a run's chunks; a Ray streaming generator: yields ``(position,
+        rows)`` pairs as tasks end, batched (whatever has ended since the last yield), where
+        rows are every trace record the task wrote, its final ``tasks`` row last."""
+        state = await self._state(run_key, payload_ref, slots)
 
-    async def grade(
-        self, task: Task, content: str, sandbox: str, timeout_s: float
-    ) -> tuple[Any, str | None, float]:
-        """Grade one answer in this worker's own sandbox (off its event loop: it blocks)."""
+        async def one(task: Task, idx: int, attempt: str) -> list[Any]:
+            run_budget: Budget = (
+                Budget() if keeper is None else SharedBudget(keeper, attempt, state.cfg.run_budget)
+            )
+            rows: list[Any] = []
+            token = _task_rows.set(rows)
+            try:
+                await run_one_task(
+                    state.cfg, state.spec, state.graph, state.options, state.client, self._sink,
+                    run_id, task, idx, run_budget, state.clients, state.pool,
+                )  # fmt: skip
+            finally:
+                _task_rows.reset(token)
+            if self._sink.stray:
+                rows[:0], self._sink.stray = self._sink.stray, []
+            return rows
+
+        jobs = [functools.partial(one, *item) for item in items]
+        async for batch in _as_they_end(jobs, state.slots):
+            yield batch
+
+    async def grade_many(
+        self, items: list[tuple[Task, str]], sandbox: str, timeout_s: float, slots: int
+    ) -> AsyncIterator[list[tuple[int, tuple[Any, str | None, float]]]]:
+        """Grade ``(task, answer)`` items in this worker's own sandbox, ``slots`` at a time
+        (each off the event loop: grading blocks); streams ``(position, (verdict, why,
+        latency))`` batches as they end."""
         from loopwright.loops.execution.grade import grade_answer
 
-        return await asyncio.to_thread(grade_answer, task, content, sandbox, timeout_s)
+        sem = self._grade_slots.setdefault(slots, asyncio.Semaphore(slots))
+        jobs = [
+            functools.partial(asyncio.to_thread, grade_answer, task, content, sandbox, timeout_s)
+            for task, content in items
+        ]
+        async for batch in _as_they_end(jobs, sem):
+            yield batch
 
     async def end_run(self, run_key: str) -> None:
         state = self._runs.pop(run_key, None)
         if state is not None:
             for c in [*state.by_model.values(), *state.pool.values()]:
                 await c.aclose()
+
+
+async def _as_they_end(
+    jobs: Sequence[Callable[[], Awaitable[Any]]], slots: asyncio.Semaphore
+) -> AsyncIterator[list[tuple[int, Any]]]:
+    """Run ``jobs`` (at most ``slots`` at once) and yield ``(position, result)`` batches as
+    they end: each batch is everything that ended since the previous yield, so the fewer
+    yields (each a Ray object sent back) the busier the worker. A job's exception is raised
+    after the batch of those that ended with it; the jobs still running are then cancelled."""
+    ended: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
+
+    async def one(pos: int, job: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            async with slots:
+                result = await job()
+        except Exception as exc:
+            ended.put_nowait((pos, None, exc))
+        else:
+            ended.put_nowait((pos, result, None))
+
+    running = [asyncio.ensure_future(one(p, j)) for p, j in enumerate(jobs)]
+    try:
+        left = len(jobs)
+        while left:
+            batch = [await ended.get()]
+            while not ended.empty():
+                batch.append(ended.get_nowait())
+            left -= len(batch)
+            good = [(p, r) for p, r, e in batch if e is None]
+            if good:
+                yield good
+            for _, _, exc in batch:
+                if exc is not None:
+                    raise exc
+    finally:
+        for f in running:
+            f.cancel()
 
 
 # -- the run budget every worker shares ------------------------------------------------------
