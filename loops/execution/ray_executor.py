@@ -92,13 +92,16 @@ class RayPool:
             n = self.n_workers or max(1, int(cpus))
             # Ray's default resources for actors: a CPU to be placed, none held while running,
             # so two runs (or a sweep's driver and a test's) can share a cluster.
-            actor = ray.remote(Worker).options(
-                max_restarts=-1,  # a killed worker comes back; its task is queued again
-                max_task_retries=0,  # ... by the driver, which decides where
-                max_concurrency=1000,
-                scheduling_strategy="SPREAD",
-            )
-            self.workers = [actor.remote(self.setup) for _ in range(n)]
+            actor = ray.remote(Worker)
+            self.workers = [
+                actor.options(
+                    max_restarts=-1,  # a killed worker comes back; its task is queued again
+                    max_task_retries=0,  # ... by the driver, which decides where
+                    max_concurrency=1000,
+                    scheduling_strategy=where,
+                ).remote(self.setup)
+                for where in _placement(ray, n)
+            ]
             ray.get([w.pid.remote() for w in self.workers])  # every worker up and imported
         except BaseException:
             self.close()
@@ -108,6 +111,11 @@ class RayPool:
     def pids(self) -> list[int]:
         ray = import_ray()
         return [int(p) for p in ray.get([w.pid.remote() for w in self.workers])]
+
+    def nodes(self) -> list[str]:
+        """The Ray node each worker runs on, in worker order."""
+        ray = import_ray()
+        return [str(n) for n in ray.get([w.node.remote() for w in self.workers])]
 
     def close(self) -> None:
         ray = import_ray()
@@ -293,6 +301,30 @@ class RayPool:
 
 FEEDS = 2
 """Chunks in flight per worker: one running, the next queued behind it."""
+
+
+def _placement(ray: Any, n: int) -> list[Any]:
+    """Where each of ``n`` workers starts: the alive nodes in turn, each as many times as it
+    has CPUs before any node gets more (Ray's own SPREAD is best effort, and since a worker
+    holds no CPU once placed, it can stack every worker on one node). Soft affinity: a
+    worker whose node is lost is restarted on another."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cpus = {
+        str(node["NodeID"]): int(node.get("Resources", {}).get("CPU", 0))
+        for node in ray.nodes()
+        if node.get("Alive")
+    }
+    slots = [
+        node
+        for k in range(max(cpus.values(), default=0))
+        for node in sorted(cpus)
+        if k < cpus[node]
+    ]
+    if not slots:
+        return ["SPREAD"] * n
+    return [NodeAffinitySchedulingStrategy(slots[i % len(slots)], soft=True) for i in range(n)]
+
 
 REVIVE_S = 120.0
 """How long a lane waits for its killed worker to be restarted before it stops."""

@@ -159,6 +159,10 @@ class Worker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        """The id of the Ray node (machine) this worker runs on."""
+        return str(import_ray().get_runtime_context().get_node_id())
+
     async def _state(self, run_key: str, payload_ref: list[Any], slots: int) -> _RunState:
         state = self._runs.get(run_key)
         if state is not None:
