@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +168,32 @@ def test_a_series_name_is_not_reused_and_resume_must_match(
         R.run_improve(cfg.model_copy(update={"resume": True, "eval_samples": 3}))
     with pytest.raises(UserError, match="no improve series named 'x'"):
         R.run_improve(cfg.model_copy(update={"resume": True, "name": "x"}))
+
+
+def test_a_series_another_process_runs_is_refused_until_that_process_is_gone(
+    tmp_path: Path, fake: FakeTrainer
+) -> None:
+    cfg = _cfg(tmp_path, rounds=0)
+    R.run_improve(cfg)
+    lock = tmp_path / "s.improve" / ".lock"
+    hold = (
+        "import fcntl, os, sys, time\n"
+        "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+        "f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()\n"
+        "print('held', flush=True); time.sleep(120)\n"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    resume = cfg.model_copy(update={"resume": True})
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"being run by another process \(pid {other.pid},"):
+            R.run_improve(resume)
+    finally:
+        other.kill()  # as kill -9 would: the OS drops its lock
+        other.wait()
+    assert R.run_improve(resume).rounds[0]["stage"] == "done"
 
 
 def test_overlapping_train_and_eval_prompts_are_refused(tmp_path: Path, fake: FakeTrainer) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -160,6 +161,12 @@ async def test_a_scripted_run_matches_the_local_executor(
         local.progress.tokens,
     )
     assert_consistent(db, remote.run_id)
+    # each task row says which worker ran it (both did); a local run's say none
+    where = query(db, "SELECT DISTINCT worker FROM tasks WHERE run_id = ?", [remote.run_id])
+    assert {r["worker"] for r in where} == {f"{socket.gethostname()}:{p}" for p in pool.pids()}
+    assert query(db, "SELECT DISTINCT worker FROM tasks WHERE run_id = ?", [local.run_id]) == [
+        {"worker": None}
+    ]
 
 
 def _local_model_installed() -> bool:

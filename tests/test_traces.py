@@ -86,6 +86,30 @@ def test_reopening_does_not_add_a_second_version_row(tmp_path: Path) -> None:
         assert s.query("SELECT max(version) AS v FROM schema_version") == [{"v": SCHEMA_VERSION}]
 
 
+def test_a_version_3_file_gets_the_tasks_worker_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "t.duckdb"
+    with TraceStore(path) as s:  # make it look like a file written before the column existed
+        s.execute("ALTER TABLE tasks DROP COLUMN worker")
+        s.execute("DELETE FROM schema_version")
+        s.execute("INSERT INTO schema_version (version) VALUES (3)")
+        s.execute(
+            "INSERT INTO tasks (run_id, task_id, idx, prompt, status) "
+            "VALUES ('r', 't1', 0, 'old', 'done')"
+        )
+    with TraceStore(path) as s:
+        versions = [r["version"] for r in s.query("SELECT version FROM schema_version")]
+        assert versions == [3, SCHEMA_VERSION]
+        assert s.query("SELECT task_id, prompt, worker FROM tasks") == [
+            {"task_id": "t1", "prompt": "old", "worker": None}
+        ]
+        w = TraceWriter(s)
+        w.write(TaskRecord(run_id="r", task_id="t2", idx=1, kind="math", prompt="new",
+                           status="done", worker="node-a:123"))  # fmt: skip
+        w.close()
+        rows = s.query("SELECT task_id, worker FROM tasks ORDER BY idx")
+    assert rows == [{"task_id": "t1", "worker": None}, {"task_id": "t2", "worker": "node-a:123"}]
+
+
 def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t.duckdb"
     with TraceStore(path) as s:

@@ -159,3 +159,4 @@ class TaskRecord(_Row):
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    worker: str | None = None  # where it ran with --executor ray: host:pid; None in-process

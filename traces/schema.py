@@ -3,12 +3,18 @@
 Every table carries ``run_id``; nodes and calls also carry ``loop``, ``model`` and ``round`` so a
 harvested row keeps its provenance without joins. Bump ``SCHEMA_VERSION`` when a table is
 added or changed: ``TraceStore`` creates missing tables on open and records the new version;
-a changed column would need its ``ALTER`` there too (none has so far).
+a column added to a table that exists also goes in ``ADDED_COLUMNS``, which ``TraceStore``
+applies to older files on open.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+ADDED_COLUMNS: list[tuple[int, str, str, str]] = [
+    (4, "tasks", "worker", "VARCHAR"),  # where a task ran (--executor ray)
+]
+"""``(schema version, table, column, type)`` of columns added after a table's first version."""
 
 TABLES: dict[str, str] = {
     "schema_version": """
@@ -56,6 +62,7 @@ TABLES: dict[str, str] = {
             error VARCHAR,
             started_at TIMESTAMP,
             finished_at TIMESTAMP,
+            worker VARCHAR,
             PRIMARY KEY (run_id, task_id)
         )""",
     "nodes": """

@@ -21,7 +21,7 @@ from loopwright.traces.readserve import (
     release_server,
     sidecar_path,
 )
-from loopwright.traces.schema import SCHEMA_VERSION, TABLES
+from loopwright.traces.schema import ADDED_COLUMNS, SCHEMA_VERSION, TABLES
 
 # A reader (``loopwright runs``, one viewer page) holds the file for milliseconds; a writer
 # that finds it locked waits this long for it before giving up.
@@ -103,6 +103,11 @@ class TraceStore:
         row = self._con.execute("SELECT max(version) FROM schema_version").fetchone()
         current = row[0] if row else None
         if current is None or current < SCHEMA_VERSION:
+            for version, table, column, kind in ADDED_COLUMNS:
+                if current is not None and current < version:
+                    self._con.execute(
+                        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+                    )
             self._con.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
         elif current > SCHEMA_VERSION:
             raise TraceStoreError(

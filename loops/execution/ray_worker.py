@@ -15,6 +15,7 @@ import asyncio
 import functools
 import hashlib
 import os
+import socket
 import sys
 import sysconfig
 import types
@@ -31,7 +32,7 @@ from loopwright.loops.models import scripted
 from loopwright.loops.models.budget import Budget, BudgetLimits
 from loopwright.loops.models.client import ModelClient
 from loopwright.loops.tasks import Task
-from loopwright.traces import TraceWriter
+from loopwright.traces import TaskRecord, TraceWriter
 
 _LOST_WORKER_ERRORS = (
     "RayActorError",
@@ -155,6 +156,7 @@ class Worker:
         self._sink = _TaskSink()
         self._runs: dict[str, _RunState] = {}
         self._grade_slots: dict[int, asyncio.Semaphore] = {}
+        self._where = f"{socket.gethostname()}:{os.getpid()}"  # the tasks rows' worker
 
     def pid(self) -> int:
         return os.getpid()
@@ -217,7 +219,10 @@ class Worker:
                 _task_rows.reset(token)
             if self._sink.stray:
                 rows[:0], self._sink.stray = self._sink.stray, []
-            return rows
+            return [
+                r.model_copy(update={"worker": self._where}) if isinstance(r, TaskRecord) else r
+                for r in rows
+            ]
 
         jobs = [functools.partial(one, *item) for item in items]
         async for batch in _as_they_end(jobs, state.slots):

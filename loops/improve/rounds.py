@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from loopwright.loops.analysis.judge_pairs import judge_pairs
 from loopwright.loops.errors import UserError
@@ -138,6 +138,39 @@ def run_improve(cfg: ImproveConfig, events: Events | None = None) -> ImproveResu
         raise UserError(f"--method {cfg.method} is not implemented yet; use one of "
                         f"{', '.join(IMPLEMENTED)}")  # fmt: skip
     work = _workdir(cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    lock = _hold_series(work, cfg.name)
+    try:
+        return _run_series(cfg, work, ev)
+    finally:
+        lock.close()  # also released by the OS if this process is killed
+
+
+def _hold_series(work: Path, name: str) -> IO[str]:
+    """Hold the series' lock file for this process's lifetime; refuse, in one line, when
+    another process holds it (two processes on one series would train the same round)."""
+    import fcntl
+
+    path = work / ".lock"
+    fh = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise UserError(
+            f"improve series {name!r} is being run by another process (pid {pid}, lock "
+            f"{path}): wait for it to end, or stop it, then --resume"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _run_series(cfg: ImproveConfig, work: Path, ev: Events) -> ImproveResult:
     train_spec, limit, eval_file = check_split(cfg, work)
     train_cfg = {"loop": cfg.loop, "tasks": train_spec, "limit": limit, "options": cfg.options}
     prepare(RunConfig(model=cfg.base, verifier=cfg.verifier, **train_cfg))
