@@ -146,10 +146,16 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path, store: Path) -> None:
     assert out.stderr.strip().count("\n") == 0 and "cannot listen" in out.stderr
 
 
+def _ctrl_c_on() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A shell's background job (`cmd &`)
+    starts with SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_the_command_prints_the_url_serves_and_stops_on_ctrl_c(store: Path) -> None:
     p = subprocess.Popen(
         [sys.executable, "-m", "loopwright.loops.cli.main", "view", "--db", str(store), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_on,
     )  # fmt: skip
     try:
         assert p.stdout is not None
@@ -169,6 +175,7 @@ def test_another_interface_needs_host_and_warns(store: Path) -> None:
     p = subprocess.Popen(
         [sys.executable, "-m", "loopwright.loops.cli.main", "view", "--db", str(store), "--port", "0",
          "--host", "0.0.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ctrl_c_on,
     )  # fmt: skip
     try:
         assert p.stdout is not None and p.stderr is not None
