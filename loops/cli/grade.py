@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import typer
-from loopwright.loops.cli.progress import LazyBar, console
+from loopwright.loops.cli.progress import LazyBar, console, print_error
 from loopwright.loops.cli.sweep import ExecutorOption, RayAddressOption, WorkersOption
 from loopwright.loops.errors import UserError, unknown
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -57,7 +58,7 @@ def grade(
                 workers=workers,
             )
     except (UserError, TraceStoreError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        print_error(err, exc)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted: the verdicts written are kept; run the same command to continue")
@@ -67,7 +68,7 @@ def grade(
         typer.echo(report.model_dump_json(indent=2))
         return
     out = console()
-    t = Table(title=f"grade: {', '.join(report.runs)}", show_header=False)
+    t = Table(title=escape(f"grade: {', '.join(report.runs)}"), show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
     rows = [
@@ -103,6 +104,7 @@ def grade(
     out.print(line, highlight=False, soft_wrap=True)
     out.print(
         f"verdicts: {report.db} (stage 'graded'); harvest with --label graded",
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )

@@ -9,6 +9,7 @@ import typer
 from loopwright.loops.cli.progress import console
 from loopwright.loops.errors import UserError, first_error
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 FORMAT_HELP = (
@@ -131,20 +132,23 @@ def print_report(r: dict[str, Any]) -> None:
     where = f"to {r['out']}" if r["out"] else "(dry run: nothing written)"
     per = r["rows"] / r["prompts"] if r["prompts"] else 0.0
     con.print(
-        f"[bold]{r['format']}[/bold]: {r['rows']} rows from {r['prompts']} prompts {where} "
+        f"[bold]{r['format']}[/bold]: {r['rows']} rows from {r['prompts']} prompts {escape(where)} "
         f"in {r['seconds']:.2f}s — {per:.1f} per prompt (max {r['per_prompt_max']}); "
-        f"columns: {', '.join(r['columns'])}",
+        f"columns: {escape(', '.join(r['columns']))}",
         highlight=False,
         soft_wrap=True,
     )
     if r["by_source"]:
         con.print(
             "pairs by source: " + ", ".join(f"{k} {v}" for k, v in r["by_source"].items()),
+            markup=False,
             highlight=False,
         )
     if r["labels"]:
         con.print(
-            "labels: " + ", ".join(f"{k} {v}" for k, v in r["labels"].items()), highlight=False
+            "labels: " + ", ".join(f"{k} {v}" for k, v in r["labels"].items()),
+            markup=False,
+            highlight=False,
         )
     if r["margin_histogram"] and r["rows"]:
         top = max(n for _, _, n in r["margin_histogram"])
@@ -155,7 +159,7 @@ def print_report(r: dict[str, Any]) -> None:
     table.add_column(f"left out: {r['considered'] - r['rows']} of {r['considered']}")
     table.add_column("rows", justify="right")
     for reason, n in r["excluded"].items():  # reasons, most rows first
-        table.add_row(reason, str(n))
+        table.add_row(escape(reason), str(n))
     if r["excluded"]:
         con.print(table)
     else:
@@ -165,6 +169,7 @@ def print_report(r: dict[str, Any]) -> None:
         more = len(r["contaminated_tasks"]) - 10
         con.print(
             f"contaminated tasks: {shown}{f' and {more} more' if more > 0 else ''}",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )

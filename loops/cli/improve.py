@@ -15,7 +15,9 @@ from loopwright.loops.cli.sweep import (
     WorkersOption,
 )
 from loopwright.loops.errors import UserError, first_error
+from loopwright.loops.improve.config import SEED_MAX
 from pydantic import ValidationError
+from rich.markup import escape
 
 err = make_console(stderr=True)
 
@@ -40,7 +42,7 @@ class _Bars:
 
     def stage(self, rnd: int, stage: str, detail: str = "") -> None:
         self.close()
-        err.print(f"[bold]round {rnd}[/bold] {stage}" + (f": {detail}" if detail else ""),
+        err.print(f"[bold]round {rnd}[/bold] {stage}" + (escape(f": {detail}") if detail else ""),
                   highlight=False, soft_wrap=True)  # fmt: skip
 
     def run_progress(self, label: str, p: Any) -> None:
@@ -101,7 +103,7 @@ def improve(
     concurrency: Annotated[
         int, typer.Option(help="Model requests in flight (per Ray worker with --executor ray).")
     ] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of runs and training.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of runs and training.", min=0, max=SEED_MAX)] = 0,
     sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
     verifier: VerifierOption = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the series --name.")] = False,
@@ -140,6 +142,6 @@ def improve(
 
     print(improve_table(result.rounds))
     if result.failed:
-        err.print(f"[red]stopped:[/red] {result.failed}; fix it and continue with --resume",
+        err.print(f"[red]stopped:[/red] {escape(result.failed)}; fix it and continue with --resume",
                   highlight=False, soft_wrap=True)  # fmt: skip
         sys.exit(1)

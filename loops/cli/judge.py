@@ -6,8 +6,10 @@ import asyncio
 from typing import Annotated
 
 import typer
-from loopwright.loops.cli.progress import LazyBar, console
+from loopwright.loops.cli.progress import LazyBar, console, print_error
 from loopwright.loops.errors import UserError
+from loopwright.loops.execution.run_config import SEED_MAX
+from rich.markup import escape
 from rich.table import Table
 
 judge_app = typer.Typer(
@@ -26,7 +28,9 @@ def pairs(
     pairs_per_task: Annotated[int, typer.Option(help="Most pairs judged per task.")] = 4,
     k: Annotated[int, typer.Option("--k", help="Judge samples per order of a pair.")] = 1,
     concurrency: Annotated[int, typer.Option(help="Comparisons in flight.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the pair order and judge calls.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the pair order and judge calls.", min=0, max=SEED_MAX)
+    ] = 0,
     budget_calls: Annotated[
         int | None, typer.Option(help="Most judge samples now (a pair costs 2*k); rerun for more.")
     ] = None,
@@ -70,13 +74,13 @@ def pairs(
                 )
             )
     except (UserError, TraceStoreError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        print_error(err, exc)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted: finished judgements are saved; run the same command to continue")
         raise typer.Exit(130) from None
 
-    t = Table(title=f"judge pairs: {', '.join(report.runs)}", show_header=False)
+    t = Table(title=escape(f"judge pairs: {', '.join(report.runs)}"), show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
     rows = [
@@ -97,11 +101,12 @@ def pairs(
     if report.not_started:
         rows.append(("left for a rerun", f"{report.not_started} ({report.stopped})"))
     for name, value in rows:
-        t.add_row(name, value)
+        t.add_row(name, escape(value))
     out = console()
     out.print(t)
     out.print(
         f"verdicts: {report.db} (stage 'judge', verifier 'llm-judge-pairwise')",
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from loopwright.loops.cli.progress import console as make_console
+from loopwright.loops.cli.progress import print_error
 from loopwright.loops.cli.sweep import (
     ExecutorOption,
     RayAddressOption,
@@ -21,8 +22,10 @@ from loopwright.loops.cli.sweep import (
     parse_role_models,
 )
 from loopwright.loops.errors import UserError, first_error
+from loopwright.loops.execution.run_config import SEED_MAX
 from loopwright.loops.models.budget import BudgetLimits
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -79,7 +82,7 @@ def run(
     sandbox: Annotated[
         str, typer.Option(help="Sandbox for code tests: bwrap, docker or process.")
     ] = "bwrap",
-    seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Run seed.", min=0, max=SEED_MAX)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run named by --run-name.")] = False,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Do not reuse cached calls.")
@@ -185,7 +188,7 @@ def _print_summary(result: Any, db: str) -> None:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.1%}"
 
-    t = Table(title=f"run {result.name}", show_header=False)
+    t = Table(title=escape(f"run {result.name}"), show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
     rows = [
@@ -201,9 +204,13 @@ def _print_summary(result: Any, db: str) -> None:
     if result.progress.skipped:
         rows.append(("resumed", f"{result.progress.skipped} finished task(s) skipped"))
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(k, escape(v))
     console.print(t)
-    console.print(f"traces: {db} (run_id {result.run_id}); try: loopwright runs --db {db}")
+    console.print(
+        f"traces: {db} (run_id {result.run_id}); try: loopwright runs --db {db}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
@@ -213,7 +220,7 @@ def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.
 
     with TraceStore(db, read_only=True) as store:
         rows = list_runs(store)
-    t = Table(title=f"runs in {db}")
+    t = Table(title=escape(f"runs in {db}"))
     for col in (
         "name",
         "loop",
@@ -233,14 +240,15 @@ def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.
             justify="left" if col in ("name", "loop", "model", "verifier", "status") else "right",
         )
     for r in rows:
+        verifier = escape(r["verifier"])
         t.add_row(
-            r["name"],
-            r["loop"],
-            r["model"],
-            f"[bold red]{r['verifier']} ⚠ oracle[/]"
+            escape(r["name"]),
+            escape(r["loop"]),
+            escape(r["model"]),
+            f"[bold red]{verifier} ⚠ oracle[/]"
             if r["oracle"] and "oracle" not in r["verifier"]
-            else (f"[bold red]{r['verifier']} ⚠[/]" if r["oracle"] else r["verifier"]),
-            r["status"],
+            else (f"[bold red]{verifier} ⚠[/]" if r["oracle"] else verifier),
+            escape(r["status"]),
             f"{r['done']}/{r['tasks']}",
             str(r["failed"]),
             "-" if r["pass_rate"] is None else f"{r['pass_rate']:.1%}",
@@ -368,7 +376,7 @@ def main() -> None:
         # standalone mode: typer/click print usage errors themselves and exit 2
         app()
     except (UserError, TraceStoreError, SearchError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        print_error(err, exc)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: finished tasks are saved; continue with --resume --run-name NAME")

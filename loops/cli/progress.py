@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -15,6 +16,12 @@ def console(stderr: bool = False) -> Console:
     """A rich console; when stdout is not a terminal (a pipe, a CI log) tables are laid out
     160 columns wide instead of rich's 80."""
     return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
+
+
+def print_error(con: Console, exc: object, label: str = "error") -> None:
+    """``error: MESSAGE`` on one line; the message is printed as plain text (a run name or a
+    path holding ``[/red]`` is not read as rich markup)."""
+    con.print(f"[red]{label}:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
 class LazyBar:
@@ -27,7 +34,7 @@ class LazyBar:
     def __init__(self, label: str, fields: Mapping[str, str], console: Console) -> None:
         columns = [TextColumn(f"{text} {{task.fields[{name}]}}") for name, text in fields.items()]
         self._bar = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *columns,
+            TextColumn(f"[bold]{escape(label)}"), BarColumn(), MofNCompleteColumn(), *columns,
             TimeElapsedColumn(), console=console,
         )  # fmt: skip
         zeros: dict[str, Any] = dict.fromkeys(fields, 0)

@@ -12,6 +12,7 @@ from loopwright.loops.errors import UserError, first_error
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.config import Connection
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -148,9 +149,9 @@ def sweep(
     out = console()
     runs = len({p.run_name for p in points})
     out.print(
-        f"sweep [bold]{cfg.name}[/bold]: {len(points)} points "
+        f"sweep [bold]{escape(cfg.name)}[/bold]: {len(points)} points "
         f"({sum(p.derived for p in points)} read from shared samples) in {runs} runs "
-        f"on {cfg.tasks} -> {cfg.db}",
+        f"on {escape(cfg.tasks)} -> {escape(cfg.db)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -165,13 +166,13 @@ def sweep(
     bar_id = bar.add_task("", total=None, rate="-")
 
     def on_event(e: SweepEvent) -> None:
-        tag = f"[{e.index + 1}/{e.total}] {e.run_name}"
-        if e.kind == "start":
+        tag = escape(f"[{e.index + 1}/{e.total}] {e.run_name}")
+        if e.kind == "start":  # the description is rendered as markup: escaped above
             bar.update(bar_id, description=tag, completed=0, total=None, rate="-")
         elif e.kind == "grade":
             bar.update(bar_id, description=f"{tag} grading")
         elif e.kind in ("skip", "done", "failed"):
-            extra = f": {e.detail}" if e.detail else ""
+            extra = escape(f": {e.detail}") if e.detail else ""
             bar.console.print(f"{tag} {e.kind}{extra}", highlight=False, soft_wrap=True)
 
     def on_run(p: Any) -> None:
@@ -203,7 +204,9 @@ def _summary(db: str, name: str) -> None:
             " WHERE s.name = ? GROUP BY ALL ORDER BY p.model, p.strategy, p.value",
             [name],
         )
-    t = Table(title=f"sweep {name} (graded accuracy of the runs; derived points: see report)")
+    t = Table(
+        title=escape(f"sweep {name} (graded accuracy of the runs; derived points: see report)")
+    )
     for col in ("strategy", "model", "value", "status", "accuracy", "tokens/task"):
         t.add_column(col, justify="right" if col in ("accuracy", "tokens/task") else "left")
     seen: set[tuple[Any, ...]] = set()
@@ -216,9 +219,13 @@ def _summary(db: str, name: str) -> None:
         val = "-" if r["param"] is None else f"{r['param']}={shown}"
         acc = "shared" if r["derived"] else ("-" if r["acc"] is None else f"{r['acc']:.0%}")
         tok = "" if r["derived"] or r["tok"] is None else f"{r['tok']:.0f}"
-        t.add_row(r["strategy"], r["model"], val, r["status"], acc, tok)
+        t.add_row(*(escape(c) for c in (r["strategy"], r["model"], val, r["status"], acc, tok)))
     console().print(t)
-    console().print(f"next: loopwright report --db {db} --sweep {name} --out report-{name}")
+    console().print(
+        f"next: loopwright report --db {db} --sweep {name} --out report-{name}",
+        markup=False,
+        highlight=False,
+    )
 
 
 def report(
@@ -238,7 +245,7 @@ def report(
         from loopwright.loops.analysis.report_improve import write_improve_report
 
         path = write_improve_report(db, improve_name, out)
-        console().print(f"report: {path}", highlight=False)
+        console().print(f"report: {path}", markup=False, highlight=False)
         return
     from loopwright.loops.analysis.report import write_report
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from loopwright.loops.cli.progress import console as make_console
 from loopwright.loops.errors import UserError, unknown
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -245,7 +246,7 @@ def verify(
         for v in done
         if not v.passed
     )
-    table = Table(title=f"verify {tasks}")
+    table = Table(title=escape(f"verify {tasks}"))
     for col in ("answers", "passed", "pass rate", "verifier", "answers/s", "failures"):
         table.add_column(col)
     table.add_row(
@@ -283,5 +284,6 @@ def check_math(
         print(v.model_dump_json())
     else:
         verdict = "[green]equal[/green]" if v.passed else "[red]not equal[/red]"
-        console.print(f"{verdict}  (pred {v.extracted!r} vs gold {v.reference!r}; {v.feedback})")
+        detail = escape(f"(pred {v.extracted!r} vs gold {v.reference!r}; {v.feedback})")
+        console.print(f"{verdict}  {detail}", highlight=False)
     raise typer.Exit(0 if v.passed else 1)

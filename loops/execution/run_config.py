@@ -11,6 +11,9 @@ from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.config import Connection, nest_connection
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+SEED_MAX = 2**63 - 1
+"""The largest seed: seeds are stored as signed 64-bit integers."""
+
 
 class RunConfig(BaseModel):
     """One run: which loop, on which tasks, with which model, under which limits."""
@@ -25,7 +28,7 @@ class RunConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="Use only the first N tasks.")
     db: str = Field("loopwright.duckdb", description="Trace database path.")
     run_name: str | None = Field(None, description="Name to resume by; generated if absent.")
-    seed: int = Field(0, description="Run seed; per-call seeds derive from it.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Run seed; per-call seeds derive from it.")
     budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
     run_budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Whole-run limits.")
     options: dict[str, Any] = Field(default_factory=dict, description="Loop options.")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Method = Literal["rest-em", "star", "dpo", "self-reward"]
 METHODS: tuple[Method, ...] = ("rest-em", "star", "dpo", "self-reward")
 Device = Literal["auto", "cpu", "cuda"]
+SEED_MAX = 2**63 - 1  # the same bound as a run's seed (stored as a signed 64-bit integer)
 
 
 class TrainConfig(BaseModel):
@@ -37,7 +38,7 @@ class TrainConfig(BaseModel):
     beta: float = Field(0.1, gt=0, description="DPO: strength of the pull to the reference.")
     export: ExportType = Field("Q8_0", description="GGUF tensor type of the exported model.")
     device: Device = Field("auto", description="auto: CUDA when torch sees a GPU, else CPU.")
-    seed: int = Field(0, description="Data order and initialisation seed.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Data order and initialisation seed.")
 
     def lr(self) -> float:
         if self.learning_rate is not None:
@@ -82,7 +83,7 @@ class ImproveConfig(BaseModel):
         None, description="Where data and models go; default NAME.improve/ beside the db."
     )
     concurrency: int = Field(4, ge=1, description="Model requests in flight.")
-    seed: int = Field(0, description="Seed of the runs.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the runs.")
     sandbox: str = Field("bwrap", description="Sandbox of code tests.")
     verifier: str = Field(
         "auto",

@@ -12,6 +12,7 @@ A changed passage config re-indexes everything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -166,7 +167,10 @@ class LocalIndex(Searcher):
             source = docs
         fingerprint = h.hexdigest()
         path = Path(index_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
         created = not path.exists()
         try:
             with _Writer(path) as conn:
@@ -177,9 +181,12 @@ class LocalIndex(Searcher):
                         _wipe(conn, config)
                     stats = _sync(conn, located_docs(source), config, replace_all=True)
                     _set_meta(conn, fingerprint=fingerprint)
-        except BaseException:
+        except BaseException as exc:
             if created:  # leave no half-made index behind a failed first build
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            if _is_unwritable(exc):
+                raise _unwritable(path, exc) from None
             raise
         index = cls(path)
         index.last_build = stats.model_copy(update={"seconds": time.perf_counter() - started})
@@ -273,6 +280,22 @@ class LocalIndex(Searcher):
             with self._lock:
                 self._conns.append(conn)
         return conn
+
+
+def _is_unwritable(exc: BaseException) -> bool:
+    """The index file or its folder cannot be written (read-only filesystem, permissions,
+    a full disk): the user's to fix, not a bug."""
+    if isinstance(exc, OSError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        m in msg for m in ("readonly database", "unable to open", "disk is full", "disk i/o")
+    )
+
+
+def _unwritable(path: Path, exc: BaseException) -> UserError:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UserError(f"--index {path}: cannot write the index ({why}); choose a writable path")
 
 
 def _meta(conn: sqlite3.Connection, key: str) -> str | None:

@@ -114,8 +114,11 @@ def _need_datasets() -> None:
 
 def _write(con: duckdb.DuckDBPyConnection, select: str, out: Path, kind: str) -> None:
     """Write next to ``out`` and rename into place: a failed export leaves nothing behind."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     try:
         if kind == "dataset":
             import datasets
@@ -133,8 +136,15 @@ def _write(con: duckdb.DuckDBPyConnection, select: str, out: Path, kind: str) ->
             else:
                 out.unlink()
         os.replace(target, out)
+    except (OSError, duckdb.IOException) as exc:
+        raise _unwritable(out, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unwritable(out: Path, exc: Exception) -> HarvestError:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    return HarvestError(f"--out {out}: cannot write the export ({why}); choose a writable path")
 
 
 def _result(
