@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from loopwright.loops.cli.progress import console as make_console
 from loopwright.loops.errors import UserError
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from loopwright.loops.analysis.report_data import SweepData
 
 PLOT_TITLES = {
     "accuracy_vs_tokens.png": "accuracy vs tokens / task",
@@ -30,16 +34,26 @@ def _pct(x: float | None) -> str:
 
 
 def sweep_report(db: str, name: str, n_boot: int = 500) -> dict[str, Any]:
-    """The report of ``loopwright report`` as the viewer shows it: tables and PNG bytes."""
+    """The report of ``loopwright report`` as the viewer shows it: tables and PNG bytes, or
+    ``{"note": why not}`` when it cannot be made (no point finished yet, or the report's own
+    one-line refusal): the sweep page then shows its points and that line."""
+    from loopwright.loops.analysis.report_data import load_sweep
+
+    try:
+        data = load_sweep(db, name)
+        return _report(data, db, name, n_boot)
+    except UserError as exc:  # e.g. no finished point yet: the page shows the points and this
+        return {"note": str(exc)}
+
+
+def _report(data: SweepData, db: str, name: str, n_boot: int) -> dict[str, Any]:
     from loopwright.loops.analysis.report import (
         curve_points,
         matched_table,
         vote_points,
         write_report,
     )
-    from loopwright.loops.analysis.report_data import load_sweep
 
-    data = load_sweep(db, name)
     rows = curve_points(data, n_boot)
     rows += vote_points(data, rows, n_boot)
     points = {
@@ -101,17 +115,20 @@ def view(
     from loopwright.traces.view import Viewer, ViewError
 
     err = make_console(stderr=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(
-            f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach it reads "
-            "every prompt and output in the traces (there is no login)",
-            highlight=False,
-        )
-    try:
+    try:  # a missing file, a port in use or out of range: one line, before anything else
         viewer = Viewer(db, host=host, port=port, sweep_report=sweep_report)
     except ViewError as exc:
         raise UserError(str(exc)) from None
-    make_console().print(f"loopwright view: {viewer.url}  (read-only over {db}; Ctrl-C stops)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(
+            f"[yellow]warning:[/yellow] listening on {escape(host)}: anyone who can reach it "
+            "reads every prompt and output in the traces (there is no login)",
+            highlight=False,
+        )
+    make_console().print(
+        f"loopwright view: {viewer.url}  (read-only over {escape(db)}; Ctrl-C stops)",
+        highlight=False,
+    )
     try:
         viewer.serve_forever()
     except KeyboardInterrupt:

@@ -9,13 +9,12 @@ the reference in the loop, and shows as ``oracle (legacy)``.
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 from typing import Any
 
 from loopwright.traces.queries import oracle_sql, verifier_sql
 from loopwright.traces.store import TraceStore
+from loopwright.traces.view.diff import word_diff
 
 MAX_PAGE = 500
 MAX_NODES = 5000
@@ -24,11 +23,24 @@ SNIPPET = 160
 
 
 class BadRequest(ValueError):
-    """A page asked for something that does not exist or cannot be sorted by."""
+    """A request the viewer cannot answer as asked (a bad sort key, filter or number): 400."""
+
+
+class NotFound(BadRequest):
+    """A request for a run, task, node, call or sweep the store does not hold: 404."""
+
+
+MAX_OFFSET = 2**63 - 1
+"""DuckDB's OFFSET is a BIGINT."""
 
 
 def _page(limit: int, offset: int) -> tuple[int, int]:
-    return max(1, min(limit, MAX_PAGE)), max(0, offset)
+    """``limit`` cut to MAX_PAGE; a limit under 1 or an offset outside a BIGINT is refused."""
+    if limit < 1:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}, not {limit}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise BadRequest(f"offset must be a whole number from 0 to {MAX_OFFSET}, not {offset}")
+    return min(limit, MAX_PAGE), offset
 
 
 def _order(sort: str, desc: bool, keys: dict[str, str], default: str) -> str:
@@ -99,7 +111,7 @@ def runs_page(
 def run_detail(store: TraceStore, name: str) -> dict[str, Any]:
     rows = store.query(f"{_RUNS} SELECT * FROM r WHERE name = ?", [name])
     if not rows:
-        raise BadRequest(f"no run named {name!r}")
+        raise NotFound(f"no run named {name!r}")
     run = rows[0]
     cfg = store.query("SELECT config, tasks_spec, seed, version FROM runs WHERE name = ?", [name])[
         0
@@ -117,7 +129,7 @@ def run_detail(store: TraceStore, name: str) -> dict[str, Any]:
 def _run_id(store: TraceStore, name: str) -> str:
     rows = store.query("SELECT run_id FROM runs WHERE name = ?", [name])
     if not rows:
-        raise BadRequest(f"no run named {name!r}")
+        raise NotFound(f"no run named {name!r}")
     return str(rows[0]["run_id"])
 
 
@@ -171,7 +183,7 @@ def task_tree(store: TraceStore, run: str, task_id: str, node: str = "") -> dict
     run_id = _run_id(store, run)
     rows = store.query("SELECT * FROM tasks WHERE run_id = ? AND task_id = ?", [run_id, task_id])
     if not rows:
-        raise BadRequest(f"run {run!r} has no task {task_id!r}")
+        raise NotFound(f"run {run!r} has no task {task_id!r}")
     loop = store.query("SELECT loop FROM runs WHERE run_id = ?", [run_id])[0]["loop"]
     nodes = store.query(
         f"""
@@ -212,7 +224,7 @@ _DRAFT_ROLES_NOT = {"critic", "reflector", "judge", "verifier", "value", "vote",
 def node_detail(store: TraceStore, node_id: str) -> dict[str, Any]:
     rows = store.query("SELECT * FROM nodes WHERE node_id = ?", [node_id])
     if not rows:
-        raise BadRequest(f"no node {node_id!r}")
+        raise NotFound(f"no node {node_id!r}")
     node = rows[0]
     # run_id and task_id are redundant with node_id but let DuckDB skip every row group of
     # other tasks (rows land task by task, so zone maps prune): ~15 ms vs ~120 ms at 1M calls.
@@ -243,27 +255,10 @@ def node_detail(store: TraceStore, node_id: str) -> dict[str, Any]:
     return node
 
 
-def word_diff(old: str, new: str) -> dict[str, list[list[str]]]:
-    """Both sides as [kind, text] runs: kind is "same", "del" (old only) or "add" (new only)."""
-    a, b = re.findall(r"\s+|\S+", old), re.findall(r"\s+|\S+", new)
-    left: list[list[str]] = []
-    right: list[list[str]] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
-            left.append(["same", "".join(a[i1:i2])])
-            right.append(["same", "".join(b[j1:j2])])
-            continue
-        if i2 > i1:
-            left.append(["del", "".join(a[i1:i2])])
-        if j2 > j1:
-            right.append(["add", "".join(b[j1:j2])])
-    return {"old": left, "new": right}
-
-
 def call_detail(store: TraceStore, call_id: str) -> dict[str, Any]:
     rows = store.query("SELECT * FROM calls WHERE call_id = ?", [call_id])
     if not rows:
-        raise BadRequest(f"no call {call_id!r}")
+        raise NotFound(f"no call {call_id!r}")
     call = rows[0]
     try:
         call["messages"] = json.loads(call["messages"]) if call["messages"] else []

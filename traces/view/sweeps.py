@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from loopwright.traces.store import TraceStore
-from loopwright.traces.view.queries import BadRequest, _page, _run_id, has_table
+from loopwright.traces.view.queries import BadRequest, NotFound, _page, _run_id, has_table
 
 
 def sweeps_list(store: TraceStore) -> list[dict[str, Any]]:
@@ -23,13 +23,18 @@ def sweeps_list(store: TraceStore) -> list[dict[str, Any]]:
     )
 
 
-def sweep_points(store: TraceStore, name: str) -> dict[str, Any]:
+def sweep_row(store: TraceStore, name: str) -> dict[str, Any]:
+    """The sweeps row named ``name``; NotFound when there is none."""
     if not has_table(store, "sweeps"):
-        raise BadRequest("this database has no sweeps")
+        raise NotFound("this database has no sweeps (`loopwright sweep` makes one)")
     rows = store.query("SELECT * FROM sweeps WHERE name = ?", [name])
     if not rows:
-        raise BadRequest(f"no sweep named {name!r}")
-    sweep = rows[0]
+        raise NotFound(f"no sweep named {name!r}")
+    return rows[0]
+
+
+def sweep_points(store: TraceStore, name: str) -> dict[str, Any]:
+    sweep = sweep_row(store, name)
     sweep["config"] = json.loads(sweep["config"]) if sweep["config"] else {}
     sweep["points"] = store.query(
         """

@@ -29,16 +29,25 @@ async function api(route, params, timeoutMs = API_TIMEOUT_MS) {
   // A request the viewer never answers becomes an error on the page, not a spinner forever.
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), timeoutMs);
-  let res, body;
+  let res, text;
   try {
     res = await fetch(`/api/${route}?${qs}`, { headers: { Accept: "application/json" }, signal: ctl.signal });
-    body = await res.json();
+    text = await res.text();
   } catch (e) {
-    throw new Error(e.name === "AbortError" ? `the viewer did not answer /api/${route} in ${timeoutMs / 1000} s` : `/api/${route}: ${e.message}`);
+    if (e.name === "AbortError") throw new Error(`the viewer did not answer /api/${route} in ${timeoutMs / 1000} s`);
+    throw new Error(`cannot reach the viewer for /api/${route} (is \`loopwright view\` still running?)`);
   } finally {
     clearTimeout(timer);
   }
-  if (!res.ok) throw new Error(body.error || res.statusText);
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch (e) {
+    body = null;
+  }
+  // Every failure the viewer answers is JSON with one line in "error"; show that line.
+  if (!res.ok) throw new Error((body && body.error) || `/api/${route}: HTTP ${res.status} ${res.statusText}`);
+  if (body === null) throw new Error(`/api/${route}: the answer was not JSON`);
   return body;
 }
 
@@ -97,19 +106,33 @@ function pager(page) {
   return el("p", { class: "pager", id: "pager" }, prev, ` rows ${num(offset + 1)}–${num(Math.min(total, offset + limit))} of ${num(total)} `, next);
 }
 
-function filterForm(fields) {
-  // A GET form: filtering is a plain URL change, so every filtered view is linkable.
+// Where a filter form leads: this page with the form's values (empty ones dropped), the sort
+// order and the compared runs kept, and paging reset.
+function filterUrl(form, names) {
   const q = query();
+  const next = new URLSearchParams();
+  for (const keep of ["sort", "dir", "a", "b"]) if (q[keep] && !names.includes(keep)) next.set(keep, q[keep]);
+  for (const [k, v] of new FormData(form)) if (typeof v === "string" && v !== "") next.set(k, v);
+  const s = next.toString();
+  return location.pathname + (s ? `?${s}` : "");
+}
+
+function filterForm(fields) {
+  // Filtering is a plain URL change, so every filtered view is linkable. The script makes
+  // that navigation itself: the CSP's form-action 'none' lets no form submit natively.
+  const q = query();
+  const names = fields.map((f) => f.name);
   const form = el("form", { class: "filters", method: "get", action: location.pathname });
+  const go = () => location.assign(filterUrl(form, names));
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); go(); });
   for (const f of fields) {
     if (f.options) {
-      form.append(el("label", {}, f.label, " ", el("select", { name: f.name, onchange: () => form.submit() },
+      form.append(el("label", {}, f.label, " ", el("select", { name: f.name, onchange: go },
         f.options.map(([v, t]) => el("option", { value: v, selected: (q[f.name] || "") === v }, t)))));
     } else {
       form.append(el("label", {}, f.label, " ", el("input", { name: f.name, value: q[f.name] || "", placeholder: f.placeholder || "" })));
     }
   }
-  for (const keep of ["sort", "dir", "a", "b"]) if (q[keep]) form.append(el("input", { type: "hidden", name: keep, value: q[keep] }));
   form.append(el("button", { type: "submit" }, "apply"));
   return form;
 }

@@ -111,7 +111,9 @@
     const parts = [el("h2", {}, `${n.role} node`), el("p", { class: "muted" }, `id ${n.node_id} · round ${n.round} · depth ${n.depth}`),
       el("p", {}, el("b", {}, "answer "), el("code", { id: "node-answer" }, n.answer ?? "–"))];
     if (n.diff) {
-      parts.push(el("h3", {}, "revision against its draft"), el("div", { class: "diff", id: "diff" },
+      parts.push(el("h3", {}, "revision against its draft"));
+      if (n.diff.note) parts.push(el("p", { class: "muted", id: "diff-note" }, n.diff.note));
+      parts.push(el("div", { class: "diff", id: "diff" },
         el("div", {}, el("div", { class: "muted" }, `draft (${n.parent.role})`), diffSide(n.diff.old)),
         el("div", {}, el("div", { class: "muted" }, `revision (${n.role})`), diffSide(n.diff.new))));
     } else {
@@ -180,6 +182,7 @@
         { label: "shared", cell: (r) => (r.derived ? el("span", { title: "the first k samples of a larger run: see the table below" }, "yes") : "") }, { label: "status", key: "status" },
         { label: "graded pass", cls: "n", cell: (r) => pct(r.pass_rate) }, { label: "tokens/task", cls: "n", cell: (r) => (r.tokens_per_task == null ? "–" : num(Math.round(r.tokens_per_task))) },
         { label: "samples/task", cls: "n", cell: (r) => fix(r.calls_per_task, 2) }], d.points, { id: "points" })];
+    if (d.report.note) parts.push(el("p", { class: "muted", id: "report-note" }, `no report yet: ${d.report.note}`));
     for (const t of d.report.tables) {
       parts.push(el("h2", {}, t.title), table(t.columns.map((c, i) => ({ label: c, cell: (r) => r[i] })), t.rows));
     }
