@@ -270,8 +270,6 @@ async def test_resume_errors(tmp_path: Path) -> None:
         await run(cfg.model_copy(update={"resume": True, "options": {"max_rounds": 3}}))
     with pytest.raises(UserError, match="different"):
         await run(cfg.model_copy(update={"resume": True, "seed": 1}))
-    with pytest.raises(UserError, match="no run named 'nope'"):
-        await run(cfg.model_copy(update={"resume": True, "run_name": "nope"}))
     with pytest.raises(UserError, match="--run-name"):
         await run(cfg.model_copy(update={"resume": True, "run_name": None}))
 
@@ -292,6 +290,16 @@ async def test_resume_errors(tmp_path: Path) -> None:
     )[0]
     assert (result.progress.passed, result.progress.tokens) == (prior["p"], prior["t"])
     assert result.progress.passed == 3  # mixed_reply: task 0 right at once, 1 and 2 after one fix
+
+    # Resuming a run the store does not hold (stopped before its run row was committed)
+    # starts it under that name.
+    fresh = await run(cfg.model_copy(update={"resume": True, "run_name": "nope"}))
+    assert (fresh.name, fresh.progress.skipped, fresh.summary["done"]) == ("nope", 0, 3)
+    assert fresh.started and not result.started
+    assert [r["name"] for r in query(cfg.db, "SELECT name FROM runs ORDER BY 1")] == [
+        "exp1",
+        "nope",
+    ]
 
 
 KILL_SCRIPT = textwrap.dedent(

@@ -22,7 +22,7 @@ from loopwright.traces.records import (
 from loopwright.traces.runs import discard_partial_tasks, task_statuses
 from loopwright.traces.schema import SCHEMA_VERSION, TABLES
 from loopwright.traces.store import TraceStore, TraceStoreError
-from loopwright.traces.writer import TraceWriter
+from loopwright.traces.writer import TraceWriter, TraceWriterError
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -259,15 +259,42 @@ def test_duplicate_cache_rows_in_one_batch_do_not_fail(
     assert _count(store, "call_cache") == 1
 
 
-def test_writer_surfaces_a_failed_commit_on_flush(store: TraceStore) -> None:
+def test_a_refused_row_goes_to_write_errors_and_its_batch_is_stored(store: TraceStore) -> None:
     w = TraceWriter(store, interval_s=30.0)
     store.execute("DROP TABLE verdicts")
     w.write(_task("run", "t", status="done"))
+    verdict = _verdict("run", "t", feedback="kept")
+    w.write(verdict)
+    w.write(_node("run", "t"))
+    w.flush(timeout=10)
+    # The rest of the batch is stored; the refused row is kept, with the reason, as JSON text.
+    assert _count(store, "tasks") == 1
+    assert _count(store, "nodes") == 1
+    [err] = store.query("SELECT * FROM write_errors")
+    assert (err["run_id"], err["task_id"], err["table_name"]) == ("run", "t", "verdicts")
+    assert "verdicts" in err["error"] and "\n" not in err["error"]
+    kept = json.loads(err["record"])
+    assert kept["verdict_id"] == verdict.verdict_id and kept["feedback"] == "kept"
+    assert (w.rows_written, w.rows_refused) == (2, 1)
+    # The writer keeps working.
+    w.write(_node("run", "t2"))
+    w.close()
+    assert _count(store, "nodes") == 2
+
+
+def test_writer_fails_only_when_a_row_can_be_kept_nowhere(store: TraceStore) -> None:
+    w = TraceWriter(store, interval_s=30.0)
+    store.execute("DROP TABLE verdicts")
+    store.execute("DROP TABLE write_errors")
+    w.write(_task("run", "t", status="done"))
     w.write(_verdict("run", "t"))
-    with pytest.raises(RuntimeError, match="trace writer failed") as info:
+    with pytest.raises(TraceWriterError, match=r"^trace writer failed: ") as info:
         w.flush(timeout=10)
+    assert isinstance(info.value, RuntimeError)  # what callers already catch
+    assert "\n" not in str(info.value)
     assert isinstance(info.value.__cause__, duckdb.Error)
-    # The batch was one transaction: the task row in it was rolled back with the verdict.
+    assert w.failed is not None
+    # The task row, whose trace is incomplete, was not stored as done.
     assert _count(store, "tasks") == 0
     # The thread is still alive (flush did not time out) and keeps reporting the failure.
     with pytest.raises(RuntimeError, match="trace writer failed"):
@@ -367,7 +394,7 @@ _CRASH_SCRIPT = textwrap.dedent(
     import os, sys
     from loopwright.traces.records import CallRecord, NodeRecord, TaskRecord
     from loopwright.traces.store import TraceStore
-    from loopwright.traces.writer import TraceWriter
+    from loopwright.traces.writer import TraceWriter, TraceWriterError
 
     store = TraceStore(sys.argv[1])
     w = TraceWriter(store, batch_rows=50, interval_s=0.01)

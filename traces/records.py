@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -24,6 +26,112 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+# -- text repair ---------------------------------------------------------------------------------
+# A Python str may hold surrogate code points (U+D800-U+DFFF): JSON's "\ud83d" escape decodes to
+# one, a server that splits an emoji between two chunks sends half of it, and undecodable bytes in
+# a file name or argv arrive as U+DC80-U+DCFF. UTF-8 cannot encode them, so neither Arrow nor
+# DuckDB stores them. Every string is repaired once, on its way into a row (repair_row):
+#   1. a high surrogate directly followed by a low one is joined into the character the pair
+#      encodes (lossless: "\ud83d" "\ude00" becomes U+1F600);
+#   2. every surrogate left over is replaced by U+FFFD, the Unicode replacement character.
+# Text that UTF-8 can encode is never changed. In JSON columns the rule also applies inside the
+# document: an escaped lone surrogate ("\\ud83d" in the JSON text) becomes "\\ufffd"; an escaped
+# pair is valid JSON and stays.
+
+REPLACEMENT = "\ufffd"
+_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# JSON escapes left to right, so an escaped backslash is never taken for the start of another
+# escape: an escaped surrogate pair, an escaped lone surrogate, or any other escape.
+_JSON_ESCAPE = re.compile(
+    r"(?P<pair>\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?P<lone>\\u[dD][89a-fA-F][0-9a-fA-F]{2})"
+    r"|\\.",
+    re.DOTALL,
+)
+
+
+@dataclass
+class Repair:
+    """What repairing one value changed: surrogate pairs joined, lone surrogates replaced."""
+
+    joined: int = 0
+    replaced: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.joined or self.replaced)
+
+    def add(self, other: Repair) -> None:
+        self.joined += other.joined
+        self.replaced += other.replaced
+
+
+def _join_pair(m: re.Match[str]) -> str:
+    return m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+
+
+def repair_text(text: str) -> tuple[str, Repair]:
+    """``text`` made encodable as UTF-8 by the rule above, and what was changed."""
+    if text.isascii():
+        return text, Repair()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return text, Repair()
+    text, joined = _PAIR.subn(_join_pair, text)
+    text, replaced = _SURROGATE.subn(REPLACEMENT, text)
+    return text, Repair(joined, replaced)
+
+
+def repair_json_text(text: str) -> tuple[str, Repair]:
+    """JSON text made storable: its characters repaired as text, then every escaped lone
+    surrogate replaced by an escaped U+FFFD. One scan of the text, whatever its nesting."""
+    text, total = repair_text(text)
+    if "\\u" not in text or not _JSON_SURROGATE_ESCAPE.search(text):
+        return text, total
+    replaced = 0
+
+    def fix(m: re.Match[str]) -> str:
+        nonlocal replaced
+        if m.lastgroup == "lone":
+            replaced += 1
+            return "\\ufffd"
+        return m.group()
+
+    text = _JSON_ESCAPE.sub(fix, text)
+    total.add(Repair(0, replaced))
+    return text, total
+
+
+def repair_row(
+    row: dict[str, Any], json_columns: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], dict[str, Repair]]:
+    """``row`` with every string value repaired (``json_columns`` as JSON text), and the
+    repairs by column. The row is copied only when something changed."""
+    fixes: dict[str, Repair] = {}
+    out = row
+    for key, value in row.items():
+        if not isinstance(value, str):
+            continue
+        if key in json_columns:
+            if value.isascii() and "\\u" not in value:
+                continue
+            fixed, rep = repair_json_text(value)
+        elif value.isascii():  # the common case, decided without a call
+            continue
+        else:
+            fixed, rep = repair_text(value)
+        if rep:
+            if out is row:
+                out = dict(row)
+            out[key] = fixed
+            fixes[key] = rep
+    return out, fixes
 
 
 class _Row(BaseModel):

@@ -9,10 +9,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from loopwright.traces.queries import verifier_label
-from loopwright.traces.records import new_id, utcnow
+from loopwright.traces.records import new_id, repair_row, repair_text, utcnow
+from loopwright.traces.schema import JSON_COLUMNS
 from loopwright.traces.store import TraceStore, TraceStoreError
 
-_CHILD_TABLES = ("nodes", "calls", "verdicts")
+# A task's rows besides its ``tasks`` row: what resume discards for an unfinished task.
+_CHILD_TABLES = ("nodes", "calls", "verdicts", "text_repairs", "write_errors")
+
+
+def stored_name(name: str) -> str:
+    """A run name as the store holds it (text UTF-8 cannot encode is repaired, see
+    ``records.repair_text``): what to look a name given by the user up by."""
+    return repair_text(name)[0]
 
 
 class UnknownRun(TraceStoreError):
@@ -30,7 +38,7 @@ class UnknownRun(TraceStoreError):
 
 
 def run_by_name(store: TraceStore, name: str) -> dict[str, Any] | None:
-    rows = store.query("SELECT * FROM runs WHERE name = ?", [name])
+    rows = store.query("SELECT * FROM runs WHERE name = ?", [stored_name(name)])
     return rows[0] if rows else None
 
 
@@ -122,7 +130,21 @@ def run_summary(store: TraceStore, run_id: str) -> dict[str, Any]:
         [run_id],
     )
     row["stop_reasons"] = {r["stop_reason"]: r["n"] for r in reasons}
+    row.update(text_health(store, run_id))
     return row
+
+
+def text_health(store: TraceStore, run_id: str) -> dict[str, int]:
+    """``text_repairs``: stored values of the run whose text was repaired (each counted once,
+    however often its row was rewritten); ``write_errors``: rows the database refused, kept
+    as JSON text in the ``write_errors`` table instead."""
+    row = store.query(
+        "SELECT (SELECT count(DISTINCT (table_name, row_key, field)) FROM text_repairs "
+        "        WHERE run_id = ?) AS text_repairs, "
+        "       (SELECT count(*) FROM write_errors WHERE run_id = ?) AS write_errors",
+        [run_id, run_id],
+    )[0]
+    return {k: int(v) for k, v in row.items()}
 
 
 def resolve_runs(store: TraceStore, db: str, names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -130,7 +152,8 @@ def resolve_runs(store: TraceStore, db: str, names: Sequence[str]) -> dict[str, 
     (by name and by id, say) appears once. An unknown name raises :class:`UnknownRun`."""
     out: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
-    for name in dict.fromkeys(names):
+    for given in dict.fromkeys(names):
+        name = stored_name(given)
         rows = store.query("SELECT * FROM runs WHERE name = ? OR run_id = ?", [name, name])
         if not rows:
             known = [r["name"] for r in store.query("SELECT name FROM runs ORDER BY started_at")]
@@ -154,13 +177,38 @@ def insert_run(
     seed: int | None,
     version: str,
 ) -> str:
-    """Write a new ``runs`` row in state ``running``; returns its run_id."""
+    """Write a new ``runs`` row in state ``running`` and commit it; returns its run_id.
+
+    Its text is repaired like every row's (``records.repair_row``), each repaired value
+    recorded in ``text_repairs`` in the same transaction."""
     run_id = new_id()
-    store.execute(
-        "INSERT INTO runs (run_id, name, loop, model, tasks_spec, config, config_hash, seed, "
-        "version, status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-        [run_id, name, loop, model, tasks_spec, config, config_hash, seed, version, utcnow()],
-    )
+    now = utcnow()
+    row, fixes = repair_row(
+        {
+            "run_id": run_id, "name": name, "loop": loop, "model": model,
+            "tasks_spec": tasks_spec, "config": config, "config_hash": config_hash,
+            "seed": seed, "version": version,
+        },
+        JSON_COLUMNS["runs"],
+    )  # fmt: skip
+    cur = store.cursor()
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        cur.execute(
+            "INSERT INTO runs (run_id, name, loop, model, tasks_spec, config, config_hash, "
+            "seed, version, status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+            [*row.values(), now],
+        )
+        for field, rep in fixes.items():
+            cur.execute(
+                "INSERT INTO text_repairs (run_id, table_name, row_key, field, joined_pairs, "
+                "replaced, created_at) VALUES (?, 'runs', ?, ?, ?, ?, ?)",
+                [run_id, run_id, field, rep.joined, rep.replaced, now],
+            )
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
     return run_id
 
 
@@ -175,7 +223,8 @@ def reopen_run(store: TraceStore, run_id: str) -> set[str]:
 
 
 def finish_run(store: TraceStore, run_id: str, status: str) -> None:
-    """Close a run: ``done``, or ``interrupted`` when it stopped early."""
+    """Close a run: ``done``; ``interrupted`` when it stopped early; ``failed`` when its trace
+    could not be written. ``--resume`` continues all three."""
     store.execute(
         "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
         [status, utcnow(), run_id],
@@ -183,6 +232,7 @@ def finish_run(store: TraceStore, run_id: str, status: str) -> None:
 
 
 def run_status(store: TraceStore, name: str) -> str | None:
+    """The named run's status, or None when the store holds no such run."""
     row = run_by_name(store, name)
     return str(row["status"]) if row else None
 
@@ -192,6 +242,6 @@ def failed_tasks(store: TraceStore, name: str) -> tuple[int, str | None]:
     rows = store.query(
         "SELECT count(*) AS n, any_value(t.error) AS error FROM tasks t "
         "JOIN runs r USING (run_id) WHERE r.name = ? AND t.status = 'failed'",
-        [name],
+        [stored_name(name)],
     )
     return int(rows[0]["n"]), rows[0]["error"]

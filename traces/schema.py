@@ -9,7 +9,9 @@ applies to older files on open.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+import re
+
+SCHEMA_VERSION = 5
 
 ADDED_COLUMNS: list[tuple[int, str, str, str]] = [
     (4, "tasks", "worker", "VARCHAR"),  # where a task ran (--executor ray)
@@ -205,7 +207,46 @@ TABLES: dict[str, str] = {
             updated_at TIMESTAMP,
             PRIMARY KEY (improve, round)
         )""",
+    # v5: nothing is lost whatever the text. Text UTF-8 cannot encode (surrogate code points)
+    # is repaired on its way into a row (records.repair_text): one row here per repaired value.
+    # A row the database still refuses is kept in write_errors, as JSON text, with the reason.
+    "text_repairs": """
+        CREATE TABLE IF NOT EXISTS text_repairs (
+            run_id VARCHAR,
+            task_id VARCHAR,
+            table_name VARCHAR NOT NULL,
+            row_key VARCHAR,
+            field VARCHAR NOT NULL,
+            joined_pairs INTEGER NOT NULL,
+            replaced INTEGER NOT NULL,
+            created_at TIMESTAMP
+        )""",
+    "write_errors": """
+        CREATE TABLE IF NOT EXISTS write_errors (
+            run_id VARCHAR,
+            task_id VARCHAR,
+            table_name VARCHAR NOT NULL,
+            error VARCHAR NOT NULL,
+            record VARCHAR NOT NULL,
+            created_at TIMESTAMP
+        )""",
 }
 
 # Tables rows may only be appended to (never updated): the writer batches these as Arrow.
 APPEND_TABLES = ("nodes", "calls", "verdicts")
+
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "runs": ("run_id",),
+    "tasks": ("run_id", "task_id"),
+    "nodes": ("node_id",),
+    "calls": ("call_id",),
+    "verdicts": ("verdict_id",),
+    "call_cache": ("cache_key", "sample_index"),
+}
+"""The columns that identify a row of each table the writer (or ``insert_run``) writes."""
+
+JSON_COLUMNS: dict[str, frozenset[str]] = {
+    table: frozenset(re.findall(r"^\s*(\w+) JSON\b", ddl, flags=re.MULTILINE))
+    for table, ddl in TABLES.items()
+}
+"""Columns of type JSON per table (their text is repaired as JSON)."""

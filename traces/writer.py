@@ -3,11 +3,19 @@
 Each batch is one transaction, so a crash loses at most the batch in flight. A task's
 ``done`` row is queued after its nodes, calls and verdicts, so a task that reads as done
 in the database always has its whole trace.
+
+Nothing is lost whatever the text: every string is repaired on its way into a row
+(``records.repair_row``; each repaired value gets a ``text_repairs`` row), and a batch the
+database refuses is written again one row at a time, so only a row that is itself refused
+misses its table — and that row goes to ``write_errors`` (as JSON text, with the reason)
+instead. The writer fails only when even that is impossible (the file cannot be written at
+all); every later ``write``/``flush``/``close`` then raises :class:`TraceWriterError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import threading
 from collections import defaultdict
@@ -20,8 +28,12 @@ from loopwright.traces.records import (
     NodeRecord,
     TaskRecord,
     VerdictRecord,
+    repair_row,
+    repair_text,
+    utcnow,
 )
-from loopwright.traces.store import TraceStore
+from loopwright.traces.schema import JSON_COLUMNS, ROW_KEYS
+from loopwright.traces.store import TraceStore, TraceStoreError
 
 _TABLE_OF: dict[type, str] = {
     NodeRecord: "nodes",
@@ -31,6 +43,13 @@ _TABLE_OF: dict[type, str] = {
     CacheRecord: "call_cache",
 }
 _KEYS = {"tasks": ("run_id", "task_id"), "call_cache": ("cache_key", "sample_index")}
+_VERB = {"tasks": "INSERT OR REPLACE", "call_cache": "INSERT OR IGNORE"}
+# Row by row, a task's row goes last: a task that reads as done keeps its whole trace.
+_LAST = ("tasks",)
+
+
+class TraceWriterError(TraceStoreError, RuntimeError):
+    """The writer cannot store rows at all; the message is one line naming the cause."""
 
 
 class _Barrier:
@@ -39,6 +58,42 @@ class _Barrier:
 
 
 _STOP = object()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = repair_text(text[0])[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def row_key(table: str, row: dict[str, Any]) -> str | None:
+    """The value(s) that identify ``row`` in ``table``, as one string (``/`` between parts)."""
+    cols = ROW_KEYS.get(table)
+    if not cols:
+        return None
+    return "/".join(str(row.get(c)) for c in cols)
+
+
+def repairs_rows(table: str, row: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``row`` repaired for ``table``, and one ``text_repairs`` row per value changed."""
+    fixed, fixes = repair_row(row, JSON_COLUMNS.get(table, frozenset()))
+    if not fixes:
+        return row, []
+    now = utcnow()
+    key = row_key(table, fixed)
+    return fixed, [
+        {
+            "run_id": fixed.get("run_id"),
+            "task_id": fixed.get("task_id"),
+            "table_name": table,
+            "row_key": key,
+            "field": field,
+            "joined_pairs": rep.joined,
+            "replaced": rep.replaced,
+            "created_at": now,
+        }
+        for field, rep in fixes.items()
+    ]
 
 
 class TraceWriter:
@@ -52,19 +107,28 @@ class TraceWriter:
         self.interval_s = interval_s
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._urgent = threading.Event()
-        self._error: BaseException | None = None
+        self._error: TraceWriterError | None = None
         self.rows_written = 0
+        self.text_repairs = 0
+        """Values repaired on their way into a row (each also has a ``text_repairs`` row)."""
+        self.rows_refused = 0
+        """Rows the database refused, kept in ``write_errors`` instead of their table."""
         self._thread = threading.Thread(
             target=self._run, name="loopwright-trace-writer", daemon=True
         )
         self._thread.start()
+
+    @property
+    def failed(self) -> TraceWriterError | None:
+        """Why the writer stopped writing, or None while it works."""
+        return self._error
 
     def write(
         self, record: NodeRecord | CallRecord | VerdictRecord | TaskRecord | CacheRecord
     ) -> None:
         """Queue one record; returns at once."""
         if self._error is not None:
-            raise RuntimeError("trace writer failed") from self._error
+            raise self._raised()
         if type(record) not in _TABLE_OF:
             raise TypeError(f"not a trace record: {type(record).__name__}")
         self._q.put(record)
@@ -79,7 +143,7 @@ class TraceWriter:
         if not barrier.done.wait(timeout):
             raise TimeoutError("trace writer did not flush in time")
         if self._error is not None:
-            raise RuntimeError("trace writer failed") from self._error
+            raise self._raised()
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -87,7 +151,13 @@ class TraceWriter:
             self._urgent.set()
             self._thread.join()
         if self._error is not None:
-            raise RuntimeError("trace writer failed") from self._error
+            raise self._raised()
+
+    def _raised(self) -> TraceWriterError:
+        assert self._error is not None
+        exc = TraceWriterError(str(self._error))
+        exc.__cause__ = self._error.__cause__
+        return exc
 
     # -- writer thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -109,7 +179,7 @@ class TraceWriter:
                 elif isinstance(item, _Barrier):
                     barriers.append(item)
                 else:
-                    pending[_TABLE_OF[type(item)]].append(item.row())
+                    self._add(pending, item)
                     count += 1
                     if count >= self.batch_rows:  # commit this much; the rest is next
                         self._urgent.set()
@@ -127,27 +197,113 @@ class TraceWriter:
             if stop:
                 return
 
+    def _add(self, pending: dict[str, list[dict[str, Any]]], record: Any) -> None:
+        table = _TABLE_OF.get(type(record))
+        try:
+            if table is None:
+                raise TypeError(f"not a trace record: {type(record).__name__}")
+            row, repairs = repairs_rows(table, record.row())
+        except Exception as exc:  # a record that cannot even become a row: kept as text
+            pending["write_errors"].append(
+                _error_row(table or type(record).__name__, _as_dict(record), exc)
+            )
+            return
+        pending[table].append(row)
+        if repairs:
+            pending["text_repairs"].extend(repairs)
+
     def _commit(self, pending: dict[str, list[dict[str, Any]]]) -> None:
         if self._error is not None:
             return
+        for table, key in _KEYS.items():  # keep the last version of each row in the batch
+            if table in pending:
+                pending[table] = list(
+                    {tuple(r[k] for k in key): r for r in pending[table]}.values()
+                )
         cur = self.store.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")
             for table, rows in pending.items():
-                key = _KEYS.get(table)
-                if key:  # keep the last version of each row in the batch
-                    rows = list({tuple(r[k] for k in key): r for r in rows}.values())
-                batch = pa.Table.from_pylist(rows)  # noqa: F841  (DuckDB scans it by name)
-                verb = (
-                    "INSERT OR REPLACE"
-                    if table == "tasks"
-                    else ("INSERT OR IGNORE" if table == "call_cache" else "INSERT")
-                )
-                cur.execute(f"{verb} INTO {table} BY NAME SELECT * FROM batch")
-                self.rows_written += len(rows)
+                self._insert(cur, table, rows)
             cur.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(Exception):
+                cur.execute("ROLLBACK")
+        else:
+            self._count(pending)
+            return
+        try:
+            self._commit_rows(cur, pending)
         except BaseException as exc:  # surface on the next write/flush, keep the thread alive
             with contextlib.suppress(Exception):
                 cur.execute("ROLLBACK")
+            err = TraceWriterError(f"trace writer failed: {_one_line(exc)}")
             # Drop the frames: they pin DuckDB objects (and the batch) until shutdown.
-            self._error = exc.with_traceback(None)
+            err.__cause__ = exc.with_traceback(None)
+            self._error = err
+
+    def _commit_rows(self, cur: Any, pending: dict[str, list[dict[str, Any]]]) -> None:
+        """The batch was refused: write it one row at a time, a refused row to write_errors.
+        Raises only when a row can be written neither to its table nor to write_errors."""
+        order = [t for t in pending if t not in _LAST] + [t for t in _LAST if t in pending]
+        for table in order:
+            for row in pending[table]:
+                try:
+                    cur.execute("BEGIN TRANSACTION")
+                    self._insert(cur, table, [row])
+                    cur.execute("COMMIT")
+                except Exception as exc:
+                    with contextlib.suppress(Exception):
+                        cur.execute("ROLLBACK")
+                    if table == "write_errors":
+                        raise
+                    try:
+                        cur.execute("BEGIN TRANSACTION")
+                        self._insert(cur, "write_errors", [_error_row(table, row, exc)])
+                        cur.execute("COMMIT")
+                    except Exception:
+                        raise exc from None  # the row's own reason names the cause
+                    self.rows_refused += 1
+                else:
+                    self._count({table: [row]})
+
+    def _insert(self, cur: Any, table: str, rows: list[dict[str, Any]]) -> None:
+        batch = pa.Table.from_pylist(rows)  # noqa: F841  (DuckDB scans it by name)
+        verb = _VERB.get(table, "INSERT")
+        cur.execute(f"{verb} INTO {table} BY NAME SELECT * FROM batch")
+
+    def _count(self, written: dict[str, list[dict[str, Any]]]) -> None:
+        for table, rows in written.items():
+            if table == "text_repairs":
+                self.text_repairs += len(rows)
+            elif table == "write_errors":
+                self.rows_refused += len(rows)
+            else:
+                self.rows_written += len(rows)
+
+
+def _as_dict(record: Any) -> dict[str, Any]:
+    try:
+        return dict(record.row())
+    except Exception:
+        return {"repr": repr(record)}
+
+
+def _error_row(table: str, row: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """A ``write_errors`` row: the refused row as JSON text (repaired, never refused itself)."""
+    try:
+        record = json.dumps(row, default=str)
+    except (TypeError, ValueError, RecursionError):
+        record = json.dumps({"repr": repr(row)})
+    return {
+        "run_id": _text(row.get("run_id")),
+        "task_id": _text(row.get("task_id")),
+        "table_name": table,
+        "error": _one_line(exc),
+        "record": repair_text(record)[0],
+        "created_at": utcnow(),
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else repair_text(str(value))[0]

@@ -111,5 +111,9 @@ class Progress:
 class RunResult:
     run_id: str
     name: str
+    """The run's name as stored (text UTF-8 cannot encode is repaired)."""
     summary: dict[str, Any]
     progress: Progress
+    started: bool = True
+    """Whether this call created the run. ``--resume`` of a run the store does not hold (one
+    stopped before its run row was committed) starts it: then True although resume was asked."""

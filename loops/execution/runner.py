@@ -20,6 +20,7 @@ __all__ = [
 ]
 
 import asyncio
+import contextlib
 import gc
 import json
 import time
@@ -50,7 +51,8 @@ from loopwright.loops.verify import (
     verdict_record,
 )
 from loopwright.traces import TaskRecord, TraceStore, TraceWriter, run_by_name, run_summary, utcnow
-from loopwright.traces.runs import finish_run, insert_run, reopen_run
+from loopwright.traces.runs import finish_run, insert_run, reopen_run, stored_name
+from loopwright.traces.writer import TraceWriterError
 from pydantic import BaseModel, ValidationError
 
 
@@ -144,7 +146,7 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
     store = TraceStore(cfg.db)
     writer = TraceWriter(store)
     try:
-        run_id, name, todo = _open_run(store, cfg, tasks, cfg.config_hash(options))
+        run_id, name, todo, started = _open_run(store, cfg, tasks, cfg.config_hash(options))
         progress = Progress(total=len(tasks), skipped=len(tasks) - len(todo))
         progress.done = progress.skipped
         if progress.skipped:  # a resumed run's bar and pass rate include what was already done
@@ -174,14 +176,29 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
             else:
                 await _run_local(cfg, spec, options, run_id, tasks, todo, writer, finished)
             status = "done"
+        except TraceWriterError:
+            pass  # writer.failed says why; the run is closed as failed below
         finally:
-            writer.flush()
+            with contextlib.suppress(TraceWriterError):
+                writer.flush()
+            if writer.failed is not None:
+                status = "failed"
             finish_run(store, run_id, status)
+        if writer.failed is not None:
+            raise TraceWriterError(
+                f"{writer.failed}; run {name!r} is marked failed: once the cause is fixed, "
+                f"continue it with --resume --run-name {name}"
+            ) from writer.failed.__cause__
         return RunResult(
-            run_id=run_id, name=name, summary=run_summary(store, run_id), progress=progress
+            run_id=run_id,
+            name=name,
+            summary=run_summary(store, run_id),
+            progress=progress,
+            started=started,
         )
     finally:
-        writer.close()
+        with contextlib.suppress(TraceWriterError):  # reported above, once
+            writer.close()
         store.close()
 
 
@@ -241,26 +258,26 @@ async def _run_local(
 
 def _open_run(
     store: TraceStore, cfg: RunConfig, tasks: list[Task], config_hash: str
-) -> tuple[str, str, list[Task]]:
-    if cfg.resume:
-        if not cfg.run_name:
-            raise UserError("--resume needs --run-name NAME of the run to continue")
-        row = run_by_name(store, cfg.run_name)
-        if row is None:
-            raise UserError(
-                f"no run named {cfg.run_name!r} in {cfg.db}: `loopwright runs` lists them"
-            )
+) -> tuple[str, str, list[Task], bool]:
+    """The run's id and stored name, the tasks still to run, and whether it was created now."""
+    if cfg.resume and not cfg.run_name:
+        raise UserError("--resume needs --run-name NAME of the run to continue")
+    # The name as stored: text UTF-8 cannot encode is repaired on the way into the store.
+    name = stored_name(cfg.run_name or f"{cfg.loop}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    row = run_by_name(store, name)
+    if cfg.resume and row is not None:
         if row["config_hash"] != config_hash:
             raise UserError(
-                f"run {cfg.run_name!r} was started with a different loop/tasks/model/seed/options; "
+                f"run {name!r} was started with a different loop/tasks/model/seed/options; "
                 "resume it with the same arguments or start a new --run-name"
             )
         run_id = row["run_id"]
         done = reopen_run(store, run_id)
         todo = [t for t in tasks if t.id not in done]
-        return run_id, cfg.run_name, todo
-    name = cfg.run_name or f"{cfg.loop}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if run_by_name(store, name) is not None:
+        return run_id, name, todo, False
+    # --resume of a run the store does not hold: it was stopped before its run row was
+    # committed, so nothing of it was stored; it starts now, under that name.
+    if row is not None:
         raise UserError(
             f"a run named {name!r} already exists in {cfg.db}: pass --resume to "
             "continue it, or choose another --run-name"
@@ -276,7 +293,7 @@ def _open_run(
         seed=cfg.seed,
         version=_version(),
     )
-    return run_id, name, tasks
+    return run_id, name, tasks, True
 
 
 async def run_one_task(

@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import math
+import os
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -33,22 +35,125 @@ class TaskFileError(UserError):
 
 
 # -- JSONL ---------------------------------------------------------------------------------
+MAX_DEPTH = 100
+"""Deepest nesting of arrays and objects a task line may have (deeper is refused)."""
+
+
 def read_jsonl(path: Path, what: str = "task file") -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) per non-blank line; a bad line is one error naming file:line."""
-    if not path.exists():
-        raise UserError(f"{what} {path} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise TaskFileError(f"{path}:{lineno}: expected a JSON object per line")
-            yield lineno, obj
+    """(line number, object) per non-blank line; a bad line is one error naming file:line.
+
+    What cannot be read at all (missing, a directory, no permission, not UTF-8, nested too
+    deeply) is one error too, naming the file, the problem and what to do.
+    """
+    try:
+        fh = _open_lines(path, what)
+        with fh:
+            for lineno, raw in enumerate(fh, 1):
+                line = _decode(raw, path, lineno, what)
+                if not line.strip():
+                    continue
+                yield lineno, _parse(line, path, lineno)
+    except OSError as exc:  # read errors after opening: a damaged .gz, an I/O error
+        why = str(exc) if isinstance(exc, gzip.BadGzipFile) else (exc.strerror or str(exc))
+        raise UserError(f"cannot read {what} {path}: {why}") from None
+    except EOFError:
+        raise UserError(f"cannot read {what} {path}: the .gz file is cut short") from None
+
+
+def _open_lines(path: Path, what: str) -> Any:
+    """The file opened for reading in binary (``.gz`` decompressed), or one clear error."""
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    try:
+        return opener(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        inside = sorted(p.name for p in _listing(path) if p.name.endswith((".jsonl", ".jsonl.gz")))
+        hint = f" (it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
+        raise UserError(
+            f"{what} {path} is a directory: give one .jsonl file{hint if inside else ''}"
+        ) from None
+    except PermissionError:
+        raise UserError(
+            f"cannot read {what} {path}: permission denied (check the file's and its "
+            "folders' permissions)"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _listing(path: Path) -> list[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return []
+
+
+def _decode(raw: bytes, path: Path, lineno: int, what: str) -> str:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskFileError(
+            f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+            f"{exc.start + 1}): save the {what} as UTF-8"
+        ) from None
+    return line.removeprefix("\ufeff") if lineno == 1 else line  # a byte order mark
+
+
+def _parse(line: str, path: Path, lineno: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TaskFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:  # nested beyond what the parser takes
+        too_deep = True
+    else:
+        too_deep = _depth_over(obj, MAX_DEPTH)
+    if too_deep:
+        raise TaskFileError(
+            f"{path}:{lineno}: JSON nested more than {MAX_DEPTH} levels deep: "
+            "flatten the task's fields"
+        )
+    if not isinstance(obj, dict):
+        raise TaskFileError(f"{path}:{lineno}: expected a JSON object per line")
+    return obj
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether arrays/objects in ``value`` nest deeper than ``limit`` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def reference_text(value: Any, where: str, field: str = "reference") -> str | None:
+    """A gold answer as the text the grader compares: a string as given; a number, boolean,
+    array or object as its JSON text (``4``, ``0.5``, ``true``, ``[1, 2]``). NaN and
+    infinities name no answer and are refused."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TaskFileError(
+            f"{where}: field {field!r} is {json.dumps(value)}, which is not an answer: "
+            "give the gold answer as a string or a finite number"
+        )
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or Infinity inside an array or object
+        raise TaskFileError(
+            f"{where}: field {field!r} holds NaN or Infinity: give the gold answer as a "
+            "string, or numbers that are finite"
+        ) from None
 
 
 def _need(path: Path, lineno: int, obj: dict[str, Any], *fields: str) -> None:
@@ -74,19 +179,25 @@ def _native_task(obj: dict[str, Any], where: str, default_id: str) -> Task:
         raise TaskFileError(f"{where}: missing field 'prompt'")
     obj = dict(obj)
     obj.setdefault("id", default_id)
+    if isinstance(obj["id"], bool) or not isinstance(obj["id"], str | int):
+        raise TaskFileError(f"{where}: field 'id' must be a string or an integer")
     obj["id"] = str(obj["id"])
-    if obj.get("reference") is not None:
-        obj["reference"] = str(obj["reference"])
+    obj["reference"] = reference_text(obj.get("reference"), where)
     style_fields: dict[str, Any] = {k: obj.pop(k) for k in ("test_style", "io_cases") if k in obj}
+    task = _make_task(where, **obj)
+    if style_fields or task.kind == "code":
+        task = _with_test_style(task, style_fields, where)
+    return task
+
+
+def _make_task(where: str, **fields: Any) -> Task:
+    """A Task from a file's fields; a field of the wrong type is one error naming it."""
     try:
-        task = Task(**obj)
+        return Task(**fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise TaskFileError(f"{where}: field {field!r}: {err['msg']}") from None
-    if style_fields or task.kind == "code":
-        task = _with_test_style(task, style_fields, where)
-    return task
 
 
 def _with_test_style(task: Task, given: dict[str, Any], where: str) -> Task:
@@ -131,6 +242,10 @@ def _with_test_style(task: Task, given: dict[str, Any], where: str) -> Task:
                 raise TaskFileError(
                     f"{where}: {field}[{i}] is not valid Python ({exc.msg})"
                 ) from None
+            except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes, half a
+                # surrogate pair, nesting the parser cannot hold
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise TaskFileError(f"{where}: {field}[{i}] is not valid Python ({why})") from None
     return task.model_copy(update={"metadata": meta})
 
 
@@ -163,11 +278,14 @@ def load_gsm8k(path: Path) -> list[Task]:
     tasks = []
     for lineno, obj in read_jsonl(path):
         _need(path, lineno, obj, "question", "answer")
+        if not isinstance(obj["answer"], str):
+            raise TaskFileError(f"{path}:{lineno}: field 'answer' must be text ending '#### N'")
         m = _GSM_ANSWER.search(obj["answer"].strip())
         if not m:
             raise TaskFileError(f"{path}:{lineno}: field 'answer' has no '#### N' final answer")
         tasks.append(
-            Task(
+            _make_task(
+                f"{path}:{lineno}",
                 id=f"gsm8k-{lineno - 1}",
                 prompt=obj["question"],
                 kind="math",
@@ -184,11 +302,12 @@ def load_math(path: Path) -> list[Task]:
     for lineno, obj in read_jsonl(path):
         _need(path, lineno, obj, "problem", "answer")
         tasks.append(
-            Task(
+            _make_task(
+                f"{path}:{lineno}",
                 id=str(obj.get("unique_id") or f"math-{lineno - 1}"),
                 prompt=obj["problem"],
                 kind="math",
-                reference=str(obj["answer"]),
+                reference=reference_text(obj["answer"], f"{path}:{lineno}", "answer"),
                 metadata={k: obj[k] for k in ("solution", "subject", "level") if k in obj},
             )
         )
@@ -309,7 +428,7 @@ def load_tasks(spec: str, limit: int | None = None) -> list[Task]:
         if limit is not None and "n" not in opts:
             opts["n"] = limit
         tasks = BUILTIN[name](**opts)
-    elif spec.endswith((".jsonl", ".jsonl.gz")) or Path(spec).exists():
+    elif spec.endswith((".jsonl", ".jsonl.gz")) or os.path.exists(spec):
         tasks = load_native(Path(spec))
     else:
         raise UserError(

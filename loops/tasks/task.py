@@ -6,7 +6,8 @@ import ast
 import re
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from loopwright.traces.records import repair_text
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 TaskKind = Literal["math", "code", "text"]
 TestStyle = Literal["asserts", "humaneval", "io"]
@@ -32,6 +33,13 @@ class Task(BaseModel):
     )
     entry_point: str | None = Field(None, description="Function under test for code tasks.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Anything else.")
+
+    @field_validator("id")
+    @classmethod
+    def _stored_id(cls, value: str) -> str:
+        """An id is a key (resume, seeds, every trace row): it takes the form the trace store
+        keeps, in which text UTF-8 cannot encode is repaired (``records.repair_text``)."""
+        return repair_text(value)[0]
 
     def blind(self) -> Task:
         """The task as a deployed system sees it: no reference, no hidden tests, no solution.
@@ -63,8 +71,8 @@ _ARROW = re.compile(r"^\s*(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==>|==|=>|->|➞|→
 def _expr(text: str) -> bool:
     try:
         ast.parse(text, mode="eval")
-    except SyntaxError:
-        return False
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: NUL bytes or
+        return False  # half a surrogate pair, which no Python source holds
     return True
 
 
