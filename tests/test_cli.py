@@ -381,3 +381,20 @@ def test_search_index_to_an_unwritable_place_is_one_line(tmp_path: Path, cli: An
     folder.mkdir()
     line = one_error_line(cli("search", "index", str(corpus), "--index", str(folder)))
     assert str(folder) in line
+
+
+def test_the_summary_counts_repaired_text_and_says_when_resume_started_a_run(
+    tmp_path: Path, cli: Any
+) -> None:
+    model = ScriptedModel(lambda m, i: "The answer is 5 \ud83d.", name="cli-half").register()
+    db = str(tmp_path / "s.duckdb")
+    args = ["run", "best-of-n", "--tasks", "builtin:arithmetic", "--limit", "2", "--model", model,
+            "--db", db, "-o", "n=2", "--run-name", "halves"]  # fmt: skip
+    r = cli(*args, "--resume")  # nothing of it is stored yet: it starts
+    assert r.code == 0, r.err
+    assert "nothing of it was stored: started it" in r.out
+    assert "text repaired" in r.out
+    with TraceStore(db, read_only=True) as s:
+        outputs = s.query("SELECT output FROM calls WHERE role = 'generator'")
+    assert len(outputs) == 4
+    assert all(o["output"] == "The answer is 5 \ufffd." for o in outputs)

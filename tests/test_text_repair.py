@@ -448,3 +448,40 @@ def test_a_writer_failure_is_one_line_on_the_command_line(
     with TraceStore(db, read_only=True) as s:
         assert s.query("SELECT status FROM runs") == [{"status": "failed"}]
         assert run_summary(s, s.query("SELECT run_id FROM runs")[0]["run_id"])["tasks"] == 0
+
+
+def test_sweep_and_lineage_rows_with_lone_surrogates_are_stored(store: TraceStore) -> None:
+    from loopwright.traces.lineage import ModelRecord, add_model, get_round, set_round
+    from loopwright.traces.sweeps import PointRow, insert_sweep
+
+    half = "\ud83d"
+    point = PointRow(
+        point_id="p1", strategy=f"best-of-n{half}", loop="best-of-n", model=f"m{half}", seed=0,
+        param="n", value=2, options={"note": f"x{half}"}, run_name=f"r{half}", derived=False,
+    )  # fmt: skip
+    insert_sweep(
+        store, name=f"s{half}", tasks_spec="builtin:arithmetic", grid="best-of-n:n=2",
+        config=json.dumps({"name": f"s{half}"}), config_hash="h", points=[point],
+    )  # fmt: skip
+    [sweep] = store.query("SELECT name, config FROM sweeps")
+    assert sweep["name"] == "s\ufffd"
+    assert json.loads(sweep["config"]) == {"name": "s\ufffd"}
+    [p] = store.query("SELECT strategy, model, options, run_name FROM sweep_points")
+    assert (p["strategy"], p["model"], p["run_name"]) == ("best-of-n\ufffd", "m\ufffd", "r\ufffd")
+    assert json.loads(p["options"]) == {"note": "x\ufffd"}
+
+    add_model(
+        store,
+        ModelRecord(
+            model_id=f"local/m{half}.gguf", parent=None, base="b", improve="s", round=1,
+            method="rest-em", path=f"m{half}.gguf", data_hash="h", data_rows=1,
+            train_config={"lr": 1e-5, "note": half}, final_loss=None, train_s=1.0,
+        ),
+    )  # fmt: skip
+    [m] = store.query("SELECT model_id, path, train_config, round FROM models")
+    assert (m["model_id"], m["path"], m["round"]) == ("local/m\ufffd.gguf", "m\ufffd.gguf", 1)
+    assert json.loads(m["train_config"]) == {"lr": 1e-5, "note": "\ufffd"}
+    set_round(store, "s", 1, stage="train", error=f"bad {half}", metrics={"k": half})
+    row = get_round(store, "s", 1)
+    assert row is not None
+    assert (row["stage"], row["error"], row["metrics"]) == ("train", "bad \ufffd", {"k": "\ufffd"})

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from loopwright.traces.records import utcnow
+from loopwright.traces.records import repair_row, utcnow
+from loopwright.traces.schema import JSON_COLUMNS
 from loopwright.traces.store import TraceStore
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,14 +37,18 @@ class ModelRecord(BaseModel):
     train_s: float
 
 
+def _storable(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its text made storable as every row's is (``records.repair_row``): a
+    series name or a model path from the command line may hold a lone surrogate."""
+    return repair_row(row, JSON_COLUMNS.get(table, frozenset()))[0]
+
+
 def add_model(store: TraceStore, m: ModelRecord) -> None:
+    row = _storable("models", {**m.model_dump(), "train_config": json.dumps(m.train_config)})
     store.execute(
-        "INSERT INTO models (model_id, parent, base, improve, round, method, path, data_hash, "
-        "data_rows, train_config, final_loss, train_s, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [m.model_id, m.parent, m.base, m.improve, m.round, m.method, m.path, m.data_hash,
-         m.data_rows, json.dumps(m.train_config), m.final_loss, m.train_s, utcnow()],
-    )  # fmt: skip
+        f"INSERT INTO models ({', '.join(row)}, created_at) VALUES ({'?, ' * len(row)}?)",
+        [*row.values(), utcnow()],
+    )
 
 
 def model_of_round(store: TraceStore, improve: str, rnd: int) -> dict[str, Any] | None:
@@ -81,6 +86,7 @@ def set_round(store: TraceStore, improve: str, rnd: int, **fields: Any) -> None:
     for col in ("metrics", "config"):
         if col in fields and not isinstance(fields[col], str | None):
             fields[col] = json.dumps(fields[col])
+    fields = _storable("rounds", fields)
     if get_round(store, improve, rnd) is None:
         store.execute(
             "INSERT INTO rounds (improve, round, stage, updated_at) VALUES (?, ?, ?, ?)",

@@ -8,7 +8,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from loopwright.traces.records import new_id, utcnow
+from loopwright.traces.records import new_id, repair_row, utcnow
+from loopwright.traces.schema import JSON_COLUMNS
 from loopwright.traces.store import TraceStore
 from pydantic import BaseModel, ConfigDict
 
@@ -52,20 +53,35 @@ def insert_sweep(
 ) -> str:
     """Write a sweep in state ``running`` and its points as ``pending``; returns its id."""
     sweep_id = new_id()
+    row = {
+        "sweep_id": sweep_id, "name": name, "tasks_spec": tasks_spec, "grid": grid,
+        "config": config, "config_hash": config_hash,
+    }  # fmt: skip
     store.execute(
         "INSERT INTO sweeps (sweep_id, name, tasks_spec, grid, config, config_hash, status, "
         "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-        [sweep_id, name, tasks_spec, grid, config, config_hash, utcnow()],
+        [*_storable("sweeps", row), utcnow()],
     )
     for p in points:
+        row = {
+            "point_id": p.point_id, "sweep_id": sweep_id, "strategy": p.strategy,
+            "loop": p.loop, "model": p.model, "seed": p.seed, "param": p.param,
+            "value": _numeric(p.value), "options": json.dumps(p.options),
+            "run_name": p.run_name, "derived": p.derived,
+        }  # fmt: skip
         store.execute(
             "INSERT INTO sweep_points (point_id, sweep_id, strategy, loop, model, seed, param,"
             " value, options, run_name, derived, status) VALUES"
             " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            [p.point_id, sweep_id, p.strategy, p.loop, p.model, p.seed, p.param, _numeric(p.value),
-             json.dumps(p.options), p.run_name, p.derived],
-        )  # fmt: skip
+            _storable("sweep_points", row),
+        )
     return sweep_id
+
+
+def _storable(table: str, row: dict[str, Any]) -> list[Any]:
+    """The row's values, its text made storable as every row's is (``records.repair_row``).
+    A sweep's names come from the command line; the repair is not counted per run."""
+    return list(repair_row(row, JSON_COLUMNS.get(table, frozenset()))[0].values())
 
 
 def set_sweep_status(store: TraceStore, sweep_id: str, status: str) -> None:

@@ -179,10 +179,10 @@ def run(
         result = asyncio.run(run_loop(cfg, on_progress))
     finally:
         bar.stop()
-    _print_summary(result, cfg.db)
+    _print_summary(result, cfg.db, resume=cfg.resume)
 
 
-def _print_summary(result: Any, db: str) -> None:
+def _print_summary(result: Any, db: str, *, resume: bool = False) -> None:
     s = result.summary
 
     def pct(x: float | None) -> str:
@@ -203,6 +203,12 @@ def _print_summary(result: Any, db: str) -> None:
     ]
     if result.progress.skipped:
         rows.append(("resumed", f"{result.progress.skipped} finished task(s) skipped"))
+    elif result.started and resume:
+        rows.append(("resumed", "nothing of it was stored: started it"))
+    if s.get("text_repairs"):
+        rows.append(("text repaired", f"{s['text_repairs']} value(s): lone surrogates -> U+FFFD"))
+    if s.get("write_errors"):
+        rows.append(("rows refused", f"{s['write_errors']} kept in the write_errors table"))
     for k, v in rows:
         t.add_row(k, escape(v))
     console.print(t)

@@ -60,7 +60,11 @@ class LoopContext:
 
     def call_seed(self, role: str, round_: int, extra: int = 0) -> int:
         """A deterministic per-call seed: same run seed, task, role and round -> same seed."""
-        blob = f"{self.seed}|{self.task.id}|{role}|{round_}|{extra}".encode()
+        # surrogatepass: an id holding a lone surrogate still gets a seed (text without one
+        # encodes as before)
+        blob = f"{self.seed}|{self.task.id}|{role}|{round_}|{extra}".encode(
+            "utf-8", "surrogatepass"
+        )
         return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
 
     async def sample(
