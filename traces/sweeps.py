@@ -63,7 +63,7 @@ def insert_sweep(
         [*_storable("sweeps", row), utcnow()],
     )
     for p in points:
-        row = {
+        point: dict[str, Any] = {
             "point_id": p.point_id, "sweep_id": sweep_id, "strategy": p.strategy,
             "loop": p.loop, "model": p.model, "seed": p.seed, "param": p.param,
             "value": _numeric(p.value), "options": json.dumps(p.options),
@@ -73,7 +73,7 @@ def insert_sweep(
             "INSERT INTO sweep_points (point_id, sweep_id, strategy, loop, model, seed, param,"
             " value, options, run_name, derived, status) VALUES"
             " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            _storable("sweep_points", row),
+            _storable("sweep_points", point),
         )
     return sweep_id
 
