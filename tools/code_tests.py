@@ -6,12 +6,17 @@ Three test styles, one typed result (``CodeTestResult``):
 * ``run_asserts`` — MBPP: each ``assert`` line is its own test, all in ONE sandbox run.
 * ``run_io`` — APPS: stdin/stdout cases, one sandbox run per case.
 
-The first two run a small harness (``main.py``) that reads a per-run spec (the code, the
-tests and a random nonce), deletes it, points fds 1 and 2 at ``/dev/null`` and only then
-exec's the candidate. Results go to a private dup of the original stdout, one JSON line per
-test, each prefixed with a marker holding the nonce. The candidate never sees the nonce in
-its files, so printing fake result lines does not make a test pass; a run that exits 0
-without the harness's own "done" line counts as failed (``os._exit(0)`` is not a pass).
+The first two run a harness in the sandbox that keeps the candidate in a process of its own:
+the harness process reads the spec (the code, the tests and a random nonce), deletes it,
+makes itself non-dumpable and only then starts the candidate's interpreter, which holds two
+pipes to the harness and nothing else. The tests run in the harness process; the
+candidate's functions are stand-ins that ask the candidate's process, and what comes back
+is plain data (exact ``int``, ``str``, ``list``, ...) or an opaque handle that is equal only
+to itself, so a crafted ``__eq__``, ``__bool__`` or ``__hash__`` never decides a test.
+Results go to the harness's own stdout, one JSON line per test marked with the nonce; a run
+without the harness's closing "done" line fails every test it has no result for
+(``os._exit(0)`` or killing the harness is not a pass). docs/verifiers.md says what this
+defends against and what it does not.
 
 ``extract_code`` pulls the program out of a model response (fenced blocks, a bare ``def``,
 or a body-only completion of the prompt).
@@ -23,7 +28,7 @@ import re
 
 from loopwright.sandboxes import ExecResult, Sandbox, SandboxLimits, get_sandbox
 from loopwright.tools.code_extract import extract_code
-from loopwright.tools.code_harness import run_harness
+from loopwright.tools.code_harness import run_harness, run_program
 from loopwright.tools.code_results import (
     CodeTestResult,
     ExecSummary,
@@ -34,7 +39,7 @@ from loopwright.tools.code_results import (
     summary,
 )
 
-VERSION = "code-tests-1"
+VERSION = "code-tests-2"
 
 
 def _prepare(
@@ -61,7 +66,7 @@ def run_humaneval(
     if not entry_point.isidentifier():
         raise ValueError(f"entry_point must be an identifier: {entry_point!r}")
     program = f"{test}\n\ncheck({entry_point})\n"
-    return run_harness(code, [program], [f"check({entry_point})"], sb, lim)
+    return run_harness(code, [program], [f"check({entry_point})"], sb, lim, entry_point)
 
 
 def run_asserts(
@@ -69,15 +74,21 @@ def run_asserts(
     asserts: list[str],
     sandbox: Sandbox | None = None,
     limits: SandboxLimits | None = None,
+    *,
+    entry_point: str | None = None,
 ) -> CodeTestResult:
-    """MBPP: run each assert statement as its own test after exec'ing ``code`` once.
+    """MBPP: run each assert statement as its own test after loading ``code`` once.
 
     All asserts share one sandbox run (and so ``limits.timeout_s``); a test still
     running when time runs out is reported as timed out, the ones after it as not run.
+    ``entry_point`` names the function under test; only that name of the solution may
+    shadow a builtin (``sum``, ``max``...) in the asserts.
     """
     sb, lim = _prepare(sandbox, limits)
+    if entry_point is not None and not entry_point.isidentifier():
+        raise ValueError(f"entry_point must be an identifier: {entry_point!r}")
     names = [f"test {i}" for i in range(len(asserts))]
-    return run_harness(code, list(asserts), names, sb, lim)
+    return run_harness(code, list(asserts), names, sb, lim, entry_point)
 
 
 def _normalise(out: str) -> list[str]:
@@ -95,7 +106,9 @@ def run_io(
     """APPS: run ``code`` once per (stdin, expected stdout) case; compare whitespace-normalised.
 
     Each case gets its own sandbox run and its own ``limits``. With ``stop_on_failure``
-    the cases after the first failure are reported as not run.
+    the cases after the first failure are reported as not run. The comparison happens
+    here, on the host: the expected output never enters the sandbox, and the program
+    controls only its own stdout and exit status (a case passes only on exit 0).
     """
     sb, lim = _prepare(sandbox, limits)
     outcomes: list[TestOutcome] = []
@@ -107,7 +120,7 @@ def run_io(
         if stop_on_failure and feedback is not None:
             outcomes.append(TestOutcome(index=i, name=name, passed=False, error="not run"))
             continue
-        r = sb.run_python(code, stdin=stdin, limits=lim)
+        r = run_program(code, stdin, sb, lim)
         results.append(r)
         timed_out = timed_out or r.timed_out
         err: str | None = None
