@@ -1,6 +1,6 @@
 """Per-sample pass rate of a model on builtin:code, with self-refine's first-draft prompt.
 
-    python benchmarks/code_pass_rate.py --samples 4
+    python benchmarks/code_pass_rate.py --samples 4 [--json]
 
 Samples k drafts per task (temperature 0.7, ``code_max_tokens`` 384) through the model client
 and runs each against the task's hidden tests with the ``CodeTests`` verifier in the sandbox.
@@ -14,7 +14,9 @@ import argparse
 import asyncio
 import collections
 import json
+import sys
 import time
+from pathlib import Path
 
 from loopwright.loops.graphs.self_refine import SelfRefineOptions
 from loopwright.loops.models.client import ModelClient
@@ -23,8 +25,11 @@ from loopwright.loops.prompts import render
 from loopwright.loops.tasks import Task, builtin_code
 from loopwright.loops.verify import verify_many
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 
-async def main() -> None:
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--model", default="local/smollm2-135m")
     ap.add_argument("--tasks", type=int, default=None, help="first N tasks (default: all)")
@@ -34,9 +39,18 @@ async def main() -> None:
     ap.add_argument("--sandbox", default="bwrap")
     ap.add_argument("--verbose", action="store_true", help="print every task's pass count")
     ap.add_argument("--save", help="write every draft and its verdict to this JSONL file")
-    args = ap.parse_args()
+    ap.add_argument("--max-tokens", type=int, default=SelfRefineOptions().code_max_tokens)
+    ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
+    args = _smoke.parse_args(ap, argv, tasks=2, samples=1, max_tokens=48)
+    rows = asyncio.run(bench(args))
+    if args.json:
+        print(json.dumps({"rows": rows}))
+    return 0
+
+
+async def bench(args: argparse.Namespace) -> list[dict[str, object]]:
     tasks = builtin_code(n=args.tasks)
-    max_tokens = SelfRefineOptions().code_max_tokens
+    max_tokens = args.max_tokens
     client = ModelClient(ClientConfig(model=args.model, max_tokens=max_tokens, concurrency=4))
     system = render("self_refine", "system")
 
@@ -82,7 +96,17 @@ async def main() -> None:
             oks = per_task[task.id]
             print(f"  {task.id} {task.entry_point:<20} {sum(oks)}/{len(oks)}")
     print(f"wall time: {t_all:.0f} s (generation {t_gen:.0f} s)")
+    return [
+        {
+            "figure": f"{args.model} per-sample pass rate on builtin:code, {len(tasks)} tasks x "
+            f"{args.samples} samples, {args.sandbox} sandbox (baseline: samples)",
+            "value": sum(flat),
+            "baseline": len(flat),
+            "ratio": round(sum(flat) / len(flat), 3),
+            "target": "0.10-0.40",
+        }
+    ]
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())

@@ -34,7 +34,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 
 MODEL = "local/smollm2-135m"
 PROMPT = "Write a short story about a robot who learns to paint. Use at least five sentences."
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
     ap.add_argument("--worker", choices=["raw", "loopwright"], help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, requests=2, max_tokens=8, repeats=1, rounds=1)
     if args.worker == "raw":
         print(json.dumps(_raw(args)))
         return 0

@@ -28,6 +28,7 @@ DuckDB connection (the raw I/O floor).
     python benchmarks/harvest.py                      # 1M calls
     python benchmarks/harvest.py --calls 50000        # quick
     python benchmarks/harvest.py --formats sft,dpo --db /tmp/traces.duckdb --keep
+    python benchmarks/harvest.py --smoke --json       # 2,000 calls; a final JSON line of rows
 
 Exits 0 whatever the figures (a failed export is printed, not raised); it is a benchmark,
 not a test.
@@ -36,6 +37,7 @@ not a test.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -48,6 +50,9 @@ from pathlib import Path
 import duckdb
 from loopwright.traces.harvest import FORMATS, HarvestOptions, harvest
 from loopwright.traces.schema import TABLES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 
 MODELS = ("openai/gpt-4o-mini", "hosted_vllm/Qwen2.5-7B-Instruct")
 LOOPS = ("self-refine", "reflexion", "best-of-n", "beam", "mcts")
@@ -326,14 +331,20 @@ def build(db: Path, calls: int, seed: int) -> tuple[dict[str, int], dict[str, fl
             SELECT run_id, task_id, arg_max(node_id, CAST(ok AS INT) * 1000 + ord) AS node_id
             FROM sn WHERE ok IS NOT NULL GROUP BY run_id, task_id""")
         con.execute("""
-            INSERT INTO nodes
+            INSERT INTO nodes (
+                node_id, parent_id, run_id, task_id, loop, model, role, depth, round,
+                content, answer, score, value, visits, is_final, created_at)
             SELECT sn.node_id, parent_id, sn.run_id, sn.task_id, loop, model, role, depth, round,
                    content, answer, score, value, visits, fin.node_id IS NOT NULL,
                    ts(run_no, idx, ord)
             FROM sn LEFT JOIN fin USING (node_id)""")
         mark("nodes")
         con.execute("""
-            INSERT INTO calls
+            INSERT INTO calls (
+                call_id, request_id, run_id, task_id, node_id, loop, round, role, model,
+                messages, temperature, max_tokens, n, seed, sample_index, output,
+                finish_reason, logprob_mean, prompt_tokens, completion_tokens, cost_usd,
+                latency_s, attempts, cache_hit, cache_key, error, created_at)
             SELECT md5('call:' || node_id), md5('req:' || run_id || task_id || req), run_id,
                    task_id, node_id, loop, round, role, model,
                    '[{"role": "system", "content": "You are a careful ' || role
@@ -347,7 +358,9 @@ def build(db: Path, calls: int, seed: int) -> tuple[dict[str, int], dict[str, fl
             FROM sn WHERE req IS NOT NULL""")
         mark("calls")
         con.execute("""
-            INSERT INTO verdicts
+            INSERT INTO verdicts (
+                verdict_id, run_id, task_id, node_id, stage, verifier, verifier_version,
+                passed, score, feedback, details, latency_s, created_at)
             SELECT md5('v:' || node_id), run_id, task_id, node_id, 'in_loop', 'math-answer',
                    '1', ok, CAST(ok AS DOUBLE),
                    CASE WHEN ok THEN 'correct' ELSE 'expected a different answer than '
@@ -355,14 +368,18 @@ def build(db: Path, calls: int, seed: int) -> tuple[dict[str, int], dict[str, fl
                    NULL, 0.001 + 0.002 * random(), ts(run_no, idx, ord) + INTERVAL 1 SECOND
             FROM sn WHERE ok IS NOT NULL""")
         con.execute("""
-            INSERT INTO verdicts
+            INSERT INTO verdicts (
+                verdict_id, run_id, task_id, node_id, stage, verifier, verifier_version,
+                passed, score, feedback, details, latency_s, created_at)
             SELECT md5('g:' || node_id), run_id, task_id, node_id, 'graded', 'math-answer',
                    '1', ok, CAST(ok AS DOUBLE), CASE WHEN ok THEN 'correct' ELSE 'wrong' END,
                    NULL, 0.002, ts(run_no, idx, 999)
             FROM sn JOIN fin USING (run_id, task_id, node_id)""")
         # Pairwise judgements: the first against the last answer of ~40% of the tasks.
         con.execute("""
-            INSERT INTO verdicts
+            INSERT INTO verdicts (
+                verdict_id, run_id, task_id, node_id, stage, verifier, verifier_version,
+                passed, score, feedback, details, latency_s, created_at)
             WITH x AS (
                 SELECT run_id, task_id, any_value(run_no) AS run_no, any_value(idx) AS idx,
                        arg_min(node_id, ord) AS a, arg_min(ok, ord) AS a_ok,
@@ -405,7 +422,11 @@ def build(db: Path, calls: int, seed: int) -> tuple[dict[str, int], dict[str, fl
             FROM j""")
         mark("verdicts")
         con.execute("""
-            INSERT INTO tasks
+            INSERT INTO tasks (
+                run_id, task_id, idx, kind, prompt, reference, final_answer,
+                final_node_id, verdict, graded, score, stop_reason, rounds,
+                prompt_tokens, completion_tokens, total_tokens, cost_usd, calls, wall_s,
+                status, error, started_at, finished_at)
             WITH c AS (
                 SELECT run_id, task_id, sum(prompt_tokens) AS pt, sum(completion_tokens) AS ct,
                        sum(cost_usd) AS cost, count(*) AS n, sum(latency_s) AS wall
@@ -420,7 +441,9 @@ def build(db: Path, calls: int, seed: int) -> tuple[dict[str, int], dict[str, fl
                    ts(tg.run_no, tg.idx, 0), ts(tg.run_no, tg.idx, 999)
             FROM tg JOIN f USING (run_id, task_id) JOIN c USING (run_id, task_id)""")
         con.execute(f"""
-            INSERT INTO runs
+            INSERT INTO runs (
+                run_id, name, loop, model, tasks_spec, config, config_hash, seed,
+                version, status, started_at, finished_at)
             SELECT run_id, name, loop, model, 'synthetic:math',
                    json_object('loop', loop, 'model', model, 'seed', {seed}),
                    md5(loop || model), {seed}, '0.0.0', 'done',
@@ -478,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--formats", default=",".join(FORMATS), help="comma-separated formats")
     ap.add_argument("--dataset-format", default="sft", help="the format also saved with datasets")
     ap.add_argument("--seed", type=int, default=7)
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
+    args = _smoke.parse_args(ap, argv, calls=2000)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     try:
@@ -524,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append((first, "parquet+contamination", HarvestOptions(contamination=(contam,))))
 
         rows: list[list[str]] = []
+        figures: list[dict[str, object]] = []
         notes: list[str] = []
         for fmt, kind, opts in jobs:
             ext = {"parquet": ".parquet", "jsonl": ".jsonl", "dataset": ""}.get(kind, ".parquet")
@@ -535,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"FAILED {fmt} -> {kind}: {type(exc).__name__}: {first_line}")
                 print(f"  {notes[-1]}", flush=True)
                 rows.append([fmt, kind, "error", "-", "-", "-", "-"])
+                figures.append({
+                    "figure": f"FAILED: harvest {fmt} -> {kind}", "value": None, "baseline": None,
+                    "ratio": None, "target": "", "note": notes[-1],
+                })  # fmt: skip
                 continue
             rate = res.rows / res.seconds if res.seconds else 0.0
             print(f"  {fmt} -> {kind}: {res.rows:,} rows in {res.seconds:.1f} s", flush=True)
@@ -542,6 +571,12 @@ def main(argv: list[str] | None = None) -> int:
                 fmt, kind, f"{res.rows:,}", f"{res.considered:,}", _fmt_s(res.seconds),
                 f"{res.seconds / floor:.1f}x", f"{rate:,.0f}",
             ])  # fmt: skip
+            figures.append({
+                "figure": f"harvest {fmt} -> {kind}, {res.rows:,} rows: seconds (baseline: COPY "
+                "nodes TO parquet)",
+                "value": round(res.seconds, 3), "baseline": round(floor, 3),
+                "ratio": round(res.seconds / floor, 2) if floor else None, "target": "",
+            })  # fmt: skip
             excluded = ", ".join(f"{k} {v:,}" for k, v in res.excluded.items()) or "none"
             extra = ""
             if res.by_source:
@@ -572,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for note in notes:
             print(note)
+        if args.json:
+            print(json.dumps({"rows": figures}))
     finally:
         if args.keep:
             print(f"\nkept {db}")

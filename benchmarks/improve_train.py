@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
+
 
 def _rows(n: int) -> list[dict[str, Any]]:
     out = []
@@ -106,9 +109,10 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     model = None
     # The first trainer.train() in a process pays one-off costs (lazy imports, oneDNN
     # kernel setup) that would land on whichever side runs first: one untimed step first.
-    warm_m, warm_tok = T.load_model(base, "cpu")
-    _bare_trl(warm_m, warm_tok, rows, cfg.model_copy(update={"max_steps": 1}))
-    del warm_m
+    if args.warmup:
+        warm_m, warm_tok = T.load_model(base, "cpu")
+        _bare_trl(warm_m, warm_tok, rows, cfg.model_copy(update={"max_steps": args.warmup}))
+        del warm_m
     for rep in range(args.repeats):
         for side in ("ours", "bare") if rep % 2 == 0 else ("bare", "ours"):
             if side == "ours":
@@ -158,8 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=4, help="serving requests per side")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed training steps first (0: none)")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(
+        ap,
+        argv,
+        rows=2,
+        steps=1,
+        batch_size=1,
+        lora_rank=2,
+        requests=1,
+        max_tokens=4,
+        repeats=1,
+        warmup=0,
+    )
     try:
         import trl  # noqa: F401
     except ImportError:

@@ -25,8 +25,11 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 from loopwright.loops.models.client import ModelClient
 from loopwright.loops.models.config import ClientConfig
 
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats (median)")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, requests=2, concurrency=2, max_tokens=8, repeats=1)
     from loopwright.loops.models.local_model import is_installed, spec_for
 
     if not is_installed(spec_for(MODEL.split("/", 1)[1])):

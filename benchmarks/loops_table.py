@@ -10,7 +10,7 @@ run 4 at a time) and for the whole run. Re-running
 with the same ``--db`` resumes finished runs instead of redoing them.
 
     python benchmarks/loops_table.py [--limit 20] [--budget-calls 8] [--db loops_table.duckdb]
-        [--loops self-refine,critic,...] [--sets arithmetic,code]
+        [--loops self-refine,critic,...] [--sets arithmetic,code] [--json]
 
 Exits 0 whatever the figures; it is a benchmark, not a test.
 """
@@ -18,12 +18,18 @@ Exits 0 whatever the figures; it is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from loopwright.traces.store import TraceStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 
 CLI = str(Path(sys.executable).with_name("loopwright"))
 SETS = {"arithmetic": "builtin:arithmetic", "code": "builtin:code"}
@@ -56,9 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loops", default=",".join(OPTIONS))
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--model", default="local/smollm2-135m")
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
+    args = _smoke.parse_args(
+        ap, argv, limit=1, budget_calls=2, loops="self-refine", sets="arithmetic", db=None
+    )
+    if args.db is None:  # --smoke: a store of its own, gone afterwards
+        with tempfile.TemporaryDirectory(prefix="loops-table-") as tmp:
+            args.db = str(Path(tmp) / "loops_table.duckdb")
+            return _table(args)
+    return _table(args)
 
+
+def _table(args: argparse.Namespace) -> int:
     rows = []
+    figures: list[dict[str, Any]] = []
     for loop in args.loops.split(","):
         for set_name in args.sets.split(","):
             name = f"table-{loop}-{set_name}-{args.limit}-b{args.budget_calls}"
@@ -75,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t0
             if proc.returncode != 0:
                 print(f"  failed ({proc.returncode}): {proc.stderr.strip()[-300:]}", flush=True)
+                figures.append({
+                    "figure": f"FAILED: {loop} on {set_name}", "value": None, "baseline": None,
+                    "ratio": None, "target": "",
+                    "note": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}",
+                })  # fmt: skip
                 continue
             rows.append((loop, set_name, name, wall))
 
@@ -96,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
                 f" {100 * (r['v'] or 0):.0f} % | {r['tok'] or 0:.0f} | {r['calls'] or 0:.1f} |"
                 f" {r['wall'] or 0:.1f} s | {(r['run_wall'] or 0) / 60:.1f} min | {r['failed']} |"
             )
+            passed = round((r["graded"] or 0) * r["n"])
+            figures.append({
+                "figure": f"graded pass rate, {loop} on {set_name}, budget {args.budget_calls} "
+                "calls a task (baseline: tasks)",
+                "value": passed, "baseline": r["n"],
+                "ratio": round(passed / r["n"], 3) if r["n"] else None, "target": "",
+            })  # fmt: skip
+    if args.json:
+        print(json.dumps({"rows": figures}))
     return 0
 
 

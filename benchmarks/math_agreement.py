@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 from loopwright.tools.math_check import MathChecker
 
 _DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math500" / "test.jsonl"
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--show", type=int, default=10, help="disagreements to print")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, limit=5, show=0)
 
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines()]
     rows = rows[: args.limit] if args.limit else rows

@@ -42,9 +42,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 import litellm
 import loopwright.loops.models.client  # noqa: F401  (registers the scripted provider with litellm)
 from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.config import Connection
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.loops.prompts import render
 from loopwright.traces.store import TraceStore
@@ -409,7 +412,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     n, conc = args.calls, args.concurrency
     bare_model = ScriptedModel(lambda m, i: REPLY, name="overhead-bare").register()
     lw_model = ScriptedModel(lambda m, i: REPLY, name="overhead-loopwright").register()
-    timeout_s = RunConfig.model_fields["timeout_s"].default
+    timeout_s = Connection().timeout_s  # what a run's client sends as litellm's timeout
 
     with tempfile.TemporaryDirectory(prefix="loopwright-overhead-") as tmp:
         side = LoopwrightSide(lw_model, Path(tmp), cache=args.cache)
@@ -517,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--profile", action="store_true", help="cProfile one more loopwright run")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, calls=20, warmup=5, repeats=1, concurrency=8)
     rows = asyncio.run(bench(args))
     if args.json:
         print(json.dumps({"rows": rows}))

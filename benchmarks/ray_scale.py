@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 from throughput import MockServer, task_file
 
 MODEL = "hosted_vllm/mock"
@@ -161,16 +162,19 @@ def code_reply(messages: list[dict[str, Any]], index: int) -> str:
     return "I do not know."
 
 
-def code_tasks(workdir: Path, copies: int) -> Path:
+def code_tasks(workdir: Path, copies: int, first: int | None = None) -> tuple[Path, int]:
+    """A task file of ``copies`` copies of the built-in code tasks (the ``first`` N of them),
+    and how many tasks it holds."""
     data = Path(__file__).resolve().parents[1] / "loops/tasks/data/code_tasks.jsonl"
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line]
+    rows = rows[:first]
     path = workdir / f"code-{copies}.jsonl"
     with path.open("w", encoding="utf-8") as fh:
         for c in range(copies):
             for r in rows:
                 REFERENCES[r["prompt"].strip()] = r["reference"]
                 fh.write(json.dumps({**r, "id": f"{r['id']}-c{c}"}) + "\n")
-    return path
+    return path, copies * len(rows)
 
 
 # -- sides ------------------------------------------------------------------------------------
@@ -338,8 +342,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 rows += cpu_figures(meter, local_rate, ray_rate)
 
             model = ScriptedModel(code_reply, name="ray-scale-code").register()
-            code = code_tasks(work, args.code_copies)
-            n_code = 36 * args.code_copies
+            code, n_code = code_tasks(work, args.code_copies, args.code_tasks)
             csides = {
                 ex: Side(work, ex, loop="best-of-n", options={"n": 1}, model=model,
                          concurrency=args.concurrency, verifier="auto", sandbox="bwrap")
@@ -394,10 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per worker")
     ap.add_argument("--workers", type=int, default=2, help="Ray worker actors")
     ap.add_argument("--code-copies", type=int, default=4, help="copies of the 36 code tasks")
+    ap.add_argument("--code-tasks", type=int, default=None, help="the first N code tasks only")
     ap.add_argument("--writer-tasks", type=int, default=20000, help="tasks' records to write")
     ap.add_argument("--repeats", type=int, default=3, help="repeats per side (median counts)")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(
+        ap, argv, calls=20, concurrency=4, code_copies=1, code_tasks=4, writer_tasks=200, repeats=1
+    )
     rows = asyncio.run(bench(args))
     if args.json:
         print(json.dumps({"rows": rows}))

@@ -1,13 +1,20 @@
 """Run every benchmark and print ONE markdown table of figures, each against a same-run baseline.
 
 Each script runs as a subprocess (quick settings unless ``--full``) with ``--json``, which
-makes it print a final line ``{"rows": [{"figure", "value", "baseline", "ratio", "target"}]}``;
-``harvest.py``'s markdown table is parsed instead when it has no ``--json`` flag. A script
-that fails, times out or is skipped (a missing optional dependency or data file) becomes a
-row saying so; the table is printed and the exit status is 0 whatever happens.
+makes it print a final line ``{"rows": [{"figure", "value", "baseline", "ratio", "target"}]}``.
+A script that fails, times out or is skipped (a missing optional dependency or data file)
+becomes a row saying so; the table is printed and the exit status is 0 whatever happens.
+
+``--smoke`` (or ``BENCH_SMOKE=1`` in the environment, so ``BENCH_SMOKE=1 make bench``) runs
+EVERY script in this folder, those without a figure in the table too, with its own
+``--smoke`` sizes: seconds each, figures meaningless, for CI. Then the exit status is 1 when
+any script failed, timed out, printed no result line or reported a FAILED row, so a
+refactor that breaks a benchmark fails the build. Skips stay skips (an optional dependency,
+a data file outside the repository); an import of loopwright that fails is a failure.
 
     python benchmarks/run_all.py                       # quick settings, a few minutes
     python benchmarks/run_all.py --full                # each script's own defaults (long)
+    python benchmarks/run_all.py --smoke               # every script at its smoke size (CI)
     python benchmarks/run_all.py --only throughput,tracing
     python benchmarks/run_all.py --logs /tmp/bench     # keep each script's full output
 """
@@ -26,9 +33,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 HERE = Path(__file__).resolve().parent
+SMOKE_ENV = "BENCH_SMOKE"
+Mode = Literal["quick", "full", "smoke"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,19 @@ class Bench:
     full: list[str] = field(default_factory=list)
     timeout_quick: float = 600.0
     timeout_full: float = 3600.0
+    timeout_smoke: float = 300.0
 
     @property
     def script(self) -> Path:
         return HERE / f"{self.name}.py"
+
+    def args(self, mode: Mode) -> list[str]:
+        return {"quick": self.quick, "full": self.full, "smoke": ["--smoke"]}[mode]
+
+    def timeout(self, mode: Mode) -> float:
+        return {"quick": self.timeout_quick, "full": self.timeout_full}.get(
+            mode, self.timeout_smoke
+        )
 
 
 BENCHES: list[Bench] = [
@@ -65,11 +83,25 @@ BENCHES: list[Bench] = [
 NAMES = [b.name for b in BENCHES]
 
 
+def discover(folder: Path | None = None) -> list[Bench]:
+    """What ``--smoke`` runs: the benches above, then every other script in ``folder`` (not
+    this one, not ``_`` helpers), so a new script is run without being listed here."""
+    folder = folder or HERE
+    known = {b.name for b in BENCHES}
+    extra = sorted(
+        p.stem
+        for p in folder.glob("*.py")
+        if p.stem not in known and p.name != Path(__file__).name and not p.stem.startswith("_")
+    )
+    return [*BENCHES, *(Bench(name, []) for name in extra)]
+
+
 @dataclass
 class Outcome:
     rows: list[dict[str, Any]]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    failed: bool = False
 
 
 def _row(figure: str, note: str = "") -> dict[str, Any]:
@@ -83,16 +115,13 @@ def _row(figure: str, note: str = "") -> dict[str, Any]:
     }
 
 
-def _has_json_flag(script: Path) -> bool:
-    return "--json" in script.read_text(encoding="utf-8")
-
-
-def _run(cmd: list[str], timeout: float) -> tuple[int | None, str, str]:
+def _run(cmd: list[str], timeout: float, cwd: Path) -> tuple[int | None, str, str]:
     """Run in its own process group; on timeout kill that group (only what we started)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop(SMOKE_ENV, None)  # each script is told its setting by its flags
     proc = subprocess.Popen(
         cmd,
-        cwd=HERE.parent,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -122,64 +151,27 @@ def _last_json(out: str) -> dict[str, Any] | None:
     return None
 
 
-def _num(text: str) -> float | None:
-    m = re.search(r"-?\d[\d,]*(?:\.\d+)?", text)
-    return float(m.group(0).replace(",", "")) if m else None
+def _foreign(name: str) -> bool:
+    """A module a skip may stand for: neither loopwright's own nor a script of this folder."""
+    top = name.split(".")[0]
+    return top != "loopwright" and not (HERE / f"{top}.py").exists()
 
 
-def parse_harvest_table(out: str) -> list[dict[str, Any]]:
-    """Rows of harvest.py's markdown table: seconds per export against the COPY baseline."""
-    lines = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("|")]
-    header: list[str] | None = None
-    body: list[list[str]] = []
-    for ln in lines:
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        if header is None:
-            if any("second" in c.lower() for c in cells):
-                header = [c.lower() for c in cells]
-            continue
-        if all(set(c) <= set("-: ") for c in cells):
-            continue
-        body.append(cells)
-    if header is None or not body:
-        return []
-    col = {name: i for i, name in enumerate(header)}
-    sec = next(i for name, i in col.items() if "second" in name)
-    rows_col = next((i for name, i in col.items() if "written" in name or name == "rows"), None)
-    base_row = next((r for r in body if "baseline" in r[0].lower()), None)
-    floor = _num(base_row[sec]) if base_row else None
-    rows = []
-    for r in body:
-        if r is base_row or len(r) <= sec:
-            continue
-        what = " -> ".join(c for c in r[:2] if c)
-        n = f", {r[rows_col]} rows" if rows_col is not None and rows_col < len(r) else ""
-        secs = _num(r[sec])
-        if secs is None:
-            rows.append(_row(f"harvest {what}: FAILED", "the export raised; see harvest.py output"))
-            continue
-        rows.append(
-            {
-                "figure": f"harvest {what}{n}: seconds (baseline: COPY nodes TO parquet)",
-                "value": secs,
-                "baseline": floor,
-                "ratio": round(secs / floor, 2) if floor else None,
-                "target": "",
-            }
-        )
-    return rows
+def _outside_repo(path: str) -> bool:
+    try:
+        return not (HERE.parent / path).resolve().is_relative_to(HERE.parent)
+    except (OSError, ValueError):
+        return True
 
 
-def run_one(bench: Bench, full: bool, timeout: float | None, logs: Path | None) -> Outcome:
+def run_one(bench: Bench, mode: Mode, timeout: float | None, logs: Path | None) -> Outcome:
+    """Run one script in ``mode`` and read its result line."""
     if not bench.script.exists():
         return Outcome([_row("SKIPPED: script not found")], 0.0)
-    json_flag = bench.name != "harvest" or _has_json_flag(bench.script)
-    cmd = [sys.executable, str(bench.script), *([] if full else bench.quick)]
-    if json_flag:
-        cmd.append("--json")
-    limit = timeout or (bench.timeout_full if full else bench.timeout_quick)
+    cmd = [sys.executable, str(bench.script), *bench.args(mode), "--json"]
+    limit = timeout or bench.timeout(mode)
     t0 = time.perf_counter()
-    code, out, err = _run(cmd, limit)
+    code, out, err = _run(cmd, limit, bench.script.parent.parent)
     secs = time.perf_counter() - t0
     if logs is not None:
         logs.mkdir(parents=True, exist_ok=True)
@@ -188,31 +180,31 @@ def run_one(bench: Bench, full: bool, timeout: float | None, logs: Path | None) 
             encoding="utf-8",
         )
     warnings = [ln.strip() for ln in err.splitlines() if ln.strip().startswith("WARNING")]
+
+    def failed(why: str) -> Outcome:
+        return Outcome([_row(f"FAILED: {why}")], secs, warnings, failed=True)
+
     if code is None:
-        return Outcome([_row(f"FAILED: timed out after {limit:.0f} s")], secs, warnings)
+        return failed(f"timed out after {limit:.0f} s")
     missing = re.search(r"ModuleNotFoundError: No module named '([^']+)'", err)
-    if code != 0 and missing:
+    if code != 0 and missing and _foreign(missing.group(1)):
         return Outcome([_row(f"SKIPPED: module {missing.group(1)} not installed")], secs)
     nofile = re.search(r"FileNotFoundError: .*?'([^']+)'", err)
-    if code != 0 and nofile:
+    if code != 0 and nofile and _outside_repo(nofile.group(1)):
         return Outcome([_row(f"SKIPPED: {nofile.group(1)} not found")], secs)
     if code != 0:
         last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "no output")
-        return Outcome([_row(f"FAILED: exit {code}: {last.strip()[:160]}")], secs, warnings)
-    if json_flag:
-        data = _last_json(out)
-        if data is None:
-            return Outcome([_row("FAILED: no JSON result line")], secs, warnings)
-        rows = list(data.get("rows") or [])
-        if not rows:
-            reason = data.get("skipped") or "no rows reported"
-            return Outcome([_row(f"SKIPPED: {reason}")], secs, warnings)
-    else:
-        rows = parse_harvest_table(out)
-        if not rows:
-            return Outcome([_row("FAILED: could not parse harvest.py's table")], secs, warnings)
+        return failed(f"exit {code}: {last.strip()[:160]}")
+    data = _last_json(out)
+    if data is None:
+        return failed("no JSON result line")
+    rows = list(data.get("rows") or [])
+    if not rows:
+        reason = data.get("skipped") or "no rows reported"
+        return Outcome([_row(f"SKIPPED: {reason}")], secs, warnings)
     notes = [r["note"] for r in rows if r.get("note")]
-    return Outcome(rows, secs, list(dict.fromkeys(warnings + notes)))
+    bad = any(str(r.get("figure", "")).startswith("FAILED") for r in rows)
+    return Outcome(rows, secs, list(dict.fromkeys(warnings + notes)), failed=bad)
 
 
 def _fmt(x: Any, ratio: bool = False) -> str:
@@ -262,35 +254,45 @@ def table(results: dict[str, Outcome]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", help=f"comma-separated subset of: {','.join(NAMES)}")
-    ap.add_argument("--full", action="store_true", help="each script's full default settings")
+    ap.add_argument("--only", help="comma-separated subset of the scripts (NAME of NAME.py)")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--full", action="store_true", help="each script's full default settings")
+    how.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"every script at its smoke size; exit 1 if one fails (also: {SMOKE_ENV}=1)",
+    )
     ap.add_argument("--timeout", type=float, help="seconds per script (default 600 quick)")
     ap.add_argument("--logs", type=Path, help="write each script's full output to DIR/NAME.log")
     args = ap.parse_args(argv)
-    chosen = NAMES
+    smoke = args.smoke or (not args.full and os.environ.get(SMOKE_ENV, "") not in ("", "0"))
+    mode: Mode = "smoke" if smoke else "full" if args.full else "quick"
+    benches = discover() if smoke else BENCHES
+    names = [b.name for b in benches]
+    chosen = names
     if args.only:
         chosen = [n.strip() for n in args.only.split(",") if n.strip()]
-        bad = [n for n in chosen if n not in NAMES]
+        bad = [n for n in chosen if n not in names]
         if bad:
-            ap.error(f"unknown benchmark(s) {', '.join(bad)}; choose from {', '.join(NAMES)}")
+            ap.error(f"unknown benchmark(s) {', '.join(bad)}; choose from {', '.join(names)}")
 
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(
         f"# loopwright benchmarks, {datetime.now().isoformat(timespec='seconds')}, "
-        f"{'full' if args.full else 'quick'} settings\n"
+        f"{mode} settings\n"
         f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
         f"load average {load}\n",
         flush=True,
     )
     results: dict[str, Outcome] = {}
-    for bench in BENCHES:
+    for bench in benches:
         if bench.name not in chosen:
             continue
         print(f"running {bench.name} ...", file=sys.stderr, flush=True)
         try:
-            res = run_one(bench, args.full, args.timeout, args.logs)
+            res = run_one(bench, mode, args.timeout, args.logs)
         except Exception as exc:  # the runner itself must not stop the table
-            res = Outcome([_row(f"FAILED: {type(exc).__name__}: {exc}")], 0.0)
+            res = Outcome([_row(f"FAILED: {type(exc).__name__}: {exc}")], 0.0, failed=True)
         print(f"  {bench.name}: {res.seconds:.0f} s", file=sys.stderr, flush=True)
         results[bench.name] = res
 
@@ -307,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.logs:
         print(f"full outputs: {args.logs}/NAME.log")
+    if mode == "smoke":
+        broken = [name for name, res in results.items() if res.failed]
+        if broken:
+            print(f"smoke: {len(broken)} of {len(results)} scripts failed: {', '.join(broken)}")
+            return 1
+        print(f"smoke: all {len(results)} scripts ran")
     return 0
 
 

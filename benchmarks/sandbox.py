@@ -23,7 +23,10 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 from loopwright.sandboxes import BwrapSandbox, ProcessSandbox
 
 
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=200, help="runs per side per repeat")
     ap.add_argument("--repeats", type=int, default=3, help="alternating repeats; median counts")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, runs=3, repeats=1)
 
     bwrap = BwrapSandbox()
     with warnings.catch_warnings():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,16 +24,21 @@ from pathlib import Path
 
 from loopwright.tools.search import LocalIndex
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 
-def main() -> None:
+_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="/work/shared/data/gsm8k/test.jsonl", help="GSM8K JSONL")
+    p.add_argument("--data", type=Path, default=_DEFAULT, help="GSM8K JSONL")
     p.add_argument("--queries", type=int, default=5000, help="Searches per measurement.")
     p.add_argument("--words", type=int, default=6, help="Words per query window.")
     p.add_argument("--threads", type=int, default=4, help="Threads for the parallel run.")
     p.add_argument("-k", type=int, default=5, help="Results per search.")
     p.add_argument("--json", action="store_true", help="Print a final JSON line of rows.")
-    args = p.parse_args()
+    args = _smoke.parse_args(p, argv, queries=60, threads=2)
 
     with Path(args.data).open() as f:
         questions = [json.loads(line)["question"] for line in f if line.strip()]
@@ -109,7 +115,8 @@ def main() -> None:
             },
         ]
         print(json.dumps({"rows": rows}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -51,6 +51,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
+
 REPLY = "The answer is 5."
 MODEL = "openai/mock"
 HARD_TIMEOUT_S = 900.0
@@ -570,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reply", default=REPLY, help=argparse.SUPPRESS)
     ap.add_argument("--hard-timeout", type=float, default=HARD_TIMEOUT_S, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, latency=0.05, levels="1,4", rounds=2, min_calls=4, repeats=1)
     if args.serve:
         serve_forever(args.latency, args.reply, args.hard_timeout)
         return 0

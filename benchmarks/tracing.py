@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 from loopwright.loops.models.client import ModelClient
 from loopwright.loops.models.config import CallContext, ClientConfig
 from loopwright.loops.models.scripted import ScriptedModel
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--provider", choices=["mock", "scripted"], default="mock")
     ap.add_argument("--latency", type=float, default=0.05, help="mock server latency, seconds")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, calls=40, concurrency=8, repeats=1)
     rows = asyncio.run(bench(args))
     if args.json:
         print(json.dumps({"rows": rows}))

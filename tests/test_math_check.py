@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loopwright.tools import MathChecker, MathVerdict, check_number, extract_answer
+from loopwright.tools import MathChecker, MathVerdict, check_number, extract_answer, math_check
+from loopwright.tools.errors import UserError
+from loopwright.tools.math_check import MathCheckError, MathCheckUnavailable
 
 MATH500 = Path("/work/shared/data/math500/test.jsonl")
 
@@ -234,6 +240,184 @@ async def test_run_verifier_skips_the_thread_only_when_the_check_is_quick(
     symbolic = await run_verifier(MathAnswer(), half, r"\boxed{\frac{1}{2}}")
     assert plain.passed and symbolic.passed
     assert hops == [r"\boxed{\frac{1}{2}}"]
+
+
+# --- the worker process -----------------------------------------------------------------------
+
+
+def _fake_worker(monkeypatch: pytest.MonkeyPatch, source: str, *args: str) -> None:
+    """Start ``python -c source PARENT_SYS_PATH *args`` as the worker from now on."""
+    monkeypatch.setattr(
+        math_check,
+        "_worker_command",
+        lambda: [sys.executable, "-c", source, json.dumps(sys.path), *args],
+    )
+
+
+_FAKE_HEAD = """\
+import json, os, sys
+sys.path[:] = json.loads(sys.argv[1])
+from loopwright.tools import _math_worker as w
+"""
+
+DIES_ON_EVERY_JOB = _FAKE_HEAD + "w._send(1, {'ready': True}); w._recv(0); os._exit(9)\n"
+
+DIES_ON_THE_FIRST_JOB_ONLY = (
+    _FAKE_HEAD
+    + """\
+marker = sys.argv[2]
+if os.path.exists(marker):
+    w.main([sys.argv[1], str(os.getppid())])
+else:
+    open(marker, "w").close()
+    w._send(1, {"ready": True}); w._recv(0); os._exit(9)
+"""
+)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie nobody has reaped yet is gone too
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_the_worker_runs_our_module_not_the_callers_main() -> None:
+    checker = MathChecker("strict")
+    try:
+        checker.start()
+        assert checker._worker is not None
+        cmdline = Path(f"/proc/{checker._worker.proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[0] == sys.executable.encode()
+        assert b"from loopwright.tools._math_worker import main; main()" in cmdline[3]
+        assert not any(b"multiprocessing" in part for part in cmdline)
+        assert checker.check(r"\boxed{\frac{1}{2}}", "0.5").passed
+    finally:
+        checker.close()
+
+
+def test_a_worker_killed_while_idle_is_replaced() -> None:
+    checker = MathChecker("strict")
+    try:
+        checker.start()
+        assert checker._worker is not None
+        pid = checker._worker.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        checker._worker.proc.wait(30)
+        assert checker.check(r"\boxed{2\sqrt{2}}", r"\sqrt{8}").passed
+        assert checker._worker is not None and checker._worker.proc.pid != pid
+    finally:
+        checker.close()
+
+
+def test_a_worker_that_dies_once_is_replaced_and_the_check_goes_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _fake_worker(monkeypatch, DIES_ON_THE_FIRST_JOB_ONLY, str(tmp_path / "died"))
+    checker = MathChecker("strict")
+    try:
+        v = checker.check(r"\boxed{\frac{1}{2}}", "0.5")
+        assert v.passed and not v.timed_out
+        assert (tmp_path / "died").exists()  # the first worker did die on the job
+    finally:
+        checker.close()
+
+
+def test_a_check_the_worker_keeps_dying_on_raises_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _fake_worker(monkeypatch, DIES_ON_EVERY_JOB)
+    checker = MathChecker("strict")
+    try:
+        with pytest.raises(MathCheckError, match="died twice") as info:
+            checker.check(r"\boxed{\frac{1}{2}}", "0.5")
+        assert not isinstance(info.value, UserError)  # one answer's problem, not the setup's
+        # answers that need no worker are still decided
+        assert checker.check("The answer is 7.", "7").passed
+    finally:
+        checker.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        (["-c", "import sys; print('no maths here', file=sys.stderr); sys.exit(3)"],
+         "exit code 3: no maths here"),
+        (["-c", "raise ImportError('math_verify is missing')"], "math_verify is missing"),
+    ],
+)  # fmt: skip
+def test_a_worker_that_cannot_start_raises_one_line_saying_why(
+    monkeypatch: pytest.MonkeyPatch, command: list[str], reason: str
+) -> None:
+    monkeypatch.setattr(math_check, "_worker_command", lambda: [sys.executable, *command])
+    checker = MathChecker("strict")
+    try:
+        with pytest.raises(MathCheckUnavailable) as info:
+            checker.check(r"\boxed{\frac{1}{2}}", "0.5")
+        message = str(info.value)
+        assert isinstance(info.value, UserError) and "\n" not in message
+        assert message.startswith("math answers cannot be checked here")
+        assert reason in message and "pip install" in message
+        assert checker._worker is None
+    finally:
+        checker.close()
+
+
+def test_a_missing_interpreter_raises_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(math_check, "_worker_command", lambda: ["/nonexistent/python3"])
+    with pytest.raises(MathCheckUnavailable, match="could not be started"):
+        MathChecker("strict").start()
+
+
+def test_a_worker_that_never_says_ready_is_killed_and_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        math_check,
+        "_worker_command",
+        lambda: [sys.executable, "-c", "import time; time.sleep(600)"],
+    )
+    started: list[subprocess.Popen[bytes]] = []
+    real = subprocess.Popen
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(math_check.subprocess, "Popen", recording)
+    with pytest.raises(MathCheckUnavailable, match="did not start within 1 s"):
+        math_check._Worker(startup_timeout=1.0)
+    assert len(started) == 1 and started[0].poll() is not None  # killed, not left behind
+
+
+def test_lone_surrogates_and_long_responses_cross_the_pipe(strict: MathChecker) -> None:
+    assert strict.check("half a pair \ud83d, then $\\boxed{\\frac{1}{2}}$", "0.5").passed
+    long = "word " * 200_000 + r"so $\boxed{\frac{3}{4}}$"  # 1 MB: more than a pipe holds
+    v = strict.check(long, "0.75")
+    assert v.passed, v
+
+
+def test_the_worker_exits_when_its_parent_dies(tmp_path: Path) -> None:
+    parent = (
+        "import os, sys\n"
+        "from loopwright.tools.math_check import MathChecker\n"
+        "c = MathChecker('strict'); c.start()\n"
+        "print(c._worker.proc.pid, flush=True)\n"
+        "os._exit(0)\n"  # no cleanup at all: as a kill -9 leaves it
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not _gone(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"worker {pid} outlived its parent")
 
 
 # --- MATH-500 references against themselves ---------------------------------------------------

@@ -8,9 +8,19 @@ answer for display and vote keys; the verdict never depends on it except where n
 
 ``math-verify`` (and the sympy it drives) can hang on pathological input, and it raises when
 its own signal-based timeouts are used outside the main thread. So every parse+verify runs in
-one persistent worker *process* (spawn context, started lazily, reused) with the timeouts of
-``math-verify`` switched off and our own wall-clock timeout around the call: on timeout the
-worker is killed and replaced, and the verdict is ``passed=False, timed_out=True``.
+one persistent worker *process* (started lazily, reused) with the timeouts of ``math-verify``
+switched off and our own wall-clock timeout around the call: on timeout the worker is killed
+and replaced, and the verdict is ``passed=False, timed_out=True``.
+
+The worker is a plain subprocess running ``loopwright.tools._math_worker`` (frames of JSON on
+its stdin and stdout), not ``multiprocessing``: a spawned child re-imports the user's main
+script, which re-runs a script that has no ``if __name__ == "__main__":`` guard. So the
+checker works the same from a script, a notebook and ``python -c``.
+
+A check that cannot happen is an exception, never a ``passed=False`` verdict:
+``MathCheckUnavailable`` when the worker cannot start (the message says why), and
+``MathCheckError`` when one response could not be checked (the worker died on it twice, or
+math-verify raised). Graders record these as errors, not as wrong answers.
 
 Policies:
 
@@ -30,14 +40,21 @@ The checker is thread-safe (one lock around the worker) and can be used from asy
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
+import json
+import os
 import re
+import select
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from fractions import Fraction
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 
+from loopwright.tools import _math_worker
+from loopwright.tools.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field
 
 Policy = Literal["strict", "lenient"]
@@ -219,72 +236,180 @@ def verify_response(
     return ok, got
 
 
-def _worker_main(conn: Connection) -> None:
-    """Worker loop: import math-verify, say ready, then answer ``(extracted, reference)`` jobs."""
-    import logging
+class MathCheckError(RuntimeError):
+    """A check that could not be carried out: no verdict, not a wrong answer (the worker
+    died twice on it, or math-verify raised)."""
 
-    logging.disable(logging.WARNING)  # "Timeout is disabled ..." warnings on every call
-    import math_verify  # noqa: F401  (pay the import before reporting ready)
 
-    conn.send(("ready", None))
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
-        try:
-            conn.send(("ok", verify_response(*job)))
-        except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+class MathCheckUnavailable(MathCheckError, UserError):
+    """The worker process cannot start here, so nothing can be checked: one line saying why
+    and what to do (a ``UserError``, so a run or ``loopwright grade`` stops with it)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"math answers cannot be checked here: {why} (check that this Python has "
+            "loopwright's dependencies, e.g. `pip install 'math-verify>=0.9,<0.10'`)"
+        )
+
+
+def _worker_command() -> list[str]:
+    """The worker's command line: this interpreter running ``_math_worker.main`` with this
+    process's ``sys.path``; ``-P`` keeps the current folder from shadowing the bootstrap's
+    own imports."""
+    if not sys.executable:
+        raise MathCheckUnavailable(
+            "its worker process needs sys.executable, which is empty in this Python"
+        )
+    return [sys.executable, "-P", "-c", _BOOTSTRAP, json.dumps(sys.path), str(os.getpid())]
+
+
+_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from loopwright.tools._math_worker import main; main()"
+)
 
 
 class _Worker:
-    """One spawned process running ``_worker_main``, with a pipe to it."""
+    """One worker subprocess (``loopwright.tools._math_worker``) and the pipes to it.
 
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self.conn: Connection = parent
-        self.proc: BaseProcess = ctx.Process(
-            target=_worker_main, args=(child,), daemon=True, name="loopwright-math-check"
-        )
-        self.proc.start()
-        child.close()
-        if not self.conn.poll(STARTUP_TIMEOUT):
-            self.kill()
-            raise RuntimeError("math-check worker did not start in time")
+    Raises ``MathCheckUnavailable`` when it does not start and say ready within
+    ``startup_timeout`` seconds.
+    """
+
+    def __init__(self, startup_timeout: float = STARTUP_TIMEOUT) -> None:
+        cmd = _worker_command()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill())
         try:
-            tag, _ = self.conn.recv()
-        except (EOFError, OSError):
-            tag = "died"
-        if tag != "ready":
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                close_fds=True,
+                start_new_session=True,  # Ctrl-C in the terminal is the parent's to handle
+            )
+        except OSError as exc:
+            self._stderr.close()
+            raise MathCheckUnavailable(
+                f"the math checker's worker could not be started ({cmd[0]}: {exc})"
+            ) from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout.fileno()
+        os.set_blocking(self._in, False)
+        self._poll = select.poll()
+        try:
+            hello = self._recv(time.monotonic() + startup_timeout)
+        except TimeoutError:
             self.kill()
-            raise RuntimeError("math-check worker failed to start")
+            raise MathCheckUnavailable(
+                f"the math checker's worker did not start within {startup_timeout:.0f} s"
+            ) from None
+        except (OSError, ValueError) as exc:
+            hello = {"error": f"unreadable reply: {exc}"}
+        if hello is None or "ready" not in hello:
+            said = hello.get("error") if hello is not None else None
+            why = str(said) if said else self._exit_reason()
+            self.kill()
+            raise MathCheckUnavailable(f"the math checker's worker failed to start: {why}")
 
-    def call(self, job: tuple[Any, ...], timeout: float) -> tuple[str, Any]:
-        """``("ok", result)``, ``("error", msg)`` or ``("timeout", None)``; kills itself on
-        timeout. ``job`` is ``verify_response``'s arguments."""
-        self.conn.send(job)
-        if not self.conn.poll(timeout):
+    def _exit_reason(self) -> str:
+        """How the worker ended: exit code and the last line it wrote to stderr."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=2)
+        code = self.proc.poll()
+        tail = ""
+        try:
+            self._stderr.seek(0)
+            lines = self._stderr.read()[-4000:].decode("utf-8", "replace").splitlines()
+            tail = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+        except (OSError, ValueError):
+            pass
+        said = f"exit code {code}" if code is not None else "closed its output"
+        return f"{said}{': ' + tail if tail else ''}"
+
+    def _wait(self, fd: int, event: int, deadline: float) -> None:
+        """Block until ``fd`` is ready for ``event`` or raise TimeoutError at ``deadline``."""
+        self._poll.register(fd, event)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                if self._poll.poll(max(1, int(left * 1000))):
+                    return
+        finally:
+            self._poll.unregister(fd)
+
+    def _send(self, message: dict[str, Any], deadline: float) -> None:
+        view = memoryview(_math_worker.encode(message))
+        while view:
+            self._wait(self._in, select.POLLOUT, deadline)
+            try:
+                view = view[os.write(self._in, view) :]
+            except BlockingIOError:
+                continue
+
+    def _read(self, n: int, deadline: float) -> bytes | None:
+        parts: list[bytes] = []
+        while n:
+            self._wait(self._out, select.POLLIN, deadline)
+            chunk = os.read(self._out, min(n, 1 << 20))
+            if not chunk:
+                return None
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    def _recv(self, deadline: float) -> dict[str, Any] | None:
+        """The next frame, or None when the worker closed its end."""
+        header = self._read(4, deadline)
+        if header is None:
+            return None
+        body = self._read(_math_worker.decode_length(header), deadline)
+        if body is None:
+            return None
+        message = json.loads(body)
+        if not isinstance(message, dict):
+            raise ValueError("the worker sent something other than a JSON object")
+        return message
+
+    def call(self, job: dict[str, Any], timeout: float) -> tuple[str, Any]:
+        """``("ok", (passed, got))``, ``("error", msg)``, ``("died", why)`` or
+        ``("timeout", None)``; kills the worker on timeout and when it died."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._send(job, deadline)
+            reply = self._recv(deadline)
+        except TimeoutError:
             self.kill()
             return ("timeout", None)
-        try:
-            result: tuple[str, Any] = self.conn.recv()
-        except (EOFError, OSError) as exc:
+        except (OSError, ValueError) as exc:  # a broken pipe, a garbled frame
             self.kill()
-            return ("error", f"worker died: {exc}")
-        return result
+            return ("died", f"{type(exc).__name__}: {exc}")
+        if reply is None:
+            why = self._exit_reason()
+            self.kill()
+            return ("died", why)
+        if "ok" in reply:
+            passed, got = reply["ok"]
+            return ("ok", (bool(passed), got))
+        return ("error", str(reply.get("error")))
 
     def alive(self) -> bool:
-        return self.proc.is_alive()
+        return self.proc.poll() is None
 
     def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(timeout=5)
-        self.conn.close()
+        """Stop the worker (SIGKILL) and release its pipes; safe to call twice."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        for f in (self.proc.stdin, self.proc.stdout, self._stderr):
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +454,14 @@ class MathChecker:
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
 
+    def start(self) -> None:
+        """Start the worker now rather than on the first check that needs it; raises
+        ``MathCheckUnavailable`` (one line) when it cannot start here."""
+        with self._lock:
+            if self._worker is None or not self._worker.alive():
+                self._worker = None
+                self._worker = _Worker()
+
     def close(self) -> None:
         """Stop the worker process (a later check starts a new one)."""
         with self._lock:
@@ -365,7 +498,12 @@ class MathChecker:
         return self._verdict(a == b, got, reference, _message(a == b, got))
 
     def check(self, response: str, reference: str) -> MathVerdict:
-        """Check ``response`` (the whole text) against ``reference``."""
+        """Check ``response`` (the whole text) against ``reference``.
+
+        Raises ``MathCheckUnavailable`` when the worker cannot start and ``MathCheckError``
+        when this response could not be checked: never a ``passed=False`` verdict for a
+        check that did not happen. A check over the timeout is a verdict (``timed_out``).
+        """
         quick = self.check_quick(response, reference)
         if quick is not None:
             return quick
@@ -374,8 +512,8 @@ class MathChecker:
         if tag == "timeout":
             shown = guess or "the answer"
             return self._verdict(False, guess, reference, f"could not verify {shown} in time", True)
-        if tag == "error":
-            return self._verdict(False, guess, reference, f"could not verify the answer: {value}")
+        if tag != "ok":
+            raise MathCheckError(f"could not check the answer: {value}")
         ok, got = value
         if got is None and not ok:
             return self._verdict(False, guess, reference, "no final answer found")
@@ -383,15 +521,20 @@ class MathChecker:
         return self._verdict(bool(ok), shown, reference, _message(bool(ok), shown))
 
     def _call(self, response: str, reference: str) -> tuple[str, Any]:
+        """One job on the worker (started if needed). A worker that dies on the job is
+        replaced and the job tried once more; a second death is ``("error", why)``."""
+        job = {"response": response, "reference": reference, "policy": self.policy}
         with self._lock:
-            if self._worker is None or not self._worker.alive():
-                try:
-                    self._worker = _Worker()
-                except RuntimeError as exc:
+            for attempt in range(2):
+                if self._worker is None or not self._worker.alive():
                     self._worker = None
-                    return ("error", str(exc))
-            result = self._worker.call((response, reference, self.policy), self.timeout)
-            if result[0] == "timeout" or not self._worker.alive():
-                self._worker.kill()
-                self._worker = None  # recreated lazily on the next call
-            return result
+                    self._worker = _Worker()  # MathCheckUnavailable propagates
+                tag, value = self._worker.call(job, self.timeout)
+                if tag in ("timeout", "died"):
+                    self._worker.kill()
+                    self._worker = None  # recreated lazily on the next call
+                if tag != "died":
+                    return tag, value
+                if attempt:
+                    return "error", f"the math-check worker died twice on it ({value})"
+            raise AssertionError("unreachable")

@@ -16,7 +16,9 @@ The tasks are reloaded from the run's own task spec (``runs.tasks_spec`` with th
 as they were, is a one-line ``UserError``.
 
 A grader that raises on one node is recorded as a verdict with ``passed`` NULL, feedback
-``grader error: ...`` and ``details.grader_error``; grading goes on. Running again skips every
+``grader error: ...`` and ``details.grader_error``; grading goes on. A grader that cannot run
+here at all (no sandbox, a math checker whose worker cannot start) is a one-line
+``UserError`` before any answer is graded: never a row of failed verdicts. Running again skips every
 node that has a graded verdict, except those error rows: they are deleted and graded again,
 so each answer ends with exactly one graded verdict.
 """
@@ -36,6 +38,7 @@ from loopwright.loops.execution.grade_report import Agreement, GradeProgress, Gr
 from loopwright.loops.tasks import Task, load_tasks
 from loopwright.loops.verify import (
     CodeTests,
+    MathAnswer,
     Verdict,
     Verifier,
     grader_for,
@@ -185,7 +188,7 @@ def grade_run(
     the answers graded at once (per Ray worker with ``executor="ray"``: the answers are then
     graded in the workers' own sandboxes, and this process writes every verdict). Raises
     ``UserError`` (one line) on a missing database, an unknown run, a task spec that cannot be
-    loaded, or a sandbox that cannot run here.
+    loaded, or a sandbox or math checker that cannot run here.
     """
     t0 = time.perf_counter()
     db = str(db)
@@ -234,6 +237,8 @@ def grade_run(
         skipped = sum(a.graded for a in answers)
         if any(g is code for _, _, g in todo):
             shared_sandbox(sandbox)  # a sandbox that cannot run here: one line, before any work
+        if executor == "local" and any(isinstance(g, MathAnswer) for _, _, g in todo):
+            MathAnswer.start()  # likewise a math checker whose worker cannot start
 
         retry = [a.node_id for a, _, _ in todo if a.errored]
         if retry:  # earlier grader-error rows make way for the new verdicts

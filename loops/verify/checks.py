@@ -3,7 +3,8 @@
 Math tasks are checked by the math checker (math-verify over the whole response in a worker
 process, lenient about units); code tasks run their (hidden) tests in a sandbox
 (``CodeTests``). These checks read the reference and the hidden tests, so a loop sees them
-only through the ``oracle`` in-loop verifier, opt-in.
+only through the ``oracle`` in-loop verifier, opt-in. A check that cannot run raises (a
+one-line ``UserError`` when it cannot run here at all): it is never a failed verdict.
 
 Checks block (a worker process, a sandbox run): loops call them through ``run_check``, which
 takes a check's non-blocking ``quick`` verdict when it has one and goes to a thread
@@ -50,6 +51,12 @@ class MathAnswer:
                 MathAnswer._checker = math_check.MathChecker(policy="lenient")
             return MathAnswer._checker
 
+    @staticmethod
+    def start() -> None:
+        """Start the shared checker's worker before any work: a one-line ``UserError``
+        (``MathCheckUnavailable``) when it cannot run here."""
+        MathAnswer._get_checker().start()
+
     def quick(self, task: Task, response: str) -> Verdict | None:
         """The verdict when no worker is needed, else None (never blocks)."""
         t0 = time.perf_counter()
@@ -57,6 +64,9 @@ class MathAnswer:
         return None if v is None else self._verdict(v, t0)
 
     def __call__(self, task: Task, response: str) -> Verdict:
+        """The verdict. ``MathCheckUnavailable`` (a one-line ``UserError``) when the checker
+        cannot run here, ``MathCheckError`` (the caller records a grading error) when this
+        response could not be checked: neither is ever a failed verdict."""
         t0 = time.perf_counter()
         return self._verdict(self._get_checker().check(response, task.reference or ""), t0)
 
