@@ -16,13 +16,21 @@ from loopwright.tools.code_tests import (
 )
 from loopwright.tools.judge import *  # noqa: F403
 from loopwright.tools.judge_report import report as bias_report
-from loopwright.tools.math_check import MathChecker, MathVerdict, extract_answer
+from loopwright.tools.math_check import (
+    MathChecker,
+    MathCheckError,
+    MathCheckUnavailable,
+    MathVerdict,
+    extract_answer,
+)
 from loopwright.tools.numeric import NumericVerdict, check_number, extract_number
 from loopwright.tools.search import *  # noqa: F403
 
 __all__ = [
     "CodeTestResult",
     "ExecSummary",
+    "MathCheckError",
+    "MathCheckUnavailable",
     "MathChecker",
     "MathVerdict",
     "NumericVerdict",

@@ -271,13 +271,15 @@ def check_math(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Are PRED and GOLD the same mathematical answer? Exits 0 when equal, 1 when not."""
-    from loopwright.tools.math_check import MathChecker
+    from loopwright.tools.math_check import MathChecker, MathCheckError
 
     if policy not in ("lenient", "strict"):
         raise UserError(f"--policy must be lenient or strict, not {policy!r}")
     checker = MathChecker(policy=policy)  # type: ignore[arg-type]
     try:
         v = checker.check(pred, gold)
+    except MathCheckError as exc:  # the worker died on this answer twice: not a verdict
+        raise UserError(str(exc)) from None
     finally:
         checker.close()
     if as_json:

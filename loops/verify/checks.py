@@ -172,7 +172,9 @@ class CodeTests:
             cases = [(str(i), str(o)) for i, o in task.metadata.get("io_cases") or []]
             return code_tests.run_io(code, cases, sandbox, self.limits)
         if style == "asserts":
-            return code_tests.run_asserts(code, list(task.tests), sandbox, self.limits)
+            return code_tests.run_asserts(
+                code, list(task.tests), sandbox, self.limits, entry_point=task.entry_point
+            )
         raise UserError(
             f"code task {task.id!r}: unknown test_style {style!r} (choose from: asserts, "
             "humaneval, io)"
