@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 
@@ -697,13 +699,16 @@ def f(x):
 
 def test_reading_the_tests_fails(any_sandbox: Sandbox) -> None:
     run_function_styles(any_sandbox, READ_TESTS)
-    # in one process with its tests (as before this harness), the same program finds them all
-    ns: dict[str, object] = {}
-    exec(READ_TESTS, ns)
-    ns["_texts"] = ns["_mem_texts"]
-    lookup = ns["f"]
-    assert callable(lookup)
-    assert [lookup(x) for x in SECRET] == list(SECRET.values())
+    # in one process with its tests (as before this harness), the same program finds them all:
+    # a fresh interpreter, so no other test's strings come first
+    program = (
+        f"TESTS = {ASSERTS!r}\n{READ_TESTS}\n_texts = _mem_texts\n"
+        f"print([f(x) for x in {list(SECRET)!r}])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", program], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == repr(list(SECRET.values()))
 
 
 PAIR = r"\b%d(?:\\n|\n)?['\"]?\s*[,:]\s*['\"]?(\d{6,})"  # "2\n", "48151623\n" and the like
