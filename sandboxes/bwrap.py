@@ -10,7 +10,15 @@ Configured after the pitfalls measured in DESIGN.md ("Sandbox"):
 * bwrap limits neither forks nor memory: RLIMIT_AS/NPROC/CPU/FSIZE/CORE are set in the child
   before exec; NPROC is meaningful because each slot uid runs one sandbox at a time;
 * the wall-clock timeout SIGKILLs the whole process group (``--die-with-parent`` then tears
-  down the PID namespace), and as root every leftover process of the slot uid is killed.
+  down the PID namespace), and as root every leftover process of the slot uid is killed;
+* nothing in the sandbox holds what a program must not reach. bwrap's PID-namespace init is
+  an ordinary, dumpable process of the slot uid (bwrap makes it so): a warm worker therefore
+  has none (``--as-pid-1``: the warm server, not dumpable, is PID 1 and the only holder of
+  the pipes to the host); a cold run keeps it (the program then behaves as it would anywhere
+  else), where it holds only that run's own stdio, and the stack buffer through which bwrap
+  copied the run's files is overwritten before the program starts (``_SCRUB``). Every
+  process runs under the seccomp filter of ``sandboxes/seccomp.py`` (no ptrace,
+  process_vm_readv/writev or pidfd_getfd).
 
 Interpreter: this project's Python may live where the slot uid cannot read it (pyenv under
 ``/root``, mode 0700). Then the distribution's ``/usr/bin/python3`` is used instead; sandboxed
@@ -45,13 +53,20 @@ from loopwright.sandboxes.base import (
     own_process_count,
     write_files,
 )
+from loopwright.sandboxes.seccomp import seccomp_filter
 from loopwright.sandboxes.warm import WarmPool
 
 _SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 _ROOT_ENTRIES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _BWRAP_OWN_PROCESSES = 2  # bwrap's outer process and its PID-namespace init
+# bwrap copies each ``--file`` through one 8 KiB stack buffer in what becomes the sandbox's
+# init, so the tail of the last file would stay readable there (/proc/1/mem): a last copy of
+# as many zero bytes overwrites it.
+_SCRUB = 8192
 _NOT_CHECKED = "not checked"
 _check_cache: dict[type, str | None] = {}
+_SECCOMP = seccomp_filter()
+_seccomp_works: dict[type, bool] = {}  # False where bwrap cannot install a filter here
 
 
 _KILL = shutil.which("kill", path="/usr/bin:/bin")
@@ -81,6 +96,16 @@ def _pick_interpreter(dropping_uid: bool) -> tuple[str, list[str]]:
         f"no Python the sandbox uid can read ({candidate} is private and /usr/bin/python3 is "
         "missing): `apt-get install python3-minimal`"
     )
+
+
+def _pipe_holding(data: bytes, fds: contextlib.ExitStack) -> int:
+    """The read end of a pipe that holds ``data`` (up to 64 KiB) and then EOF; closed by
+    ``fds``. bwrap reads such descriptors to their end."""
+    r, w = os.pipe()
+    fds.callback(os.close, r)
+    with open(w, "wb") as f:
+        f.write(data)
+    return r
 
 
 def _decode_bwrap_exit(rc: int) -> int:
@@ -157,6 +182,7 @@ class BwrapSandbox(Sandbox):
         self._max_slots = max_slots
         self._python, self._extra_binds = _pick_interpreter(self._as_root)
         self._lock_dir = Path("/run/loopwright-sandbox" if self._as_root else tempfile.gettempdir())
+        self._seccomp = _SECCOMP if _seccomp_works.get(type(self), True) else None
         if _check_cache.get(type(self), _NOT_CHECKED) == _NOT_CHECKED:
             _check_cache[type(self)] = self._self_test()
         reason = _check_cache[type(self)]
@@ -193,12 +219,18 @@ class BwrapSandbox(Sandbox):
     def _self_test(self) -> str | None:
         limits = SandboxLimits(timeout_s=10)
         result = self.run(["/usr/bin/true"], limits=limits)
+        if result.exit_code != 0 and self._seccomp is not None:
+            # a kernel without seccomp filters: the sandbox still holds, one layer thinner
+            self._seccomp = None
+            result = self.run(["/usr/bin/true"], limits=limits)
+            if result.exit_code == 0:
+                _seccomp_works[type(self)] = False
         if result.exit_code != 0:
             detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
             return f"bwrap cannot create a sandbox here ({detail}): {INSTALL_HINT}"
         # the warm server and the code-test harness need Python's standard library, which
         # python3-minimal alone lacks
-        probe = [self._python, "-I", "-B", "-c", "import json, base64, select, resource"]
+        probe = [self._python, "-I", "-B", "-c", "import ctypes, json, mmap, resource, select"]
         result = self.run(probe, limits=limits)
         if result.exit_code != 0:
             detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
@@ -243,12 +275,21 @@ class BwrapSandbox(Sandbox):
     # -- running ----------------------------------------------------------------------
 
     def bwrap_argv(
-        self, argv: list[str], limits: SandboxLimits, file_fds: Mapping[str, int] | None = None
+        self,
+        argv: list[str],
+        limits: SandboxLimits,
+        file_fds: Mapping[str, int] | None = None,
+        *,
+        seccomp_fd: int | None = None,
+        scrub_fd: int | None = None,
+        as_init: bool = False,
     ) -> list[str]:
         """bwrap's argv around ``argv``: ``/work`` is a tmpfs capped at ``max_disk_mb``; the
         program runs in ``/work/run`` and ``/tmp`` points to ``/work/tmp``, so one cap bounds
         everything it can write. ``file_fds`` (path under the run dir -> readable fd) are
-        copied in before ``argv`` starts."""
+        copied in before ``argv`` starts, then ``scrub_fd`` (``_SCRUB`` zero bytes) to a file
+        that ``/dev`` then hides. ``seccomp_fd`` is read for the seccomp filter. ``as_init``:
+        ``argv`` is the namespace's PID 1 (no bwrap init; ``argv`` must reap its orphans)."""
         assert self._bwrap is not None
         args = [
             self._bwrap,
@@ -262,6 +303,8 @@ class BwrapSandbox(Sandbox):
             "--setenv", "HOME", "/work/run",
             "--setenv", "LANG", "C.UTF-8",
         ]  # fmt: skip
+        if as_init:
+            args.append("--as-pid-1")
         for entry in _ROOT_ENTRIES:
             if os.path.islink(entry):
                 args += ["--symlink", os.readlink(entry), entry]
@@ -270,8 +313,6 @@ class BwrapSandbox(Sandbox):
         for extra in self._extra_binds:
             args += ["--ro-bind", extra, extra]
         args += [
-            "--proc", "/proc",
-            "--dev", "/dev",
             "--size", str(limits.max_disk_mb * 1024 * 1024),
             "--tmpfs", "/work",
             "--dir", "/work/tmp",
@@ -286,6 +327,11 @@ class BwrapSandbox(Sandbox):
                     args += ["--dir", str(parent)]
                     made.add(str(parent))
             args += ["--file", str(fd), dest]
+        if scrub_fd is not None:
+            args += ["--file", str(scrub_fd), "/dev/.scrub"]
+        args += ["--proc", "/proc", "--dev", "/dev"]  # after the files: hides /dev/.scrub
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
         args += ["--chdir", "/work/run", "--", *argv]
         return args
 
@@ -297,26 +343,41 @@ class BwrapSandbox(Sandbox):
         *,
         nproc_extra: int = _BWRAP_OWN_PROCESSES,
         file_fds: Mapping[str, int] | None = None,
+        as_init: bool = False,
     ) -> subprocess.Popen[bytes]:
         """Start bwrap around ``argv`` as slot ``uid``, inside the slot's cgroups, with rlimits."""
         if self._as_root:
             nproc = limits.max_processes + nproc_extra
-            procs_files = cgroups.prepare(uid, limits)
+            procs_files = cgroups.prepare(uid, limits, nproc_extra)
         else:
             # our uid's existing processes count against RLIMIT_NPROC too
             nproc = own_process_count() + limits.max_processes + nproc_extra
             procs_files = []
-        return subprocess.Popen(
-            self.bwrap_argv(argv, limits, file_fds),
-            cwd="/",
-            env={"PATH": _SANDBOX_PATH},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            pass_fds=tuple((file_fds or {}).values()),
-            preexec_fn=child_setup(limits, nproc, procs_files, uid if self._as_root else None),
-        )
+        with contextlib.ExitStack() as fds:
+            seccomp_fd = scrub_fd = None
+            if self._seccomp is not None:
+                seccomp_fd = _pipe_holding(self._seccomp, fds)
+            if file_fds:
+                scrub_fd = _pipe_holding(bytes(_SCRUB), fds)
+            extra_fds = [fd for fd in (seccomp_fd, scrub_fd) if fd is not None]
+            return subprocess.Popen(
+                self.bwrap_argv(
+                    argv,
+                    limits,
+                    file_fds,
+                    seccomp_fd=seccomp_fd,
+                    scrub_fd=scrub_fd,
+                    as_init=as_init,
+                ),
+                cwd="/",
+                env={"PATH": _SANDBOX_PATH},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=(*(file_fds or {}).values(), *extra_fds),
+                preexec_fn=child_setup(limits, nproc, procs_files, uid if self._as_root else None),
+            )
 
     def run(
         self,

@@ -7,18 +7,25 @@ server forks a child that takes the run's rlimits in a new session and runs the 
 in-process; afterwards it SIGKILLs everything else in the sandbox and wipes ``/work``, so no
 process, file or ``/tmp`` entry carries over to the next program.
 
+The server is the sandbox's PID 1, not dumpable, and the only holder of the pipes to the
+host; a child inherits no other run's request or output (see ``_warm_server.py``). Every
+request carries a random id that the reply must echo, and a reply is read as a length-framed
+header plus raw output, so output can never be taken for protocol.
+
 The host keeps its own watchdog: a worker that does not answer within the run's timeout
-plus a grace period (a program stopped or killed its server) is torn down and replaced, and
-that run is reported as timed out or killed.
+plus a grace period, answers for another request, or garbles its reply is torn down and
+replaced, and that run is reported as timed out or killed. A worker whose server reports that
+a process outlived its cleanup is replaced after its answer.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
+import marshal
 import os
 import queue
+import secrets
 import select
 import struct
 import subprocess
@@ -46,7 +53,10 @@ T = TypeVar("T")
 _SERVER = (Path(__file__).parent / "_warm_server.py").read_text(encoding="utf-8")
 _GRACE_S = 5.0  # server-side cleanup after the deadline, before we give up on a worker
 _START_TIMEOUT_S = 20.0
-_WORKER_PROCESSES = 3  # bwrap, its PID-namespace init and the server, all of the slot uid
+_WORKER_PROCESSES = 2  # bwrap and the server (the namespace's PID 1), both of the slot uid
+_ID = 16  # bytes of request id that open every frame, both ways
+_READY = bytes(_ID)  # the id of the server's first message
+_MAX_HEADER = 1 << 20
 # The worker's own rlimits are ceilings each run's child lowers; they must not be below any
 # run's request, so they are effectively unlimited (the run's limits apply to its child).
 _CEILING = SandboxLimits(
@@ -84,6 +94,10 @@ class _WorkerDied(Exception):
 
 class _NotSent(_WorkerDied):
     """The worker was gone before the program reached it: not the program's doing."""
+
+
+class _Untrusted(_WorkerDied):
+    """The reply was not for this request, or did not add up: the worker is not trusted."""
 
 
 class _Launcher:
@@ -143,14 +157,16 @@ class _Worker:
             argv = [*sandbox.python_argv(), "-c", _SERVER]
             uid = self.uid
             self.proc = _launch(
-                lambda: sandbox.launch(argv, limits, uid, nproc_extra=_WORKER_PROCESSES)
+                lambda: sandbox.launch(
+                    argv, limits, uid, nproc_extra=_WORKER_PROCESSES, as_init=True
+                )
             )
             # stderr carries only bwrap's and the server's own failures (programs get their
             # own pipes), so it cannot fill up; it is read when a worker fails to start
             assert self.proc.stderr is not None
             self._stack.callback(self._stop)
             self._read_errors_from = self.proc.stderr
-            ready = self._receive(time.monotonic() + _START_TIMEOUT_S)
+            ready, _, _ = self._receive(time.monotonic() + _START_TIMEOUT_S, _READY, 0)
         except _WorkerDied as e:
             detail = self._stderr_tail() or str(e)
             self.close()
@@ -161,18 +177,10 @@ class _Worker:
         self.server_pid_in_sandbox = int(ready.get("ready", 0))
 
     def pids(self) -> list[int]:
-        """Host PIDs of this worker's own processes: bwrap, its PID-namespace init, the server.
-
-        Programs' leftovers are children of that init too, so the server is told apart by its
-        PID inside the namespace (``NSpid``), never by ancestry alone.
-        """
-        found = [self.proc.pid]
-        init = _children(self.proc.pid)
-        found += init
-        for pid in (c for i in init for c in _children(i)):
-            if _ns_pid(pid) == self.server_pid_in_sandbox:
-                found.append(pid)
-        return found
+        """Host PIDs of this worker's own processes: bwrap and the server, its only child,
+        told apart by its PID inside the namespace (``NSpid``)."""
+        server = [c for c in _children(self.proc.pid) if _ns_pid(c) == self.server_pid_in_sandbox]
+        return [self.proc.pid, *server]
 
     def _stderr_tail(self) -> str:
         with contextlib.suppress(OSError, ValueError):
@@ -197,46 +205,57 @@ class _Worker:
 
     # -- protocol -----------------------------------------------------------------------
 
-    def _send(self, obj: dict[str, Any]) -> None:
+    def _send(self, parts: list[bytes]) -> None:
         assert self.proc.stdin is not None
         if self.proc.poll() is not None:
             raise _NotSent("worker exited")
-        data = json.dumps(obj).encode()
         try:
-            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+            self.proc.stdin.write(struct.pack(">I", sum(map(len, parts))) + b"".join(parts))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as e:
             raise _NotSent(f"request pipe closed: {e}") from None
 
-    def _read(self, n: int, deadline: float) -> bytes:
+    def _read(self, n: int, deadline: float) -> memoryview:
+        """Exactly ``n`` bytes of the reply pipe, read in place (replies can be megabytes)."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        buf = b""
-        while len(buf) < n:
+        buf = memoryview(bytearray(n))
+        got = 0
+        poller = select.poll()  # not select(): this process may hold fds above 1024
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while got < n:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
-            poller = select.poll()  # not select(): this process may hold fds above 1024
-            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
             if not poller.poll(left * 1000):
                 continue
-            chunk = os.read(fd, n - len(buf))
-            if not chunk:
+            read = os.readv(fd, [buf[got:]])
+            if not read:
                 raise _WorkerDied("the warm server exited")
-            buf += chunk
+            got += read
         return buf
 
-    def _receive(self, deadline: float) -> dict[str, Any]:
+    def _receive(
+        self, deadline: float, rid: bytes, max_output: int
+    ) -> tuple[dict[str, Any], bytes, bytes]:
+        """The reply to request ``rid``: (header, stdout, stderr). A reply that does not echo
+        ``rid`` or does not add up comes from a worker we can no longer trust (_Untrusted)."""
         (n,) = struct.unpack(">I", self._read(4, deadline))
-        if n > 1 << 31:
-            raise _WorkerDied("garbled reply")
+        if not _ID + 4 <= n <= _ID + 4 + _MAX_HEADER + max_output:
+            raise _Untrusted("garbled reply")
+        frame = self._read(n, deadline)
+        if not secrets.compare_digest(bytes(frame[:_ID]), rid):
+            raise _Untrusted("a reply to another request")
+        (size,) = struct.unpack_from(">I", frame, _ID)
+        at = _ID + 4 + size
         try:
-            reply = json.loads(self._read(n, deadline))
-        except ValueError:
-            raise _WorkerDied("garbled reply") from None
-        if not isinstance(reply, dict):
-            raise _WorkerDied("garbled reply")
-        return reply
+            header = json.loads(bytes(frame[_ID + 4 : at]))
+            n_out, n_err = int(header.get("stdout", 0)), int(header.get("stderr", 0))
+        except (ValueError, TypeError, AttributeError):
+            raise _Untrusted("garbled reply") from None
+        if at + n_out + n_err != n or min(n_out, n_err) < 0:
+            raise _Untrusted("garbled reply")
+        return header, bytes(frame[at : at + n_out]), bytes(frame[at + n_out :])
 
     def run(
         self,
@@ -244,32 +263,43 @@ class _Worker:
         files: Mapping[str, str | bytes] | None,
         stdin: str | bytes | None,
         limits: SandboxLimits,
-    ) -> dict[str, Any]:
-        """Send one program; the server's reply. Raises _WorkerDied / TimeoutError."""
+    ) -> tuple[dict[str, Any], bytes, bytes]:
+        """Send one program; the server's reply (header, stdout, stderr). Raises _NotSent,
+        _WorkerDied or TimeoutError."""
         cgroups.prepare(self.uid, limits, _WORKER_PROCESSES)
-        encoded = {
-            safe_relpath(rel): base64.b64encode(c.encode() if isinstance(c, str) else c).decode()
+        bodies = [
+            (safe_relpath(rel), c.encode() if isinstance(c, str) else bytes(c))
             for rel, c in (files or {}).items()
+        ]
+        raw_stdin = stdin.encode() if isinstance(stdin, str) else bytes(stdin or b"")
+        server_lim = {
+            "timeout_s": float(limits.timeout_s),
+            "memory_mb": limits.memory_mb,
+            "cpu_s": limits.effective_cpu_s,
+            "max_file_mb": limits.max_file_mb,
+            "max_output_bytes": limits.max_output_bytes,
+            # the child counts itself, the server and bwrap
+            "nproc": limits.max_processes + _WORKER_PROCESSES,
         }
-        raw_stdin = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
-        self._send(
-            {
-                "mode": "python",
-                "argv": argv,
-                "files": encoded,
-                "stdin": base64.b64encode(raw_stdin).decode(),
-                "limits": {
-                    "timeout_s": limits.timeout_s,
-                    "memory_mb": limits.memory_mb,
-                    "cpu_s": limits.effective_cpu_s,
-                    "max_file_mb": limits.max_file_mb,
-                    "max_output_bytes": limits.max_output_bytes,
-                    # the child counts itself, the server, bwrap and bwrap's init
-                    "nproc": limits.max_processes + _WORKER_PROCESSES,
-                },
-            }
+        # marshal format 4: plain str/int/float/tuple/list/dict, read by any Python 3.4+
+        server_part = marshal.dumps((server_lim, len(raw_stdin)), 4)
+        child_part = marshal.dumps(
+            ("python", [str(a) for a in argv], [(rel, len(body)) for rel, body in bodies]), 4
         )
-        return self._receive(time.monotonic() + limits.timeout_s + _GRACE_S)
+        rid = secrets.token_bytes(_ID)
+        self._send(
+            [
+                rid,
+                struct.pack(">I", len(server_part)),
+                server_part,
+                struct.pack(">I", len(child_part)),
+                child_part,
+                *(body for _, body in bodies),
+                raw_stdin,
+            ]
+        )
+        deadline = time.monotonic() + limits.timeout_s + _GRACE_S
+        return self._receive(deadline, rid, limits.max_output_bytes)
 
 
 _pools: weakref.WeakSet[WarmPool] = weakref.WeakSet()
@@ -348,11 +378,12 @@ class WarmPool:
             except (TimeoutError, _WorkerDied) as e:
                 self._discard(worker)
                 timed_out = isinstance(e, TimeoutError)
-                note = (
-                    "sandbox: the program stopped its sandbox from answering"
-                    if timed_out
-                    else "sandbox: the program killed its sandbox"
-                )
+                if timed_out:
+                    note = "sandbox: the sandbox stopped answering"
+                elif isinstance(e, _Untrusted):
+                    note = f"sandbox: the worker's reply did not match the request ({e})"
+                else:
+                    note = "sandbox: the sandbox died during the run"
                 return make_result(
                     None,
                     "timeout" if timed_out else "signal",
@@ -365,19 +396,23 @@ class WarmPool:
                 self._discard(worker)
                 raise
         assert worker is not None
-        if "error" in reply:
-            self._give_back(worker)
-            raise ValueError(f"sandbox could not set up the run: {reply['error']}")
+        header, out, err = reply
+        if "error" in header:
+            self._discard(worker)
+            raise ValueError(f"sandbox could not set up the run: {header['error']}")
         result = make_result(
-            reply["exit_code"],
-            reply["killed_by"],
-            base64.b64decode(reply["stdout"]),
-            base64.b64decode(reply["stderr"]),
-            float(reply["duration_s"]),
-            bool(reply["truncated"]),
+            header["exit_code"],
+            header["killed_by"],
+            out,
+            err,
+            float(header["duration_s"]),
+            bool(header["truncated"]),
         )
         result = cgroups.explain(worker.uid, result)
-        self._give_back(worker)
+        if header.get("retire", True):  # something outlived the run: start afresh next time
+            self._discard(worker)
+        else:
+            self._give_back(worker)
         return result
 
     def _discard(self, worker: _Worker | None) -> None:

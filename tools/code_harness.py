@@ -35,6 +35,12 @@ from loopwright.sandboxes import (
     Sandbox,
     SandboxLimits,
 )
+
+# ``confine()``, installed in every process that runs candidate code (the candidate's
+# interpreter under the harness, and a stdin/stdout program itself): seccomp refuses ptrace,
+# process_vm_readv/writev and pidfd_getfd, so the process cannot copy another process's
+# descriptors or read its memory, on any backend.
+from loopwright.sandboxes.seccomp import CONFINE_SOURCE as _CONFINE
 from loopwright.tools.code_results import (
     CodeTestResult,
     TestOutcome,
@@ -43,51 +49,6 @@ from loopwright.tools.code_results import (
     stderr_tail,
     summary,
 )
-
-# Installed in every process that runs candidate code (the candidate's interpreter under the
-# harness, and a stdin/stdout program itself): seccomp refuses ptrace, process_vm_readv/writev
-# and pidfd_getfd, so the process cannot copy another process's descriptors or read its
-# memory. The sandbox's init process is an ordinary process of the sandbox uid and holds the
-# pipes to the host; this keeps them out of reach.
-_CONFINE = r'''
-def confine():
-    """Confine this process and its children; False where the platform has no such filter
-    (not Linux, or an architecture whose syscall numbers we do not know)."""
-    import os as _o
-
-    uname = _o.uname()
-    known = {
-        "x86_64": (0xC000003E, (101, 310, 311, 438)),
-        "aarch64": (0xC00000B7, (117, 270, 271, 438)),
-    }.get(uname.machine)
-    if uname.sysname != "Linux" or known is None:
-        return False
-    import ctypes
-    import struct
-
-    audit_arch, denied = known
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    refuse, allow = 0x00050000 | 1, 0x7FFF0000  # SECCOMP_RET_ERRNO|EPERM, SECCOMP_RET_ALLOW
-    prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, refuse), (ld, 0, 0, 0)]
-    if audit_arch == 0xC000003E:  # the x32 ABI's numbers: refused
-        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, refuse)]
-    for nr in denied:
-        prog += [(jeq, 0, 1, nr), (ret, 0, 0, refuse)]
-    prog.append((ret, 0, 0, allow))
-    raw = b"".join(struct.pack("HBBI", c, jt, jf, k) for c, jt, jf, k in prog)
-    buf = ctypes.create_string_buffer(raw, len(raw))
-
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    fprog = Fprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
-    return True
-'''
 
 # A stdin/stdout program runs as main.py under this prelude: confined first, then exactly
 # as ``python main.py`` would run it (its own tracebacks, exit status and output).
