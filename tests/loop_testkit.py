@@ -53,6 +53,16 @@ def last_user(messages: Messages) -> str:
     return next(str(m["content"]) for m in reversed(messages) if m["role"] == "user")
 
 
+def self_refine_role(messages: Messages) -> str:
+    """Which self-refine step a request is for, from its prompt: generate, critique or refine."""
+    user = last_user(messages)
+    if "Check the proposed answer" in user or "Check the proposed code" in user:
+        return "critique"
+    if "Feedback:" in user and ("Previous answer:" in user or "Previous code:" in user):
+        return "refine"
+    return "generate"
+
+
 def prompts(model: ScriptedModel) -> list[str]:
     """The last user message of every call ``model`` got, in call order."""
     return [last_user(c.messages) for c in model.calls]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_testkit import self_refine_role
 from loopwright.loops.errors import UserError
 from loopwright.loops.execution.runner import Progress, RunConfig, RunResult, run
 from loopwright.loops.graphs.self_refine import SelfRefineOptions
@@ -20,15 +21,6 @@ from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
 
 _TASK_NO = re.compile(r"Task (\d+):")
-
-
-def _role(messages: list[dict[str, Any]]) -> str:
-    user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    if "Check the proposed answer" in user:
-        return "critique"
-    if "Feedback:" in user and "Previous answer:" in user:
-        return "refine"
-    return "generate"
 
 
 def _user(messages: list[dict[str, Any]]) -> str:
@@ -45,7 +37,7 @@ def mixed_reply(messages: list[dict[str, Any]], index: int) -> str:
     """Task i asks for i + 1. Even tasks are right first time; odd ones are fixed by the first
     refinement, except multiples of 3, which never get it right."""
     i = _task_no(messages)
-    role = _role(messages)
+    role = self_refine_role(messages)
     if role == "critique":
         return f"Task {i}: the sum is off."
     right = (role == "generate" and i % 2 == 0) or (role == "refine" and i % 3 != 0)
@@ -203,7 +195,7 @@ async def test_permanently_failing_tasks_are_marked_failed_and_the_run_completes
         user = _user(messages)
         if "POISON" in user:
             return Fault("server_error")
-        if "CRITFAIL" in user and _role(messages) == "critique":
+        if "CRITFAIL" in user and self_refine_role(messages) == "critique":
             return Fault("server_error")
         return mixed_reply(messages, index)
 
@@ -375,7 +367,7 @@ async def test_kill_9_then_resume_finishes_every_task_once(tmp_path: Path) -> No
 
     def reply(messages: list[dict[str, Any]], index: int) -> str:
         resumed_prompts.append(_user(messages))
-        return "The sum is off." if _role(messages) == "critique" else "The answer is 0."
+        return "The sum is off." if self_refine_role(messages) == "critique" else "The answer is 0."
 
     ScriptedModel(reply, name="killme").register()
     result: RunResult = await run(cfg.model_copy(update={"resume": True}))

@@ -29,6 +29,7 @@ from loop_testkit import (
     one_task,
     prompts,
     seeded_runs,
+    self_refine_role,
     skip_without_bwrap,
     text_task,
     untested_code_task,
@@ -45,13 +46,7 @@ ISSUES = "Step 1 is wrong: 2 + 3 is not 6."
 FIXED_CODE = "Fixed:\n" + RIGHT_CODE
 
 
-def role_of(messages: list[dict[str, Any]]) -> str:
-    user = last_user(messages)
-    if "Check the proposed answer" in user or "Check the proposed code" in user:
-        return "critique"
-    if "Feedback:" in user and ("Previous answer:" in user or "Previous code:" in user):
-        return "refine"
-    return "generate"
+role_of = self_refine_role
 
 
 def scripted(generate: Reply, critique: Reply = ISSUES, refine: Reply = WRONG) -> RoleScript:

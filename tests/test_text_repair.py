@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from loop_testkit import cli_main, write_jsonl
+from loop_testkit import cli_main, self_refine_role, write_jsonl
 from loopwright.loops.execution.runner import RunConfig, run
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.records import (
@@ -181,17 +181,8 @@ SPLIT_REPLIES = {
 }
 
 
-def _role(messages: list[dict[str, Any]]) -> str:
-    user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    if "Check the proposed answer" in user:
-        return "critique"
-    if "Feedback:" in user and "Previous answer:" in user:
-        return "refine"
-    return "generate"
-
-
 def split_reply(messages: list[dict[str, Any]], index: int) -> str:
-    return SPLIT_REPLIES[_role(messages)]
+    return SPLIT_REPLIES[self_refine_role(messages)]
 
 
 def _tasks(path: Path, n: int, prompt: str = "What is {i} + 1?") -> str:
@@ -337,7 +328,7 @@ async def test_a_writer_that_cannot_write_fails_its_run_in_one_line_and_resume_c
     def reply(messages: list[dict[str, Any]], index: int) -> str:
         if index == 12:
             broken["on"] = True  # the disk fills up mid-run
-        return SPLIT_REPLIES[_role(messages)]
+        return SPLIT_REPLIES[self_refine_role(messages)]
 
     n = 8
     model = ScriptedModel(reply)
