@@ -42,8 +42,9 @@ _TABLE_OF: dict[type, str] = {
     TaskRecord: "tasks",
     CacheRecord: "call_cache",
 }
-_KEYS = {"tasks": ("run_id", "task_id"), "call_cache": ("cache_key", "sample_index")}
 _VERB = {"tasks": "INSERT OR REPLACE", "call_cache": "INSERT OR IGNORE"}
+# Tables whose rows may repeat within a batch: the last version of each row is kept.
+_KEYS = {table: ROW_KEYS[table] for table in _VERB}
 # Row by row, a task's row goes last: a task that reads as done keeps its whole trace.
 _LAST = ("tasks",)
 
