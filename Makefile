@@ -37,11 +37,15 @@ demo: install
 test: install sysdeps
 	$(PY) -m pytest
 
+# The inner loop: every test but those of the real embedded model and the slow ones (kills,
+# Ray clusters, the browser, benchmark smoke runs). ARGS narrows it further, e.g.
+# make test-fast ARGS=tests/test_runner.py or ARGS='-k resume -x'.
 test-fast: install sysdeps
-	$(PY) -m pytest -m "not local_model and not slow"
+	$(PY) -m pytest -m "not local_model and not slow" $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(PY) .ci/check_sql.py
 	$(VENV)/bin/ruff format --check .
 	# mypy must see the code as the loopwright.* package it installs as, or every import of
 	# it resolves to Any: check a symlinked package tree

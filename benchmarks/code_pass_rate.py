@@ -23,7 +23,7 @@ from loopwright.loops.models.client import ModelClient
 from loopwright.loops.models.config import ClientConfig
 from loopwright.loops.prompts import render
 from loopwright.loops.tasks import Task, builtin_code
-from loopwright.loops.verify import verify_many
+from loopwright.loops.verify import grade_many
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _smoke
@@ -66,7 +66,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, object]]:
     drafts = await asyncio.gather(*(one(t) for t in tasks))
     t_gen = time.perf_counter() - t0
     pairs = [(t, d) for t, ds in zip(tasks, drafts, strict=True) for d in ds]
-    verdicts = verify_many(pairs, concurrency=4, sandbox=args.sandbox)
+    verdicts = grade_many(pairs, concurrency=4, sandbox=args.sandbox)
     t_all = time.perf_counter() - t0
 
     per_task: dict[str, list[bool]] = collections.defaultdict(list)

@@ -1,11 +1,12 @@
-"""Orchestration overhead: bare litellm calls/s versus the same calls through a loopwright run.
+"""Orchestration overhead: bare model calls/s versus the same calls through a loopwright run.
 
-Three sides, measured alternately ``--repeats`` times after a warm-up; the median counts:
+Four sides, measured alternately ``--repeats`` times after a warm-up; the median counts:
 
 * ``bare litellm mock``     -- ``litellm.acompletion(model="openai/gpt-4o-mini",
   mock_response=...)`` at ``--concurrency``; the figure the issue names.
-* ``bare litellm scripted`` -- ``litellm.acompletion(model="scripted/<name>")`` against the
-  scripted custom provider, with the same request arguments the loopwright client sends.
+* ``bare scripted model``   -- ``ScriptedModel.generate`` called directly (the model seam, no
+  client), with the same request settings the loopwright client sends.
+* ``model in 1-node graph`` -- the same call as the only node of a LangGraph graph.
 * ``loopwright self-refine`` -- ``loopwright.loops.execution.runner.run`` over ``--calls`` math tasks
   whose reference is 5; the scripted model answers "The answer is 5.", so every task is one
   generator call plus an in-loop verify (and the held-out grade): exactly one call per task.
@@ -13,9 +14,9 @@ Three sides, measured alternately ``--repeats`` times after a warm-up; the media
   whole ``run()`` (store open, schema, writer, final flush and summary included).
 
 Neither ``ClientConfig`` nor ``RunConfig`` can pass ``mock_response`` through, so the
-loopwright side uses the scripted provider (litellm's custom-provider path). Ratio (b),
-loopwright versus bare litellm on that same provider, is the apples-to-apples orchestration
-overhead; ratio (a) compares with the mock_response figure from the issue.
+loopwright side uses a scripted model. Ratio (b), loopwright versus bare calls of that same
+model, is the apples-to-apples orchestration overhead; ratio (a) compares with the
+mock_response figure from the issue.
 
     python benchmarks/overhead.py [--calls 2000] [--concurrency 64] [--cache] [--profile]
 
@@ -45,9 +46,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _smoke
 import litellm
-import loopwright.loops.models.client  # noqa: F401  (registers the scripted provider with litellm)
 from loopwright.loops.execution.runner import RunConfig, run
-from loopwright.loops.models.config import Connection
+from loopwright.loops.models.base import CallParams
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.loops.prompts import render
 from loopwright.traces.store import TraceStore
@@ -93,21 +93,16 @@ async def bare_mock(n: int, concurrency: int) -> int:
     return n
 
 
-def bare_scripted_factory(model: str, timeout_s: float) -> Callable[[int, int], Awaitable[int]]:
+def _params(i: int) -> CallParams:
+    """The settings the loopwright client sends for a generator call."""
+    return CallParams(temperature=TEMPERATURE, max_tokens=MAX_TOKENS, seed=i, role="generator")
+
+
+def bare_scripted_factory(model: ScriptedModel) -> Callable[[int, int], Awaitable[int]]:
     async def bare_scripted(n: int, concurrency: int) -> int:
         async def call(i: int) -> None:
-            # The same arguments ModelClient._request sends for a generator call.
-            resp = await litellm.acompletion(
-                model=model,
-                messages=_messages(i),
-                timeout=timeout_s,
-                num_retries=0,
-                max_retries=0,
-                temperature=TEMPERATURE,
-                max_tokens=MAX_TOKENS,
-                seed=i,
-            )
-            assert resp.choices[0].message.content == REPLY
+            [got] = await model.generate(_messages(i), _params(i), 1)
+            assert got.text == REPLY
 
         await _fan_out(n, concurrency, call)
         return n
@@ -115,8 +110,8 @@ def bare_scripted_factory(model: str, timeout_s: float) -> Callable[[int, int], 
     return bare_scripted
 
 
-def langgraph_floor_factory(model: str, timeout_s: float) -> Callable[[int, int], Awaitable[int]]:
-    """The bare scripted call inside a one-node LangGraph graph: the best a loop executed by
+def langgraph_floor_factory(model: ScriptedModel) -> Callable[[int, int], Awaitable[int]]:
+    """The bare model call inside a one-node LangGraph graph: the best a loop executed by
     LangGraph can do, so the gap between this side and loopwright is loopwright's own cost."""
     from typing import TypedDict
 
@@ -127,17 +122,8 @@ def langgraph_floor_factory(model: str, timeout_s: float) -> Callable[[int, int]
         out: str
 
     async def node(state: S) -> dict[str, Any]:
-        resp = await litellm.acompletion(
-            model=model,
-            messages=_messages(state["i"]),
-            timeout=timeout_s,
-            num_retries=0,
-            max_retries=0,
-            temperature=TEMPERATURE,
-            max_tokens=MAX_TOKENS,
-            seed=state["i"],
-        )
-        return {"out": resp.choices[0].message.content}
+        [got] = await model.generate(_messages(state["i"]), _params(state["i"]), 1)
+        return {"out": got.text}
 
     g = StateGraph(S)
     g.add_node("generate", node)
@@ -276,14 +262,12 @@ def _kind(func: Func) -> str:
     return "neutral"
 
 
-_PROVIDER = "scripted provider (both sides run it)"
+_PROVIDER = "scripted model (both sides run it)"
 
 
 def _label(func: Func) -> str:
     file, _line, name = func
-    if file.endswith(f"{os.sep}scripted.py") or (
-        file.endswith(f"{os.sep}client.py") and name in ("acompletion", "_response")
-    ):
+    if file.endswith((f"{os.sep}scripted.py", f"{os.sep}function_model.py")):
         return _PROVIDER
     for d in _LOOPWRIGHT_DIRS:
         if file.startswith(d):
@@ -410,16 +394,15 @@ def _trim(text: str) -> str:
 
 async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     n, conc = args.calls, args.concurrency
-    bare_model = ScriptedModel(lambda m, i: REPLY, name="overhead-bare").register()
-    lw_model = ScriptedModel(lambda m, i: REPLY, name="overhead-loopwright").register()
-    timeout_s = Connection().timeout_s  # what a run's client sends as litellm's timeout
+    bare_model = ScriptedModel(lambda call: REPLY, name="overhead-bare")
+    lw_model = ScriptedModel(lambda call: REPLY, name="overhead-loopwright").register()
 
     with tempfile.TemporaryDirectory(prefix="loopwright-overhead-") as tmp:
         side = LoopwrightSide(lw_model, Path(tmp), cache=args.cache)
         sides: dict[str, Callable[[int, int], Awaitable[int]]] = {
             "bare litellm mock": bare_mock,
-            "bare litellm scripted": bare_scripted_factory(bare_model, timeout_s),
-            "litellm in 1-node graph": langgraph_floor_factory(bare_model, timeout_s),
+            "bare scripted model": bare_scripted_factory(bare_model),
+            "model in 1-node graph": langgraph_floor_factory(bare_model),
             "loopwright self-refine": side,
         }
         print(
@@ -454,7 +437,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         med_cpu = {name: statistics.median(ts) for name, ts in cpu.items()}
         med_loop = {name: statistics.median(ts) for name, ts in loop_cpu.items()}
         rate = {name: n / s for name, s in med.items()}
-        base_mock, base_scr = rate["bare litellm mock"], rate["bare litellm scripted"]
+        base_mock, base_scr = rate["bare litellm mock"], rate["bare scripted model"]
         print(
             f"\n{'side':<24} {'calls':>6} {'seconds':>8} {'calls/s':>8} "
             f"{'vs mock':>8} {'vs scripted':>12} {'cpu s':>7} {'loop-thread cpu s':>18}"
@@ -466,7 +449,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"{med_cpu[name]:>7.2f} {med_loop[name]:>18.2f}"
             )
         lw = rate["loopwright self-refine"]
-        cpu_ratio = med_cpu["bare litellm scripted"] / med_cpu["loopwright self-refine"]
+        cpu_ratio = med_cpu["bare scripted model"] / med_cpu["loopwright self-refine"]
         print(
             f"\nloopwright call cache: {'on' if args.cache else 'off'}; "
             f"load average now {_load()} on {os.cpu_count()} CPUs"
@@ -474,26 +457,26 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         print(f"(a) loopwright / bare litellm mock_response:          {lw / base_mock:.2f}")
         print(
-            f"(b) loopwright / bare litellm, same scripted provider: {lw / base_scr:.2f}  (= below)"
+            f"(b) loopwright / bare calls of the same model:        {lw / base_scr:.2f}  (= below)"
         )
         print(f"    (b) on CPU time instead of wall time:              {cpu_ratio:.2f}")
-        floor = rate["litellm in 1-node graph"] / base_scr
-        print(f"(c) LangGraph floor: 1-node graph / bare litellm:     {floor:.2f}")
+        floor = rate["model in 1-node graph"] / base_scr
+        print(f"(c) LangGraph floor: 1-node graph / bare calls:       {floor:.2f}")
         print(
-            f"(d) loopwright / 1-node LangGraph graph:              {lw / rate['litellm in 1-node graph']:.2f}"
+            f"(d) loopwright / 1-node LangGraph graph:              {lw / rate['model in 1-node graph']:.2f}"
         )
-        print(f"overhead ratio (loopwright / bare litellm): {lw / base_scr:.2f} (target >= 0.80)")
+        print(f"overhead ratio (loopwright / bare litellm mock): {lw / base_mock:.2f} (>= 0.80)")
 
         if args.profile:
             await profile_loopwright(side, n, conc)
-    graph = rate["litellm in 1-node graph"]
+    graph = rate["model in 1-node graph"]
     return [
         {
-            "figure": f"calls/s at concurrency {conc}: self-refine run vs bare litellm "
-            "(scripted provider)",
+            "figure": f"calls/s at concurrency {conc}: self-refine run (scripted model) vs bare "
+            "litellm mock_response",
             "value": round(lw, 1),
-            "baseline": round(base_scr, 1),
-            "ratio": round(lw / base_scr, 3),
+            "baseline": round(base_mock, 1),
+            "ratio": round(lw / base_mock, 3),
             "target": ">= 0.80",
         },
         {

@@ -154,8 +154,8 @@ def cpu_figures(meter: CpuMeter, local_rate: float, ray_rate: float) -> list[dic
 REFERENCES: dict[str, str] = {}
 
 
-def code_reply(messages: list[dict[str, Any]], index: int) -> str:
-    user = messages[-1]["content"]
+def code_reply(call: Any) -> str:  # a ModelCall
+    user = call.messages[-1]["content"]
     for sig, code in REFERENCES.items():
         if sig in user:
             return f"Here is the function:\n```python\n{code}```\n"
@@ -341,7 +341,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             if meter is not None:
                 rows += cpu_figures(meter, local_rate, ray_rate)
 
-            model = ScriptedModel(code_reply, name="ray-scale-code").register()
+            model = ScriptedModel(code_reply, name="ray-scale-code")  # travels to the workers
             code, n_code = code_tasks(work, args.code_copies, args.code_tasks)
             csides = {
                 ex: Side(work, ex, loop="best-of-n", options={"n": 1}, model=model,

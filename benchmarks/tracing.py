@@ -124,7 +124,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             where = f"mock OpenAI server, {args.latency * 1000:.0f} ms latency"
         else:
             srv = None
-            model = ScriptedModel(lambda m, i: REPLY, name="tracing-bench").register()
+            model = ScriptedModel(lambda call: REPLY, name="tracing-bench").register()
             api_base = None
             where = "scripted model (in-process, no latency)"
         try:

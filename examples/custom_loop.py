@@ -1,4 +1,5 @@
-"""A custom loop: sample 4 drafts, verify them, refine the best failed one until one passes.
+"""A loop written as a graph: sample 4 drafts, verify them, refine the best failed one until
+one passes (at most 2 refinements).
 
 Run it from the CLI like a built-in loop (tracing, budgets and --resume come for free):
 
@@ -6,6 +7,10 @@ Run it from the CLI like a built-in loop (tracing, budgets and --resume come for
         --tasks 'builtin:arithmetic?n=5'
 
 or from Python: ``python examples/custom_loop.py`` (same thing, 3 tasks).
+
+Nodes take the task's context as ``runtime.context``: the same ``Context`` a function loop
+gets (``ctx.draft``, ``ctx.verify``, ``ctx.refine``, ``ctx.best``, ...). The loop answers
+with the best candidate it made; a budget that runs out stops it with the best so far.
 """
 
 from __future__ import annotations
@@ -13,40 +18,38 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
-from loopwright.loops.graphs.custom import (
-    CandidatesState,
-    define_loop,
-    make_generate,
-    make_refine,
-    make_verify,
-    until_verified,
-)
+from langgraph.runtime import Runtime
+from loopwright.loops import Context, RunConfig, loop, run
+from loopwright.loops.graphs.custom import CandidatesState, make_verify, until_verified
 
 
-def build() -> Any:
-    g = StateGraph(CandidatesState)
-    g.add_node("generate", make_generate(n=4, temperature=0.8))
+async def generate(state: CandidatesState, runtime: Runtime[Context[Any]]) -> dict[str, Any]:
+    return {"candidates": await runtime.context.draft(n=4, temperature=0.8), "round": 0}
+
+
+async def refine(state: CandidatesState, runtime: Runtime[Context[Any]]) -> dict[str, Any]:
+    ctx = runtime.context
+    target = ctx.best(state.get("verified") or [])
+    if target is None:
+        return {"stop_reason": "nothing to refine"}
+    return {"candidates": [await ctx.refine(target)], "round": state.get("round", 0) + 1}
+
+
+@loop(graph=True, description="4 drafts -> verify -> refine the best failed one (max 2 rounds)")
+def generate_refine():
+    g = StateGraph(CandidatesState, context_schema=Context)
+    g.add_node("generate", generate)
     g.add_node("verify", make_verify())
-    g.add_node("refine", make_refine(temperature=0.7))
+    g.add_node("refine", refine)
     g.add_edge(START, "generate")
     g.add_edge("generate", "verify")
     g.add_conditional_edges("verify", until_verified(max_rounds=2), ["refine", END])
     g.add_edge("refine", "verify")
-    return g.compile()
-
-
-LOOP = define_loop(
-    "generate-refine",
-    build,
-    description="4 drafts -> verify -> refine the best failed one (max 2 rounds)",
-    register=True,
-)
+    return g
 
 
 if __name__ == "__main__":
     import asyncio
-
-    from loopwright.loops.execution.runner import RunConfig, run
 
     result = asyncio.run(run(RunConfig(loop="generate-refine", tasks="builtin:arithmetic?n=3")))
     print(result.name, result.summary)

@@ -1,6 +1,6 @@
 """The scripted beam-search model and helpers shared by the beam test modules.
 
-The scripted model answers by prompt kind (step, value, rollout; see loops/prompts/beam.toml).
+The scripted model answers by the kind of call (step, value, rollout: the call's role).
 A step reply is chosen by the *last step* of the partial it extends, so replies do not depend
 on the order concurrent requests arrive in. Identical prompts (the empty roots of depth 0)
 get successive replies; one request of n samples always gets n consecutive ones.
@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from loop_testkit import LoopRunner, last_user
+from loopwright.loops.models.base import ModelCall
 
 run_beam = LoopRunner("beam")
 
@@ -24,17 +25,16 @@ _VALUED = re.compile(r"Solution so far:\n(.*?)\n\nJudge whether", re.S)
 _ROLLED = re.compile(r"The start of a solution:\n(.*?)\n\n(?:Continue|Finish)", re.S)
 
 
-def kind_of(messages: list[dict[str, Any]]) -> str:
-    user = last_user(messages)
-    if "Judge whether this solution" in user:
-        return "value"
-    if "The start of a solution:" in user:
-        return "rollout"
-    return "step"
+KINDS = {"expander": "step", "value": "value", "rollout": "rollout"}
+
+
+def kind_of(call: ModelCall) -> str:
+    """What a call asks for (step, value or rollout), by its role."""
+    return KINDS[str(call.params.role)]
 
 
 class Script:
-    """Replies by prompt kind, keyed on the last step of the partial in the prompt.
+    """Replies by kind of call, keyed on the last step of the partial in the prompt.
 
     ``steps[last_step]`` lists the replies for the next step after it ("" = the first step),
     handed out in order; ``values[last_step]`` is the judge's 1..10 score of a partial ending
@@ -53,8 +53,8 @@ class Script:
         self.kinds: list[str] = []
         self._lock = threading.Lock()
 
-    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
-        kind, user = kind_of(messages), last_user(messages)
+    def __call__(self, call: ModelCall) -> str:
+        kind, user = kind_of(call), last_user(call.messages)
         with self._lock:
             self.kinds.append(kind)
             if kind == "value":

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from loop_testkit import LoopRunner, Rows, finals, last_user
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import Fault
 
 run_loop = LoopRunner("best-of-n")
@@ -28,6 +29,7 @@ MIXED = [
 
 
 def is_judge(messages: list[dict[str, Any]]) -> bool:
+    """Whether ``messages`` are the judge's prompt."""
     return "Rate the answer to the question below" in last_user(messages)
 
 
@@ -43,9 +45,9 @@ class Script:
         self.generated = 0
         self.judge_prompts: list[str] = []
 
-    def __call__(self, messages: list[dict[str, Any]], index: int) -> str | Fault:
-        if is_judge(messages):
-            user = last_user(messages)
+    def __call__(self, call: ModelCall) -> str | Fault:
+        if call.params.role == "judge":
+            user = last_user(call.messages)
             self.judge_prompts.append(user)
             shown = user.split("[Answer]\n", 1)[1].split("\n[End of answer]", 1)[0]
             assert self.rate is not None

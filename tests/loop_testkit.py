@@ -18,6 +18,7 @@ import pytest
 from loopwright.loops.errors import UserError
 from loopwright.loops.execution.runner import RunConfig, RunResult, run
 from loopwright.loops.graphs.common import Candidate
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.local_model import LOCAL_MODELS, is_installed
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.sandboxes import BwrapSandbox
@@ -48,19 +49,23 @@ local_model = pytest.mark.skipif(
 )
 
 
+class Sleeps:
+    """An injected sleep: records the delays asked for, waits for none of them."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
 def last_user(messages: Messages) -> str:
     """The last user message of a prompt."""
     return next(str(m["content"]) for m in reversed(messages) if m["role"] == "user")
 
 
-def self_refine_role(messages: Messages) -> str:
-    """Which self-refine step a request is for, from its prompt: generate, critique or refine."""
-    user = last_user(messages)
-    if "Check the proposed answer" in user or "Check the proposed code" in user:
-        return "critique"
-    if "Feedback:" in user and ("Previous answer:" in user or "Previous code:" in user):
-        return "refine"
-    return "generate"
+SELF_REFINE_STEPS = {"generator": "generate", "critic": "critique", "refiner": "refine"}
+"""Self-refine's steps by the role their calls are made in (the critic loop's are the same)."""
 
 
 def prompts(model: ScriptedModel) -> list[str]:
@@ -125,24 +130,30 @@ def candidate(node_id: str, **fields: Any) -> Candidate:
 
 
 class RoleScript:
-    """Replies by role: ``classify(messages)`` names the role of a prompt, and the k-th call of
-    a role gets ``replies[role]`` (see Reply; a list's last item answers every call after it).
+    """Replies by role: a call's role (``call.params.role``) names its step through ``steps``
+    (a role missing there is its own step's name), and the k-th call of a step gets
+    ``replies[step]`` (see Reply; a list's last item answers every call after it).
 
-    ``roles`` records the role of every call, ``prompts`` its (role, last user message).
+    ``roles`` records the step of every call, ``prompts`` its (step, last user message).
     """
 
-    def __init__(self, classify: Callable[[Messages], str], **replies: Reply) -> None:
-        self.classify = classify
+    def __init__(self, steps: Mapping[str, str] | None = None, **replies: Reply) -> None:
+        self.steps = dict(steps or {})
         self.replies = replies
         self.roles: list[str] = []
         self.prompts: list[tuple[str, str]] = []
 
-    def __call__(self, messages: Messages, index: int) -> str:
-        role = self.classify(messages)
+    def step_of(self, call: ModelCall) -> str:
+        """The step ``call`` is for."""
+        role = str(call.params.role)
+        return self.steps.get(role, role)
+
+    def __call__(self, call: ModelCall) -> str:
+        role = self.step_of(call)
         k = self.roles.count(role)
         self.roles.append(role)
-        self.prompts.append((role, last_user(messages)))
-        return self.reply(role, k, messages)
+        self.prompts.append((role, last_user(call.messages)))
+        return self.reply(role, k, call.messages)
 
     def reply(self, role: str, k: int, messages: Messages) -> str:
         """The reply to the k-th call of ``role``; a subclass may answer from ``messages``."""
@@ -260,18 +271,25 @@ def skip_without_bwrap() -> None:
         pytest.skip(f"bwrap sandbox unavailable: {reason}")
 
 
-def cli_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``loopwright ARGS`` in-process: (exit code, stdout, stderr)."""
+def cli_main(
+    args: list[str], capsys: pytest.CaptureFixture[str] | None = None
+) -> tuple[int, str, str]:
+    """Run ``loopwright ARGS`` in-process: (exit code, stdout, stderr), captured here (so a
+    fixture, which cannot take capsys, may call it too)."""
+    import contextlib
+    import io
+
     from loopwright.loops.cli.main import main
 
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
     old = sys.argv
     sys.argv = ["loopwright", *args]
     try:
-        main()
-        code = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
     except SystemExit as exc:
         code = int(exc.code or 0)
     finally:
         sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
+    return code, out.getvalue(), err.getvalue()

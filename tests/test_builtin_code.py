@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from loopwright.loops.errors import UserError
 from loopwright.loops.tasks import Task, builtin_code, load_tasks
-from loopwright.loops.verify import CodeTests, grader_for, verdict_record, verifier_for, verify_many
-from loopwright.loops.verify import checks as verify
+from loopwright.loops.verify import CodeTests, grade_many, grader_for, verdict_record, verifier_for
+from loopwright.loops.verify import graders as verify
 from loopwright.loops.verify.verifiers import Oracle, VisibleTests
 from loopwright.sandboxes import BwrapSandbox, SandboxLimits, SandboxUnavailable
 from loopwright.sandboxes.base import INSTALL_HINT
@@ -83,7 +83,7 @@ def test_bad_query_is_a_user_error() -> None:
 
 def test_every_reference_passes_its_hidden_tests(bwrap: str) -> None:
     tasks = builtin_code()
-    verdicts = verify_many([(t, fenced(t.reference or "")) for t in tasks], sandbox=bwrap)
+    verdicts = grade_many([(t, fenced(t.reference or "")) for t in tasks], sandbox=bwrap)
     failed = {
         t.id: v.feedback for t, v in zip(tasks, verdicts, strict=True) if not (v and v.passed)
     }
@@ -94,7 +94,7 @@ def test_every_reference_passes_its_hidden_tests(bwrap: str) -> None:
 def test_a_stub_fails_every_task(bwrap: str) -> None:
     tasks = builtin_code()
     stubs = [(t, fenced(t.prompt + "    return None\n")) for t in tasks]
-    verdicts = verify_many(stubs, sandbox=bwrap)
+    verdicts = grade_many(stubs, sandbox=bwrap)
     passed = [t.id for t, v in zip(tasks, verdicts, strict=True) if v is None or v.passed]
     assert passed == []
     assert all(v is not None and v.score < 1.0 for v in verdicts)
@@ -147,7 +147,7 @@ def test_infinite_loop_is_a_timeout_not_a_hang(bwrap: str) -> None:
     v = CodeTests(bwrap, limits=SandboxLimits(timeout_s=2))(task, forever)
     assert not v.passed and v.details["timed_out"] is True
     assert "timed out after 2s" in v.feedback
-    [w] = verify_many([(task, forever)], sandbox=bwrap, limits=SandboxLimits(timeout_s=1))
+    [w] = grade_many([(task, forever)], sandbox=bwrap, limits=SandboxLimits(timeout_s=1))
     assert w is not None and "timed out after 1s" in w.feedback
 
 
@@ -179,7 +179,7 @@ def test_humaneval_and_io_styles_from_native_jsonl(tmp_path: Path, bwrap: str) -
     good_he = fenced("def double(x):\n    return 2 * x\n")
     good_io = fenced("a, b = map(int, input().split())\nprint(a + b)\n")
     bad_io = fenced("a, b = map(int, input().split())\nprint(a - b)\n")
-    v_he, v_io, v_bad = verify_many([(he, good_he), (io, good_io), (io, bad_io)], sandbox=bwrap)
+    v_he, v_io, v_bad = grade_many([(he, good_he), (io, good_io), (io, bad_io)], sandbox=bwrap)
     assert v_he is not None and v_he.passed and v_he.details["test_style"] == "humaneval"
     assert v_io is not None and v_io.passed and v_io.details["tests_total"] == 2
     assert v_bad is not None and not v_bad.passed
@@ -205,14 +205,14 @@ def test_unknown_sandbox_backend_lists_the_valid_ones() -> None:
         CodeTests("bwarp")
 
 
-def test_verify_many_keeps_order_and_skips_unverifiable(bwrap: str) -> None:
+def test_grade_many_keeps_order_and_skips_ungradable(bwrap: str) -> None:
     tasks = builtin_code(n=6)
     text = Task(id="t", prompt="Write a haiku.")
     items = [(t, fenced(t.reference or "") if i % 2 else "nope") for i, t in enumerate(tasks)]
-    verdicts = verify_many([*items, (text, "an old silent pond")], concurrency=3, sandbox=bwrap)
+    verdicts = grade_many([*items, (text, "an old silent pond")], concurrency=3, sandbox=bwrap)
     assert verdicts[-1] is None
     assert [v.passed for v in verdicts[:-1] if v] == [False, True] * 3
-    assert [v.passed for v in verify_many(items, concurrency=1, sandbox=bwrap) if v] == [
+    assert [v.passed for v in grade_many(items, concurrency=1, sandbox=bwrap) if v] == [
         False,
         True,
     ] * 3

@@ -1,7 +1,8 @@
-"""``loopwright verify``, ``check math`` and ``sandbox exec|check``: real processes, real sandbox.
+"""``loopwright verify``, ``check math`` and ``sandbox exec|check``: real sandbox.
 
-All commands start at once from one module fixture (each pays the CLI's imports), then each
-test reads its own result.
+One module fixture runs every case, then each test reads its own result: one case per
+command through the installed console script (started at once, each in a fresh process),
+the others in-process (``main()`` with ``sys.argv`` set).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from loop_testkit import cli_main
 
 LOOPWRIGHT = str(Path(sys.executable).with_name("loopwright"))
 HE_IDS = ["HumanEval/0", "HumanEval/2", "HumanEval/12", "HumanEval/53"]
@@ -81,16 +83,25 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     procs = {
         name: subprocess.Popen(
-            [LOOPWRIGHT, *args], cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
+            [LOOPWRIGHT, *cases[name]], cwd=d, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )
-        for name, args in cases.items()
+        for name in SMOKE
     }  # fmt: skip
-    out = {}
+    out = {name: _in_process(args) for name, args in cases.items() if name not in SMOKE}
     for name, p in procs.items():
         o, e = p.communicate(timeout=300)
         out[name] = Result(p.returncode, o, e)
     return out
+
+
+SMOKE = ("verify_canonical", "math_equal", "exec_ok", "check_json")
+"""The case of each command that runs through the console script, in a process of its own."""
+
+
+def _in_process(args: list[str]) -> Result:
+    """``main()`` on ``args`` in this process, its output and exit code captured."""
+    return Result(*cli_main(args))
 
 
 def test_verify_passes_canonical_solutions(results: dict[str, Result]) -> None:

@@ -1,15 +1,32 @@
-"""The model client, driven by the scripted model: retries, n>1, cache, budgets, accounting."""
+"""The model client and the model seam, driven by function and scripted models: retries
+(with an injected sleep), n>1, cache, budgets, accounting, and what a model function sees."""
 
 from __future__ import annotations
 
-import time
+import asyncio
+import json
+import pickle
+import subprocess
+import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_testkit import Sleeps
 from loopwright.loops.errors import BudgetExhausted, ModelCallError, UserError
+from loopwright.loops.models.base import CallParams, Completion, Model, ModelCall
 from loopwright.loops.models.budget import Budget, BudgetLimits
 from loopwright.loops.models.client import ModelClient
 from loopwright.loops.models.config import CallContext, ClientConfig, check_model
+from loopwright.loops.models.function_model import FunctionModel
+from loopwright.loops.models.retry import (
+    BadRequest,
+    RetryPolicy,
+    ServerError,
+    is_model_error,
+    is_retryable,
+)
 from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
 from loopwright.traces.writer import TraceWriter
@@ -18,18 +35,17 @@ MSG = [{"role": "user", "content": "what is 7 * 8"}]
 RETRYABLE = ["rate_limit", "timeout", "server_error", "connection", "malformed"]
 
 
-def _client(model: ScriptedModel, writer: TraceWriter | None = None, **cfg: Any) -> ModelClient:
-    cfg.setdefault("backoff_base_s", 0.0)
-    return ModelClient(ClientConfig(model=model.register(), **cfg), writer=writer)
+def _client(
+    model: Model,
+    writer: TraceWriter | None = None,
+    sleep: Sleeps | None = None,
+    **cfg: Any,
+) -> ModelClient:
+    return ModelClient(ClientConfig(**cfg), writer=writer, model=model, sleep=sleep or Sleeps())
 
 
 def _calls(store: TraceStore) -> list[dict[str, Any]]:
     return store.query("SELECT * FROM calls ORDER BY created_at, sample_index")
-
-
-async def _warm_up() -> None:
-    """The first litellm call in a process is slow; keep it out of timed sections."""
-    await _client(ScriptedModel(["warm"])).sample(MSG)
 
 
 # -- retries -------------------------------------------------------------------------------
@@ -62,50 +78,50 @@ async def test_transient_faults_are_retried_and_attempts_recorded(
 
 
 async def test_retry_after_is_honoured() -> None:
-    await _warm_up()
-    control = _client(ScriptedModel([Fault("rate_limit"), "ok"]))
-    t0 = time.perf_counter()
-    await control.sample(MSG)
-    assert time.perf_counter() - t0 < 0.25, "without Retry-After and zero backoff it is quick"
-
     model = ScriptedModel([Fault("rate_limit", retry_after=0.3), "ok"])
-    client = _client(model, backoff_base_s=0.0)
-    t0 = time.perf_counter()
-    [s] = await client.sample(MSG)
-    assert time.perf_counter() - t0 >= 0.3
+    sleeps = Sleeps()
+    [s] = await _client(model, sleep=sleeps, backoff_base_s=7.0).sample(MSG)
     assert s.text == "ok"
     assert len(model.calls) == 2
+    assert sleeps.delays == [0.3]  # the provider's wait, not the backoff's
 
 
 async def test_retry_after_is_capped_by_backoff_max() -> None:
-    await _warm_up()
-    client = _client(
-        ScriptedModel([Fault("rate_limit", retry_after=100), "ok"]), backoff_max_s=0.05
-    )
-    t0 = time.perf_counter()
-    await client.sample(MSG)
-    assert time.perf_counter() - t0 < 2.0
+    model = ScriptedModel([Fault("rate_limit", retry_after=100), "ok"])
+    sleeps = Sleeps()
+    await _client(model, sleep=sleeps, backoff_max_s=0.05).sample(MSG)
+    assert sleeps.delays == [0.05]
 
 
 async def test_exponential_backoff_without_a_hint() -> None:
-    await _warm_up()
-    client = _client(
-        ScriptedModel([Fault("server_error"), Fault("server_error"), "ok"]), backoff_base_s=0.1
-    )
-    t0 = time.perf_counter()
-    await client.sample(MSG)
-    # Waits are base * 2**k, jittered down to at most half: >= 0.05 + 0.1.
-    assert time.perf_counter() - t0 >= 0.15
+    faults: list[str | Fault] = [Fault("server_error")] * 4
+    model = ScriptedModel([*faults, "ok"])
+    sleeps = Sleeps()
+    await _client(model, sleep=sleeps, backoff_base_s=0.1, backoff_max_s=0.5).sample(MSG)
+    # The k-th wait is base * 2**(k-1), capped, and jittered down to at most half.
+    d = sleeps.delays
+    assert len(d) == 4
+    for got, full in zip(d, [0.1, 0.2, 0.4, 0.5], strict=True):
+        assert full / 2 <= got <= full
+
+
+def test_retry_policy_delays_grow_and_honour_retry_after() -> None:
+    policy = RetryPolicy(backoff_base_s=1.0, backoff_max_s=60.0)
+    for k, full in [(1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0)]:
+        assert full / 2 <= policy.delay(ServerError("x"), k) <= full
+    assert policy.delay(Fault("rate_limit", retry_after=2.5).error(), 3) == 2.5
 
 
 async def test_bad_request_is_never_retried(store: TraceStore, writer: TraceWriter) -> None:
     model = ScriptedModel([Fault("bad_request"), "never reached"])
-    client = _client(model, writer)
+    sleeps = Sleeps()
+    client = _client(model, writer, sleep=sleeps)
 
     with pytest.raises(ModelCallError, match="BadRequest"):
         await client.sample(MSG)
 
     assert len(model.calls) == 1
+    assert sleeps.delays == []
     writer.flush()
     [row] = _calls(store)
     assert row["error"] and "400" in row["error"]
@@ -125,12 +141,14 @@ async def test_failed_call_records_the_real_number_of_attempts(
 
 async def test_gives_up_after_max_attempts(store: TraceStore, writer: TraceWriter) -> None:
     model = ScriptedModel([Fault("server_error")] * 5 + ["too late"])
-    client = _client(model, writer, max_attempts=3)
+    sleeps = Sleeps()
+    client = _client(model, writer, sleep=sleeps, max_attempts=3)
 
     with pytest.raises(ModelCallError, match=r"after 3 attempt"):
         await client.sample(MSG, seed=4, context=CallContext(run_id="R", task_id="T"))
 
     assert len(model.calls) == 3
+    assert len(sleeps.delays) == 2  # between the tries, none after the last
     writer.flush()
     [row] = _calls(store)
     assert row["error"] and "500" in row["error"]
@@ -175,8 +193,8 @@ async def test_n_is_one_request_when_supported(store: TraceStore, writer: TraceW
     assert [s.text for s in samples] == ["a", "b", "c", "d"]
     assert [s.sample_index for s in samples] == [0, 1, 2, 3]
     # The scripted provider draws one reply per sample, all from one request carrying n=4.
-    assert [c.params.get("n") for c in model.calls] == [4, 4, 4, 4]
-    assert {c.params.get("seed") for c in model.calls} == {9}
+    assert [(c.n, c.index) for c in model.calls] == [(4, 0), (4, 1), (4, 2), (4, 3)]
+    assert {c.params.seed for c in model.calls} == {9}
     writer.flush()
     rows = _calls(store)
     assert len(rows) == 4
@@ -193,8 +211,8 @@ async def test_n_fans_out_with_distinct_seeds_when_unsupported(
     samples = await _client(model, writer).sample(MSG, n=3, seed=10)
 
     assert len(model.calls) == 3
-    assert all(c.params.get("n") in (None, 1) for c in model.calls)
-    assert sorted(c.params.get("seed") for c in model.calls) == [10, 11, 12]
+    assert all(c.n == 1 for c in model.calls)
+    assert sorted(c.params.seed or 0 for c in model.calls) == [10, 11, 12]
     assert [s.sample_index for s in samples] == [0, 1, 2]
     assert sorted(s.text for s in samples) == ["a", "b", "c"]
     writer.flush()
@@ -208,7 +226,7 @@ async def test_fan_out_without_a_seed_still_draws_n_samples() -> None:
     samples = await _client(model).sample(MSG, n=2, temperature=0.9)
     assert sorted(s.text for s in samples) == ["a", "b"]
     assert len(model.calls) == 2
-    assert all("n" not in c.params for c in model.calls)
+    assert all(c.n == 1 and c.params.seed is None for c in model.calls)
 
 
 # -- cache ---------------------------------------------------------------------------------
@@ -421,35 +439,229 @@ def test_check_model_rejects_unknown_local_models() -> None:
 
 def test_check_model_scripted() -> None:
     check_model(ScriptedModel(["x"]).register())
+    check_model(ScriptedModel(["x"], name="named").register())
     with pytest.raises(UserError, match="scripted model"):
         check_model("scripted/no-such-script")
+
+
+# -- the model seam ------------------------------------------------------------------------
+
+
+async def test_a_model_function_sees_the_whole_call(store: TraceStore, writer: TraceWriter) -> None:
+    seen: list[ModelCall] = []
+
+    def answer(call: ModelCall) -> str:
+        seen.append(call)
+        return f"{call.params.role} r{call.params.round} #{call.index}"
+
+    model = FunctionModel(answer, name="function/answer")
+    ctx = CallContext(run_id="R", task_id="T", loop="best-of-n", round=2, role="critic")
+    samples = await _client(model, writer).sample(
+        MSG, n=2, seed=7, temperature=0.4, max_tokens=9, stop=["\n"], context=ctx
+    )
+
+    assert [s.text for s in samples] == ["critic r2 #0", "critic r2 #1"]
+    assert [(c.n, c.index, c.messages) for c in seen] == [(2, 0, MSG), (2, 1, MSG)]
+    assert seen[0].params == CallParams(
+        temperature=0.4, max_tokens=9, seed=7, stop=("\n",), role="critic", round=2,
+        task_id="T", run_id="R",
+    )  # fmt: skip
+    writer.flush()
+    assert {r["model"] for r in _calls(store)} == {"function/answer"}
+
+
+async def test_a_tools_default_role_reaches_the_model() -> None:
+    model = ScriptedModel(lambda call: f"role={call.params.role}")
+    [s] = await _client(model).sample(MSG, role="judge")
+    assert s.text == "role=judge"
+
+
+async def test_a_function_model_may_be_async_and_return_completions() -> None:
+    async def answer(call: ModelCall) -> Completion:
+        await asyncio.sleep(0)
+        return Completion(
+            text="x", finish_reason="length", prompt_tokens=40, completion_tokens=12,
+            cost_usd=0.25, logprob_mean=-0.5,
+        )  # fmt: skip
+
+    budget = Budget()
+    samples = await _client(FunctionModel(answer)).sample(MSG, n=2, budget=budget)
+    assert [(s.prompt_tokens, s.completion_tokens) for s in samples] == [(40, 12), (0, 12)]
+    assert [(s.finish_reason, s.logprob_mean, s.cost_usd) for s in samples] == [
+        ("length", -0.5, 0.25)
+    ] * 2
+    assert (budget.tokens, budget.calls, budget.usd) == (64, 2, 0.5)
+
+
+def _returns_an_int(call: ModelCall) -> Any:
+    return 56
+
+
+def _raises_a_type_error(call: ModelCall) -> str:
+    return "The answer is " + call.index  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("fn", [_returns_an_int, _raises_a_type_error])
+async def test_a_bug_in_a_model_function_propagates_untried_and_unrecorded(
+    fn: Any, store: TraceStore, writer: TraceWriter
+) -> None:
+    model = ScriptedModel(fn)
+    sleeps = Sleeps()
+    with pytest.raises(TypeError) as info:
+        await _client(model, writer, sleep=sleeps).sample(MSG)
+    assert not isinstance(info.value, ModelCallError)
+    assert len(model.calls) == 1 and sleeps.delays == []
+    if fn is _raises_a_type_error:  # the traceback reaches the line that is wrong
+        frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+        assert frames[-1] == "_raises_a_type_error"
+    else:
+        assert "returned int 56" in str(info.value)
+    writer.flush()
+    assert _calls(store) == []  # not a provider's failure: no failed call row
+
+
+async def test_a_bug_in_a_model_function_fails_its_task_with_the_traceback(
+    tmp_path: Path,
+) -> None:
+    from loopwright.loops.execution.runner import RunConfig, run
+
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps({"id": "t1", "prompt": "2 + 2?", "kind": "math"}) + "\n")
+    model = ScriptedModel(_returns_an_int)
+    cfg = RunConfig(
+        loop="best-of-n", options={"n": 1}, tasks=str(tasks), model=model.register(),
+        db=str(tmp_path / "t.duckdb"), verifier="none",
+    )  # fmt: skip
+    result = await run(cfg)
+    assert result.summary["failed"] == 1
+    assert len(model.calls) == 1  # not retried
+    with TraceStore(cfg.db, read_only=True) as s:
+        [task] = s.query("SELECT status, error FROM tasks")
+        assert s.query("SELECT count(*) AS n FROM calls") == [{"n": 0}]
+    assert task["status"] == "failed"
+    assert task["error"].startswith("TypeError: ") and "returned int 56" in task["error"]
+    assert "Traceback (most recent call last)" in task["error"]
+
+
+async def test_a_model_error_raised_by_a_function_is_a_failed_call() -> None:
+    def busy(call: ModelCall) -> str:
+        if call.index < 2:
+            raise ServerError("overloaded")
+        if call.index == 2:
+            raise BadRequest("no such parameter")
+        return "never"
+
+    sleeps = Sleeps()
+    client = _client(FunctionModel(busy), sleep=sleeps)
+    with pytest.raises(ModelCallError, match=r"BadRequest: no such parameter \(after 3"):
+        await client.sample(MSG)
+    assert len(sleeps.delays) == 2
+
+
+def test_provider_errors_are_recognised_without_being_imported_here() -> None:
+    import httpx
+    import litellm
+
+    req = httpx.Request("POST", "http://x.invalid/v1")
+    retried = [
+        litellm.RateLimitError("r", llm_provider="p", model="m", response=httpx.Response(429, request=req)),
+        litellm.Timeout("t", model="m", llm_provider="p"),
+        litellm.APIConnectionError("c", llm_provider="p", model="m", request=req),
+        litellm.InternalServerError("s", llm_provider="p", model="m", response=httpx.Response(500, request=req)),
+        litellm.ServiceUnavailableError("u", llm_provider="p", model="m", response=httpx.Response(503, request=req)),
+        httpx.ConnectError("refused"),
+        TimeoutError(),
+        ServerError("x"),
+    ]  # fmt: skip
+    for exc in retried:
+        assert is_model_error(exc) and is_retryable(exc), exc
+    refused = litellm.BadRequestError("b", model="m", llm_provider="p")
+    assert is_model_error(refused) and not is_retryable(refused)
+    for bug in (TypeError("x"), ValueError("y"), KeyError("z")):
+        assert not is_model_error(bug) and not is_retryable(bug)
+
+
+async def test_a_model_passed_as_an_object_needs_no_registry(
+    store: TraceStore, writer: TraceWriter
+) -> None:
+    model = ScriptedModel(["a"], name="unregistered-object")
+    client = ModelClient(writer=writer, model=model)
+    assert client.model == "scripted/unregistered-object"
+    [s] = await client.sample(MSG)
+    assert s.text == "a"
+    writer.flush()
+    assert [r["model"] for r in _calls(store)] == ["scripted/unregistered-object"]
+
+
+def _echo(call: ModelCall) -> str:
+    return f"{call.index}: {call.messages[-1]['content']}"
+
+
+async def test_models_pickle_with_their_function() -> None:
+    scripted = pickle.loads(pickle.dumps(ScriptedModel(_echo, name="echo", supports_n=False)))
+    function = pickle.loads(pickle.dumps(FunctionModel(_echo, prompt_tokens_per_call=3)))
+    assert (scripted.name, scripted.supports_n) == ("scripted/echo", False)
+    assert function.name == f"function/{__name__}._echo"
+    [a] = await _client(scripted).sample(MSG)
+    [b] = await _client(function).sample(MSG)
+    assert (a.text, b.text, b.prompt_tokens) == ("0: what is 7 * 8", "0: what is 7 * 8", 3)
+    assert len(scripted.calls) == 1
+
+
+def test_resolve_model_picks_the_implementation() -> None:
+    from loopwright.loops.models.engine_model import EngineModel
+    from loopwright.loops.models.http_transport import HttpModel
+    from loopwright.loops.models.litellm_model import LiteLLMModel
+    from loopwright.loops.models.providers import resolve_model
+
+    local = resolve_model(ClientConfig(model="local/smollm2-135m", in_flight=24))
+    assert isinstance(local, EngineModel) and local.in_process and local.in_flight == 24
+    scripted = ScriptedModel(["x"])
+    assert resolve_model(ClientConfig(model=scripted.register())) is scripted
+    base = "http://127.0.0.1:9/v1"
+    http = resolve_model(ClientConfig(model="hosted_vllm/q", api_base=base))
+    assert isinstance(http, HttpModel) and not http.in_process
+    forced = resolve_model(ClientConfig(model="hosted_vllm/q", api_base=base, transport="litellm"))
+    assert isinstance(forced, LiteLLMModel)
+    hosted = resolve_model(ClientConfig(model="openai/gpt-4o-mini"))
+    assert isinstance(hosted, LiteLLMModel) and hosted.supports_n
+
+
+_IMPORTS = """
+import asyncio, sys
+import loopwright.loops.models.client, loopwright.loops.models.config
+from loopwright.loops.models.client import ModelClient
+from loopwright.loops.models.config import ClientConfig, check_model
+from loopwright.loops.models.scripted import ScriptedModel
+from loopwright.loops.models.providers import resolve_model
+assert "litellm" not in sys.modules, "imported with the client"
+model = ScriptedModel(["a"])
+check_model(model.register())
+asyncio.run(ModelClient(model.name).sample([{"role": "user", "content": "q"}]))
+resolve_model(ClientConfig(model="local/smollm2-135m"))
+resolve_model(ClientConfig(model="hosted_vllm/q", api_base="http://127.0.0.1:9/v1"))
+check_model("hosted_vllm/q", "http://127.0.0.1:9/v1")
+assert "litellm" not in sys.modules, "imported for a scripted, local or http model"
+"""
+
+
+def test_litellm_is_imported_only_for_a_litellm_model() -> None:
+    """(test_resolve_model_picks_the_implementation makes a litellm model, which imports it.)"""
+    r = subprocess.run(
+        [sys.executable, "-c", _IMPORTS], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 async def test_in_process_models_are_not_timed_out() -> None:
     """A slow in-process generation is waited for, not abandoned and retried: the engine
     would go on generating the abandoned request while the retry queues the same work."""
 
-    def slow(messages: list[dict[str, Any]], i: int) -> str:
-        time.sleep(5.3)  # longer than timeout_s plus the client's 5 s backstop
+    async def slow(call: ModelCall) -> str:
+        await asyncio.sleep(5.3)  # longer than timeout_s plus the client's 5 s backstop
         return "done"
 
     model = ScriptedModel(slow)
     client = _client(model, timeout_s=0.05, max_attempts=2)
     [s] = await client.sample(MSG)
     assert s.text == "done" and len(model.calls) == 1
-
-
-def test_our_litellm_providers_are_appended_not_replacing_the_users() -> None:
-    import litellm
-    from loopwright.loops.models import providers
-
-    saved = list(litellm.custom_provider_map)
-    mine = {"provider": "mine", "custom_handler": object()}
-    try:
-        litellm.custom_provider_map = [mine, *saved]
-        providers.install()
-        names = [p["provider"] for p in litellm.custom_provider_map]
-        assert names[0] == "mine" and litellm.custom_provider_map[0] is mine
-        assert names.count("local") == 1 and names.count("scripted") == 1
-    finally:
-        litellm.custom_provider_map = saved

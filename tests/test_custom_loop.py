@@ -4,32 +4,33 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langgraph.graph import END, START, StateGraph
-from loop_testkit import LoopRunner, RoleScript, Rows, last_user, math_task, write_jsonl
+from loop_testkit import LoopRunner, Rows, math_task, write_jsonl
+from loopwright.loops import Context, LoopSpec, ModelCall, ScriptedModel, loop
 from loopwright.loops.errors import UserError
 from loopwright.loops.execution.runner import RunResult
 from loopwright.loops.graphs import get_loop, loop_names
 from loopwright.loops.graphs.custom import (
     CandidatesState,
-    define_loop,
     make_generate,
     make_refine,
     make_verify,
     until_verified,
 )
 from loopwright.loops.models.budget import BudgetLimits
-from loopwright.loops.models.scripted import ScriptedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Ana has 3 bags with 2 coins in each bag. How many coins are there in total?"
 
 
 def build() -> Any:
-    g = StateGraph(CandidatesState)
+    g = StateGraph(CandidatesState, context_schema=Context)
     g.add_node("generate", make_generate(n=2))
     g.add_node("verify", make_verify())
     g.add_node("refine", make_refine())
@@ -37,19 +38,29 @@ def build() -> Any:
     g.add_edge("generate", "verify")
     g.add_conditional_edges("verify", until_verified(max_rounds=2), ["refine", END])
     g.add_edge("refine", "verify")
-    return g.compile()
+    return g
 
 
-SPEC = define_loop("test-gen-refine", build, description="test loop", register=True)
+SPEC: LoopSpec[Any] = loop(graph=True, name="test-gen-refine", description="test loop")(build)
 
 
-def role_of(messages: list[dict[str, Any]]) -> str:
-    return "refine" if "Previous answer:" in last_user(messages) else "draft"
+def scripted(drafts: Sequence[str], refinements: Sequence[str]) -> ScriptedModel:
+    """Drafts come from ``drafts`` in order, refinements from ``refinements`` (the role is
+    the call's own)."""
+    replies = {"generator": drafts, "refiner": refinements}
+    seen: Counter[str] = Counter()
+
+    def reply(call: ModelCall) -> str:
+        role = str(call.params.role)
+        seen[role] += 1
+        return replies[role][seen[role] - 1]
+
+    return ScriptedModel(reply)
 
 
-def scripted(drafts: list[str], refinements: list[str]) -> RoleScript:
-    """Drafts come from ``drafts`` in order; refinements from ``refinements``."""
-    return RoleScript(role_of, draft=drafts, refine=refinements)
+def prompts_of(model: ScriptedModel, role: str) -> list[str]:
+    """The last user message of each call ``model`` got in ``role``."""
+    return [str(c.messages[-1]["content"]) for c in model.calls if c.params.role == role]
 
 
 run_loop = LoopRunner("test-gen-refine")
@@ -61,10 +72,9 @@ async def run_it(tmp_path: Path, model: ScriptedModel, **cfg: Any) -> tuple[RunR
 
 
 async def test_custom_loop_refines_with_verifier_feedback_until_verified(tmp_path: Path) -> None:
-    script = scripted(
+    model = scripted(
         ["So 5. The answer is 5.", "So 8. The answer is 8."], ["3 * 2 = 6. The answer is 6."]
     )
-    model = ScriptedModel(script)
     _, rows = await run_it(tmp_path, model)
 
     [task] = rows["tasks"]
@@ -77,7 +87,7 @@ async def test_custom_loop_refines_with_verifier_feedback_until_verified(tmp_pat
     assert nodes[refined["parent_id"]]["role"] == "generator"  # revises a failed draft
     assert refined["is_final"] and refined["depth"] == 1 and refined["round"] == 1
     # the refine prompt carries the verifier's feedback about the draft it revises
-    _, refine_prompt = script.prompts[-1]
+    [refine_prompt] = prompts_of(model, "refiner")
     assert "Previous answer:" in refine_prompt and "does not match" in refine_prompt
     in_loop = [v for v in rows["verdicts"] if v["stage"] == "in_loop"]
     assert len(in_loop) == 3 and sum(v["passed"] for v in in_loop) == 1
@@ -88,7 +98,7 @@ async def test_custom_loop_refines_with_verifier_feedback_until_verified(tmp_pat
 
 async def test_custom_loop_stops_at_max_rounds_with_best_so_far(tmp_path: Path) -> None:
     wrong = ["The answer is 5.", "The answer is 7."]
-    model = ScriptedModel(scripted(wrong, ["The answer is 9.", "The answer is 10."]))
+    model = scripted(wrong, ["The answer is 9.", "The answer is 10."])
     _, rows = await run_it(tmp_path, model)
     [task] = rows["tasks"]
     assert task["stop_reason"] == "done" and task["rounds"] == 2
@@ -97,7 +107,7 @@ async def test_custom_loop_stops_at_max_rounds_with_best_so_far(tmp_path: Path) 
 
 
 async def test_custom_loop_budget_ends_cleanly(tmp_path: Path) -> None:
-    model = ScriptedModel(scripted(["The answer is 5.", "The answer is 7."], ["The answer is 6."]))
+    model = scripted(["The answer is 5.", "The answer is 7."], ["The answer is 6."])
     _, rows = await run_it(tmp_path, model, budget=BudgetLimits(calls=2))
     [task] = rows["tasks"]
     assert task["status"] == "done"
@@ -107,7 +117,7 @@ async def test_custom_loop_budget_ends_cleanly(tmp_path: Path) -> None:
 
 
 async def test_custom_loop_resumes_without_redoing_finished_tasks(tmp_path: Path) -> None:
-    model = ScriptedModel(scripted(["The answer is 6.", "The answer is 6."], []))
+    model = scripted(["The answer is 6.", "The answer is 6."], [])
     first, _ = await run_it(tmp_path, model, run_name="r1")
     calls_after_first = len(model.calls)
     second, rows = await run_it(tmp_path, model, run_name="r1", resume=True)
@@ -119,8 +129,8 @@ async def test_custom_loop_resumes_without_redoing_finished_tasks(tmp_path: Path
 def test_registered_loop_is_listed_and_builtins_are_protected() -> None:
     assert "test-gen-refine" in loop_names()
     assert get_loop("test-gen-refine") is SPEC
-    with pytest.raises(ValueError, match="built-in"):
-        define_loop("self-refine", build, register=True)
+    with pytest.raises(UserError, match="built-in"):
+        loop(graph=True, name="self-refine")(build)
     with pytest.raises(UserError, match="did you mean 'test-gen-refine'"):
         get_loop("test-gen-refin")
 

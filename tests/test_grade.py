@@ -7,6 +7,7 @@ in the loop, only the final graded); ``grade_run`` then grades the other answers
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,13 @@ from loopwright.loops.cli.grade import grade
 from loopwright.loops.errors import UserError
 from loopwright.loops.execution import grade as grade_mod
 from loopwright.loops.execution.grade import Agreement, GradeReport, grade_run
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import ScriptedModel
-from loopwright.loops.tasks import Task, builtin_arithmetic
+from loopwright.loops.tasks import Task, builtin_arithmetic, load_tasks
 from loopwright.loops.verify import MathAnswer, Verdict
 from loopwright.tools import math_check
 from loopwright.tools.code_tests import VERSION as CODE_TESTS_VERSION
+from loopwright.traces import TraceStore
 from typer.testing import CliRunner
 
 ARITH = "builtin:arithmetic?n=2"
@@ -65,9 +68,9 @@ class PerTask:
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
 
-    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
-        user = last_user(messages)
-        if "CORRECT or INCORRECT" in user:  # the self-check of a gamed run: fooled by the phrase
+    def __call__(self, call: ModelCall) -> str:
+        user = last_user(call.messages)
+        if call.params.role == "verifier":  # the self-check of a gamed run: fooled by the phrase
             answer = user.split("Proposed answer:", 1)[1]
             return "Verdict: CORRECT" if "The answer is" in answer else "Verdict: INCORRECT"
         [task] = [t for t in TASKS if t.prompt in user]
@@ -213,7 +216,7 @@ async def test_a_grader_error_is_recorded_and_regraded_next_time(
                 raise RuntimeError("checker worker died")
             return MathAnswer()(task, response)
 
-    monkeypatch.setattr(grade_mod, "grader_for", lambda task, sandbox="bwrap": Flaky())
+    monkeypatch.setattr(grade_mod, "grader_for", lambda task, **_: Flaky())
     report = grade_run(db_of(tmp_path), ["r"], concurrency=2)
     assert (report.graded, report.errors, report.skipped) == (6, 2, 2)
     assert report.agreement.undecided == 2
@@ -283,8 +286,8 @@ class PerCode:
     def __init__(self, replies: list[str]) -> None:
         self.replies = replies
 
-    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
-        return self.replies[index]
+    def __call__(self, call: ModelCall) -> str:
+        return self.replies[call.index]
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -306,15 +309,90 @@ def test_missing_db_is_one_line_and_not_created(tmp_path: Path) -> None:
     assert not db.exists()
 
 
-async def test_a_moved_task_file_names_the_spec(tmp_path: Path) -> None:
+def graded_verdicts(db: str) -> list[tuple[Any, ...]]:
+    """Every graded verdict in ``db`` as it would be compared across two gradings."""
+    with TraceStore(db, read_only=True) as store:
+        rows = store.query(
+            "SELECT node_id, verifier, verifier_version, passed, score, feedback, details "
+            "FROM verdicts WHERE stage = 'graded' ORDER BY node_id"
+        )
+    return [tuple(r.values()) for r in rows]
+
+
+async def test_a_deleted_task_file_grades_from_the_stored_answer_keys(tmp_path: Path) -> None:
+    spec = write_jsonl(tmp_path / "mine.jsonl", [t.model_dump(mode="json") for t in TASKS])
+    _, rows = await run_loop(
+        tmp_path, ScriptedModel(PerTask()), spec, run_name="filed", concurrency=1,
+        verifier="oracle",
+    )  # fmt: skip
+    keys = {t["task_id"]: t["answer_key"] for t in rows["tasks"]}
+    assert keys == {t.id: t.model_dump_json() for t in TASKS}  # the keyed task, whole
+    kept = str(tmp_path / "kept.duckdb")
+    shutil.copyfile(db_of(tmp_path), kept)
+
+    with_file = grade_run(kept, ["filed"])
+    Path(spec).unlink()
+    without = grade_run(db_of(tmp_path), ["filed"])
+
+    assert (without.tasks, without.answers, without.graded) == (2, 8, 6)
+    assert without.model_dump(exclude={"db", "wall_s"}) == with_file.model_dump(
+        exclude={"db", "wall_s"}
+    )
+    assert graded_verdicts(db_of(tmp_path)) == graded_verdicts(kept)
+
+
+async def test_hidden_tests_come_from_the_stored_answer_key(tmp_path: Path) -> None:
+    skip_without_bwrap()
+    [task] = load_tasks(CODE_SPEC)
+    assert task.tests  # the grader's hidden tests, which only the task file and key hold
+    spec = write_jsonl(tmp_path / "code.jsonl", [task.model_dump(mode="json")])
+    model = ScriptedModel(PerCode([WRONG_CODE, RIGHT_CODE]))
+    await LoopRunner("best-of-n", {"n": 2})(tmp_path, model, spec, run_name="code", sandbox="bwrap")
+    Path(spec).unlink()
+    report = grade_run(db_of(tmp_path), ["code"], sandbox="bwrap", timeout_s=10)
+    assert (report.graded, report.passed, report.failed, report.skipped) == (1, 0, 1, 1)
+    [(_, verifier, _, passed, _, _, _)] = [
+        v for v in graded_verdicts(db_of(tmp_path)) if v[5] == FIRST_FAILURE
+    ]
+    assert (verifier, passed) == ("code-tests", False)
+
+
+def forget_answer_keys(db: str) -> None:
+    """Make the run look as if stored before tasks kept their answer keys."""
+    with TraceStore(db) as store:
+        store.execute("UPDATE tasks SET answer_key = NULL")
+
+
+async def test_a_run_stored_without_answer_keys_reads_its_task_file(tmp_path: Path) -> None:
     spec = write_jsonl(tmp_path / "mine.jsonl", [math_task("t1", reference="5")])
-    model = ScriptedModel(["The answer is 5."] * 4)
+    model = ScriptedModel(["The answer is 5.", "The answer is 6."] * 2)
     await run_loop(tmp_path, model, spec, run_name="filed")
+    forget_answer_keys(db_of(tmp_path))
     Path(spec).rename(tmp_path / "moved.jsonl")
     with pytest.raises(UserError) as exc:
         grade_run(db_of(tmp_path), ["filed"])
     msg = str(exc.value)
-    assert f"cannot load task spec {spec!r} of run 'filed'" in msg and "\n" not in msg
+    assert "run 'filed' was stored before runs kept their answer keys" in msg
+    assert f"task spec {spec!r}" in msg and "cannot be loaded" in msg and "\n" not in msg
+
+    (tmp_path / "moved.jsonl").rename(spec)  # put back, it grades as before
+    report = grade_run(db_of(tmp_path), ["filed"])
+    assert (report.answers, report.graded, report.passed) == (4, 3, 1)
+    Path(spec).unlink()  # with every answer graded, the file is not needed
+    again = grade_run(db_of(tmp_path), ["filed"])
+    assert (again.tasks, again.graded, again.skipped) == (1, 0, 4)
+
+
+async def test_an_unreadable_answer_key_is_one_line(tmp_path: Path) -> None:
+    spec = write_jsonl(tmp_path / "mine.jsonl", [math_task("t1", reference="5")])
+    await run_loop(tmp_path, ScriptedModel(["The answer is 5."] * 4), spec, run_name="filed")
+    with TraceStore(db_of(tmp_path)) as store:
+        store.execute('UPDATE tasks SET answer_key = \'{"id": "t1", "kind": "chess"}\'')
+    with pytest.raises(UserError) as exc:
+        grade_run(db_of(tmp_path), ["filed"])
+    msg = str(exc.value)
+    assert "task 't1' of run 'filed' has an answer key this loopwright cannot read" in msg
+    assert "\n" not in msg
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -384,3 +462,78 @@ async def test_cli_errors_are_one_line(tmp_path: Path, cli: Callable[..., Any]) 
     assert "unknown run 'nope'" in line and "choose from: honest" in line
     line = error_line(cli("--db", db_of(tmp_path), "--run", "honest", "--sandbox", "jail"))
     assert "unknown sandbox backend 'jail'" in line
+    line = error_line(cli("--db", db_of(tmp_path), "--run", "honest", "--grader", "exact"))
+    assert "unknown grader 'exact'" in line
+    # A plugin's grader is known once its file is loaded.
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "exact_grader.py")
+    out = cli("--db", db_of(tmp_path), "--run", "honest", "--grader", "exact-text",
+              "--plugin", example, "--json")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["no_grader"] == 6  # math answers: the text grader skips them
+
+
+# -- a named grader ----------------------------------------------------------------------------
+ENDS = "test-ends-with-reference"
+
+
+@pytest.fixture
+def ends_with_reference() -> Any:
+    """A registered grader stricter than the math checker: the reply's last word is the
+    reference (so a bare ``\\boxed{r}`` fails it); removed from the registry afterwards."""
+    from loopwright.loops import grader
+    from loopwright.loops.verify import GRADERS
+
+    @grader(name=ENDS, kinds="math")
+    def ends(task: Task, response: str) -> bool:
+        return response.rstrip(".").split()[-1] == task.reference
+
+    yield ends
+    GRADERS.pop(ENDS, None)
+
+
+async def test_a_named_grader_grades_the_run_and_grade_reuses_it(
+    tmp_path: Path, ends_with_reference: Any
+) -> None:
+    _, rows = await run_loop(
+        tmp_path, ScriptedModel(PerTask()), ARITH, run_name="named", concurrency=1,
+        verifier="oracle", grader=ENDS,
+    )  # fmt: skip
+    finals = [v for v in rows["verdicts"] if v["stage"] == "graded"]
+    assert len(finals) == 2 and {v["verifier"] for v in finals} == {ENDS}
+    kept = str(tmp_path / "kept.duckdb")
+    shutil.copyfile(db_of(tmp_path), kept)
+
+    report = grade_run(db_of(tmp_path), ["named"])  # no --grader: the run's own
+    assert (report.answers, report.graded) == (8, 6)
+    graded = {
+        v["node_id"]: (v["verifier"], v["passed"])
+        for v in read_rows(db_of(tmp_path), rows["tasks"][0]["run_id"])["verdicts"]
+        if v["stage"] == "graded"
+    }
+    # The named grader's judgement on every answer: only the first reply ends with the
+    # reference; the math checker would also pass the bare boxed one.
+    assert {n["node_id"]: graded[n["node_id"]] for n in answers(rows)} == {
+        n["node_id"]: (ENDS, reply_index(n) == 0) for n in answers(rows)
+    }
+
+    # --grader on grade picks another grader for what is not graded yet.
+    other = grade_run(kept, ["named"], grader="math-answer")
+    assert other.passed == sum(GRADED) * 2 - 2  # the two finals were graded by the run
+    # A run graded by a plugin's grader, graded without the plugin: one line naming it.
+    from loopwright.loops.verify import GRADERS
+
+    GRADERS.pop(ENDS)
+    fresh = str(tmp_path / "fresh.duckdb")
+    shutil.copyfile(kept, fresh)
+    with TraceStore(fresh) as store:
+        store.execute("DELETE FROM verdicts WHERE stage = 'graded' AND verifier = 'math-answer'")
+    with pytest.raises(UserError, match=f"unknown grader '{ENDS}'"):
+        grade_run(fresh, ["named"])
+
+
+async def test_an_unknown_grader_is_one_line_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"unknown grader 'nope'.*math-answer"):
+        await run_loop(tmp_path, ScriptedModel(PerTask()), ARITH, grader="nope")
+    assert not Path(db_of(tmp_path)).exists()
+    with pytest.raises(UserError, match="unknown grader 'nope'"):
+        grade_run(db_of(tmp_path), ["r"], grader="nope")

@@ -54,8 +54,8 @@ with open("program-runs.log", "a") as log:  # one line every time this program r
 ANSWERS = {ANSWERS!r}
 
 
-def reply(messages, index):
-    text = " ".join(str(m["content"]) for m in messages)
+def reply(call):
+    text = " ".join(str(m["content"]) for m in call.messages)
     return next((a for key, a in ANSWERS.items() if key in text), "I do not know.")
 
 
@@ -71,8 +71,8 @@ from loopwright.loops import ScriptedModel
 ANSWERS = {ANSWERS!r}
 
 
-def reply(messages, index):
-    text = " ".join(str(m["content"]) for m in messages)
+def reply(call):
+    text = " ".join(str(m["content"]) for m in call.messages)
     return next((a for key, a in ANSWERS.items() if key in text), "I do not know.")
 
 

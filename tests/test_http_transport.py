@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from loop_testkit import Sleeps
 from loopwright.loops.errors import ModelCallError, UserError
 from loopwright.loops.models import http_transport
 from loopwright.loops.models.client import ModelClient
@@ -94,10 +95,13 @@ async def server() -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
-def _client(srv: Server, writer: TraceWriter | None = None, **cfg: Any) -> ModelClient:
-    cfg.setdefault("backoff_base_s", 0.0)
+def _client(
+    srv: Server, writer: TraceWriter | None = None, sleep: Sleeps | None = None, **cfg: Any
+) -> ModelClient:
     cfg.setdefault("model", "hosted_vllm/mock-7b")
-    return ModelClient(ClientConfig(api_base=srv.base_url, **cfg), writer=writer)
+    return ModelClient(
+        ClientConfig(api_base=srv.base_url, **cfg), writer=writer, sleep=sleep or Sleeps()
+    )
 
 
 # -- which path ----------------------------------------------------------------------------
@@ -175,7 +179,23 @@ async def test_an_openai_model_behind_an_endpoint_is_priced_from_litellms_table(
 ) -> None:
     server.script = [Reply(body=completion("ok", usage=(1000, 1000)))]
     [s] = await _client(server, model="openai/gpt-4o-mini").sample(MSG)
-    assert s.cost_usd > 0
+    # gpt-4o-mini's row of the table litellm ships: $0.15 / $0.60 per million tokens
+    assert s.cost_usd == pytest.approx(1000 * 0.15e-6 + 1000 * 0.6e-6)
+    [free] = await _client(server).sample(MSG)  # hosted_vllm/: self-hosted, costs nothing
+    assert free.cost_usd == 0.0
+
+
+async def test_the_litellm_transport_reaches_the_same_server(server: Server) -> None:
+    """--transport litellm sends the same request through litellm (LiteLLMModel)."""
+    server.script = [Reply(body=completion("fifty-six", "56", usage=(11, 7)))]
+    client = _client(server, transport="litellm")
+    assert type(client.backend).__name__ == "LiteLLMModel"
+    samples = await client.sample(MSG, n=2, temperature=0.3, max_tokens=64, seed=5)
+    [req] = server.requests
+    assert (req["model"], req["messages"], req["n"], req["seed"]) == ("mock-7b", MSG, 2, 5)
+    assert [s.text for s in samples] == ["fifty-six", "56"]
+    assert [s.prompt_tokens for s in samples] == [11, 0]
+    assert sum(s.completion_tokens for s in samples) == 7
 
 
 # -- failures ------------------------------------------------------------------------------
@@ -207,12 +227,14 @@ async def test_transient_failures_are_retried(
 async def test_retry_after_is_honoured(server: Server) -> None:
     server.script = [
         Reply(status=429, body={"error": "busy"}, headers={"Retry-After": "0.4"}),
+        Reply(status=503, body={"error": "busy"}),
         Reply(body=completion("56")),
     ]
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    await _client(server, backoff_base_s=0.0).sample(MSG)
-    assert loop.time() - t0 >= 0.38
+    sleeps = Sleeps()
+    [s] = await _client(server, sleep=sleeps, backoff_base_s=8.0).sample(MSG)
+    assert s.text == "56"
+    assert sleeps.delays[0] == 0.4  # the server's wait
+    assert 8.0 <= sleeps.delays[1] <= 16.0  # no hint: base * 2, jittered down to half
 
 
 async def test_a_bad_request_is_not_retried(
@@ -250,11 +272,9 @@ async def test_an_unreachable_endpoint_fails_after_retries() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     client = ModelClient(
-        ClientConfig(
-            model="hosted_vllm/x", api_base=f"http://127.0.0.1:{port}/v1",
-            max_attempts=3, backoff_base_s=0.0,
-        )
-    )  # fmt: skip
+        ClientConfig(model="hosted_vllm/x", api_base=f"http://127.0.0.1:{port}/v1", max_attempts=3),
+        sleep=Sleeps(),
+    )
     with pytest.raises(ModelCallError, match=r"EndpointConnectionError.*after 3 attempt"):
         await client.sample(MSG)
     await client.aclose()
@@ -337,7 +357,7 @@ async def test_a_run_keeps_exactly_concurrency_requests_in_flight(
     server: Server, tmp_path: Path
 ) -> None:
     """Tasks get slack beyond --concurrency (runner.task_slots); requests never do."""
-    from loopwright.loops.execution.runner import task_slots
+    from loopwright.loops.execution.scope import task_slots
 
     assert [task_slots(c) for c in (1, 3, 4, 8, 64)] == [1, 3, 5, 10, 80]
     server.script = [Reply(body=completion("The answer is 4."), delay=0.15)]

@@ -16,6 +16,7 @@ from loopwright.loops.errors import UserError
 from loopwright.loops.improve import ImproveConfig, TrainConfig
 from loopwright.loops.improve import rounds as R
 from loopwright.loops.improve import train as T
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces import SCHEMA_VERSION, TraceStore
 
@@ -23,12 +24,12 @@ TRAIN = "builtin:arithmetic?seed=1&n=6"
 EVAL = "builtin:arithmetic?seed=5&n=3"
 
 
-def _answer(messages: list[dict[str, Any]], index: int) -> str:
+def _answer(call: ModelCall) -> str:
     """Right on even calls, wrong on odd ones: every task gets verified and failed siblings."""
-    text = str(messages[-1]["content"])
+    text = str(call.messages[-1]["content"])
     nums = [int(x) for x in re.findall(r"\d+", text)][:2]
     right = nums[0] * nums[1] if "bags" in text else sum(nums)
-    return f"The answer is {right if index % 2 == 0 else right + 1}."
+    return f"The answer is {right if call.index % 2 == 0 else right + 1}."
 
 
 class FakeTrainer:
@@ -43,7 +44,7 @@ class FakeTrainer:
 
     def __call__(self, base: str, data: Path, out: Path, cfg: TrainConfig, on_step: Any) -> Any:
         self.calls.append((base, data, cfg.objective))
-        self.served.append(self.model.model_string)
+        self.served.append(self.model.name)
         self.model = ScriptedModel(_answer)  # the next round's model is another one
         self.model.register()
         if self.fail:
@@ -232,9 +233,9 @@ def test_local_gguf_path_is_a_model_string(tmp_path: Path) -> None:
     assert weights_path(spec_for(str(f))) == f and spec_for(str(f)).chat
 
 
-def _only_with_hint(messages: list[dict[str, Any]], index: int) -> str:
+def _only_with_hint(call: ModelCall) -> str:
     """Solves a task only when the prompt carries the answer as a hint."""
-    text = str(messages[-1]["content"])
+    text = str(call.messages[-1]["content"])
     hint = re.search(r"correct answer is (\d+)", text)
     return f"The answer is {hint.group(1) if hint else 1000}."
 
@@ -259,13 +260,13 @@ def test_star_rationalises_unsolved_tasks_and_trains_without_the_hint(
 def test_self_reward_labels_pairs_with_its_own_judge_and_never_shows_it_the_reference(
     tmp_path: Path, fake: FakeTrainer
 ) -> None:
-    def answer_or_judge(messages: list[dict[str, Any]], index: int) -> str:
-        text = str(messages[-1]["content"])
-        if "[Answer A]" in text:  # a judge that prefers the larger number, in either order
+    def answer_or_judge(call: ModelCall) -> str:
+        text = str(call.messages[-1]["content"])
+        if call.params.role == "judge":  # prefers the larger number, in either order
             a = int(re.findall(r"\d+", text.split("[Answer A]")[1].split("[End")[0])[0])
             b = int(re.findall(r"\d+", text.split("[Answer B]")[1].split("[End")[0])[0])
             return "[[A]]" if a > b else "[[B]]"
-        return _answer(messages, index)
+        return _answer(call)
 
     model = ScriptedModel(answer_or_judge)
     cfg = _cfg(tmp_path, method="self-reward", base=model.register())

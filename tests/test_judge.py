@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from loopwright.loops.errors import BudgetExhausted, UserError
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.budget import Budget, BudgetLimits
 from loopwright.loops.models.client import ModelClient
 from loopwright.loops.models.config import CallContext, ClientConfig
@@ -36,7 +37,7 @@ Messages = list[dict[str, Any]]
 
 
 def _client(
-    replies: list[str | Fault] | Callable[[Messages, int], str | Fault], **cfg: Any
+    replies: list[str | Fault] | Callable[[ModelCall], str | Fault], **cfg: Any
 ) -> tuple[ModelClient, ScriptedModel]:
     model = ScriptedModel(replies, supports_n=cfg.pop("supports_n", True))
     cfg.setdefault("backoff_base_s", 0.0)
@@ -58,14 +59,14 @@ def _shown(messages: Messages) -> tuple[str, str]:
     return a.group(1), b.group(1)
 
 
-def always_first(messages: Messages, index: int) -> str:
+def always_first(call: ModelCall) -> str:
     """A judge with pure position bias: whatever is shown first wins."""
     return "Answer A looks fine to me.\n[[A]]"
 
 
-def fair(messages: Messages, index: int) -> str:
+def fair(call: ModelCall) -> str:
     """A judge that prefers the correct answer wherever it is shown."""
-    first, _ = _shown(messages)
+    first, _ = _shown(call.messages)
     return "The correct product is 56.\n" + ("[[A]]" if "56" in first else "[[B]]")
 
 
@@ -169,12 +170,12 @@ async def test_score_parses_normalises_and_traces_as_judge(
     assert (j.score, j.parsed, j.n_unparsed, j.error) == (8, True, 0, None)
     assert j.normalized == pytest.approx(7 / 9)
     assert j.raw == ["The product is right and clearly shown.\nRating: [[8]]"]
-    assert j.judge_model == model.model_string
+    assert j.judge_model == model.name
     assert (j.agreement, j.stdev) == (1.0, 0.0)
     prompt = _user(model.calls[0].messages)
     for part in ("Only correctness matters.", "from 1 to 10", Q, GOOD, "[Reference answer]\n56"):
         assert part in prompt
-    assert model.calls[0].params["temperature"] == 0.0
+    assert model.calls[0].params.temperature == 0.0
     writer.flush()
     [row] = store.query("SELECT run_id, task_id, loop, round, role, output FROM calls")
     assert (row["run_id"], row["task_id"], row["loop"], row["round"], row["role"]) == (
@@ -216,9 +217,9 @@ async def test_k_samples_in_one_request_with_agreement() -> None:
 
     j = await judge.score(Q, GOOD)
 
-    assert [c.params.get("n") for c in model.calls] == [4] * 4  # one request carrying n=4
-    assert {c.params.get("seed") for c in model.calls} == {3}
-    assert model.calls[0].params["temperature"] == 0.7  # repeats of a greedy judge all agree
+    assert [c.n for c in model.calls] == [4] * 4  # one request carrying n=4
+    assert {c.params.seed for c in model.calls} == {3}
+    assert model.calls[0].params.temperature == 0.7  # repeats of a greedy judge all agree
     assert j.sample_scores == [7, 7, 4, None]
     assert (j.n_samples, j.n_unparsed, j.parsed) == (4, 1, True)
     assert j.score == pytest.approx(6.0)
@@ -229,7 +230,7 @@ async def test_k_samples_in_one_request_with_agreement() -> None:
 async def test_k_samples_fan_out_with_distinct_seeds() -> None:
     client, model = _client(["Score: 6", "Score: 6", "Score: 6"], supports_n=False)
     j = await Judge(client, k=3, seed=10).score(Q, GOOD)
-    assert sorted(c.params.get("seed") for c in model.calls) == [10, 11, 12]
+    assert sorted(c.params.seed or 0 for c in model.calls) == [10, 11, 12]
     assert (j.score, j.agreement, j.stdev) == (6, 1.0, 0.0)
 
 
@@ -347,8 +348,8 @@ async def test_pooled_policy_and_k_repeats_agreement() -> None:
     per_order = {GOOD: ["[[A]]", "[[A]]", "[[A]]"], BAD: ["[[A]]", "[[B]]", "[[B]]"]}
     seen: dict[str, int] = {GOOD: 0, BAD: 0}
 
-    def noisy(messages: Messages, index: int) -> str:
-        first, _ = _shown(messages)
+    def noisy(call: ModelCall) -> str:
+        first, _ = _shown(call.messages)
         i = seen[first]
         seen[first] += 1
         return per_order[first][i]
@@ -367,8 +368,8 @@ async def test_pooled_policy_and_k_repeats_agreement() -> None:
 
 
 async def test_one_failed_order_leaves_the_comparison_undecided() -> None:
-    def flaky(messages: Messages, index: int) -> str | Fault:
-        first, _ = _shown(messages)
+    def flaky(call: ModelCall) -> str | Fault:
+        first, _ = _shown(call.messages)
         return Fault("bad_request") if first == BAD else "[[A]]"
 
     client, _ = _client(flaky)
@@ -382,7 +383,7 @@ async def test_one_failed_order_leaves_the_comparison_undecided() -> None:
 
 
 async def test_unparseable_pairwise_output_is_kept() -> None:
-    client, _ = _client(lambda m, i: "Both have merits.")
+    client, _ = _client(lambda call: "Both have merits.")
     j = await Judge(client).compare(Q, GOOD, BAD)
     assert (j.winner, j.parsed, j.n_unparsed) == (None, False, 2)
     assert j.a_first.raw == ["Both have merits."]
@@ -391,11 +392,11 @@ async def test_unparseable_pairwise_output_is_kept() -> None:
 # -- panels --------------------------------------------------------------------------------
 
 
-def _constant(reply: str) -> Callable[[Messages, int], str]:
-    return lambda messages, index: reply
+def _constant(reply: str) -> Callable[[ModelCall], str]:
+    return lambda call: reply
 
 
-def _judges(*replies: str | Callable[[Messages, int], str]) -> list[Judge]:
+def _judges(*replies: str | Callable[[ModelCall], str]) -> list[Judge]:
     """One judge per reply: a fixed text for every call, or a scripted callable."""
     return [Judge(_client(r if callable(r) else _constant(r))[0]) for r in replies]
 
@@ -430,8 +431,8 @@ async def test_panel_compare_majority_and_mean() -> None:
     assert maj.winner == "a"
     assert maj.agreement == pytest.approx(2 / 3)
 
-    def prefers_b(messages: Messages, index: int) -> str:
-        first, _ = _shown(messages)
+    def prefers_b(call: ModelCall) -> str:
+        first, _ = _shown(call.messages)
         return "[[B]]" if first == GOOD else "[[A]]"
 
     mean = await Panel(_judges(fair, prefers_b, always_first), aggregate="mean").compare(
@@ -460,8 +461,8 @@ async def test_panel_budget_is_checked_for_all_members_up_front() -> None:
 
 
 async def test_report_measures_verbosity_bias_and_parse_failures() -> None:
-    def by_length(messages: Messages, index: int) -> str:
-        answer = re.search(r"\[Answer\]\n(.*?)\n\[End of answer\]", _user(messages), re.S)
+    def by_length(call: ModelCall) -> str:
+        answer = re.search(r"\[Answer\]\n(.*?)\n\[End of answer\]", _user(call.messages), re.S)
         assert answer
         return f"Score: {min(10, 1 + len(answer.group(1)) // 10)}"
 
@@ -481,8 +482,8 @@ async def test_report_measures_verbosity_bias_and_parse_failures() -> None:
 
 
 async def test_report_counts_longer_answer_wins() -> None:
-    def longer(messages: Messages, index: int) -> str:
-        first, second = _shown(messages)
+    def longer(call: ModelCall) -> str:
+        first, second = _shown(call.messages)
         return "[[A]]" if len(first) > len(second) else "[[B]]"
 
     judge = Judge(_client(longer)[0])

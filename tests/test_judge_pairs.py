@@ -15,14 +15,15 @@ import pytest
 import typer
 from loop_testkit import LoopRunner, last_user, local_model, math_task, write_jsonl
 from loopwright.loops.analysis.judge_pairs import (
-    Candidate,
     JudgePairsReport,
+    VerifiedAnswer,
     judge_pairs,
     normalise,
     select_pairs,
 )
 from loopwright.loops.cli.judge import judge_app
 from loopwright.loops.errors import UserError
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces import (
     NodeRecord,
@@ -151,28 +152,28 @@ def shown(messages: Messages) -> tuple[str, str]:
     return a.group(1), b.group(1)
 
 
-def fair(messages: Messages, index: int) -> str:
+def fair(call: ModelCall) -> str:
     """Prefers the answer saying 5 wherever it is shown; a tie when neither or both do."""
-    first, second = shown(messages)
+    first, second = shown(call.messages)
     good = ["is 5" in first.lower(), "is 5" in second.lower()]
     verdict = "[[A]]" if good == [True, False] else "[[B]]" if good == [False, True] else "[[TIE]]"
     return f"Checked the arithmetic.\n{verdict}"
 
 
-def always_first(messages: Messages, index: int) -> str:
-    shown(messages)
+def always_first(call: ModelCall) -> str:
+    shown(call.messages)
     return "The first one.\n[[A]]"
 
 
-def failing_on(needle: str) -> Callable[[Messages, int], str | Fault]:
-    def reply(messages: Messages, index: int) -> str | Fault:
-        first, second = shown(messages)
-        return Fault("bad_request") if needle in first + second else fair(messages, index)
+def failing_on(needle: str) -> Callable[[ModelCall], str | Fault]:
+    def reply(call: ModelCall) -> str | Fault:
+        first, second = shown(call.messages)
+        return Fault("bad_request") if needle in first + second else fair(call)
 
     return reply
 
 
-def judge_model(replies: Callable[[Messages, int], str | Fault]) -> ScriptedModel:
+def judge_model(replies: Callable[[ModelCall], str | Fault]) -> ScriptedModel:
     model = ScriptedModel(replies)
     model.register()
     return model
@@ -182,7 +183,7 @@ async def judge(
     db: str, model: ScriptedModel, runs: list[str] | None = None, **kw: Any
 ) -> JudgePairsReport:
     kw.setdefault("backoff_base_s", 0.0)
-    return await judge_pairs(db, runs or ["r"], model.model_string, **kw)
+    return await judge_pairs(db, runs or ["r"], model.name, **kw)
 
 
 def judge_rows(db: str) -> list[dict[str, Any]]:
@@ -227,8 +228,8 @@ async def test_differing_verdicts_come_first_and_identical_texts_are_never_paire
     assert pair_ids(judge_rows(db)) - pair_ids(rows) == {("r-g3", "r-r1")}
 
 
-def cands(task: str, texts: list[tuple[str, bool | None]]) -> list[Candidate]:
-    return [Candidate("run", task, f"{task}-{i}", t, p) for i, (t, p) in enumerate(texts)]
+def cands(task: str, texts: list[tuple[str, bool | None]]) -> list[VerifiedAnswer]:
+    return [VerifiedAnswer("run", task, f"{task}-{i}", t, p) for i, (t, p) in enumerate(texts)]
 
 
 def test_selection_order_is_deterministic_under_the_seed_and_interleaves_tasks() -> None:
@@ -274,7 +275,7 @@ async def test_verdict_rows_carry_the_judgement_and_both_node_ids(tmp_path: Path
     win = rows[("r-g1", "r-g3")]
     assert (win["run_id"], win["task_id"], win["node_id"]) == (run_id, "t1", "r-g1")
     assert (win["stage"], win["verifier"]) == ("judge", "llm-judge-pairwise")
-    assert win["verifier_version"] == f"judge-1@{model.model_string}"
+    assert win["verifier_version"] == f"judge-1@{model.name}"
     assert (win["passed"], win["score"], win["feedback"]) == (
         True,
         1.0,
@@ -287,7 +288,7 @@ async def test_verdict_rows_carry_the_judgement_and_both_node_ids(tmp_path: Path
     assert (d["a_first"]["winner"], d["b_first"]["winner"]) == ("a", "a")
     assert (d["a_first"]["votes"], d["b_first"]["votes"]) == (["a"], ["a"])
     assert (d["a_first"]["order"], d["b_first"]["order"]) == ("ab", "ba")
-    assert d["judge_model"] == model.model_string
+    assert d["judge_model"] == model.name
 
     tie = rows[("r-g3", "r-r1")]  # neither says 5
     assert (tie["passed"], tie["score"], tie["details"]["winner"]) == (False, 0.5, "tie")
@@ -349,7 +350,7 @@ async def test_judge_calls_are_traced_with_role_judge(tmp_path: Path) -> None:
     assert {c["loop"] for c in calls} == {"judge-pairs"}
     assert {c["run_id"] for c in calls} == {run_id}
     assert {c["task_id"] for c in calls} == {"t1", "t2"}
-    assert {c["model"] for c in calls} == {model.model_string}
+    assert {c["model"] for c in calls} == {model.name}
     assert report.tokens == sum(c["prompt_tokens"] + c["completion_tokens"] for c in calls) > 0
 
 
@@ -361,7 +362,7 @@ async def test_a_failed_judge_call_is_recorded_and_the_rest_goes_on(tmp_path: Pa
     rows = {(r["details"]["a_node_id"], r["details"]["b_node_id"]): r for r in judge_rows(db)}
     bad = rows[("r-g1", "r-r1")]
     assert bad["feedback"].startswith("undecided: judge call failed: ")
-    assert "BadRequestError" in bad["feedback"]
+    assert "BadRequest: scripted 400" in bad["feedback"]
     assert (bad["passed"], bad["score"], bad["details"]["winner"]) == (False, 0.0, None)
     assert bad["details"]["position_consistent"] is None
     assert rows[("r-g1", "r-g3")]["details"]["winner"] == "a"
@@ -418,8 +419,8 @@ async def test_k_samples_per_order(tmp_path: Path) -> None:
     assert row["details"]["a_first"]["votes"] == ["a", "a", "a"]
     assert row["details"]["n_samples"] == 6
     assert report.calls == 6
-    assert {c.params.get("n") for c in model.calls} == {3}
-    assert len({c.params["seed"] for c in model.calls}) == 1
+    assert {c.n for c in model.calls} == {3}
+    assert len({c.params.seed for c in model.calls}) == 1
 
 
 # -- on a real loop's trace -----------------------------------------------------------------
@@ -427,7 +428,7 @@ async def test_k_samples_per_order(tmp_path: Path) -> None:
 
 async def test_judges_the_answers_of_a_best_of_n_run(tmp_path: Path) -> None:
     replies = [RIGHT, WRONG, "  the answer is 5.", OTHER]
-    gen = ScriptedModel(lambda m, i: replies[i % 4])
+    gen = ScriptedModel(lambda call: replies[call.index % 4])
     tasks = write_jsonl(tmp_path / "tasks.jsonl", [math_task("m1")])
     db = str(tmp_path / "bon.duckdb")
     result, rows = await LoopRunner("best-of-n", {"n": 4})(
@@ -496,7 +497,7 @@ def error_line(result: Any) -> str:
 
 def test_cli_judges_and_prints_a_summary(tmp_path: Path, cli: Callable[..., Any]) -> None:
     db, _ = standard_db(tmp_path)
-    model = judge_model(fair).model_string
+    model = judge_model(fair).name
     r = cli("--db", db, "--run", "r", "--model", model, "--pairs-per-task", "2", "--seed", "3")
     assert r.exit_code == 0, (r.stdout, r.stderr)
     assert metric(r.stdout, "pairs judged") == "3"
@@ -514,7 +515,7 @@ def test_cli_judges_and_prints_a_summary(tmp_path: Path, cli: Callable[..., Any]
 def test_cli_unknown_run_lists_the_known_ones(tmp_path: Path, cli: Callable[..., Any]) -> None:
     db, _ = standard_db(tmp_path)
     make_db(tmp_path / "t.duckdb", {}, run="other")
-    model = judge_model(fair).model_string
+    model = judge_model(fair).name
     line = error_line(cli("--db", db, "--run", "r", "--run", "rr", "--model", model))
     assert "unknown run 'rr'" in line
     assert "did you mean 'r'?" in line and "choose from: other, r" in line
@@ -525,7 +526,7 @@ def test_cli_missing_db_is_one_line_and_creates_nothing(
     tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
     missing = tmp_path / "missing.duckdb"
-    model = judge_model(fair).model_string
+    model = judge_model(fair).name
     line = error_line(cli("--db", str(missing), "--run", "r", "--model", model))
     assert line == f"error: no trace database at {missing}: run `loopwright run` first"
     assert not missing.exists()
@@ -543,7 +544,7 @@ def test_cli_unknown_model_is_the_run_commands_error(
 
 def test_cli_bad_numbers_are_one_line(tmp_path: Path, cli: Callable[..., Any]) -> None:
     db, _ = standard_db(tmp_path)
-    model = judge_model(fair).model_string
+    model = judge_model(fair).name
     line = error_line(cli("--db", db, "--run", "r", "--model", model, "--pairs-per-task", "0"))
     assert line == "error: --pairs-per-task must be at least 1, got 0"
     line = error_line(cli("--db", db, "--run", "r", "--model", model, "--budget-calls", "1"))

@@ -26,6 +26,7 @@ from loop_testkit import (
 from loopwright.loops.execution.runner import RunConfig, run
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.beam import BEAM, BeamOptions
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
@@ -109,8 +110,8 @@ async def test_prompts_and_sampling_parameters(tmp_path: Path) -> None:
             "max_tokens": 40, "value_max_tokens": 12}  # fmt: skip
     await run_beam(tmp_path, model, one_task(tmp_path), options=opts)
 
-    step_calls = [c for c in model.calls if kind_of(c.messages) == "step"]
-    value_calls = [c for c in model.calls if kind_of(c.messages) == "value"]
+    step_calls = [c for c in model.calls if kind_of(c) == "step"]
+    value_calls = [c for c in model.calls if kind_of(c) == "value"]
     first = last_user(step_calls[0].messages)
     assert QUESTION in first and "The answer is N" in first  # self_refine's generate_math
     assert first.endswith("Write only the first step of the solution.")
@@ -118,13 +119,11 @@ async def test_prompts_and_sampling_parameters(tmp_path: Path) -> None:
     later = [last_user(c.messages) for c in step_calls if "so far" in last_user(c.messages)]
     assert any("The solution so far:\nS4\nS4a\n\nWrite only the next step" in p for p in later)
     assert all(
-        (c.params["stop"], c.params["n"], c.params["temperature"], c.params["max_tokens"])
-        == (["\n"], 2, 0.6, 40)
+        (c.params.stop, c.n, c.params.temperature, c.params.max_tokens) == (("\n",), 2, 0.6, 40)
         for c in step_calls
     )
     assert all(
-        (c.params.get("stop"), c.params.get("n", 1), c.params["temperature"]) == (None, 1, 0.0)
-        and c.params["max_tokens"] == 12
+        (c.params.stop, c.n, c.params.temperature) == (None, 1, 0.0) and c.params.max_tokens == 12
         for c in value_calls
     )
     assert any("Solution so far:\nS2\nS2b\n\nJudge" in last_user(c.messages) for c in value_calls)
@@ -194,7 +193,7 @@ async def test_max_depth_ends_every_partial_and_keeps_the_best_failure(tmp_path:
 
 @pytest.mark.parametrize("max_depth", [1, 20])
 async def test_no_recursion_error_at_max_depth(tmp_path: Path, max_depth: int) -> None:
-    model = ScriptedModel(lambda m, i: "Score: 5" if kind_of(m) == "value" else f"step {i}")
+    model = ScriptedModel(lambda c: "Score: 5" if kind_of(c) == "value" else f"step {c.index}")
     opts = {"beam_width": 1, "expansions": 1, "max_depth": max_depth}
     _, rows = await run_beam(tmp_path, model, one_task(tmp_path), options=opts)
     [task] = rows["tasks"]
@@ -244,7 +243,7 @@ async def test_budget_spent_between_depths_stops_before_expanding(tmp_path: Path
 
 
 async def test_budget_too_small_for_the_first_depth(tmp_path: Path) -> None:
-    model = ScriptedModel(lambda m, i: "x")
+    model = ScriptedModel(lambda call: "x")
     _, rows = await run_beam(
         tmp_path, model, one_task(tmp_path), budget=BudgetLimits(calls=1), options={}
     )  # the first depth needs beam_width * expansions = 8 calls
@@ -296,11 +295,11 @@ async def test_rollout_scorer_needs_a_verifier(tmp_path: Path) -> None:
 # -- determinism and resume ------------------------------------------------------------------
 
 
-def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
+def _content_reply(call: ModelCall) -> str:
     """A reply that depends only on the prompt (never on call order)."""
-    user = last_user(messages)
+    user = last_user(call.messages)
     h = sum(user.encode()) % 89
-    if kind_of(messages) == "value":
+    if kind_of(call) == "value":
         return f"Score: {h % 10 + 1}"
     m = STEPS.search(user)
     done = len(m.group(1).split("\n")) if m else 0
@@ -329,8 +328,8 @@ async def test_resume_reruns_only_the_unfinished_task(tmp_path: Path) -> None:
     pens = "Ana has 4 pens and buys 4 more. How many pens?"
     tasks = write_jsonl(tmp_path / "two.jsonl", [math_task("a"), math_task("b", pens, "8")])
 
-    def reply(messages: list[dict[str, Any]], index: int) -> str | Fault:
-        if "Ana" in last_user(messages):
+    def reply(call: ModelCall) -> str | Fault:
+        if "Ana" in last_user(call.messages):
             return Fault("bad_request")  # task b fails
         return "The answer is 5."
 
@@ -339,7 +338,7 @@ async def test_resume_reruns_only_the_unfinished_task(tmp_path: Path) -> None:
     _, rows = await run_beam(tmp_path, ScriptedModel(reply, name="beam-resume"), tasks, **cfg)
     assert [(t["task_id"], t["status"]) for t in rows["tasks"]] == [("a", "done"), ("b", "failed")]
 
-    again = ScriptedModel(lambda m, i: "The answer is 8.", name="beam-resume")
+    again = ScriptedModel(lambda call: "The answer is 8.", name="beam-resume")
     result, rows = await run_beam(tmp_path, again, tasks, resume=True, **cfg)
     assert [(t["task_id"], t["status"], t["graded"]) for t in rows["tasks"]] == [
         ("a", "done", True),

@@ -127,10 +127,10 @@ async def test_rollout_scorer_scores_by_verified_completions(tmp_path: Path) -> 
     assert {n["parent_id"] for n in steps.values() if n["depth"] == 1} == {steps["A"]["node_id"]}
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["final_answer"]) == ("verified", "5")
-    roll_calls = [c for c in model.calls if kind_of(c.messages) == "rollout"]
+    roll_calls = [c for c in model.calls if kind_of(c) == "rollout"]
     # Two requests of n=2 (the scripted model logs each sample as a call).
-    assert [(c.params["n"], c.params["max_tokens"]) for c in roll_calls] == [(2, 50)] * 4
-    assert all(c.params.get("stop") is None for c in roll_calls)
+    assert [(c.n, c.params.max_tokens) for c in roll_calls] == [(2, 50)] * 4
+    assert all(c.params.stop is None for c in roll_calls)
 
 
 # -- PRM over HTTP -----------------------------------------------------------------------------

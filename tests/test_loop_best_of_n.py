@@ -6,6 +6,7 @@ apart by their text (tools/prompts/judge.toml) and rated by the answer they show
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from best_of_n_helpers import (
 )
 from loop_testkit import (
     QUESTION,
+    RIGHT,
     last_user,
     math_task,
     one_task,
@@ -30,6 +32,8 @@ from loop_testkit import (
     user_error,
     write_jsonl,
 )
+from loopwright.loops.graphs.best_of_n import BEST_OF_N, BestOfNOptions
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import ScriptedModel
 
 # -- one request, majority vote -----------------------------------------------------------------
@@ -42,8 +46,8 @@ async def test_n8_is_one_request_and_majority_picks_the_mode(tmp_path: Path) -> 
     )
     # One provider request carried n=8: every sample saw the same n and seed.
     assert len(model.calls) == 8
-    assert {c.params.get("n") for c in model.calls} == {8}
-    assert len({c.params["seed"] for c in model.calls}) == 1
+    assert {c.n for c in model.calls} == {8}
+    assert len({c.params.seed for c in model.calls}) == 1
     assert len({c["request_id"] for c in rows["calls"]}) == 1
     assert [c["sample_index"] for c in rows["calls"]] == list(range(8))
     assert QUESTION in last_user(model.calls[0].messages)
@@ -84,8 +88,8 @@ async def test_fan_out_when_the_provider_takes_no_n(tmp_path: Path) -> None:
     model = ScriptedModel(Script(MIXED), supports_n=False)
     _, rows = await run_loop(tmp_path, model, one_task(tmp_path), options={"selector": "majority"})
     assert len(model.calls) == 8
-    assert all("n" not in c.params for c in model.calls)
-    seeds = sorted(c.params["seed"] for c in model.calls)
+    assert all(c.n == 1 for c in model.calls)
+    seeds = sorted(c.params.seed for c in model.calls)
     assert seeds == list(range(seeds[0], seeds[0] + 8))  # the client derives one seed per sample
     [task] = rows["tasks"]
     assert (task["rounds"], task["final_answer"], task["stop_reason"]) == (
@@ -211,7 +215,7 @@ async def test_judge_model_gets_one_client_for_the_whole_run(
         options={"n": 2, "selector": "judge", "judge_model": judge.register()},
     )  # fmt: skip
     assert len(rows["tasks"]) == 3 and len(judge.calls) == 6
-    assert made.count(judge.model_string) == 1
+    assert made.count(judge.name) == 1
 
 
 async def test_judge_model_option_sends_judge_calls_elsewhere(tmp_path: Path) -> None:
@@ -225,7 +229,7 @@ async def test_judge_model_option_sends_judge_calls_elsewhere(tmp_path: Path) ->
     )
     assert len(model.calls) == 2 and len(judge.calls) == 2
     assert all(is_judge(c.messages) for c in judge.calls)
-    assert {c["model"] for c in rows["calls"] if c["role"] == "judge"} == {judge.model_string}
+    assert {c["model"] for c in rows["calls"] if c["role"] == "judge"} == {judge.name}
     assert rows["tasks"][0]["final_answer"] == "6"
     await user_error(
         run_loop(
@@ -299,6 +303,56 @@ async def test_code_tasks_use_code_max_tokens_and_vote_over_programs(tmp_path: P
     _, rows = await run_loop(
         tmp_path, model, tasks, options={"n": 3, "max_tokens": 50, "code_max_tokens": 99}
     )
-    assert {c.params["max_tokens"] for c in model.calls} == {99}
+    assert {c.params.max_tokens for c in model.calls} == {99}
     assert "```python" in last_user(model.calls[0].messages)
     assert final(rows)["node_id"] == gens(rows)[1]["node_id"]
+
+
+# -- verification only where the selection reads it --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "uses"),
+    [
+        ({}, True),  # the verifier selector picks a passing sample
+        ({"selector": "majority"}, False),
+        ({"selector": "logprob"}, False),
+        ({"selector": "judge"}, False),
+        ({"selector": "weighted"}, False),  # weighted by logprob
+        ({"selector": "weighted", "weight_by": "judge"}, False),
+        ({"selector": "weighted", "weight_by": "verifier"}, True),
+        ({"selector": "majority", "rejection": True}, True),  # stops at the first verified
+    ],
+)
+def test_uses_verdicts_only_when_the_selection_reads_them(
+    options: dict[str, Any], uses: bool
+) -> None:
+    assert BEST_OF_N.uses_verdicts(BestOfNOptions(**options)) is uses
+    assert "--verifier self" in BEST_OF_N.description  # how to ask for labels anyway
+
+
+def answer_or_check(call: ModelCall) -> str:
+    """Every sample answers 5; every self-check says CORRECT."""
+    return "CORRECT." if call.params.role == "verifier" else RIGHT
+
+
+async def test_majority_under_auto_pays_for_no_verifier(tmp_path: Path) -> None:
+    tasks = write_jsonl(tmp_path / "six.jsonl", [math_task(f"t{i}") for i in range(6)])
+    options = {"n": 4, "selector": "majority"}
+    model = ScriptedModel(answer_or_check)
+    result, rows = await run_loop(tmp_path, model, tasks, verifier="auto", options=options)
+    assert Counter(c.params.role for c in model.calls) == {"generator": 24}
+    assert Counter(c["role"] for c in rows["calls"]) == {"generator": 24}
+    assert [v for v in rows["verdicts"] if v["stage"] == "in_loop"] == []
+    assert result.summary["stop_reasons"] == {"selected: majority": 6}
+    assert all(t["graded"] for t in rows["tasks"])  # the grader still grades every answer
+
+    # Asked for by name, the self-check labels every sample.
+    model = ScriptedModel(answer_or_check)
+    _, rows = await run_loop(
+        tmp_path, model, tasks, verifier="self", options=options, db=str(tmp_path / "self.duckdb")
+    )
+    assert Counter(c.params.role for c in model.calls) == {"generator": 24, "verifier": 24}
+    in_loop = [v for v in rows["verdicts"] if v["stage"] == "in_loop"]
+    assert len(in_loop) == 24 and all(v["passed"] for v in in_loop)
+    assert {n["score"] for n in gens(rows)} == {1.0}

@@ -22,6 +22,7 @@ from loop_testkit import (
     write_jsonl,
 )
 from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
@@ -40,8 +41,8 @@ async def test_rejection_stops_at_the_first_verified_sample(tmp_path: Path) -> N
         options={"n": 8, "rejection": True, "batch_size": 2, "selector": "majority"},
     )
     # Two requests of two samples; each request has its own seed.
-    assert [c.params.get("n") for c in model.calls] == [2, 2, 2, 2]
-    assert len({c.params["seed"] for c in model.calls}) == 2
+    assert [c.n for c in model.calls] == [2, 2, 2, 2]
+    assert len({c.params.seed for c in model.calls}) == 2
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["rounds"], task["calls"], task["graded"]) == (
         "verified",
@@ -74,7 +75,7 @@ async def test_rejection_without_a_pass_draws_n_then_selects(tmp_path: Path) -> 
     _, rows = await run_loop(
         tmp_path, model, one_task(tmp_path), options={"n": 5, "rejection": True, "batch_size": 2}
     )
-    assert [c.params.get("n") for c in model.calls] == [2, 2, 2, 2, None]  # 2 + 2 + 1
+    assert [c.n for c in model.calls] == [2, 2, 2, 2, 1]  # 2 + 2 + 1
     [task] = rows["tasks"]
     assert (task["stop_reason"], task["rounds"], task["final_answer"]) == (
         "selected: verifier",
@@ -90,7 +91,7 @@ async def test_rejection_without_a_verifier_is_one_request(tmp_path: Path) -> No
     _, rows = await run_loop(
         tmp_path, model, one_task(tmp_path, reference=None), options={"rejection": True}
     )
-    assert {c.params.get("n") for c in model.calls} == {8}
+    assert {c.n for c in model.calls} == {8}
     assert vote_record(rows)["rejection"] is False
     assert rows["tasks"][0]["rounds"] == 1
 
@@ -117,7 +118,7 @@ async def test_a_call_budget_below_n_draws_what_fits(tmp_path: Path) -> None:
         options={"selector": "majority"},
         budget=BudgetLimits(calls=5),
     )
-    assert {c.params.get("n") for c in model.calls} == {5}
+    assert {c.n for c in model.calls} == {5}
     [task] = rows["tasks"]
     assert task["status"] == "done" and task["error"] is None
     assert task["stop_reason"] == "budget: call budget of 5 spent"
@@ -136,7 +137,7 @@ async def test_rejection_budget_returns_the_best_so_far(tmp_path: Path) -> None:
         options={"n": 8, "rejection": True, "batch_size": 2},
         budget=BudgetLimits(calls=3),
     )
-    assert [c.params.get("n") for c in model.calls] == [2, 2, None]
+    assert [c.n for c in model.calls] == [2, 2, 1]
     [task] = rows["tasks"]
     assert task["stop_reason"] == "budget: call budget of 3 spent"
     assert (task["rounds"], task["calls"], task["final_answer"]) == (2, 3, "7")
@@ -296,8 +297,8 @@ async def test_resume_reruns_only_the_unfinished_task(tmp_path: Path) -> None:
         tmp_path / "two.jsonl", [math_task("a"), math_task("b", "What is 2 + 2?", "4")]
     )
 
-    def broken_on_b(messages: list[dict[str, Any]], index: int) -> str | Fault:
-        return Fault("bad_request") if "2 + 2" in last_user(messages) else RIGHT
+    def broken_on_b(call: ModelCall) -> str | Fault:
+        return Fault("bad_request") if "2 + 2" in last_user(call.messages) else RIGHT
 
     cfg: dict[str, Any] = {"run_name": "r", "concurrency": 1, "options": {"n": 3}}
     first, rows1 = await run_loop(

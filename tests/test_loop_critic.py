@@ -19,6 +19,7 @@ from loop_testkit import (
     QUESTION,
     RIGHT,
     RIGHT_CODE,
+    SELF_REFINE_STEPS,
     WRONG,
     LoopRunner,
     Reply,
@@ -39,22 +40,14 @@ from loop_testkit import (
     write_jsonl,
 )
 from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.tools.search import LocalIndex
 
 
-def role_of(messages: list[dict[str, Any]]) -> str:
-    user = last_user(messages)
-    if "Using the tool results above" in user:
-        return "critique"
-    if "Previous answer:" in user or "Previous code:" in user:
-        return "refine"
-    return "generate"
-
-
 def scripted(generate: Reply, refine: Reply = WRONG, critique: Reply = "CRIT") -> RoleScript:
-    return RoleScript(role_of, generate=generate, refine=refine, critique=critique)
+    return RoleScript(SELF_REFINE_STEPS, generate=generate, refine=refine, critique=critique)
 
 
 def poem_task(tmp_path: Path) -> str:
@@ -263,7 +256,7 @@ async def test_critique_reads_the_tool_output_and_feeds_the_refiner(
     assert "Critique:\nCRIT-A: 2 + 3 is 5." in ref1
     assert "The answer is 7." in crit1 and WRONG not in crit1
     assert "CRIT-B: still wrong." in ref2 and "CRIT-A" not in ref2
-    params = [(c.params["temperature"], c.params["max_tokens"]) for c in model.calls]
+    params = [(c.params.temperature, c.params.max_tokens) for c in model.calls]
     assert params == [(0.7, 256), (0.1, 33), (0.7, 256), (0.1, 33), (0.7, 256)]
 
     d0, d1, _ = drafts(rows)
@@ -353,10 +346,10 @@ async def test_no_recursion_error_at_max_rounds(
 # -- determinism and resume ---------------------------------------------------------------------
 
 
-def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
+def _content_reply(call: ModelCall) -> str:
     """A deterministic reply that depends only on what was asked (never on call order)."""
-    h = sum(last_user(messages).encode()) % 97
-    return f"Working ({role_of(messages)} {h}). The answer is {h + 1000}."
+    h = sum(last_user(call.messages).encode()) % 97
+    return f"Working ({SELF_REFINE_STEPS[str(call.params.role)]} {h}). The answer is {h + 1000}."
 
 
 async def test_same_seed_same_trace_different_seed_different(tmp_path: Path) -> None:
@@ -403,7 +396,7 @@ async def test_code_task_refines_from_the_failing_assertion(tmp_path: Path) -> N
     assert f"Test result: {FIRST_FAILURE}" in ref
     assert "```python\ndef add_numbers(a: int, b: int) -> int:\n    return a - b\n```" in ref
     assert "Here is" not in ref  # the refiner sees the extracted program
-    assert [c.params["max_tokens"] for c in model.calls] == [384, 384]
+    assert [c.params.max_tokens for c in model.calls] == [384, 384]
     [task] = rows["tasks"]
     assert task["status"] == "done", task["error"]
     assert (task["stop_reason"], task["graded"]) == ("verified", True)

@@ -36,6 +36,7 @@ from loop_testkit import (
 from loopwright.loops.execution.runner import RunConfig, run
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.mcts import MCTS, MctsOptions
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
@@ -43,15 +44,12 @@ from loopwright.traces.store import TraceStore
 LESSON = "Lesson: add the numbers carefully."
 
 
-def kind_of(messages: Messages) -> str:
-    user = last_user(messages)
-    if "Rating: [[N]]" in user:
-        return "value"
-    if "what went wrong" in user:
-        return "reflect"
-    if "Previous attempt:" in user or "Previous code:" in user:
-        return "expand"
-    return "generate"
+STEPS = {"generator": "generate", "expander": "expand", "value": "value", "reflector": "reflect"}
+
+
+def kind_of(call: ModelCall) -> str:
+    """The MCTS step a call is for, by its role."""
+    return STEPS[str(call.params.role)]
 
 
 class Script(RoleScript):
@@ -66,7 +64,7 @@ class Script(RoleScript):
         reflect: Reply = LESSON,
         value: Reply | None = None,
     ) -> None:
-        super().__init__(kind_of, generate=generate, expand=expand, reflect=reflect)
+        super().__init__(STEPS, generate=generate, expand=expand, reflect=reflect)
         if value is not None:
             self.replies["value"] = value
         self.ratings = ratings or {}
@@ -192,14 +190,14 @@ async def test_expansion_prompts_carry_the_parent_attempt_and_latest_reflections
     assert "LESSON-1" not in exp3  # only the latest max_reflections are kept
     assert "\n\n\n" not in exp2
     # The expansion is one request for all children; value calls have their own seeds.
-    expand_calls = [c for c in model.calls if kind_of(c.messages) == "expand"]
-    assert [c.params.get("n") for c in expand_calls] == [2] * 4
-    value_seeds = [c.params["seed"] for c in model.calls if kind_of(c.messages) == "value"]
+    expand_calls = [c for c in model.calls if kind_of(c) == "expand"]
+    assert [c.n for c in expand_calls] == [2] * 4
+    value_seeds = [c.params.seed for c in model.calls if kind_of(c) == "value"]
     assert len(set(value_seeds)) == 6
-    params = {kind_of(c.messages): c.params for c in model.calls}
-    assert (params["expand"]["temperature"], params["expand"]["max_tokens"]) == (0.8, 256)
-    assert (params["value"]["temperature"], params["value"]["max_tokens"]) == (0.0, 96)
-    assert params["reflect"]["max_tokens"] == 96
+    params = {kind_of(c): c.params for c in model.calls}
+    assert (params["expand"].temperature, params["expand"].max_tokens) == (0.8, 256)
+    assert (params["value"].temperature, params["value"].max_tokens) == (0.0, 96)
+    assert params["reflect"].max_tokens == 96
 
 
 # -- the loop: stopping rules --------------------------------------------------------------------
@@ -349,10 +347,10 @@ def test_spec_is_registered_and_recursion_limit_covers_every_simulation() -> Non
     assert all(MCTS.recursion_limit(MctsOptions(simulations=s)) > 5 * s + 2 for s in (1, 200))
 
 
-def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
+def _content_reply(call: ModelCall) -> str:
     """Depends only on what was asked (never on call order)."""
-    kind = kind_of(messages)
-    h = sum(last_user(messages).encode()) % 97
+    kind = kind_of(call)
+    h = sum(last_user(call.messages).encode()) % 97
     if kind == "value":
         return f"Rating: [[{h % 11}]]"
     if kind == "reflect":
@@ -389,8 +387,8 @@ async def test_resume_reruns_only_unfinished_tasks(tmp_path: Path) -> None:
     broken = {"b": True}
     seen: list[str] = []
 
-    def reply(messages: list[dict[str, Any]], index: int) -> str | Fault:
-        user = last_user(messages)
+    def reply(call: ModelCall) -> str | Fault:
+        user = last_user(call.messages)
         seen.append(user)
         if "4 + 4" in user:
             return Fault("bad_request") if broken["b"] else "4 + 4 = 8. The answer is 8."
@@ -424,7 +422,7 @@ async def test_code_expansion_sees_the_test_result(tmp_path: Path) -> None:
     assert FIRST_FAILURE in prompts["expand"] and "return a - b" in prompts["expand"]
     assert FIRST_FAILURE in prompts["reflect"] and f"- {LESSON}" in prompts["expand"]
     assert "```python" in prompts["value"] and "return a - b" in prompts["value"]
-    assert [c.params["max_tokens"] for c in model.calls] == [384, 96, 96, 384]
+    assert [c.params.max_tokens for c in model.calls] == [384, 96, 96, 384]
 
 
 # -- the real model ------------------------------------------------------------------------------

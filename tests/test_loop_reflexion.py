@@ -38,18 +38,18 @@ from loop_testkit import (
     user_error,
 )
 from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.scripted import ScriptedModel
 
 MISMATCH_6 = MISMATCH.format(6)
 
 
-def role_of(messages: list[dict[str, Any]]) -> str:
-    return "reflect" if "a lesson for your next attempt" in last_user(messages) else "act"
+STEPS = {"generator": "act", "reflector": "reflect"}
 
 
 def scripted(act: Reply, reflect: Reply = "Lesson: add carefully.") -> RoleScript:
-    return RoleScript(role_of, act=act, reflect=reflect)
+    return RoleScript(STEPS, act=act, reflect=reflect)
 
 
 run_loop = LoopRunner("reflexion", {"max_trials": 3})
@@ -189,7 +189,7 @@ async def test_temperature_rises_per_trial_up_to_the_cap(tmp_path: Path) -> None
     }
     await run_loop(tmp_path, model, one_task(tmp_path), options=options)
     params = [
-        (r, c.params["temperature"], c.params["max_tokens"])
+        (r, c.params.temperature, c.params.max_tokens)
         for r, c in zip(script.roles, model.calls, strict=True)
     ]
     assert params == [
@@ -218,7 +218,7 @@ async def test_refuse_repeats_resamples_with_the_tried_answers_listed(tmp_path: 
     assert "These answers were already tried and are wrong" in resample
     assert "- 6\n" in resample
     assert resample.endswith(first)
-    seeds = [c.params["seed"] for c in model.calls]
+    seeds = [c.params.seed for c in model.calls]
     assert len(set(seeds)) == 4  # the resample is a new draw, not a replay
 
     a0, a1 = of_role(rows, "generator")
@@ -354,10 +354,10 @@ async def test_no_recursion_error_at_max_trials(tmp_path: Path, max_trials: int)
 # -- determinism and resume ---------------------------------------------------------------------
 
 
-def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
+def _content_reply(call: ModelCall) -> str:
     """A deterministic reply that depends only on what was asked (never on call order)."""
-    h = sum(last_user(messages).encode()) % 97
-    if role_of(messages) == "reflect":
+    h = sum(last_user(call.messages).encode()) % 97
+    if call.params.role == "reflector":
         return f"Lesson #{h}: recheck the sum."
     return f"Working ({h}). The answer is {h % 3 + 100}."
 
@@ -416,7 +416,7 @@ async def test_code_task_lesson_from_the_failing_test(tmp_path: Path) -> None:
     assert "return a - b" in reflector and "```python" in reflector
     assert "Here is" not in reflector  # the reflector sees the extracted program
     assert "LESSON: add, do not subtract." in trial1 and trial1.endswith(trial0)
-    assert [c.params["max_tokens"] for c in model.calls] == [384, 96, 384]
+    assert [c.params.max_tokens for c in model.calls] == [384, 96, 384]
     [task] = rows["tasks"]
     assert task["status"] == "done", task["error"]
     assert (task["stop_reason"], task["graded"]) == ("verified", True)

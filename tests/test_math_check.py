@@ -221,11 +221,11 @@ def test_check_quick_leaves_symbolic_answers_to_the_worker(strict: MathChecker) 
     assert not strict.check("I cannot tell.", "56").passed
 
 
-async def test_run_verifier_skips_the_thread_only_when_the_check_is_quick(
+async def test_run_grader_skips_the_thread_only_when_the_check_is_quick(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from loopwright.loops.tasks import Task
-    from loopwright.loops.verify import MathAnswer, run_verifier
+    from loopwright.loops.verify import MathAnswer, run_grader
 
     hops: list[str] = []
     real = asyncio.to_thread
@@ -236,8 +236,8 @@ async def test_run_verifier_skips_the_thread_only_when_the_check_is_quick(
 
     monkeypatch.setattr(asyncio, "to_thread", counting)
     half = Task(id="h", prompt="?", kind="math", reference="0.5")
-    plain = await run_verifier(MathAnswer(), half, "The answer is 0.5.")
-    symbolic = await run_verifier(MathAnswer(), half, r"\boxed{\frac{1}{2}}")
+    plain = await run_grader(MathAnswer(), half, "The answer is 0.5.")
+    symbolic = await run_grader(MathAnswer(), half, r"\boxed{\frac{1}{2}}")
     assert plain.passed and symbolic.passed
     assert hops == [r"\boxed{\frac{1}{2}}"]
 

@@ -3,12 +3,15 @@ duplicated when a worker or the driver is killed, a run budget shared by every w
 
 One local Ray cluster (2 CPUs) serves the module; a pool of two workers is kept for the
 in-process runs. Replies are computed from each request, so they do not depend on which
-worker (process) answers.
+worker (process) answers. Scripted models travel to the workers as objects in the run's
+config, like any model; the workers import the test modules their replies live in (the
+cluster's processes get this folder on PYTHONPATH).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -31,13 +34,37 @@ ray = pytest.importorskip("ray")
 from loopwright.loops.execution import ray_executor  # noqa: E402
 from loopwright.loops.execution.runner import RunConfig, run  # noqa: E402
 from loopwright.loops.execution.sweep import SweepConfig, run_sweep  # noqa: E402
+from loopwright.loops.models.base import Model, ModelCall  # noqa: E402
 from loopwright.loops.models.scripted import ScriptedModel  # noqa: E402
 from loopwright.traces.store import TraceStore  # noqa: E402
 from test_runner import assert_consistent, mixed_reply, query, write_tasks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 _TASK_NO = re.compile(r"Task (\d+):")
 THREADS = "LOOPWRIGHT_LOCAL_THREADS"
+
+
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Set environment variables (which Ray's processes started inside inherit) for a block."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def importable_tests() -> dict[str, str]:
+    """PYTHONPATH for Ray's processes: this folder first, so a worker imports the test
+    module a scripted model's replies are defined in."""
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([str(TESTS), *([rest] if rest else [])])}
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +72,12 @@ def cluster() -> Iterator[str]:
     """A local Ray cluster with 2 CPUs for the module; its GCS address. Its workers (which
     inherit this environment) run the embedded engine with one llama.cpp thread, as the
     local side of the comparison does: another thread count can flip a greedy token."""
-    before = os.environ.get(THREADS)
-    os.environ[THREADS] = "1"
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        if before is None:
-            os.environ.pop(THREADS, None)
-        else:
-            os.environ[THREADS] = before
+    with environ(**{THREADS: "1"}, **importable_tests()):
+        ray.init(num_cpus=2, include_dashboard=False)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +87,7 @@ def pool(cluster: str) -> Iterator[ray_executor.RayPool]:
         yield p
 
 
-def _cfg(tmp_path: Path, model: str, tasks: str, name: str, **kw: Any) -> RunConfig:
+def _cfg(tmp_path: Path, model: str | Model, tasks: str, name: str, **kw: Any) -> RunConfig:
     kw.setdefault("options", {"max_rounds": 2})
     kw.setdefault("verifier", "oracle")
     return RunConfig(
@@ -113,7 +135,7 @@ def test_the_default_path_never_imports_ray(tmp_path: Path) -> None:
         import loopwright.loops.cli.main
         from loopwright.loops.models.scripted import ScriptedModel
         assert "ray" not in sys.modules, "importing the runner imported ray"
-        m = ScriptedModel(lambda messages, i: "The answer is 1.").register()
+        m = ScriptedModel(lambda call: "The answer is 1.").register()
         cfg = runner.RunConfig(loop="self-refine", tasks=sys.argv[1], model=m, limit=2,
                                db=sys.argv[2], verifier="oracle")
         asyncio.run(runner.run(cfg))
@@ -137,7 +159,7 @@ def test_executor_settings_do_not_change_the_run_identity(tmp_path: Path) -> Non
     )
     assert base.config_hash() == ray_cfg.config_hash()
     sweep = SweepConfig(name="s", tasks="t.jsonl", grid="best-of-n:n=1,2")
-    assert sweep.identity_hash() == sweep.model_copy(update={"executor": "ray"}).identity_hash()
+    assert sweep.config_hash() == sweep.model_copy(update={"executor": "ray"}).config_hash()
 
 
 # -- same results as the local executor -------------------------------------------------------
@@ -147,7 +169,7 @@ def test_executor_settings_do_not_change_the_run_identity(tmp_path: Path) -> Non
 async def test_a_scripted_run_matches_the_local_executor(
     tmp_path: Path, pool: ray_executor.RayPool
 ) -> None:
-    model = ScriptedModel(mixed_reply).register()
+    model = ScriptedModel(mixed_reply)
     tasks = write_tasks(tmp_path / "t.jsonl", 16)
     local = await run(_cfg(tmp_path, model, tasks, "local", concurrency=2))
     remote = await run(_cfg(tmp_path, model, tasks, "ray", concurrency=2, executor="ray"))
@@ -251,11 +273,10 @@ async def test_a_run_against_a_loopback_endpoint_matches_the_local_executor(
 # -- kills ------------------------------------------------------------------------------------
 
 
-def _wrong(messages: list[dict[str, Any]], index: int) -> str:
+def _wrong(call: ModelCall) -> str:
     """Always wrong, slowly: 3 calls per task at max_rounds=1 (draft, critique, refine)."""
     time.sleep(0.1)
-    user = messages[-1]["content"]
-    return "The sum is off." if "Check the proposed answer" in user else "The answer is 0."
+    return "The sum is off." if call.params.role == "critic" else "The answer is 0."
 
 
 def _assert_each_task_once(db: str, run_id: str, n: int) -> None:
@@ -289,7 +310,7 @@ async def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(
     tmp_path: Path, pool: ray_executor.RayPool
 ) -> None:
     n = 30
-    model = ScriptedModel(_wrong).register()
+    model = ScriptedModel(_wrong)
     tasks = write_tasks(tmp_path / "t.jsonl", n)
     victim = pool.pids()[0]
     retried_before = pool.retried
@@ -317,10 +338,9 @@ PLUGIN = textwrap.dedent(
     import time
     from loopwright.loops.models.scripted import ScriptedModel
 
-    def reply(messages, index):
+    def reply(call):
         time.sleep(0.1)
-        user = messages[-1]["content"]
-        return "The sum is off." if "Check the proposed answer" in user else "The answer is 0."
+        return "The sum is off." if call.params.role == "critic" else "The answer is 0."
 
     ScriptedModel(reply, name="plugged").register()
     """
@@ -405,12 +425,11 @@ def test_the_driver_killed_mid_run_then_resume_finishes_every_task_once(
 async def test_a_run_budget_is_never_exceeded_across_workers(
     tmp_path: Path, pool: ray_executor.RayPool, loop: str
 ) -> None:
-    def reply(messages: list[dict[str, Any]], index: int) -> str:
+    def reply(call: ModelCall) -> str:
         time.sleep(0.02)
-        user = messages[-1]["content"]
-        return "The sum is off." if "Check the proposed answer" in user else "The answer is 0."
+        return "The sum is off." if call.params.role == "critic" else "The answer is 0."
 
-    model = ScriptedModel(reply).register()
+    model = ScriptedModel(reply)
     tasks = write_tasks(tmp_path / "t.jsonl", 40)
     options = {"max_rounds": 3} if loop == "self-refine" else {"n": 4}
     limit = 37
@@ -445,11 +464,11 @@ async def test_a_run_budget_is_never_exceeded_across_workers(
 def test_a_sweep_on_ray_matches_a_local_sweep(tmp_path: Path, cluster: str) -> None:
     tasks = write_tasks(tmp_path / "t.jsonl", 8)
 
-    def reply(messages: list[dict[str, Any]], index: int) -> str:
-        m = _TASK_NO.search(messages[-1]["content"])
+    def reply(call: ModelCall) -> str:
+        m = _TASK_NO.search(call.messages[-1]["content"])
         return f"The answer is {int(m[1]) + 1 if m and int(m[1]) % 2 else 0}."
 
-    model = ScriptedModel(reply).register()
+    model = ScriptedModel(reply)
     outer = ray_executor._active
     results = {}
     for executor in ("local", "ray"):
@@ -488,7 +507,7 @@ def test_grading_on_ray_writes_the_same_verdicts_as_local_grading(
 
     skip_without_bwrap()
     replies = [WRONG_CODE, RIGHT_CODE, "Here you go:\n" + RIGHT_CODE]
-    model = ScriptedModel(lambda messages, index: replies[index]).register()
+    model = ScriptedModel(lambda call: replies[call.index])
     cfg = _cfg(
         tmp_path, model, CODE_SPEC, "code", loop="best-of-n", options={"n": 3},
         sandbox="bwrap", verifier="auto",
@@ -512,13 +531,16 @@ def test_an_improve_series_on_ray_evaluates_like_a_local_one(tmp_path: Path, clu
     from loopwright.loops.improve import ImproveConfig
     from loopwright.loops.improve.rounds import run_improve
 
-    def answer(messages: list[dict[str, Any]], index: int) -> str:
-        text = str(messages[-1]["content"])
+    def answer(call: ModelCall) -> str:
+        text = str(call.messages[-1]["content"])
         nums = [int(x) for x in re.findall(r"\d+", text)][:2]
         right = nums[0] * nums[1] if "bags" in text else sum(nums)
-        return f"The answer is {right if index % 2 == 0 else right + 1}."
+        return f"The answer is {right if call.index % 2 == 0 else right + 1}."
 
-    base = ScriptedModel(answer).register()
+    # An improve series names its base by model string (it trains from it): the workers
+    # register the scripted base under that name as they start, as a --plugin file would.
+    model = ScriptedModel(answer)
+    base = model.register()
     metrics = {}
     for executor in ("local", "ray"):
         cfg = ImproveConfig(
@@ -527,7 +549,10 @@ def test_an_improve_series_on_ray_evaluates_like_a_local_one(tmp_path: Path, clu
             eval_samples=2, db=str(tmp_path / f"{executor}.duckdb"), drop_overlap=True,
             concurrency=2, executor=executor, workers=2,
         )  # fmt: skip
-        result = run_improve(cfg)
+        with contextlib.ExitStack() as stack:
+            if executor == "ray":
+                stack.enter_context(ray_executor.ray_pool(workers=2, setup=[model.register]))
+            result = run_improve(cfg)
         assert result.failed is None
         [round0] = result.rounds
         metrics[executor] = round0["metrics"]["eval"]

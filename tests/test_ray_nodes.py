@@ -18,7 +18,15 @@ from loopwright.loops.execution import ray_executor  # noqa: E402
 from loopwright.loops.execution.runner import run  # noqa: E402
 from loopwright.loops.models.scripted import ScriptedModel  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from test_ray import _assert_each_task_once, _calls, _cfg, _tasks, _wrong  # noqa: E402
+from test_ray import (  # noqa: E402
+    _assert_each_task_once,
+    _calls,
+    _cfg,
+    _tasks,
+    _wrong,
+    environ,
+    importable_tests,
+)
 from test_runner import write_tasks  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -26,26 +34,28 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[tuple[Cluster, Any]]:
-    """A head node and a second node, one CPU each; this process joins by address."""
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
-    try:
-        second = cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address)
+    """A head node and a second node, one CPU each; this process joins by address. The
+    nodes' workers can import the test modules the scripted replies live in."""
+    with environ(**importable_tests()):
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
         try:
-            yield cluster, second
+            second = cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address)
+            try:
+                yield cluster, second
+            finally:
+                ray.shutdown()
         finally:
-            ray.shutdown()
-    finally:
-        cluster.shutdown()
+            cluster.shutdown()
 
 
 async def test_workers_spread_over_the_nodes_and_the_run_matches_a_local_one(
     tmp_path: Path, nodes: tuple[Cluster, Any]
 ) -> None:
-    model = ScriptedModel(_wrong).register()
+    model = ScriptedModel(_wrong)
     tasks = write_tasks(tmp_path / "t.jsonl", 8)
     kw: dict[str, Any] = {"concurrency": 2, "options": {"max_rounds": 1}}
     local = await run(_cfg(tmp_path, model, tasks, "local", **kw))
@@ -63,7 +73,7 @@ async def test_a_node_lost_mid_run_loses_nothing_and_duplicates_nothing(
 ) -> None:
     cluster, second = nodes
     n = 30
-    model = ScriptedModel(_wrong).register()
+    model = ScriptedModel(_wrong)
     tasks = write_tasks(tmp_path / "t.jsonl", n)
     removed: list[int] = []
     remover: list[threading.Thread] = []

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loop_testkit import self_refine_role
 from loopwright.loops.errors import UserError
 from loopwright.loops.execution.runner import Progress, RunConfig, RunResult, run
 from loopwright.loops.graphs.self_refine import SelfRefineOptions
+from loopwright.loops.models.base import Model, ModelCall
 from loopwright.loops.models.scripted import Fault, ScriptedModel
 from loopwright.traces.store import TraceStore
 
@@ -33,14 +33,14 @@ def _task_no(messages: list[dict[str, Any]]) -> int:
     return int(m[1])
 
 
-def mixed_reply(messages: list[dict[str, Any]], index: int) -> str:
+def mixed_reply(call: ModelCall) -> str:
     """Task i asks for i + 1. Even tasks are right first time; odd ones are fixed by the first
     refinement, except multiples of 3, which never get it right."""
-    i = _task_no(messages)
-    role = self_refine_role(messages)
-    if role == "critique":
+    i = _task_no(call.messages)
+    role = call.params.role
+    if role == "critic":
         return f"Task {i}: the sum is off."
-    right = (role == "generate" and i % 2 == 0) or (role == "refine" and i % 3 != 0)
+    right = (role == "generator" and i % 2 == 0) or (role == "refiner" and i % 3 != 0)
     return f"Task {i}: so the answer is {i + 1 if right else i + 2}."
 
 
@@ -59,11 +59,12 @@ def write_tasks(path: Path, n: int, marker: dict[int, str] | None = None) -> str
     return str(path)
 
 
-def config(tmp_path: Path, model: str, tasks: str, **kw: Any) -> RunConfig:
+def config(tmp_path: Path, model: str | Model, tasks: str, **kw: Any) -> RunConfig:
     kw.setdefault("options", {"max_rounds": 2})
     kw.setdefault("db", str(tmp_path / "t.duckdb"))
     kw.setdefault("verifier", "oracle")  # these scripts decide what passes by the reference
-    return RunConfig(loop="self-refine", tasks=tasks, model=model, backoff_base_s=0.0, **kw)
+    kw.setdefault("loop", "self-refine")
+    return RunConfig(tasks=tasks, model=model, backoff_base_s=0.0, **kw)
 
 
 def query(db: str, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -120,7 +121,7 @@ async def test_db_is_consistent_after_a_run(tmp_path: Path) -> None:
     model = ScriptedModel(mixed_reply)
     tasks = write_tasks(tmp_path / "tasks.jsonl", 12)
     seen: list[Progress] = []
-    cfg = config(tmp_path, model.register(), tasks, concurrency=3, run_name="clean")
+    cfg = config(tmp_path, model, tasks, concurrency=3, run_name="clean")
     result = await run(cfg, on_progress=lambda p: seen.append(Progress(**vars(p))))
 
     db = cfg.db
@@ -131,7 +132,7 @@ async def test_db_is_consistent_after_a_run(tmp_path: Path) -> None:
     assert (runrow["name"], runrow["loop"], runrow["model"]) == (
         "clean",
         "self-refine",
-        model.model_string,
+        model.name,
     )
     # The hash covers the validated options (defaults filled in).
     assert runrow["config_hash"] == cfg.config_hash(SelfRefineOptions(**cfg.options))
@@ -162,14 +163,14 @@ async def test_db_is_consistent_after_a_run(tmp_path: Path) -> None:
 
 
 async def test_intermittent_faults_are_retried_and_every_task_finishes(tmp_path: Path) -> None:
-    def flaky(messages: list[dict[str, Any]], index: int) -> str | Fault:
-        if index % 3 == 2:
-            return Fault("rate_limit", retry_after=0) if index % 2 else Fault("server_error")
-        return mixed_reply(messages, index)
+    def flaky(call: ModelCall) -> str | Fault:
+        if call.index % 3 == 2:
+            return Fault("rate_limit", retry_after=0) if call.index % 2 else Fault("server_error")
+        return mixed_reply(call)
 
     model = ScriptedModel(flaky)
     tasks = write_tasks(tmp_path / "tasks.jsonl", 8)
-    cfg = config(tmp_path, model.register(), tasks, concurrency=2)
+    cfg = config(tmp_path, model, tasks, concurrency=2)
     result = await run(cfg)
 
     statuses = [r["status"] for r in query(cfg.db, "SELECT status FROM tasks")]
@@ -191,19 +192,19 @@ async def test_intermittent_faults_are_retried_and_every_task_finishes(tmp_path:
 async def test_permanently_failing_tasks_are_marked_failed_and_the_run_completes(
     tmp_path: Path,
 ) -> None:
-    def reply(messages: list[dict[str, Any]], index: int) -> str | Fault:
-        user = _user(messages)
+    def reply(call: ModelCall) -> str | Fault:
+        user = _user(call.messages)
         if "POISON" in user:
             return Fault("server_error")
-        if "CRITFAIL" in user and self_refine_role(messages) == "critique":
+        if "CRITFAIL" in user and call.params.role == "critic":
             return Fault("server_error")
-        return mixed_reply(messages, index)
+        return mixed_reply(call)
 
     model = ScriptedModel(reply)
     tasks = write_tasks(
         tmp_path / "tasks.jsonl", 8, marker={1: " POISON", 4: " POISON", 5: " CRITFAIL"}
     )
-    cfg = config(tmp_path, model.register(), tasks, concurrency=3, max_attempts=2)
+    cfg = config(tmp_path, model, tasks, concurrency=3, max_attempts=2)
     result = await run(cfg)
 
     rows = {r["task_id"]: r for r in query(cfg.db, "SELECT * FROM tasks")}
@@ -232,8 +233,8 @@ async def test_permanently_failing_tasks_are_marked_failed_and_the_run_completes
 
 
 async def test_non_retryable_fault_fails_the_task_after_one_attempt(tmp_path: Path) -> None:
-    model = ScriptedModel(lambda m, i: Fault("bad_request"))
-    cfg = config(tmp_path, model.register(), write_tasks(tmp_path / "t.jsonl", 2))
+    model = ScriptedModel(lambda call: Fault("bad_request"))
+    cfg = config(tmp_path, model, write_tasks(tmp_path / "t.jsonl", 2))
     result = await run(cfg)
     assert len(model.calls) == 2  # one per task: a 400 is not retried
     assert result.summary["failed"] == 2
@@ -250,14 +251,14 @@ async def test_resume_errors(tmp_path: Path) -> None:
     model = ScriptedModel(mixed_reply)
     other = ScriptedModel(mixed_reply)
     tasks = write_tasks(tmp_path / "t.jsonl", 3)
-    cfg = config(tmp_path, model.register(), tasks, run_name="exp1")
+    cfg = config(tmp_path, model, tasks, run_name="exp1")
     await run(cfg)
     calls_after_first = len(model.calls)
 
     with pytest.raises(UserError, match=r"already exists.*--resume"):
         await run(cfg)
     with pytest.raises(UserError, match="different"):
-        await run(cfg.model_copy(update={"resume": True, "model": other.register()}))
+        await run(cfg.model_copy(update={"resume": True, "model": other}))
     with pytest.raises(UserError, match="different"):
         await run(cfg.model_copy(update={"resume": True, "options": {"max_rounds": 3}}))
     with pytest.raises(UserError, match="different"):
@@ -302,10 +303,9 @@ KILL_SCRIPT = textwrap.dedent(
 
     done = 0
 
-    def reply(messages, index):
+    def reply(call):
         time.sleep(0.05)
-        user = messages[-1]["content"]
-        if "Check the proposed answer" in user:
+        if call.params.role == "critic":
             if done >= 10:
                 # Mid-task: this task's first draft is already traced. Let the trace writer
                 # commit what is queued, then die without any cleanup.
@@ -365,9 +365,9 @@ async def test_kill_9_then_resume_finishes_every_task_once(tmp_path: Path) -> No
 
     resumed_prompts: list[str] = []
 
-    def reply(messages: list[dict[str, Any]], index: int) -> str:
-        resumed_prompts.append(_user(messages))
-        return "The sum is off." if self_refine_role(messages) == "critique" else "The answer is 0."
+    def reply(call: ModelCall) -> str:
+        resumed_prompts.append(_user(call.messages))
+        return "The sum is off." if call.params.role == "critic" else "The answer is 0."
 
     ScriptedModel(reply, name="killme").register()
     result: RunResult = await run(cfg.model_copy(update={"resume": True}))
@@ -407,7 +407,7 @@ async def test_kill_9_then_resume_finishes_every_task_once(tmp_path: Path) -> No
 async def test_rerun_under_new_name_hits_the_call_cache(tmp_path: Path) -> None:
     model = ScriptedModel(mixed_reply)
     tasks = write_tasks(tmp_path / "t.jsonl", 6)
-    first_cfg = config(tmp_path, model.register(), tasks, run_name="first")
+    first_cfg = config(tmp_path, model, tasks, run_name="first")
     first = await run(first_cfg)
     n_calls = len(model.calls)
     assert n_calls > 6
@@ -456,9 +456,7 @@ async def test_rerun_under_new_name_hits_the_call_cache(tmp_path: Path) -> None:
 
 async def test_unknown_loop_lists_the_valid_loops(tmp_path: Path) -> None:
     model = ScriptedModel(["x"])
-    cfg = config(tmp_path, model.register(), "builtin:arithmetic").model_copy(
-        update={"loop": "self-refin"}
-    )
+    cfg = config(tmp_path, model, "builtin:arithmetic").model_copy(update={"loop": "self-refin"})
     with pytest.raises(UserError) as exc:
         await run(cfg)
     assert "'self-refine'" in str(exc.value)
@@ -478,7 +476,7 @@ async def test_bad_loop_option_is_a_one_line_user_error(
     tmp_path: Path, options: dict[str, Any], field: str
 ) -> None:
     model = ScriptedModel(["x"])
-    cfg = config(tmp_path, model.register(), "builtin:arithmetic", options=options)
+    cfg = config(tmp_path, model, "builtin:arithmetic", options=options)
     with pytest.raises(UserError) as exc:
         await run(cfg)
     msg = str(exc.value)
@@ -498,8 +496,8 @@ async def test_unknown_model_is_a_user_error(tmp_path: Path) -> None:
 async def test_builtin_arithmetic_end_to_end(tmp_path: Path) -> None:
     """A builtin task set runs through the same path; answering the reference passes."""
 
-    def solve(messages: list[dict[str, Any]], index: int) -> str:
-        text = _user(messages)
+    def solve(call: ModelCall) -> str:
+        text = _user(call.messages)
         if m := re.search(r"has (\d+) bags with (\d+)", text):
             return f"The answer is {int(m[1]) * int(m[2])}."
         m = re.search(r"has (\d+) \w+ and gets (\d+) more", text)
@@ -507,7 +505,7 @@ async def test_builtin_arithmetic_end_to_end(tmp_path: Path) -> None:
         return f"The answer is {int(m[1]) + int(m[2])}."
 
     model = ScriptedModel(solve)
-    cfg = config(tmp_path, model.register(), "builtin:arithmetic?seed=5", limit=6)
+    cfg = config(tmp_path, model, "builtin:arithmetic?seed=5", limit=6)
     result = await run(cfg)
     assert result.summary["tasks"] == 6
     assert result.summary["graded_pass_rate"] == 1.0
@@ -517,7 +515,7 @@ async def test_builtin_arithmetic_end_to_end(tmp_path: Path) -> None:
 async def test_resume_matches_options_after_defaults_are_filled_in(tmp_path: Path) -> None:
     model = ScriptedModel(mixed_reply)
     tasks = write_tasks(tmp_path / "t.jsonl", 2)
-    cfg = config(tmp_path, model.register(), tasks, run_name="defaults", options={})
+    cfg = config(tmp_path, model, tasks, run_name="defaults", options={})
     await run(cfg)
     default_rounds = SelfRefineOptions().max_rounds
     explicit = cfg.model_copy(update={"resume": True, "options": {"max_rounds": default_rounds}})
@@ -537,10 +535,10 @@ async def test_concurrent_requests_cannot_overshoot_a_call_budget() -> None:
     from loopwright.loops.models.config import ClientConfig
     from loopwright.loops.models.scripted import ScriptedModel
 
-    model = ScriptedModel(lambda messages, i: "ok")
+    model = ScriptedModel(lambda call: "ok")
     run_budget = Budget(BudgetLimits(calls=5))
     task_budget = Budget(BudgetLimits(calls=100), parent=run_budget)
-    client = ModelClient(ClientConfig(model=model.register(), cache=False))
+    client = ModelClient(ClientConfig(cache=False), model=model)
     msgs = [{"role": "user", "content": "hi"}]
     got = await aio.gather(
         *(client.sample(msgs, n=2, budget=task_budget) for _ in range(3)),
@@ -556,7 +554,7 @@ async def test_concurrent_requests_cannot_overshoot_a_call_budget() -> None:
 async def test_a_grader_that_breaks_fails_its_task_not_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from loopwright.loops.execution import runner as runner_mod
+    from loopwright.loops.execution import scope as scope_mod
     from loopwright.loops.verify import MathAnswer
 
     class Broken(MathAnswer):
@@ -568,11 +566,162 @@ async def test_a_grader_that_breaks_fails_its_task_not_the_run(
                 raise ValueError("sandbox could not set up the run")
             return super().__call__(task, response)
 
-    monkeypatch.setattr(runner_mod, "grader_for", lambda task, sandbox="bwrap": Broken())
-    model = ScriptedModel(lambda m, i: "The answer is 2.").register()
+    monkeypatch.setattr(scope_mod, "grader_for", lambda task, **_: Broken())
+    model = ScriptedModel(lambda call: "The answer is 2.")
     tasks = write_tasks(tmp_path / "tasks.jsonl", 3)
     result = await run(config(tmp_path, model, tasks, verifier="none"))
     rows = {r["task_id"]: r for r in query(str(tmp_path / "t.duckdb"), "SELECT * FROM tasks")}
     assert rows["t01"]["status"] == "failed" and "grading failed" in rows["t01"]["error"]
     assert rows["t00"]["status"] == rows["t02"]["status"] == "done"
     assert result.progress.failed == 1
+
+
+# -- the run's settings, scope, tasks and model ------------------------------------------------
+
+
+def test_one_identity_rule_for_runs_sweeps_and_improve_series() -> None:
+    """Where and how the work is done (database, sandbox, endpoint, transport, concurrency,
+    retries, cache, executor) is never part of what a resume must match; what is computed
+    (model, seed, verifier, budgets, ...) always is, for a run, a sweep and a series alike."""
+    from loopwright.loops.execution.sweep import SweepConfig
+    from loopwright.loops.improve import ImproveConfig
+
+    configs = [
+        RunConfig(loop="best-of-n", tasks="builtin:arithmetic"),
+        SweepConfig(name="s", tasks="builtin:arithmetic", grid="best-of-n:n=1,2"),
+        ImproveConfig(name="s", tasks="builtin:arithmetic", eval_tasks="builtin:arithmetic"),
+    ]
+    how = [
+        {"db": "elsewhere.duckdb"},
+        {"sandbox": "process"},
+        {"executor": "ray", "ray_address": "10.0.0.1:6379", "workers": 3},
+        {"api_base": "http://127.0.0.1:9/v1"},
+        {"transport": "http", "concurrency": 32, "max_attempts": 9, "cache": False},
+    ]
+    what = [
+        {"seed": 1},
+        {"verifier": "oracle"},
+        {"verifier_options": {"samples": 3}},
+        {"role_models": {"critic": "openai/critic"}},
+        {"budget": {"calls": 3}},
+        {"run_budget": {"tokens": 100}},
+    ]
+    for cfg in configs:
+        same = {**cfg.model_dump(exclude={"connection"}), "connection": cfg.connection}
+        for change in how:
+            moved = type(cfg)(**{**same, **change})
+            assert moved.config_hash() == cfg.config_hash(), (type(cfg).__name__, change)
+        for change in what:
+            other = type(cfg)(**{**same, **change})
+            assert other.config_hash() != cfg.config_hash(), (type(cfg).__name__, change)
+
+
+async def test_a_list_of_tasks_runs_is_stored_by_content_and_resumes(tmp_path: Path) -> None:
+    from loopwright.loops.tasks import Task
+
+    tasks = [Task(id=f"t{i}", prompt=f"Task {i}: what is {i} + 1?", kind="math",
+                  reference=str(i + 1), metadata={"source": "inline"}) for i in range(3)]  # fmt: skip
+    model = ScriptedModel(mixed_reply)
+    cfg = RunConfig(
+        loop="self-refine", tasks=tasks, model=model, db=str(tmp_path / "t.duckdb"),
+        run_name="inline", verifier="oracle", options={"max_rounds": 1},
+    )  # fmt: skip
+    result = await run(cfg)
+    assert result.summary["done"] == 3
+    [row] = query(cfg.db, "SELECT tasks_spec, model, config FROM runs")
+    assert row["tasks_spec"] == cfg.tasks_spec
+    assert row["tasks_spec"].startswith("inline:3 tasks sha256=")
+    assert row["model"] == model.name
+    assert json.loads(row["config"])["tasks"] == row["tasks_spec"]
+    # each task row keeps the keyed task, so grading never needs the list again
+    keys = {r["task_id"]: r["answer_key"] for r in query(cfg.db, "SELECT * FROM tasks")}
+    assert {tid: Task.model_validate_json(k) for tid, k in keys.items()} == {t.id: t for t in tasks}
+    # the same tasks resume; other tasks under the same name do not
+    again = await run(cfg.model_copy(update={"resume": True, "tasks": list(tasks)}))
+    assert again.progress.skipped == 3
+    changed = [tasks[0].model_copy(update={"reference": "9"}), *tasks[1:]]
+    with pytest.raises(UserError, match="different"):
+        await run(cfg.model_copy(update={"resume": True, "tasks": changed}))
+
+
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [([], "empty"), (["t0", "t0"], "given twice")],
+)
+async def test_a_task_list_that_cannot_run_is_one_line(
+    tmp_path: Path, tasks: list[str], message: str
+) -> None:
+    from loopwright.loops.tasks import Task
+
+    listed = [Task(id=t, prompt="2+3?", kind="math", reference="5") for t in tasks]
+    cfg = config(tmp_path, ScriptedModel(["x"]), "unused").model_copy(update={"tasks": listed})
+    with pytest.raises(UserError, match=message):
+        await run(cfg)
+    assert not Path(cfg.db).exists()
+
+
+async def test_two_model_objects_may_not_share_a_name(tmp_path: Path) -> None:
+    a, b = ScriptedModel(["x"], name="same"), ScriptedModel(["y"], name="same")
+    cfg = config(tmp_path, a, "builtin:arithmetic", role_models={"critic": b})
+    with pytest.raises(UserError, match="two different models are named 'scripted/same'"):
+        await run(cfg)
+    assert not Path(cfg.db).exists()
+
+
+async def test_a_role_model_object_answers_its_role(tmp_path: Path) -> None:
+    drafter = ScriptedModel(lambda call: "The answer is 1.", name="drafter")
+    critic = ScriptedModel(lambda call: "The sum is off.", name="critic")
+    cfg = config(
+        tmp_path, drafter, write_tasks(tmp_path / "t.jsonl", 2), role_models={"critic": critic}
+    )
+    await run(cfg.model_copy(update={"options": {"max_rounds": 1}}))
+    assert {c.params.role for c in drafter.calls} == {"generator", "refiner"}
+    assert {c.params.role for c in critic.calls} == {"critic"}
+    rows = query(cfg.db, "SELECT DISTINCT role, model FROM calls ORDER BY 1")
+    assert rows == [
+        {"role": "critic", "model": critic.name},
+        {"role": "generator", "model": drafter.name},
+        {"role": "refiner", "model": drafter.name},
+    ]
+    [run_row] = query(cfg.db, "SELECT config FROM runs")
+    assert json.loads(run_row["config"])["role_models"] == {"critic": critic.name}
+
+
+def test_the_scope_sizes_every_client_for_the_samples_in_flight(
+    tmp_path: Path, writer: Any
+) -> None:
+    """Clients (the run's, a role's and a loop option's own model) are made once and told
+    how many samples the run may have in flight: concurrency x the loop's n."""
+    from loopwright.loops.execution.scope import RunScope
+
+    critic = ScriptedModel(["c"], name="critic")
+    cfg = RunConfig(
+        loop="best-of-n", tasks="builtin:arithmetic", model=ScriptedModel(["x"], name="gen"),
+        concurrency=3, options={"n": 8}, role_models={"critic": critic},
+    )  # fmt: skip
+    scope = RunScope.build(cfg, "run", writer)
+    judge = scope.client_of("hosted_vllm/judge", "http://127.0.0.1:9/v1")
+    assert scope.client_of("hosted_vllm/judge", "http://127.0.0.1:9/v1") is judge
+    assert scope.client_for("critic").backend is critic
+    assert scope.client_for("refiner") is scope.client
+    assert {c.config.in_flight for c in scope.clients.values()} == {24}
+    self_refine = cfg.model_copy(update={"loop": "self-refine", "options": {}})
+    assert RunScope.build(self_refine, "run", writer).client.config.in_flight == 3
+
+
+async def test_majority_vote_under_auto_pays_for_no_verification(tmp_path: Path) -> None:
+    """A best-of-n whose choice ignores verdicts gets no in-loop verifier under --verifier
+    auto (it would pay a self-check per sample); asked for one, it gets it."""
+    model = ScriptedModel(lambda call: "The answer is 2.")
+    tasks = write_tasks(tmp_path / "t.jsonl", 2)
+    majority = config(
+        tmp_path, model, tasks, loop="best-of-n", verifier="auto", run_name="majority",
+        options={"n": 4, "selector": "majority"},
+    )  # fmt: skip
+    await run(majority)
+    assert {c.params.role for c in model.calls} == {"generator"}
+    [row] = query(majority.db, "SELECT config FROM runs WHERE name = 'majority'")
+    assert json.loads(row["config"])["verifiers"] == {"math": "none"}
+    asked = majority.model_copy(update={"verifier": "self", "run_name": "asked"})
+    await run(asked)
+    assert "verifier" in {c.params.role for c in model.calls}

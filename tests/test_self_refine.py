@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from loop_testkit import (
@@ -17,6 +16,7 @@ from loop_testkit import (
     QUESTION,
     RIGHT,
     RIGHT_CODE,
+    SELF_REFINE_STEPS,
     WRONG,
     WRONG_CODE,
     LoopRunner,
@@ -29,16 +29,16 @@ from loop_testkit import (
     one_task,
     prompts,
     seeded_runs,
-    self_refine_role,
     skip_without_bwrap,
     text_task,
     untested_code_task,
     user_error,
     write_jsonl,
 )
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.scripted import ScriptedModel
-from loopwright.loops.verify import checks as verify
+from loopwright.loops.verify import graders as verify
 from loopwright.sandboxes import SandboxUnavailable
 from loopwright.tools.code_tests import VERSION as CODE_TESTS_VERSION
 
@@ -46,11 +46,8 @@ ISSUES = "Step 1 is wrong: 2 + 3 is not 6."
 FIXED_CODE = "Fixed:\n" + RIGHT_CODE
 
 
-role_of = self_refine_role
-
-
 def scripted(generate: Reply, critique: Reply = ISSUES, refine: Reply = WRONG) -> RoleScript:
-    return RoleScript(role_of, generate=generate, critique=critique, refine=refine)
+    return RoleScript(SELF_REFINE_STEPS, generate=generate, critique=critique, refine=refine)
 
 
 run_loop = LoopRunner("self-refine", {"max_rounds": 2})
@@ -274,9 +271,9 @@ async def test_sampling_parameters_follow_options(tmp_path: Path) -> None:
             "critic_max_tokens": 33,
         },
     )
-    temps = [c.params.get("temperature") for c in model.calls]
+    temps = [c.params.temperature for c in model.calls]
     assert temps == [0.9, 0.1, 0.9]
-    assert [c.params.get("max_tokens") for c in model.calls] == [77, 33, 77]
+    assert [c.params.max_tokens for c in model.calls] == [77, 33, 77]
 
 
 # -- budgets -------------------------------------------------------------------------------------
@@ -366,10 +363,10 @@ async def test_run_budget_exhausted_before_a_task_starts(tmp_path: Path) -> None
 # -- determinism -------------------------------------------------------------------------------
 
 
-def _content_reply(messages: list[dict[str, Any]], index: int) -> str:
+def _content_reply(call: ModelCall) -> str:
     """A deterministic reply that depends only on what was asked (never on call order)."""
-    role = role_of(messages)
-    text = last_user(messages)
+    role = SELF_REFINE_STEPS[str(call.params.role)]
+    text = last_user(call.messages)
     h = sum(text.encode()) % 97
     if role == "critique":
         return f"Issue #{h}: recheck the sum."
@@ -390,7 +387,7 @@ async def test_same_seed_same_calls_different_seed_different(tmp_path: Path) -> 
     # Per-call seeds are distinct within a run and actually reach the provider.
     seeds1 = [c["seed"] for c in r1["calls"]]
     assert len(set(seeds1)) == len(seeds1)
-    assert sorted(c.params["seed"] for c in m1.calls) == sorted(seeds1)
+    assert sorted(c.params.seed for c in m1.calls) == sorted(seeds1)
     # A different run seed changes every per-call seed.
     assert not set(seeds1) & {c["seed"] for c in r3["calls"]}
     assert [t["final_answer"] for t in r1["tasks"]] == [t["final_answer"] for t in r2["tasks"]]
@@ -433,7 +430,7 @@ async def test_code_task_wrong_then_right_is_verified_with_test_feedback(tmp_pat
     assert FIRST_FAILURE in ref
     assert "return a - b" in ref and "CRIT: use + not -" in ref
     assert "Here is" not in ref  # the refiner sees the extracted code, not the raw reply
-    assert [c.params.get("max_tokens") for c in model.calls] == [384, 128, 384]
+    assert [c.params.max_tokens for c in model.calls] == [384, 128, 384]
 
     verdicts = rows["verdicts"]
     assert {(v["stage"], v["verifier"], v["verifier_version"]) for v in verdicts} == {
@@ -455,7 +452,7 @@ async def test_code_max_tokens_option(tmp_path: Path) -> None:
     skip_without_bwrap()
     model = ScriptedModel(scripted(generate=FIXED_CODE))
     await run_loop(tmp_path, model, CODE_SPEC, options={"code_max_tokens": 200, "max_tokens": 50})
-    assert [c.params.get("max_tokens") for c in model.calls] == [200]
+    assert [c.params.max_tokens for c in model.calls] == [200]
 
 
 async def test_code_task_without_tests_uses_the_untested_critique(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from loopwright.loops.execution.sweep import (
     validate,
 )
 from loopwright.loops.graphs.best_of_n import BestOfNOptions
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.store import TraceStore
 
@@ -91,21 +92,18 @@ class Script:
     self-refine drafts, critiques and refinements come from DRAFT, CRITIQUE and REFINE."""
 
     def __init__(self) -> None:
-        self.model: ScriptedModel | None = None
         self.bon_calls: Counter[str] = Counter()
 
-    def __call__(self, messages: list[dict[str, Any]], index: int) -> str:
-        assert self.model is not None
-        params = self.model.calls[index].params
-        user = last_user(messages)
+    def __call__(self, call: ModelCall) -> str:
+        user = last_user(call.messages)
         tid = _task_of(user)
-        if int(params.get("n") or 1) > 1:
+        if call.n > 1:
             k = self.bon_calls[tid]
             self.bon_calls[tid] += 1
             return BON[tid][k % 4]
-        if "Check the proposed answer" in user:
+        if call.params.role == "critic":
             return CRITIQUE[tid]
-        if "Previous answer:" in user and "Feedback:" in user:
+        if call.params.role == "refiner":
             previous = user.split("Previous answer:\n", 1)[1].split("\n\nFeedback:", 1)[0]
             return REFINE[previous.strip()]
         return DRAFT[tid]
@@ -114,7 +112,6 @@ class Script:
 def scripted_model(name: str) -> ScriptedModel:
     script = Script()
     model = ScriptedModel(script, name=name, prompt_tokens_per_call=PROMPT)
-    script.model = model
     model.register()
     return model
 
@@ -299,7 +296,7 @@ class Swept:
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
     folder = tmp_path_factory.mktemp("sweep")
     model = scripted_model("sweepmain")
-    cfg = SweepConfig(verifier="oracle", name="main", tasks=task_file(folder), models=(model.model_string,),
+    cfg = SweepConfig(verifier="oracle", name="main", tasks=task_file(folder), models=(model.name,),
                       grid=GRID, db=str(folder / "t.duckdb"), sandbox="process")  # fmt: skip
     events: list[SweepEvent] = []
     run_sweep(cfg, events.append)
@@ -311,7 +308,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
 def test_run_writes_the_sweep_its_points_and_the_planned_runs(swept: Swept) -> None:
     [sw] = rows_of(swept.db, "SELECT * FROM sweeps")
     assert (sw["name"], sw["grid"], sw["status"]) == ("main", GRID, "done")
-    assert sw["config_hash"] == swept.cfg.identity_hash()
+    assert sw["config_hash"] == swept.cfg.config_hash()
     assert sw["finished_at"] is not None
     pts = rows_of(swept.db, "SELECT * FROM sweep_points ORDER BY strategy, value")
     assert [(p["strategy"], p["param"], p["value"], p["derived"], p["run_name"], p["status"])
@@ -523,7 +520,7 @@ def test_transitions_of_the_report_data(swept: Swept) -> None:
 
 def test_rerun_resumes_grading_then_runs_nothing(tmp_path: Path) -> None:
     model = scripted_model("sweeprerun")
-    cfg = SweepConfig(verifier="oracle", name="re", tasks=task_file(tmp_path), models=(model.model_string,),
+    cfg = SweepConfig(verifier="oracle", name="re", tasks=task_file(tmp_path), models=(model.name,),
                       grid="best-of-n:n=2,4", db=str(tmp_path / "t.duckdb"), sandbox="process",
                       grade=False)  # fmt: skip
     run_sweep(cfg)
@@ -557,7 +554,7 @@ def test_rejection_best_of_n_points_count_every_task(tmp_path: Path) -> None:
     """Rejection sampling stops at the first verified sample: a task right at once drew one
     sample, and must still count (as right) at n=2."""
     model = scripted_model("sweepreject")
-    cfg = SweepConfig(verifier="oracle", name="rej", tasks=task_file(tmp_path), models=(model.model_string,),
+    cfg = SweepConfig(verifier="oracle", name="rej", tasks=task_file(tmp_path), models=(model.name,),
                       grid="best-of-n(rejection=true):n=2", db=str(tmp_path / "t.duckdb"),
                       sandbox="process")  # fmt: skip
     # rejection draws one sample per request (n=1): the script then answers as self-refine's
@@ -576,7 +573,7 @@ def test_string_valued_params_stay_separate_points(
     model = scripted_model("sweepselect")
     grid = "best-of-n(n=4):selector=majority,verifier"
     code, out, err = cli_main(["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
-                            model.model_string, "--name", "sel", "--db", str(tmp_path / "t.duckdb"),
+                            model.name, "--name", "sel", "--db", str(tmp_path / "t.duckdb"),
                             "--sandbox", "process"], capsys)  # fmt: skip
     assert code == 0, err
     assert "selector=majority" in out and "selector=verifier" in out, out
@@ -595,7 +592,7 @@ def test_cli_sweep_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     model = scripted_model("sweepcli")
     db = str(tmp_path / "t.duckdb")
     args = ["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", "best-of-n:n=1,2,4",
-            "--model", model.model_string, "--name", "cli", "--db", db, "--sandbox", "process"]  # fmt: skip
+            "--model", model.name, "--name", "cli", "--db", db, "--sandbox", "process"]  # fmt: skip
     code, out, err = cli_main(args, capsys)
     assert code == 0, err
     assert "sweep cli: 3 points (2 read from shared samples) in 1 runs" in out
@@ -674,7 +671,7 @@ def test_cli_sweep_bad_grid_is_one_line(
     model = scripted_model("sweepbad")
     db = tmp_path / "t.duckdb"
     code, _, err = cli_main(["sweep", "--verifier", "oracle", "--tasks", task_file(tmp_path), "--grid", grid, "--model",
-                          model.model_string, "--db", str(db), "--sandbox", "process"], capsys)  # fmt: skip
+                          model.name, "--db", str(db), "--sandbox", "process"], capsys)  # fmt: skip
     assert message in _one_error_line(code, err)
     assert not model.calls and not db.exists()
 
@@ -740,7 +737,7 @@ def test_a_point_whose_tasks_failed_is_failed_and_retried(tmp_path: Path) -> Non
 
     broken = {"on": True}
 
-    def reply(messages: list[dict[str, Any]], i: int) -> Any:
+    def reply(call: ModelCall) -> Any:
         return Fault("bad_request") if broken["on"] else "The answer is 3."
 
     model = ScriptedModel(reply)
@@ -794,14 +791,13 @@ def test_compute_matched_winner_cell_names_ties() -> None:
 
 
 def test_every_run_of_a_sweep_gets_its_endpoint_and_transport() -> None:
-    from loopwright.loops.execution.runner import RunConfig
-    from loopwright.loops.execution.sweep import _run_config
+    from loopwright.loops.execution.sweep import run_config
 
     cfg = _cfg("best-of-n:n=1,2; self-refine:rounds=1", api_base="http://127.0.0.1:9/v1",
                transport="litellm")  # fmt: skip
-    runs = [_run_config(cfg, p, RunConfig) for p in plan(cfg, parse_grid(cfg.grid))]
+    runs = [run_config(cfg, p) for p in plan(cfg, parse_grid(cfg.grid))]
     assert {(r.connection.api_base, r.connection.transport) for r in runs} == {
         ("http://127.0.0.1:9/v1", "litellm")
     }
     plain = _cfg("best-of-n:n=1,2; self-refine:rounds=1", api_base="http://127.0.0.1:9/v1")
-    assert plain.identity_hash() == cfg.identity_hash()  # a sweep resumes over either transport
+    assert plain.config_hash() == cfg.config_hash()  # a sweep resumes over either transport

@@ -174,7 +174,7 @@ async def test_references_are_stored_in_a_faithful_form(tmp_path: Path) -> None:
     for ref, text in zip(given[3:6], want[3:6], strict=True):
         assert json.loads(text) == ref  # objects and arrays read back as what was given
 
-    model = ScriptedModel(lambda m, i: "ok")
+    model = ScriptedModel(lambda call: "ok")
     cfg = RunConfig(
         loop="self-refine", tasks=str(path), model=model.register(), verifier="none",
         db=str(tmp_path / "t.duckdb"), options={"max_rounds": 0},

@@ -5,12 +5,21 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from loopwright.loops.errors import UserError
-from loopwright.loops.tasks import Task, builtin_arithmetic, load_tasks
+from loopwright.loops.tasks import (
+    TASK_SOURCES,
+    Task,
+    TaskSource,
+    builtin_arithmetic,
+    load_tasks,
+    task_source,
+    task_source_names,
+)
 from loopwright.tools.numeric import check_number, extract_number, to_fraction
 
 GSM8K = Path("/work/shared/data/gsm8k/test.jsonl")
@@ -322,6 +331,160 @@ def test_empty_task_file_is_an_error(tmp_path: Path) -> None:
     path.write_text("\n\n")
     with pytest.raises(UserError, match="no tasks"):
         load_tasks(str(path))
+
+
+# -- task sources ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sources() -> Iterator[dict[str, TaskSource]]:
+    """The registry of task sources; what a test registers is gone after it."""
+    saved = dict(TASK_SOURCES)
+    yield TASK_SOURCES
+    TASK_SOURCES.clear()
+    TASK_SOURCES.update(saved)
+
+
+def test_a_decorated_loader_is_a_task_source(
+    tmp_path: Path, sources: dict[str, TaskSource]
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    @task_source("pairs")
+    def load_pairs(
+        path: Path, scale: int = 1, upper: bool = False, limit: int | None = None
+    ) -> Iterator[Task | dict[str, Any]]:
+        """Sums from a file of 'a b' lines."""
+        calls.append({"path": path, "scale": scale, "upper": upper, "limit": limit})
+        for i, line in enumerate(path.read_text().splitlines()):
+            a, b = (int(x) * scale for x in line.split())
+            prompt = f"what is {a} plus {b}?"
+            if i % 2:  # rows may be Tasks or dicts, freely mixed
+                yield Task(id=f"p{i}", prompt=prompt, kind="math", reference=str(a + b))
+            else:
+                yield {"id": f"p{i}", "prompt": prompt.upper() if upper else prompt,
+                       "kind": "math", "reference": a + b}  # fmt: skip
+
+    data = tmp_path / "pairs.txt"
+    data.write_text("1 2\n3 4\n5 6\n")
+    assert load_pairs.__name__ == "load_pairs"  # returned unchanged
+    src = sources["pairs"]
+    assert src.usage == "pairs:PATH?scale=INT&upper=BOOL" and src.description.startswith("Sums")
+    tasks = load_tasks(f"pairs:{data}?scale=10&upper=true")
+    assert [(t.id, t.reference) for t in tasks] == [("p0", "30"), ("p1", "70"), ("p2", "110")]
+    assert tasks[0].prompt == "WHAT IS 10 PLUS 20?" and isinstance(calls[0]["path"], Path)
+    assert calls[0] == {"path": data, "scale": 10, "upper": True, "limit": None}
+    assert [t.id for t in load_tasks(f"pairs:{data}", limit=2)] == ["p0", "p1"]
+    assert calls[-1]["limit"] == 2  # --limit reaches a loader that asks for it
+
+
+def test_builtin_sources_share_the_registry() -> None:
+    assert {"gsm8k", "math", "humaneval", "builtin:arithmetic", "builtin:code"} <= set(
+        task_source_names()
+    )
+    assert TASK_SOURCES["gsm8k"].usage == "gsm8k:PATH"
+    assert TASK_SOURCES["builtin:code"].usage == "builtin:code?seed=INT&n=INT"
+    assert len(load_tasks("builtin:arithmetic", limit=150)) == 150  # --limit sizes the set
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        ({"id": "a"}, "pairs:x row 2: missing field 'prompt'"),
+        ({"prompt": "p", "kind": "maths"}, "pairs:x row 2: field 'kind'"),
+        ("what is 1+1?", "pairs:x row 2: task source pairs yielded a str"),
+        ({"prompt": "p", "id": "dup"}, "pairs:x: task id 'dup' appears twice"),
+    ],
+)
+def test_a_bad_row_from_a_source_is_one_line(
+    sources: dict[str, TaskSource], row: Any, needle: str
+) -> None:
+    @task_source("pairs")
+    def load_pairs(name: str) -> list[Any]:
+        return [{"prompt": "ok", "id": "dup"}, row]
+
+    with pytest.raises(UserError) as exc:
+        load_tasks("pairs:x")
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("needs", "task source needs needs an argument: needs:NAME"),
+        ("plain:x", "task source plain takes no argument (use plain)"),
+        ("plain?a=1", "task source plain takes no ?options"),
+        ("needs:x?n=2&k=3", "needs takes ?n=INT, not k=3"),
+        ("needs:x?n=two", "needs takes ?n=INT, not n=two"),
+        ("builtin:geometry", "unknown task source 'builtin:geometry'"),
+        ("nonsense", "math:PATH, needs:NAME?n=INT, plain"),
+    ],
+)
+def test_a_spec_that_does_not_fit_its_source_is_one_line(
+    sources: dict[str, TaskSource], spec: str, needle: str
+) -> None:
+    task_source("plain")(lambda: [{"prompt": "p"}])
+
+    @task_source("needs")
+    def needs(name: str, n: int = 1) -> list[dict[str, str]]:
+        return [{"prompt": name}] * n
+
+    with pytest.raises(UserError) as exc:
+        load_tasks(spec)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_source_without_options_keeps_a_question_mark_in_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "odd?name.jsonl"
+    path.write_text(json.dumps({"question": "1+1?", "answer": "so #### 2"}) + "\n")
+    [task] = load_tasks(f"gsm8k:{path}")
+    assert task.reference == "2"
+
+
+# -- what a loop sees ----------------------------------------------------------------------------
+
+
+def test_blind_keeps_only_what_is_known_to_be_safe() -> None:
+    task = Task(
+        id="t", prompt="Add.", kind="math", reference="6",
+        metadata={"gold": "6", "expected": "six", "solution": "3+3", "subject": "sums",
+                  "level": 2, "test_style": "asserts"},
+        public_metadata=["subject", "level"],
+    )  # fmt: skip
+    blind = task.blind()
+    assert blind.metadata == {"subject": "sums", "level": 2, "test_style": "asserts"}
+    assert blind.reference is None and blind.tests == []
+    assert "six" not in blind.model_dump_json() and "3+3" not in blind.model_dump_json()
+    assert blind.blind() == blind  # blind twice is blind once
+    set_fields = {k for k, v in blind.model_dump().items() if v not in (None, [], {})}
+    assert set_fields <= {"id", "prompt", "kind", "entry_point", "visible_tests", "metadata",
+                          "public_metadata"}  # fmt: skip
+
+
+def test_blind_io_task_shows_one_case_and_hides_the_rest() -> None:
+    task = Task(id="io", prompt="Echo.", kind="code",
+                metadata={"test_style": "io", "io_cases": [["1", "1"], ["2", "2"]],
+                          "expected_outputs": ["1", "2"]})  # fmt: skip
+    blind = task.blind()
+    assert blind.metadata == {"test_style": "io", "visible_io_cases": [["1", "1"]]}
+
+
+def test_shipped_sources_mark_their_harmless_metadata_public() -> None:
+    [arith] = load_tasks("builtin:arithmetic?n=1")
+    assert set(arith.blind().metadata) == {"form"}
+    [code] = load_tasks("builtin:code?n=1")
+    assert set(code.blind().metadata) == {"category", "difficulty", "test_style"}
+    [math] = load_tasks(f"math:{MATH500}", limit=1)
+    assert set(math.blind().metadata) == {"subject", "level"} and "solution" in math.metadata
+    [gsm] = load_tasks(f"gsm8k:{GSM8K}", limit=1)
+    assert gsm.blind().metadata == {} and "solution" in gsm.metadata
+
+
+def test_a_task_file_marks_metadata_public(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "metadata": {"topic": "x", "gold": "y"},
+                                           "public_metadata": ["topic"]}])  # fmt: skip
+    [task] = load_tasks(str(path))
+    assert task.blind().metadata == {"topic": "x"}
 
 
 # -- numeric extraction ------------------------------------------------------------------------

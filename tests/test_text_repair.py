@@ -15,8 +15,9 @@ from typing import Any
 
 import duckdb
 import pytest
-from loop_testkit import cli_main, self_refine_role, write_jsonl
+from loop_testkit import SELF_REFINE_STEPS, cli_main, write_jsonl
 from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.records import (
     CallRecord,
@@ -181,8 +182,8 @@ SPLIT_REPLIES = {
 }
 
 
-def split_reply(messages: list[dict[str, Any]], index: int) -> str:
-    return SPLIT_REPLIES[self_refine_role(messages)]
+def split_reply(call: ModelCall) -> str:
+    return SPLIT_REPLIES[SELF_REFINE_STEPS[str(call.params.role)]]
 
 
 def _tasks(path: Path, n: int, prompt: str = "What is {i} + 1?") -> str:
@@ -265,7 +266,9 @@ async def test_a_task_file_with_lone_surrogates_runs_to_done(tmp_path: Path) -> 
         + json.dumps({"id": "plain", "prompt": f"What is 2 + 1? {HIGH}{LOW}", "kind": "math",
                       "reference": "3"}) + "\n"
     )  # fmt: skip
-    model = ScriptedModel(lambda m, i: f"The answer is {2 if '1 + 1' in m[-1]['content'] else 3}.")
+    model = ScriptedModel(
+        lambda c: f"The answer is {2 if '1 + 1' in c.messages[-1]['content'] else 3}."
+    )
     cfg = _config(tmp_path, model.register(), str(path), run_name="bad-task", options={})
     result = await run(cfg)
 
@@ -287,12 +290,17 @@ async def test_a_task_file_with_lone_surrogates_runs_to_done(tmp_path: Path) -> 
         "SELECT table_name, field, count(DISTINCT row_key) AS n FROM text_repairs "
         "GROUP BY ALL ORDER BY ALL",
     )
-    # The lone half is repaired where it is stored: in the task row and in the call that
-    # carries the prompt (JSON's escaped pair is one character once parsed: nothing to do).
+    # The lone half is repaired where it is stored: in the task row's prompt, in its answer
+    # key (the keyed task, prompt included) and in the call that carries the prompt (JSON's
+    # escaped pair is one character once parsed: nothing to do).
     # The id is a key: the task holds its stored form from the start, so resume, seeds and
     # every row agree on it.
-    assert [tuple(f.values()) for f in fields] == [("calls", "messages", 1), ("tasks", "prompt", 1)]
-    assert result.summary["text_repairs"] == 2
+    assert [tuple(f.values()) for f in fields] == [
+        ("calls", "messages", 1),
+        ("tasks", "answer_key", 1),
+        ("tasks", "prompt", 1),
+    ]
+    assert result.summary["text_repairs"] == 3
     # Resuming finds the task done under its stored id: nothing runs again.
     again = await run(cfg.model_copy(update={"resume": True}))
     assert again.progress.skipped == 2
@@ -301,7 +309,7 @@ async def test_a_task_file_with_lone_surrogates_runs_to_done(tmp_path: Path) -> 
 
 async def test_a_run_name_with_undecodable_bytes_is_stored_and_resumable(tmp_path: Path) -> None:
     name = "exp-\udcff"  # what argv holds for the byte 0xff (surrogateescape)
-    model = ScriptedModel(lambda m, i: "The answer is 1.")
+    model = ScriptedModel(lambda call: "The answer is 1.")
     tasks = _tasks(tmp_path / "t.jsonl", 2, prompt="What is {i} + 1? (tasks: \udcfe)")
     cfg = _config(tmp_path, model.register(), tasks, run_name=name)
     result = await run(cfg)
@@ -325,10 +333,10 @@ async def test_a_writer_that_cannot_write_fails_its_run_in_one_line_and_resume_c
 
     monkeypatch.setattr(TraceWriter, "_insert", insert)
 
-    def reply(messages: list[dict[str, Any]], index: int) -> str:
-        if index == 12:
+    def reply(call: ModelCall) -> str:
+        if call.index == 12:
             broken["on"] = True  # the disk fills up mid-run
-        return SPLIT_REPLIES[self_refine_role(messages)]
+        return split_reply(call)
 
     n = 8
     model = ScriptedModel(reply)
@@ -369,7 +377,7 @@ KILL_SCRIPT = textwrap.dedent(
     from loopwright.loops.execution.runner import RunConfig, run
     from loopwright.loops.models.scripted import ScriptedModel
 
-    ScriptedModel(lambda messages, index: "The answer is 0.", name="killed").register()
+    ScriptedModel(lambda call: "The answer is 0.", name="killed").register()
     cfg = RunConfig.model_validate_json(sys.argv[1])
     if sys.argv[2] == "before-run-row":
         def die(*args, **kwargs):
@@ -407,7 +415,7 @@ async def test_a_run_killed_right_after_start_can_be_resumed(tmp_path: Path, whe
     runs = query(cfg.db, "SELECT status FROM runs")
     assert runs == ([] if when == "before-run-row" else [{"status": "running"}])
 
-    model = ScriptedModel(lambda messages, index: "The answer is 0.", name="killed")
+    model = ScriptedModel(lambda call: "The answer is 0.", name="killed")
     model.register()
     result = await run(cfg.model_copy(update={"resume": True}))
     assert result.name == "early"
@@ -425,7 +433,7 @@ def test_a_writer_failure_is_one_line_on_the_command_line(
         raise duckdb.IOException("IO Error: disk I/O error")
 
     monkeypatch.setattr(TraceWriter, "_insert", insert)
-    model = ScriptedModel(lambda m, i: "The answer is 1.")
+    model = ScriptedModel(lambda call: "The answer is 1.")
     tasks = _tasks(tmp_path / "t.jsonl", 2)
     db = str(tmp_path / "t.duckdb")
     args = ["run", "self-refine", "--tasks", tasks, "--model", model.register(), "--db", db,

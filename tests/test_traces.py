@@ -13,6 +13,12 @@ import duckdb
 import pytest
 from loopwright.traces.queries import cache_lookup
 from loopwright.traces.records import (
+    ANSWER_ROLES,
+    CANDIDATE_ROLES,
+    FEEDBACK_ROLES,
+    MODEL_ROLES,
+    RATING_ROLES,
+    ROLES,
     CacheRecord,
     CallRecord,
     NodeRecord,
@@ -23,6 +29,7 @@ from loopwright.traces.runs import discard_partial_tasks, task_statuses
 from loopwright.traces.schema import SCHEMA_VERSION, TABLES
 from loopwright.traces.store import TraceStore, TraceStoreError
 from loopwright.traces.writer import TraceWriter, TraceWriterError
+from pydantic import ValidationError
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -108,6 +115,45 @@ def test_a_version_3_file_gets_the_tasks_worker_column_and_keeps_its_rows(tmp_pa
         w.close()
         rows = s.query("SELECT task_id, worker FROM tasks ORDER BY idx")
     assert rows == [{"task_id": "t1", "worker": None}, {"task_id": "t2", "worker": "node-a:123"}]
+
+
+def test_a_version_5_file_gets_the_answer_key_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "t.duckdb"
+    with TraceStore(path) as s:  # a file written before tasks kept their answer keys
+        s.execute("ALTER TABLE tasks DROP COLUMN answer_key")
+        s.execute("DELETE FROM schema_version")
+        s.execute("INSERT INTO schema_version (version) VALUES (5)")
+        s.execute(
+            "INSERT INTO tasks (run_id, task_id, idx, prompt, status) "
+            "VALUES ('r', 't1', 0, 'old', 'done')"
+        )
+    with TraceStore(path, read_only=True) as s:  # a reader does not migrate, and still reads
+        assert s.query("SELECT task_id FROM tasks") == [{"task_id": "t1"}]
+    key = json.dumps({"id": "t2", "prompt": "new", "reference": "2", "tests": ["assert 1"]})
+    with TraceStore(path) as s:
+        versions = [r["version"] for r in s.query("SELECT version FROM schema_version")]
+        assert versions == [5, SCHEMA_VERSION] and SCHEMA_VERSION >= 6
+        w = TraceWriter(s)
+        w.write(_task("r", "t2", answer_key=key))
+        w.close()
+        rows = s.query("SELECT task_id, prompt, answer_key FROM tasks ORDER BY task_id")
+    assert rows == [
+        {"task_id": "t1", "prompt": "old", "answer_key": None},
+        {"task_id": "t2", "prompt": "1+1?", "answer_key": key},
+    ]
+
+
+def test_roles_are_one_literal_with_groups_read_off_it() -> None:
+    assert set(ANSWER_ROLES) == {"generator", "refiner", "expander", "rollout"}
+    assert set(CANDIDATE_ROLES) < set(ANSWER_ROLES) and "rollout" not in CANDIDATE_ROLES
+    assert set(MODEL_ROLES) == set(ANSWER_ROLES) | set(FEEDBACK_ROLES) | set(RATING_ROLES)
+    assert set(ROLES) == set(MODEL_ROLES) | {"root", "vote", "evidence", "refused"}
+    assert len(ROLES) == len(set(ROLES))
+    assert _node("r", "t").role == "generator"
+    with pytest.raises(ValidationError, match="role"):
+        NodeRecord(run_id="r", task_id="t", role="drafter")
+    with pytest.raises(ValidationError, match="role"):
+        _call("r", "t", role="drafter")
 
 
 def test_newer_schema_version_is_refused(tmp_path: Path) -> None:

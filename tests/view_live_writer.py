@@ -12,11 +12,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import ScriptedModel
 from view_testkit import reply, tasks_file
 
@@ -24,9 +24,9 @@ from view_testkit import reply, tasks_file
 def main() -> None:
     db, n, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 
-    def slow(messages: list[dict[str, Any]], index: int) -> str:
+    def slow(call: ModelCall) -> str:
         time.sleep(delay)
-        return reply(messages, index)
+        return reply(call)
 
     model = ScriptedModel(slow)
     cfg = RunConfig(loop="self-refine", tasks=tasks_file(Path(db).parent, n),

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from loop_testkit import RIGHT, WRONG, last_user, math_task, write_jsonl
 from loopwright.loops.execution.runner import RunConfig, run
+from loopwright.loops.models.base import ModelCall
 from loopwright.loops.models.scripted import ScriptedModel
 from loopwright.traces.store import TraceStore
 from loopwright.traces.view import Viewer
@@ -51,19 +52,19 @@ def have_browser() -> str | None:
 browser_only = pytest.mark.skipif(have_browser() is not None, reason=str(have_browser()))
 
 
-def reply(messages: list[dict[str, Any]], index: int) -> str:
-    """One scripted model for every loop: answers by the kind of prompt it is sent."""
-    user = last_user(messages)
-    if "Rating: [[N]]" in user:  # mcts value prompt
+def reply(call: ModelCall) -> str:
+    """One scripted model for every loop: answers by the role of the call."""
+    user, index, role = last_user(call.messages), call.index, call.params.role
+    if role == "value":  # mcts
         return f"Plausible.\nRating: [[{(index * 7) % 11}]]"
-    if "CORRECT or INCORRECT" in user:  # the in-loop self-check
+    if role == "verifier":  # the in-loop self-check
         answer = user.split("Proposed answer:", 1)[1]
         return "CORRECT: 2 + 3 = 5." if "is 5" in answer else "INCORRECT: 2 + 3 is 5."
-    if "Check the proposed answer" in user:  # self-refine critic
+    if role == "critic":
         return "2 + 3 is not 6: recount the apples and state the answer again."
-    if "lesson for your next attempt" in user or "what went wrong" in user:
+    if role == "reflector":
         return "Lesson: add the two numbers carefully."
-    if "Previous answer:" in user or "Previous attempt:" in user:  # a revision
+    if role in ("refiner", "expander"):  # a revision
         return REVISED if index % 3 else WRONG
     if "<script>" in user:
         return PAYLOAD_REPLY

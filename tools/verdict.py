@@ -16,8 +16,10 @@ class Verdict(BaseModel):
     score: float = Field(description="1.0 pass, 0.0 fail; partial credit where a verifier has it.")
     answer: str | None = Field(None, description="The answer the verifier extracted.")
     feedback: str = ""
-    verifier: str
-    version: str
+    verifier: str = Field(
+        "", description="Who judged; a function verifier's or grader's name is filled in."
+    )
+    version: str = Field("", description="Its version; filled in like ``verifier``.")
     latency_s: float = 0.0
     details: dict[str, Any] = Field(
         default_factory=dict, description="Verifier-specific facts, stored in verdicts.details."

@@ -56,6 +56,15 @@ def model_of_round(store: TraceStore, improve: str, rnd: int) -> dict[str, Any] 
     return rows[0] if rows else None
 
 
+def models_of(store: TraceStore, improve: str) -> list[dict[str, Any]]:
+    """The ``models`` rows of a series (no ``train_config``), by round."""
+    return store.query(
+        "SELECT round, model_id, parent, base, data_rows, data_hash, final_loss, train_s "
+        "FROM models WHERE improve = ? ORDER BY round",
+        [improve],
+    )
+
+
 def get_round(store: TraceStore, improve: str, rnd: int) -> dict[str, Any] | None:
     rows = store.query("SELECT * FROM rounds WHERE improve = ? AND round = ?", [improve, rnd])
     if not rows:

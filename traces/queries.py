@@ -29,6 +29,17 @@ def cache_lookup(store: TraceStore, cache_key: str, n: int) -> list[dict[str, An
     return rows if len(rows) == n else None
 
 
+def table_names(store: TraceStore) -> set[str]:
+    """The tables of the database (a file from an older version may lack some)."""
+    return {r["table_name"] for r in store.query("SELECT table_name FROM duckdb_tables()")}
+
+
+def cache_has_rows(store: TraceStore) -> bool:
+    """True when the call cache holds any sample (else a new request's key cannot be in it)."""
+    rows = store.query("SELECT EXISTS (SELECT 1 FROM call_cache) AS any")
+    return bool(rows[0]["any"])
+
+
 def verifier_label(config: str | dict[str, Any] | None) -> tuple[str, bool]:
     """How a run's in-loop verifier is shown, and whether it read the answer key.
 

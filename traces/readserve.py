@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 from loopwright.traces.schema import TABLES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -724,6 +723,8 @@ class ReadServer:
         self._wake()
         try:
             reader = cur.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
+            import pyarrow as pa  # only when rows travel: not on every open of the store
+
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, reader.schema) as w:
                 for batch in reader:
@@ -910,6 +911,8 @@ class RemoteReader:
                 ) from None
         if kind == b"E":
             raise RemoteReadError(body.decode(errors="replace"))
+        import pyarrow as pa
+
         table = pa.ipc.open_stream(body).read_all()
         cols = table.column_names
         return [{c: _plain(row[c]) for c in cols} for row in table.to_pylist()]

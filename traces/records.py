@@ -7,7 +7,7 @@ import random
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -141,10 +141,36 @@ class _Row(BaseModel):
         return self.model_dump()
 
 
-ANSWER_ROLES = ("generator", "refiner", "expander", "rollout")
+# -- roles -----------------------------------------------------------------------------------
+# Every node and model call carries the role it was made in. The groups below are the one
+# definition; ``Role`` is their union and each ``*_ROLES`` tuple is read off its group.
+
+CandidateRole = Literal["generator", "refiner", "expander"]
+"""A whole answer the model wrote itself: what a loop chooses among."""
+AnswerRole = Literal[CandidateRole, "rollout"]
+"""A node that holds a whole answer (a rollout finishes another node's steps)."""
+FeedbackRole = Literal["critic", "reflector"]
+"""A comment on an answer."""
+RatingRole = Literal["judge", "value", "verifier"]
+"""A model's rating of an answer: a judgement, a search value, a self-check."""
+ModelRole = Literal[AnswerRole, FeedbackRole, RatingRole]
+"""The roles model calls are made in; ``--role-model ROLE=MODEL`` picks a model for one."""
+MarkRole = Literal["root", "vote", "evidence", "refused"]
+"""Nodes recorded without a call of their own role: a search tree's root (the question), a
+vote's tally, a tool's evidence, a draft the loop refused."""
+Role = Literal[ModelRole, MarkRole]
+"""Every role a node or a call is recorded with."""
+
+ROLES: tuple[Role, ...] = get_args(Role)
+CANDIDATE_ROLES: tuple[CandidateRole, ...] = get_args(CandidateRole)
+ANSWER_ROLES: tuple[AnswerRole, ...] = get_args(AnswerRole)
 """Roles of nodes that hold a whole answer: what grading grades and harvesting harvests."""
-FEEDBACK_ROLES = ("critic", "reflector")
-"""Roles of nodes that comment on an answer."""
+FEEDBACK_ROLES: tuple[FeedbackRole, ...] = get_args(FeedbackRole)
+RATING_ROLES: tuple[RatingRole, ...] = get_args(RatingRole)
+MODEL_ROLES: tuple[ModelRole, ...] = get_args(ModelRole)
+DRAFT_ROLES: tuple[Role, ...] = (*ANSWER_ROLES, "refused")
+"""Nodes whose text is a draft of the answer (a revision of one is shown as a diff)."""
+
 OPINION_VERIFIERS = ("llm-judge", "llm-judge-pairwise", "reward-model")
 """Verifiers that rate an answer without checking it: scores, never a pass/fail label."""
 
@@ -158,7 +184,7 @@ class NodeRecord(_Row):
     task_id: str = Field(description="Task the node belongs to.")
     loop: str | None = Field(None, description="Loop name, for provenance.")
     model: str | None = Field(None, description="Model that wrote the content.")
-    role: str = Field(description="generator, critic, refiner, verifier, ...")
+    role: Role = Field(description="generator, critic, refiner, verifier, ... (``Role``).")
     depth: int = Field(0, description="Distance from the root draft.")
     round: int = Field(0, description="Refinement round or search iteration.")
     content: str | None = Field(None, description="Full text the model produced.")
@@ -180,7 +206,7 @@ class CallRecord(_Row):
     node_id: str | None = None
     loop: str | None = None
     round: int | None = None
-    role: str | None = None
+    role: Role | None = None
     model: str
     messages: str = Field(description="JSON-encoded chat messages sent.")
     temperature: float | None = None
@@ -268,3 +294,8 @@ class TaskRecord(_Row):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     worker: str | None = None  # where it ran with --executor ray: host:pid; None in-process
+    answer_key: str | None = Field(
+        None,
+        description="The keyed task as JSON (reference, hidden tests, test style, entry point, "
+        "metadata): what grading reads, so a run is graded from the database alone.",
+    )

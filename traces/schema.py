@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 ADDED_COLUMNS: list[tuple[int, str, str, str]] = [
     (4, "tasks", "worker", "VARCHAR"),  # where a task ran (--executor ray)
+    (6, "tasks", "answer_key", "JSON"),  # the keyed task, what grading reads
 ]
 """``(schema version, table, column, type)`` of columns added after a table's first version."""
 
@@ -65,6 +66,7 @@ TABLES: dict[str, str] = {
             started_at TIMESTAMP,
             finished_at TIMESTAMP,
             worker VARCHAR,
+            answer_key JSON,
             PRIMARY KEY (run_id, task_id)
         )""",
     "nodes": """

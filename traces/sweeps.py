@@ -41,6 +41,10 @@ def sweep_by_name(store: TraceStore, name: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def sweep_names(store: TraceStore) -> list[str]:
+    return [r["name"] for r in store.query("SELECT name FROM sweeps ORDER BY 1")]
+
+
 def insert_sweep(
     store: TraceStore,
     *,

@@ -21,7 +21,6 @@ import threading
 from collections import defaultdict
 from typing import Any
 
-import pyarrow as pa
 from loopwright.traces.records import (
     CacheRecord,
     CallRecord,
@@ -269,6 +268,8 @@ class TraceWriter:
                     self._count({table: [row]})
 
     def _insert(self, cur: Any, table: str, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa  # imported by the first write, not by every reader of the store
+
         batch = pa.Table.from_pylist(rows)  # noqa: F841  (DuckDB scans it by name)
         verb = _VERB.get(table, "INSERT")
         cur.execute(f"{verb} INTO {table} BY NAME SELECT * FROM batch")

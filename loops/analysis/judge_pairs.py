@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from loopwright.loops.analysis.pairs import (
-    CANDIDATE_ROLES,
     VERIFIER,
-    Candidate,
     Pair,
+    VerifiedAnswer,
     count_text_pairs,
     load_candidates,
     normalise,
@@ -46,13 +45,12 @@ from loopwright.traces import TraceStore, TraceWriter, UnknownRun, VerdictRecord
 from pydantic import BaseModel, Field
 
 __all__ = [
-    "CANDIDATE_ROLES",
     "LOOP",
     "VERIFIER",
-    "Candidate",
     "JudgePairsProgress",
     "JudgePairsReport",
     "Pair",
+    "VerifiedAnswer",
     "judge_pairs",
     "normalise",
     "select_pairs",

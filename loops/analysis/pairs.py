@@ -11,17 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from loopwright.traces import TraceStore
+from loopwright.traces.judging import done_tasks, judgement_details, verified_answers
 
 VERIFIER = "llm-judge-pairwise"
 """The ``verifier`` of the verdict rows written (and of the rows that mark a pair judged)."""
-CANDIDATE_ROLES = ("generator", "refiner", "expander")
-"""Roles of whole answers written by the model itself (rollouts finish another node's steps)."""
-_SCORERS = ("llm-judge%", "reward-model%")  # in-loop scores, not checks of the answer
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One verified answer of one task."""
+class VerifiedAnswer:
+    """One verified answer of one task: a candidate for pairing."""
 
     run_id: str
     task_id: str
@@ -35,8 +33,8 @@ class Candidate:
 class Pair:
     """Two candidates of one task to compare; ``rank`` is the pair's place in its task."""
 
-    a: Candidate
-    b: Candidate
+    a: VerifiedAnswer
+    b: VerifiedAnswer
     differ: bool
     """True when one passed its in-loop checks and the other failed them."""
     rank: int
@@ -52,7 +50,7 @@ def normalise(text: str) -> str:
 
 
 def select_pairs(
-    candidates: Sequence[Candidate],
+    candidates: Sequence[VerifiedAnswer],
     *,
     pairs_per_task: int,
     seed: int,
@@ -66,13 +64,13 @@ def select_pairs(
     Across tasks the result interleaves: every task's first pair, then every second, ...
     """
     done = set(judged)
-    by_task: dict[tuple[str, str], list[Candidate]] = {}
+    by_task: dict[tuple[str, str], list[VerifiedAnswer]] = {}
     for c in candidates:
         by_task.setdefault((c.run_id, c.task_id), []).append(c)
     per_task: list[list[Pair]] = []
     for (run_id, task_id), cands in by_task.items():
         texts = [normalise(c.content) for c in cands]
-        chosen: dict[frozenset[str], tuple[Candidate, Candidate]] = {}
+        chosen: dict[frozenset[str], tuple[VerifiedAnswer, VerifiedAnswer]] = {}
         for i, j in itertools.combinations(range(len(cands)), 2):
             if texts[i] == texts[j]:
                 continue
@@ -84,8 +82,8 @@ def select_pairs(
                 and frozenset((cands[i].node_id, cands[j].node_id)) in done
             ):
                 chosen[texts_key] = pair
-        differ: list[tuple[Candidate, Candidate, bool]] = []
-        rest: list[tuple[Candidate, Candidate, bool]] = []
+        differ: list[tuple[VerifiedAnswer, VerifiedAnswer, bool]] = []
+        rest: list[tuple[VerifiedAnswer, VerifiedAnswer, bool]] = []
         for a, b in chosen.values():
             d = a.passed is not None and b.passed is not None and a.passed != b.passed
             (differ if d else rest).append((a, b, d))
@@ -106,51 +104,22 @@ def _interleave(per_task: list[list[Pair]]) -> list[Pair]:
 
 def load_candidates(
     store: TraceStore, run_ids: list[str]
-) -> tuple[dict[tuple[str, str], dict[str, Any]], list[Candidate], dict[frozenset[str], bool]]:
+) -> tuple[dict[tuple[str, str], dict[str, Any]], list[VerifiedAnswer], dict[frozenset[str], bool]]:
     """Finished tasks, candidates (trace order) and judged pairs (-> whether that failed)."""
-    marks = ", ".join("?" for _ in run_ids)
     order = {r: i for i, r in enumerate(run_ids)}
-    tasks = store.query(
-        f"SELECT run_id, task_id, idx, prompt, reference FROM tasks "
-        f"WHERE run_id IN ({marks}) AND status = 'done'",
-        run_ids,
-    )
+    tasks = done_tasks(store, run_ids)
     tasks.sort(key=lambda t: (order[t["run_id"]], t["idx"] if t["idx"] is not None else -1))
-    roles = ", ".join(f"'{r}'" for r in CANDIDATE_ROLES)
-    scorer = " OR ".join(f"verifier LIKE '{s}'" for s in _SCORERS)
-    rows = store.query(
-        f"""
-        WITH v AS (
-            SELECT node_id,
-                   bool_and(passed) FILTER (WHERE passed IS NOT NULL AND NOT ({scorer})) AS checked,
-                   bool_and(passed) FILTER (WHERE passed IS NOT NULL) AS scored
-            FROM verdicts WHERE stage = 'in_loop' AND run_id IN ({marks})
-            GROUP BY node_id
-        )
-        SELECT n.run_id, n.task_id, n.node_id, n.content,
-               coalesce(v.checked, v.scored) AS passed
-        FROM nodes n
-        JOIN v ON v.node_id = n.node_id
-        JOIN tasks t ON t.run_id = n.run_id AND t.task_id = n.task_id AND t.status = 'done'
-        WHERE n.run_id IN ({marks}) AND n.role IN ({roles})
-              AND n.content IS NOT NULL AND trim(n.content) <> ''
-        ORDER BY n.created_at, n.node_id
-        """,
-        [*run_ids, *run_ids],
-    )
+    rows = verified_answers(store, run_ids)
     place = {(t["run_id"], t["task_id"]): i for i, t in enumerate(tasks)}
     rows.sort(key=lambda r: place[(r["run_id"], r["task_id"])])  # stable: trace order kept
     cands = [
-        Candidate(r["run_id"], r["task_id"], r["node_id"], r["content"], r["passed"]) for r in rows
+        VerifiedAnswer(r["run_id"], r["task_id"], r["node_id"], r["content"], r["passed"])
+        for r in rows
     ]
     judged: dict[frozenset[str], bool] = {}
-    for r in store.query(
-        f"SELECT details FROM verdicts WHERE stage = 'judge' AND verifier = ? "
-        f"AND run_id IN ({marks})",
-        [VERIFIER, *run_ids],
-    ):
+    for text in judgement_details(store, run_ids, VERIFIER):
         try:
-            d = json.loads(r["details"] or "{}")
+            d = json.loads(text)
         except json.JSONDecodeError:
             continue
         a, b = d.get("a_node_id"), d.get("b_node_id")
@@ -162,7 +131,7 @@ def load_candidates(
     return {(t["run_id"], t["task_id"]): t for t in tasks}, cands, judged
 
 
-def count_text_pairs(cands: Sequence[Candidate]) -> int:
+def count_text_pairs(cands: Sequence[VerifiedAnswer]) -> int:
     """Pairs of distinct normalised texts over all tasks: what an unlimited cap would take."""
     texts: dict[tuple[str, str], set[str]] = {}
     for c in cands:

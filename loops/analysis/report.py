@@ -183,7 +183,7 @@ def write_report(db: str, sweep: str, out: Path, n_boot: int = 2000) -> Path:
         trans[label] = M.transitions([[bool(c) for c, _ in ch] for ch in chains])
         changes[label] = M.change_rate([[k for _, k in ch] for ch in chains])
     plots = write_plots(out, rows, curves, trans)
-    md = _markdown(data, rows, curves, trans, changes, plots, db)
+    md = _markdown(data, rows, curves, trans, changes, plots=plots, db=db)
     path = out / "report.md"
     path.write_text(md, encoding="utf-8")
     return path
@@ -191,7 +191,7 @@ def write_report(db: str, sweep: str, out: Path, n_boot: int = 2000) -> Path:
 
 def _markdown(
     data: SweepData, rows: list[dict[str, Any]], curves: dict[str, dict[int, dict[str, float]]],
-    trans: dict[str, list[dict[str, int]]], changes: dict[str, list[float]],
+    trans: dict[str, list[dict[str, int]]], changes: dict[str, list[float]], *,
     plots: list[tuple[str, str]], db: str,
 ) -> str:  # fmt: skip
     cfg = data.config

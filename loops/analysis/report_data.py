@@ -1,14 +1,14 @@
 """Read a sweep back from the trace store: per-task results of every point, shared samples.
 
-All reading is SQL over the DuckDB file (read-only); what comes back is small (one row per
-task per point, one row per best-of-n sample) and feeds ``loopwright.traces.metrics``.
+All reading goes through ``loopwright.traces.report_queries`` over the DuckDB file
+(read-only); what comes back is small (one row per task per point, one row per best-of-n
+sample) and feeds ``loopwright.traces.metrics``.
 
-Costs per task: ``tokens`` (prompt + completion, as charged), ``calls`` (model samples),
-``usd``, and ``wall`` — the task's model time: the sum of its requests' latencies, where a
-request served from the call cache counts at the latency of the request that filled the
-cache, so a point that reused another point's calls is not shown as free. Derived best-of-n
-points (N < the run's N) take the first N samples: their completion tokens and cost, the
-prompt tokens of the requests they came from, and the request time scaled by tokens.
+Costs per task are those of ``report_queries.task_costs`` (tokens, calls, usd, and wall: the
+task's model time, a cached request counted at the latency of the request that filled the
+cache). Derived best-of-n points (N < the run's N) take the first N samples: their
+completion tokens and cost, the prompt tokens of the requests they came from, and the
+request time scaled by tokens.
 """
 
 from __future__ import annotations
@@ -18,10 +18,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopwright.loops.analysis.samples import Sample, answer_key, load_samples, select
+from loopwright.loops.analysis.pairs import VERIFIER as PAIRWISE
+from loopwright.loops.analysis.samples import BestOfNSample, load_samples, select, vote_key
 from loopwright.loops.errors import UserError
-from loopwright.traces.queries import verifier_label
+from loopwright.traces.queries import table_names, verifier_label
+from loopwright.traces.records import CandidateRole
+from loopwright.traces.report_queries import (
+    judged_and_graded,
+    pairwise_judgements,
+    revision_chain,
+    run_configs,
+    sweep_point_rows,
+    task_costs,
+)
 from loopwright.traces.store import TraceStore
+from loopwright.traces.sweeps import sweep_by_name, sweep_names
 
 
 @dataclass
@@ -55,8 +66,8 @@ class SweepData:
     config: dict[str, Any]
     points: list[Point]
     # (model, strategy, seed, task_id) -> samples of the shared best-of-n run
-    samples: dict[tuple[str, str, int, str], list[Sample]]
-    # (model, strategy, seed, task_id) -> chain of (correct, answer key) by round
+    samples: dict[tuple[str, str, int, str], list[BestOfNSample]]
+    # (model, strategy, seed, task_id) -> chain of (correct, vote key) by round
     chains: dict[tuple[str, str, int, str], list[tuple[bool | None, str | None]]]
     judge_pairs: list[tuple[str | None, str | None, int, int]]
     judge_points: list[tuple[bool | None, bool, int, float | None]]
@@ -75,21 +86,15 @@ ORACLE_MARK = " [oracle]"
 
 def load_sweep(db: str, name: str) -> SweepData:
     with TraceStore(db, read_only=True) as store:
-        have = {r["table_name"] for r in store.query("SELECT table_name FROM duckdb_tables()")}
-        if "sweeps" not in have:
+        if "sweeps" not in table_names(store):
             raise UserError(f"{db} has no sweeps: run `loopwright sweep` first")
-        rows = store.query("SELECT * FROM sweeps WHERE name = ?", [name])
-        if not rows:
-            known = [r["name"] for r in store.query("SELECT name FROM sweeps ORDER BY 1")]
+        sw = sweep_by_name(store, name)
+        if sw is None:
+            known = sweep_names(store)
             raise UserError(
                 f"no sweep named {name!r} in {db}; sweeps: {', '.join(known) or 'none'}"
             )
-        sw = rows[0]
-        pts = store.query(
-            "SELECT p.*, r.run_id FROM sweep_points p LEFT JOIN runs r ON r.name = p.run_name"
-            " WHERE p.sweep_id = ? ORDER BY p.model, p.strategy, p.value, p.seed",
-            [sw["sweep_id"]],
-        )
+        pts = sweep_point_rows(store, sw["sweep_id"])
         # Only finished points: a run still going (or stopped) would show a partial task set.
         unfinished = sorted({p["run_name"] for p in pts if p["status"] != "done"})
         pts = [p for p in pts if p["status"] == "done"]
@@ -102,13 +107,7 @@ def load_sweep(db: str, name: str) -> SweepData:
             points=[], samples={}, chains={}, judge_pairs=[], judge_points=[],
             unfinished=unfinished,
         )  # fmt: skip
-        labels = {
-            r["name"]: verifier_label(r["config"])
-            for r in store.query(
-                f"SELECT name, config FROM runs WHERE run_id IN ({', '.join('?' for _ in run_ids)})",
-                run_ids,
-            )
-        }
+        labels = {r["name"]: verifier_label(r["config"]) for r in run_configs(store, run_ids)}
         oracle_runs = {run for run, (_, oracle) in labels.items() if oracle}
         pts = [
             {**p, "strategy": p["strategy"] + ORACLE_MARK}
@@ -160,29 +159,8 @@ def load_sweep(db: str, name: str) -> SweepData:
 
 
 def _task_costs(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    marks = ", ".join("?" for _ in run_ids)
-    rows = store.query(
-        f"""
-        WITH req AS (
-            SELECT run_id, task_id, request_id, any_value(cache_key) AS key,
-                   bool_or(cache_hit) AS hit, max(latency_s) AS lat
-            FROM calls WHERE run_id IN ({marks}) GROUP BY ALL),
-        fresh AS (
-            SELECT cache_key AS key, max(latency_s) AS lat FROM calls
-            WHERE NOT cache_hit AND cache_key IS NOT NULL GROUP BY 1),
-        model_s AS (
-            SELECT run_id, task_id,
-                   sum(CASE WHEN hit THEN coalesce(fresh.lat, 0) ELSE req.lat END) AS s
-            FROM req LEFT JOIN fresh USING (key) GROUP BY ALL)
-        SELECT t.run_id, t.task_id, coalesce(t.graded, FALSE) AS correct, t.verdict,
-               t.total_tokens AS tokens, t.calls, t.cost_usd AS usd,
-               coalesce(m.s, t.wall_s) AS wall
-        FROM tasks t LEFT JOIN model_s m USING (run_id, task_id)
-        WHERE t.run_id IN ({marks}) AND t.status = 'done'""",
-        run_ids + run_ids,
-    )
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in rows:
+    for r in task_costs(store, run_ids):
         out.setdefault(r["run_id"], {})[r["task_id"]] = r
     return out
 
@@ -190,7 +168,7 @@ def _task_costs(store: TraceStore, run_ids: list[str]) -> dict[str, dict[str, di
 def _derived(
     point: Point,
     p: dict[str, Any],
-    runs: dict[str, list[Sample]],
+    runs: dict[str, list[BestOfNSample]],
     data: SweepData,
     costs: dict[str, dict[str, Any]],
 ) -> None:
@@ -241,62 +219,39 @@ def _derived(
 
 
 def _spent(
-    first: list[Sample], samples: list[Sample], total: float, cost: Callable[[Sample], float]
+    first: list[BestOfNSample],
+    samples: list[BestOfNSample],
+    total: float,
+    cost: Callable[[BestOfNSample], float],
 ) -> float:
     """The first samples' own cost plus their k/N share of what no sample is charged with."""
     rest = max(total - sum(cost(s) for s in samples), 0.0)
     return sum(cost(s) for s in first) + rest * len(first) / len(samples)
 
 
+_REVISION_LOOPS = ("self-refine", "critic", "reflexion")
+_REVISION_ROLES: tuple[CandidateRole, ...] = ("generator", "refiner")
+"""The roles of a revision loop's drafts and their revisions."""
+
+
 def _chains(store: TraceStore, pts: list[dict[str, Any]], data: SweepData) -> None:
     """Per revision-loop run at its largest value: each task's answers by round, graded."""
-    revision = ("self-refine", "critic", "reflexion")
     top: dict[tuple[str, str, int], dict[str, Any]] = {}
     for p in pts:
-        if p["loop"] not in revision or not p["run_id"]:
+        if p["loop"] not in _REVISION_LOOPS or not p["run_id"]:
             continue
         k = (p["model"], p["strategy"], int(p["seed"]))
         if k not in top or (p["value"] or 0) > (top[k]["value"] or 0):
             top[k] = p
     for (model, strategy, seed), p in top.items():
-        rows = store.query(
-            """
-            WITH g AS (SELECT node_id, arg_max(passed, created_at) AS passed FROM verdicts
-                       WHERE run_id = ? AND stage = 'graded' GROUP BY 1)
-            SELECT n.task_id, n.round, n.answer, t.kind, g.passed
-            FROM nodes n JOIN tasks t USING (run_id, task_id) LEFT JOIN g USING (node_id)
-            WHERE n.run_id = ? AND n.role IN ('generator', 'refiner')
-              AND EXISTS (SELECT 1 FROM verdicts v WHERE v.node_id = n.node_id
-                          AND v.stage = 'in_loop')
-            ORDER BY n.task_id, n.round, n.created_at""",
-            [p["run_id"], p["run_id"]],
-        )
-        for r in rows:
+        for r in revision_chain(store, p["run_id"], _REVISION_ROLES):
             data.chains.setdefault((model, strategy, seed, r["task_id"]), []).append(
-                (r["passed"], answer_key(r["kind"], r["answer"]))
+                (r["passed"], vote_key(r["kind"], r["answer"]))
             )
 
 
 def _judges(store: TraceStore, run_ids: list[str], data: SweepData) -> None:
-    marks = ", ".join("?" for _ in run_ids)
-    for r in store.query(
-        f"""
-        SELECT v.details->>'$.a_first.winner' AS ab, v.details->>'$.b_first.winner' AS ba,
-               length(a.content) AS la, length(b.content) AS lb
-        FROM verdicts v
-        JOIN nodes a ON a.node_id = v.details->>'$.a_node_id'
-        JOIN nodes b ON b.node_id = v.details->>'$.b_node_id'
-        WHERE v.run_id IN ({marks}) AND v.verifier = 'llm-judge-pairwise'""",
-        run_ids,
-    ):
+    for r in pairwise_judgements(store, run_ids, PAIRWISE):
         data.judge_pairs.append((r["ab"], r["ba"], int(r["la"] or 0), int(r["lb"] or 0)))
-    for r in store.query(
-        f"""
-        WITH g AS (SELECT node_id, arg_max(passed, created_at) AS passed FROM verdicts
-                   WHERE run_id IN ({marks}) AND stage = 'graded' GROUP BY 1)
-        SELECT v.passed AS judged, g.passed AS truth, length(n.content) AS len, v.score
-        FROM verdicts v JOIN g USING (node_id) JOIN nodes n USING (node_id)
-        WHERE v.run_id IN ({marks}) AND v.verifier = 'llm-judge' AND g.passed IS NOT NULL""",
-        run_ids + run_ids,
-    ):
+    for r in judged_and_graded(store, run_ids, "llm-judge"):
         data.judge_points.append((r["judged"], bool(r["truth"]), int(r["len"] or 0), r["score"]))

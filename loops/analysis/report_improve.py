@@ -100,11 +100,7 @@ def write_improve_report(db: str, name: str, out: Path) -> Path:
         if not rounds:
             known = ", ".join(L.improve_names(store)) or "none"
             raise UserError(f"no improve series named {name!r} in {db} (series: {known})")
-        models = store.query(
-            "SELECT round, model_id, parent, base, data_rows, data_hash, final_loss, train_s "
-            "FROM models WHERE improve = ? ORDER BY round",
-            [name],
-        )
+        models = L.models_of(store, name)
     out.mkdir(parents=True, exist_ok=True)
     pngs = _plots(out, rounds)
     cfg = rounds[0].get("config") or {}

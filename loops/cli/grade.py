@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from loopwright.loops.cli.options import ExecutorOption, RayAddressOption, WorkersOption
 from loopwright.loops.cli.progress import LazyBar, console, print_error
-from loopwright.loops.cli.sweep import ExecutorOption, RayAddressOption, WorkersOption
-from loopwright.loops.errors import UserError, unknown
 from rich.markup import escape
 from rich.table import Table
 
@@ -25,6 +25,14 @@ def grade(
         int, typer.Option(help="Answers graded at once (per Ray worker with --executor ray).")
     ] = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    grader: Annotated[
+        str | None,
+        typer.Option(help="Grader by name for every run; default: each run's own (by task kind)."),
+    ] = None,
+    plugin: Annotated[
+        list[Path] | None,
+        typer.Option(help="Python file registering custom graders (a run's --grader)."),
+    ] = None,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
@@ -35,6 +43,8 @@ def grade(
     grades only what is new (and answers whose grading errored). The summary counts the
     answers graded and passed, and how the in-loop verdicts agree with the grader's.
     """
+    from loopwright.loops.cli.main import load_plugins
+    from loopwright.loops.errors import UserError
     from loopwright.loops.execution.grade import GradeProgress, grade_run
     from loopwright.traces.store import TraceStoreError
 
@@ -45,6 +55,11 @@ def grade(
         bar.update(p.total, p.done, passed=p.passed, failed=p.failed, errors=p.errors)
 
     try:
+        load_plugins(plugin)
+        if executor == "ray" and plugin:  # Ray workers import the same files
+            from loopwright.loops.execution.ray_executor import ship_plugins
+
+            ship_plugins(plugin)
         with bar:
             report = grade_run(
                 db,
@@ -56,6 +71,7 @@ def grade(
                 executor=_executor(executor),
                 ray_address=ray_address,
                 workers=workers,
+                grader=grader,
             )
     except (UserError, TraceStoreError) as exc:
         print_error(err, exc)
@@ -111,6 +127,8 @@ def grade(
 
 
 def _executor(name: str) -> Literal["local", "ray"]:
+    from loopwright.loops.errors import unknown
+
     if name not in ("local", "ray"):
         raise unknown("executor", name, ("local", "ray"))
     return "ray" if name == "ray" else "local"

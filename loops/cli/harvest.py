@@ -7,8 +7,6 @@ from typing import Annotated, Any
 
 import typer
 from loopwright.loops.cli.progress import console
-from loopwright.loops.errors import UserError, first_error
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -80,35 +78,40 @@ def harvest(
 ) -> None:
     """Write a FORMAT training set from the traces in --db to --out, and report what was left
     out and why."""
+    from loopwright.loops.errors import UserError, first_error
     from loopwright.traces.harvest import HarvestError, HarvestOptions
     from loopwright.traces.harvest import harvest as run_harvest
+    from pydantic import ValidationError
 
     if out is None and not dry_run:
         raise UserError("give --out PATH (.jsonl, .parquet or a folder), or --dry-run")
     try:
-        opts = HarvestOptions(
-            runs=_split(run),
-            loops=_split(loop),
-            models=_split(model),
-            min_round=min_round,
-            max_round=max_round,
-            label=label,  # type: ignore[arg-type]
-            verified_only=verified_only,
-            min_score=min_score,
-            min_margin=min_margin,
-            max_per_prompt=max_per_prompt,
-            pairs=_split([pairs]),  # type: ignore[arg-type]
-            pair_scope=pair_scope,  # type: ignore[arg-type]
-            dedup=dedup,  # type: ignore[arg-type]
-            contamination=tuple(contamination or ()),
-            contamination_field=contamination_field,
-            ngram=ngram,
-            contamination_threshold=contamination_threshold,
-            prm_label=prm_label,  # type: ignore[arg-type]
-            value_threshold=value_threshold,
-            style=style,  # type: ignore[arg-type]
-            system=system,
-            provenance=provenance,
+        # validated from a dict: the flags are plain strings, the options' Literals check them
+        opts = HarvestOptions.model_validate(
+            dict(
+                runs=_split(run),
+                loops=_split(loop),
+                models=_split(model),
+                min_round=min_round,
+                max_round=max_round,
+                label=label,
+                verified_only=verified_only,
+                min_score=min_score,
+                min_margin=min_margin,
+                max_per_prompt=max_per_prompt,
+                pairs=_split([pairs]),
+                pair_scope=pair_scope,
+                dedup=dedup,
+                contamination=tuple(contamination or ()),
+                contamination_field=contamination_field,
+                ngram=ngram,
+                contamination_threshold=contamination_threshold,
+                prm_label=prm_label,
+                value_threshold=value_threshold,
+                style=style,
+                system=system,
+                provenance=provenance,
+            )
         )
     except ValidationError as exc:  # pydantic: one line naming the bad value
         raise UserError(first_error(exc, as_flag=True)) from None

@@ -6,17 +6,16 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from loopwright.loops.cli.options import (
+    RUN_SETTINGS,
+    Flag,
+    FlagGroup,
+    LoopOptionsOption,
+    config_error,
+    with_flags,
+)
 from loopwright.loops.cli.progress import LazyBar
 from loopwright.loops.cli.progress import console as make_console
-from loopwright.loops.cli.sweep import (
-    ExecutorOption,
-    RayAddressOption,
-    VerifierOption,
-    WorkersOption,
-)
-from loopwright.loops.errors import UserError, first_error
-from loopwright.loops.improve.config import SEED_MAX
-from pydantic import ValidationError
 from rich.markup import escape
 
 err = make_console(stderr=True)
@@ -56,18 +55,36 @@ class _Bars:
         bar.update(total, step, loss="-" if loss is None else f"{loss:.4f}")
 
 
+TRAINING = FlagGroup(
+    "training",
+    (
+        Flag("lora_rank", Annotated[int, typer.Option(help="LoRA rank; 0 fine-tunes every weight.")], 16),
+        Flag("epochs", Annotated[float, typer.Option(help="Passes over the data.")], 2.0),
+        Flag("max_steps", Annotated[int | None, typer.Option(help="Stop training after N steps.")]),
+        Flag("learning_rate", Annotated[float | None, typer.Option(help="Default depends on method and LoRA.")]),
+        Flag("batch_size", Annotated[int, typer.Option(help="Rows per optimizer step.")], 8),
+        Flag("max_length", Annotated[int, typer.Option(help="Tokens kept per training row.")], 512),
+        Flag("beta", Annotated[float, typer.Option(help="DPO beta.")], 0.1),
+        Flag("export", Annotated[str, typer.Option(help="GGUF type: Q8_0, F16, F32, Q5_0, Q4_1, Q4_0.")], "Q8_0"),
+        Flag("device", Annotated[str, typer.Option(help="auto, cpu or cuda.")], "auto"),
+    ),
+)  # fmt: skip
+"""The trainer's flags (``TrainConfig``); its seed is the series' ``--seed``."""
+
+
+@with_flags(RUN_SETTINGS, TRAINING)
 def improve(
     tasks: Annotated[str, typer.Option(help="Train task spec (the loop runs on these).")],
     eval_tasks: Annotated[
         str, typer.Option(help="Held-out eval task spec, disjoint from --tasks.")
     ],
     name: Annotated[str, typer.Option(help="Name of the series (resume keys on it).")],
+    settings: dict[str, Any],
+    training: dict[str, Any],
     rounds: Annotated[int, typer.Option(help="Training rounds after the base evaluation.")] = 3,
     method: Annotated[str, typer.Option(help="rest-em, star, dpo or self-reward.")] = "rest-em",
     loop: Annotated[str, typer.Option(help="Loop generating the samples.")] = "best-of-n",
-    option: Annotated[
-        list[str] | None, typer.Option("--option", "-o", help="Loop option KEY=VALUE.")
-    ] = None,
+    option: LoopOptionsOption = None,
     base: Annotated[
         str, typer.Option(help="local/NAME, local/PATH.gguf or a Hugging Face checkpoint dir.")
     ] = "local/smollm2-135m",
@@ -83,56 +100,27 @@ def improve(
     drop_overlap: Annotated[
         bool, typer.Option(help="Drop train prompts overlapping eval instead of refusing.")
     ] = False,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 fine-tunes every weight.")] = 16,
-    epochs: Annotated[float, typer.Option(help="Passes over the data.")] = 2.0,
-    max_steps: Annotated[int | None, typer.Option(help="Stop training after N steps.")] = None,
-    learning_rate: Annotated[
-        float | None, typer.Option(help="Default depends on method and LoRA.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per optimizer step.")] = 8,
-    max_length: Annotated[int, typer.Option(help="Tokens kept per training row.")] = 512,
-    beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.1,
-    export: Annotated[
-        str, typer.Option(help="GGUF type: Q8_0, F16, F32, Q5_0, Q4_1, Q4_0.")
-    ] = "Q8_0",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
     workdir: Annotated[
         str | None, typer.Option(help="Data and models; default NAME.improve/ by the db.")
     ] = None,
-    concurrency: Annotated[
-        int, typer.Option(help="Model requests in flight (per Ray worker with --executor ray).")
-    ] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of runs and training.", min=0, max=SEED_MAX)] = 0,
-    sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
-    verifier: VerifierOption = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the series --name.")] = False,
-    executor: ExecutorOption = "local",
-    ray_address: RayAddressOption = None,
-    workers: WorkersOption = None,
 ) -> None:
     """Self-improvement rounds: generate -> grade -> harvest -> train -> serve -> evaluate."""
-    from loopwright.loops.cli.main import _parse_options
+    from loopwright.loops.cli.main import parse_options
     from loopwright.loops.improve import ImproveConfig, TrainConfig
     from loopwright.loops.improve.rounds import run_improve
+    from pydantic import ValidationError
 
     try:
         cfg = ImproveConfig(
-            name=name, tasks=tasks, eval_tasks=eval_tasks, rounds=rounds, method=method,  # type: ignore[arg-type]
-            loop=loop, options=_parse_options(option or []), base=base, limit=limit,
+            **settings, name=name, tasks=tasks, eval_tasks=eval_tasks, rounds=rounds,
+            method=method, loop=loop, options=parse_options(option), base=base, limit=limit,
             eval_limit=eval_limit, eval_samples=eval_samples, max_per_prompt=max_per_prompt,
-            data=data, drop_overlap=drop_overlap, db=db, workdir=workdir,  # type: ignore[arg-type]
-            concurrency=concurrency, seed=seed, sandbox=sandbox, resume=resume,
-            verifier=verifier, executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
-            workers=workers,
-            train=TrainConfig(
-                lora_rank=lora_rank, epochs=epochs, max_steps=max_steps,
-                learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-                beta=beta, export=export, device=device, seed=seed,  # type: ignore[arg-type]
-            ),
+            data=data, drop_overlap=drop_overlap, workdir=workdir, resume=resume,
+            train=TrainConfig(**training, seed=settings["seed"]),
         )  # fmt: skip
-    except ValidationError as exc:  # pydantic: one line naming the bad value
-        raise UserError(first_error(exc)) from None
+    except ValidationError as exc:  # pydantic: one line naming the flag and the bad value
+        raise config_error(exc) from None
     bars = _Bars()
     try:
         result = run_improve(cfg, bars)  # type: ignore[arg-type]

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
 from loopwright.loops.cli.progress import LazyBar, console, print_error
-from loopwright.loops.errors import UserError
-from loopwright.loops.execution.run_config import SEED_MAX
 from rich.markup import escape
 from rich.table import Table
 
@@ -28,9 +25,7 @@ def pairs(
     pairs_per_task: Annotated[int, typer.Option(help="Most pairs judged per task.")] = 4,
     k: Annotated[int, typer.Option("--k", help="Judge samples per order of a pair.")] = 1,
     concurrency: Annotated[int, typer.Option(help="Comparisons in flight.")] = 4,
-    seed: Annotated[
-        int, typer.Option(help="Seed of the pair order and judge calls.", min=0, max=SEED_MAX)
-    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the pair order and judge calls.")] = 0,
     budget_calls: Annotated[
         int | None, typer.Option(help="Most judge samples now (a pair costs 2*k); rerun for more.")
     ] = None,
@@ -41,10 +36,17 @@ def pairs(
     Writes one verdict per pair (stage judge, verifier llm-judge-pairwise). Pairs already
     judged are skipped, so the same command continues an interrupted or budget-capped job.
     """
+    import asyncio
+
     from loopwright.loops.analysis.judge_pairs import JudgePairsProgress, judge_pairs
+    from loopwright.loops.errors import UserError
+    from loopwright.loops.execution.run_config import SEED_MAX
     from loopwright.traces.store import TraceStoreError
 
     err = console(stderr=True)
+    if not 0 <= seed <= SEED_MAX:  # stored as a signed 64-bit integer
+        print_error(err, f"--seed must be from 0 to {SEED_MAX}, got {seed}")
+        raise typer.Exit(2)
     bar = LazyBar(
         "judge pairs",
         {"consistent": "consistent", "flipped": "flipped", "undecided": "undecided",

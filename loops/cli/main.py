@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from loopwright.loops.cli.options import (
+    RUN_SETTINGS,
+    LoopOptionsOption,
+    config_error,
+    parse_key_values,
+    with_flags,
+)
 from loopwright.loops.cli.progress import console as make_console
 from loopwright.loops.cli.progress import print_error
-from loopwright.loops.cli.sweep import (
-    ExecutorOption,
-    RayAddressOption,
-    RoleModelOption,
-    TransportOption,
-    VerifierOption,
-    VerifierOptionsOption,
-    WorkersOption,
-    parse_key_values,
-    parse_role_models,
-)
-from loopwright.loops.errors import UserError, first_error
-from loopwright.loops.execution.run_config import SEED_MAX
-from loopwright.loops.models.budget import BudgetLimits
-from pydantic import ValidationError
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from loopwright.loops.execution.run_config import RunResult
 
 app = typer.Typer(
     add_completion=False,
@@ -39,119 +32,59 @@ console = make_console()
 err = make_console(stderr=True)
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
-    return parse_key_values(items, "--option")
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``-o KEY=VALUE`` loop options as a dict."""
+    return parse_key_values(items or [], "--option")
 
 
 @app.command()
+@with_flags(RUN_SETTINGS)
 def run(
     loop: Annotated[str, typer.Argument(help="Loop to run, e.g. self-refine.")],
     tasks: Annotated[
         str, typer.Option(help="PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:arithmetic")
     ],
+    settings: dict[str, Any],
     model: Annotated[str, typer.Option(help="litellm model string")] = "local/smollm2-135m",
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
-    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
     run_name: Annotated[
         str | None, typer.Option(help="Name of the run (resume keys on it).")
     ] = None,
-    concurrency: Annotated[
-        int, typer.Option(help="Model requests in flight (per Ray worker with --executor ray).")
-    ] = 4,
     max_rounds: Annotated[
         int | None, typer.Option(help="Refinement rounds after the first draft.")
     ] = None,
-    budget_tokens: Annotated[int | None, typer.Option(help="Token budget per task.")] = None,
-    budget_calls: Annotated[int | None, typer.Option(help="Model-sample budget per task.")] = None,
-    budget_usd: Annotated[float | None, typer.Option(help="Dollar budget per task.")] = None,
-    budget_seconds: Annotated[
-        float | None, typer.Option(help="Wall-clock budget per task, seconds.")
-    ] = None,
-    run_budget_tokens: Annotated[
-        int | None, typer.Option(help="Token budget for the whole run.")
-    ] = None,
-    run_budget_calls: Annotated[
-        int | None, typer.Option(help="Model-sample budget for the whole run.")
-    ] = None,
-    run_budget_usd: Annotated[
-        float | None, typer.Option(help="Dollar budget for the whole run.")
-    ] = None,
-    run_budget_seconds: Annotated[
-        float | None, typer.Option(help="Wall-clock budget for the whole run, seconds.")
-    ] = None,
-    sandbox: Annotated[
-        str, typer.Option(help="Sandbox for code tests: bwrap, docker or process.")
-    ] = "bwrap",
-    seed: Annotated[int, typer.Option(help="Run seed.", min=0, max=SEED_MAX)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run named by --run-name.")] = False,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Do not reuse cached calls.")
-    ] = False,
-    api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
-    transport: TransportOption = "auto",
-    verifier: VerifierOption = "auto",
-    verifier_option: VerifierOptionsOption = None,
-    role_model: RoleModelOption = None,
-    option: Annotated[
-        list[str] | None, typer.Option("--option", "-o", help="Loop option KEY=VALUE.")
-    ] = None,
+    option: LoopOptionsOption = None,
     plugin: Annotated[
         list[Path] | None,
-        typer.Option(help="Python file defining custom loops (define_loop(..., register=True))."),
+        typer.Option(
+            help="Python file of your own loops, verifiers, graders, task sources or models."
+        ),
     ] = None,
-    executor: ExecutorOption = "local",
-    ray_address: RayAddressOption = None,
-    workers: WorkersOption = None,
 ) -> None:
     """Run LOOP over a task set; every call, draft and verdict lands in the trace DB."""
-    _load_plugins(plugin)
-    if executor == "ray" and plugin:  # Ray workers import the same files (sent as source)
+    import asyncio
+
+    from loopwright.loops.execution.runner import RunConfig
+    from loopwright.loops.execution.runner import run as run_loop
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    load_plugins(plugin)
+    if settings["executor"] == "ray" and plugin:  # Ray workers import the same files
         from loopwright.loops.execution.ray_executor import ship_plugins
 
         ship_plugins(plugin)
-    from loopwright.loops.execution.runner import RunConfig
-    from loopwright.loops.execution.runner import run as run_loop
-    from loopwright.loops.models.config import Connection
-
-    options = _parse_options(option or [])
+    options = parse_options(option)
     if max_rounds is not None:
         options["max_rounds"] = max_rounds
     try:
         cfg = RunConfig(
-            loop=loop,
-            tasks=tasks,
-            model=model,
-            connection=Connection(
-                api_base=api_base,
-                transport=transport,  # type: ignore[arg-type]
-                concurrency=concurrency,
-                cache=not no_cache,
-            ),
-            limit=limit,
-            db=db,
-            run_name=run_name,
-            seed=seed,
-            resume=resume,
-            budget=BudgetLimits(
-                tokens=budget_tokens, calls=budget_calls, usd=budget_usd, seconds=budget_seconds
-            ),
-            run_budget=BudgetLimits(
-                tokens=run_budget_tokens,
-                calls=run_budget_calls,
-                usd=run_budget_usd,
-                seconds=run_budget_seconds,
-            ),
-            sandbox=sandbox,
-            options=options,
-            verifier=verifier,
-            verifier_options=parse_key_values(verifier_option or [], "--verifier-option"),
-            role_models=parse_role_models(role_model),
-            executor=executor,  # type: ignore[arg-type]
-            ray_address=ray_address,
-            workers=workers,
-        )
-    except ValidationError as exc:  # pydantic: one line naming the bad value
-        raise UserError(first_error(exc)) from None
+            **settings, loop=loop, tasks=tasks, model=model, limit=limit,
+            run_name=run_name, resume=resume, options=options,
+        )  # fmt: skip
+    except ValidationError as exc:  # pydantic: one line naming the flag and the bad value
+        raise config_error(exc) from None
 
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -182,7 +115,7 @@ def run(
     _print_summary(result, cfg.db, resume=cfg.resume)
 
 
-def _print_summary(result: Any, db: str, *, resume: bool = False) -> None:
+def _print_summary(result: RunResult, db: str, *, resume: bool = False) -> None:
     s = result.summary
 
     def pct(x: float | None) -> str:
@@ -286,9 +219,11 @@ def models() -> None:
     console.print(t)
 
 
-def _load_plugins(paths: list[Path] | None) -> None:
-    """Import user files that register custom loops."""
+def load_plugins(paths: list[Path] | None) -> None:
+    """Import user files that register custom loops, verifiers or models."""
     import importlib.util
+
+    from loopwright.loops.errors import UserError
 
     for i, path in enumerate(paths or []):
         if not path.is_file():
@@ -310,7 +245,7 @@ def loops(
     """List the loops and their options."""
     from loopwright.loops.graphs import all_loops
 
-    _load_plugins(plugin)
+    load_plugins(plugin)
     for spec in all_loops().values():
         console.print(f"[bold]{spec.name}[/bold] — {spec.description}")
         for name, f in spec.options.model_fields.items():
@@ -326,7 +261,7 @@ def verifiers(
     """List the in-loop verifiers (--verifier NAME) and their options."""
     from loopwright.loops.verify import DEFAULTS, VERIFIERS
 
-    _load_plugins(plugin)
+    load_plugins(plugin)
     defaults = ", ".join(f"{k}: {v}" for k, v in DEFAULTS.items())
     console.print(f"[bold]auto[/bold] — the default per task kind ({defaults})")
     for name in sorted(VERIFIERS):
@@ -375,18 +310,28 @@ _mount_tools()
 
 
 def main() -> None:
-    from loopwright.tools.search import SearchError
-    from loopwright.traces.store import TraceStoreError
-
     try:
         # standalone mode: typer/click print usage errors themselves and exit 2
         app()
-    except (UserError, TraceStoreError, SearchError) as exc:
+    except Exception as exc:
+        if not _users_error(exc):
+            raise
         print_error(err, exc)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: finished tasks are saved; continue with --resume --run-name NAME")
         sys.exit(130)
+
+
+def _users_error(exc: Exception) -> bool:
+    """Whether ``exc`` is the user's to fix (one line, exit 2) rather than a bug. Only
+    checked once something failed, so a command that never meets the store or the search
+    tool does not import them."""
+    from loopwright.loops.errors import UserError
+    from loopwright.tools.search import SearchError
+    from loopwright.traces.store import TraceStoreError
+
+    return isinstance(exc, UserError | TraceStoreError | SearchError)
 
 
 if __name__ == "__main__":

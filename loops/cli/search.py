@@ -8,8 +8,6 @@ from typing import Annotated, Literal, cast
 
 import typer
 from loopwright.loops.cli.progress import console
-from loopwright.loops.errors import UserError, first_error
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -32,7 +30,9 @@ def index(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if unchanged.")] = False,
 ) -> None:
     """Index SOURCE into --index; an unchanged corpus is skipped, a changed one updated."""
+    from loopwright.loops.errors import UserError, first_error
     from loopwright.tools.search import IndexConfig, LocalIndex
+    from pydantic import ValidationError
 
     try:
         config = IndexConfig(passage_words=passage_words, overlap=overlap)
@@ -64,6 +64,7 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Search and print a table, or JSON lines with --json."""
+    from loopwright.loops.errors import UserError
     from loopwright.tools.search import LocalIndex, Searcher, SearchResult, get_searcher
 
     if mode not in ("or", "and", "phrase"):

@@ -2,92 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from loopwright.loops.cli.options import RUN_SETTINGS, config_error, with_flags
 from loopwright.loops.cli.progress import console
-from loopwright.loops.errors import UserError, first_error
-from loopwright.loops.models.budget import BudgetLimits
-from loopwright.loops.models.config import Connection
-from pydantic import ValidationError
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-TransportOption = Annotated[
-    str,
-    typer.Option(
-        help="litellm, http (direct OpenAI-compatible requests, ~10x less CPU per call) "
-        "or auto: http for openai/ and hosted_vllm/ models with --api-base."
-    ),
-]
-VerifierOption = Annotated[
-    str,
-    typer.Option(
-        help="In-loop verifier: auto (visible-tests for code, self for math/text), "
-        "visible-tests, self, consistency, judge, reward, none, or oracle (reads the answer "
-        "key: upper bounds only). `loopwright verifiers` lists them."
-    ),
-]
-VerifierOptionsOption = Annotated[
-    list[str] | None,
-    typer.Option("--verifier-option", help="In-loop verifier option KEY=VALUE."),
-]
-ExecutorOption = Annotated[
-    str,
-    typer.Option(
-        help="Where tasks run: local (this process) or ray (Ray worker actors, each with its "
-        "own model client and sandboxes; this process writes every trace row)."
-    ),
-]
-RayAddressOption = Annotated[
-    str | None,
-    typer.Option(
-        help="With --executor ray: the cluster to join (HEAD_IP:6379, from `ray start "
-        "--head`); default: a local Ray on this machine's cores, stopped at the end."
-    ),
-]
-WorkersOption = Annotated[
-    int | None,
-    typer.Option(help="With --executor ray: worker actors (default: one per CPU of the cluster)."),
-]
-RoleModelOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--role-model",
-        help="ROLE=MODEL: a model for one role (generator, critic, refiner, reflector, "
-        "judge, value, verifier); the others use --model.",
-    ),
-]
 
-
-def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
-    """``KEY=VALUE`` items (values read as JSON when they parse) as a dict."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"{flag} takes KEY=VALUE, got {item!r}")
-        try:
-            out[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = raw
-    return out
-
-
-def parse_role_models(items: list[str] | None) -> dict[str, str]:
-    """``ROLE=MODEL`` items as a dict; a malformed item is one error line."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        role, sep, model = item.partition("=")
-        if not sep or not role.strip() or not model.strip():
-            raise UserError(f"--role-model takes ROLE=MODEL, got {item!r}")
-        out[role.strip()] = model.strip()
-    return out
-
-
+@with_flags(RUN_SETTINGS)
 def sweep(
     tasks: Annotated[str, typer.Option(help="Task spec, as for `loopwright run`.")],
     grid: Annotated[
@@ -96,36 +21,23 @@ def sweep(
             help="e.g. 'best-of-n:n=1,2,4,8,16; self-refine:rounds=1,2,4; reflexion:trials=1,2,4'"
         ),
     ],
+    settings: dict[str, Any],
     model: Annotated[list[str] | None, typer.Option(help="litellm model (repeatable).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per point (0..N-1).")] = 1,
+    seeds: Annotated[int, typer.Option(help="Seeds per point (from --seed on).")] = 1,
     name: Annotated[
         str | None, typer.Option(help="Sweep name (default: derived from the arguments).")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
-    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
-    concurrency: Annotated[
-        int, typer.Option(help="Model requests in flight per run (per Ray worker with ray).")
-    ] = 4,
-    sandbox: Annotated[str, typer.Option(help="Sandbox for code tests.")] = "bwrap",
-    api_base: Annotated[str | None, typer.Option(help="Endpoint for self-hosted models.")] = None,
-    transport: TransportOption = "auto",
-    verifier: VerifierOption = "auto",
-    verifier_option: VerifierOptionsOption = None,
-    role_model: RoleModelOption = None,
-    budget_tokens: Annotated[int | None, typer.Option(help="Token budget per task.")] = None,
-    budget_calls: Annotated[int | None, typer.Option(help="Sample budget per task.")] = None,
-    budget_usd: Annotated[float | None, typer.Option(help="Dollar budget per task.")] = None,
     no_grade: Annotated[
         bool, typer.Option("--no-grade", help="Skip grading every answer (maj@k needs it).")
     ] = False,
-    executor: ExecutorOption = "local",
-    ray_address: RayAddressOption = None,
-    workers: WorkersOption = None,
 ) -> None:
     """Run a grid of strategies x values x models x seeds as one sweep (resumable)."""
     import hashlib
 
     from loopwright.loops.execution.sweep import SweepConfig, SweepEvent, run_sweep, validate
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     models = tuple(model or ["local/smollm2-135m"])
     if name is None:
@@ -133,18 +45,11 @@ def sweep(
         name = f"sweep-{hashlib.sha256(key).hexdigest()[:8]}"
     try:
         cfg = SweepConfig(
-            name=name, tasks=tasks, models=models, grid=grid, seeds=seeds, limit=limit, db=db,
-            connection=Connection(concurrency=concurrency, api_base=api_base,
-                                  transport=transport),  # type: ignore[arg-type]
-            sandbox=sandbox,
-            budget=BudgetLimits(tokens=budget_tokens, calls=budget_calls, usd=budget_usd),
-            grade=not no_grade, verifier=verifier,
-            executor=executor, ray_address=ray_address, workers=workers,  # type: ignore[arg-type]
-            verifier_options=parse_key_values(verifier_option or [], "--verifier-option"),
-            role_models=parse_role_models(role_model),
+            **settings, name=name, tasks=tasks, models=models, grid=grid,
+            seeds=seeds, limit=limit, grade=not no_grade,
         )  # fmt: skip
-    except ValidationError as exc:  # pydantic: one line naming the bad value
-        raise UserError(first_error(exc, as_flag=True)) from None
+    except ValidationError as exc:  # pydantic: one line naming the flag and the bad value
+        raise config_error(exc) from None
     _, points = validate(cfg)
     out = console()
     runs = len({p.run_name for p in points})
@@ -189,21 +94,11 @@ def sweep(
 
 
 def _summary(db: str, name: str) -> None:
+    from loopwright.traces.run_queries import sweep_summary
     from loopwright.traces.store import TraceStore
 
     with TraceStore(db, read_only=True) as store:
-        rows = store.query(
-            "SELECT p.strategy, p.model, p.param, p.value, p.derived, p.status,"
-            " CASE WHEN p.value IS NULL AND p.param IS NOT NULL"
-            " THEN json_extract_string(p.options, '$.' || p.param) END AS raw,"
-            " count(t.task_id) AS tasks, avg(CAST(t.graded AS INT)) AS acc,"
-            " avg(t.total_tokens) AS tok"
-            " FROM sweep_points p JOIN sweeps s USING (sweep_id)"
-            " LEFT JOIN runs r ON r.name = p.run_name"
-            " LEFT JOIN tasks t ON t.run_id = r.run_id AND NOT p.derived"
-            " WHERE s.name = ? GROUP BY ALL ORDER BY p.model, p.strategy, p.value",
-            [name],
-        )
+        rows = sweep_summary(store, name)
     t = Table(
         title=escape(f"sweep {name} (graded accuracy of the runs; derived points: see report)")
     )
@@ -239,6 +134,8 @@ def report(
 ) -> None:
     """Plots (PNG) and a Markdown report of a sweep (accuracy vs compute with CIs, pass@k,
     maj@k, the compute-matched winners and caution metrics) or of an improve series."""
+    from loopwright.loops.errors import UserError
+
     if (sweep_name is None) == (improve_name is None):
         raise UserError("report takes one of --sweep NAME or --improve NAME")
     if improve_name is not None:

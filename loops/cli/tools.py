@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 from loopwright.loops.cli.progress import console as make_console
-from loopwright.loops.errors import UserError, unknown
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,6 +27,7 @@ check_app = typer.Typer(no_args_is_help=True, help="Check one answer by hand.")
 
 
 def _backend(name: str) -> Any:
+    from loopwright.loops.errors import UserError, unknown
     from loopwright.sandboxes import BACKENDS, SandboxUnavailable, get_sandbox
 
     if name not in BACKENDS:
@@ -50,6 +50,7 @@ def sandbox_exec(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run FILE (Python) in a sandbox and print what happened; exits with its exit code."""
+    from loopwright.loops.errors import UserError
     from loopwright.sandboxes import SandboxLimits
 
     if not file.is_file():
@@ -152,6 +153,7 @@ def sandbox_build_image(
 
 
 def _read_answers(path: Path) -> list[tuple[int, str, str]]:
+    from loopwright.loops.errors import UserError
     from loopwright.loops.tasks import read_jsonl
 
     out: list[tuple[int, str, str]] = []
@@ -178,8 +180,9 @@ def verify(
     """Grade given answers with each task's verifier; print pass count and throughput."""
     import os
 
+    from loopwright.loops.errors import UserError
     from loopwright.loops.tasks import load_tasks
-    from loopwright.loops.verify import CodeTests, Verdict, Verifier, grader_for
+    from loopwright.loops.verify import CodeTests, Grader, Verdict, grader_for
     from loopwright.sandboxes import SandboxLimits
 
     workers = concurrency or max(2, os.cpu_count() or 1)
@@ -188,7 +191,7 @@ def verify(
     os.environ.setdefault("LOOPWRIGHT_SANDBOX_WORKERS", str(workers))
     code_grader = CodeTests(backend, SandboxLimits(timeout_s=timeout))
 
-    def grader(task: Any) -> Verifier | None:
+    def grader(task: Any) -> Grader | None:
         g = grader_for(task, sandbox=backend)
         return code_grader if isinstance(g, CodeTests) else g
 
@@ -197,10 +200,11 @@ def verify(
     for lineno, task_id, _ in items:
         if task_id not in by_id:
             raise UserError(f"{answers}:{lineno}: task_id {task_id!r} is not in {tasks}")
-    graders = {tid: grader(by_id[tid]) for _, tid, _ in items}
-    missing = sorted({tid for tid, g in graders.items() if g is None})
+    found = {tid: grader(by_id[tid]) for _, tid, _ in items}
+    missing = sorted(tid for tid, g in found.items() if g is None)
     if missing:
         raise UserError(f"no verifier for task {missing[0]!r}: it has no reference or tests")
+    graders = {tid: g for tid, g in found.items() if g is not None}
 
     verdicts: list[Verdict | None] = [None] * len(items)
     t0 = time.perf_counter()
@@ -216,14 +220,13 @@ def verify(
     with progress, ThreadPoolExecutor(workers) as pool:
         bar = progress.add_task("verify", total=len(items), passed=0)
         futures = {
-            pool.submit(graders[tid], by_id[tid], ans): i  # type: ignore[arg-type]
-            for i, (_, tid, ans) in enumerate(items)
+            pool.submit(graders[tid], by_id[tid], ans): i for i, (_, tid, ans) in enumerate(items)
         }
         passed = 0
         for fut in as_completed(futures):
             i = futures[fut]
-            verdicts[i] = fut.result()
-            passed += bool(verdicts[i] and verdicts[i].passed)  # type: ignore[union-attr]
+            verdict = verdicts[i] = fut.result()
+            passed += bool(verdict and verdict.passed)
             progress.update(bar, advance=1, passed=passed)
     elapsed = time.perf_counter() - t0
 
@@ -271,6 +274,7 @@ def check_math(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Are PRED and GOLD the same mathematical answer? Exits 0 when equal, 1 when not."""
+    from loopwright.loops.errors import UserError
     from loopwright.tools.math_check import MathChecker, MathCheckError
 
     if policy not in ("lenient", "strict"):

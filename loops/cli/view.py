@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from loopwright.loops.cli.progress import console as make_console
-from loopwright.loops.errors import UserError
 from rich.markup import escape
 
 if TYPE_CHECKING:
@@ -38,6 +37,7 @@ def sweep_report(db: str, name: str, n_boot: int = 500) -> dict[str, Any]:
     ``{"note": why not}`` when it cannot be made (no point finished yet, or the report's own
     one-line refusal): the sweep page then shows its points and that line."""
     from loopwright.loops.analysis.report_data import load_sweep
+    from loopwright.loops.errors import UserError
 
     try:
         data = load_sweep(db, name)
@@ -89,7 +89,7 @@ def _report(data: SweepData, db: str, name: str, n_boot: int) -> dict[str, Any]:
         "rows": [
             [f"{m.budget:,.0f}"]
             + [
-                "-" if m.best.get(lab) is None else f"{_pct(m.best[lab].accuracy)}"  # type: ignore[union-attr]
+                "-" if (point := m.best.get(lab)) is None else _pct(point.accuracy)
                 for lab in labels
             ]
             + [m.winner or "-", _pct(m.margin)]
@@ -112,6 +112,7 @@ def view(
     ] = "127.0.0.1",
 ) -> None:
     """Serve a read-only web page over the trace store (works while a run writes it)."""
+    from loopwright.loops.errors import UserError
     from loopwright.traces.view import Viewer, ViewError
 
     err = make_console(stderr=True)

@@ -11,9 +11,12 @@ as the runner grades a final: ``grader_for(task, sandbox=...)`` on the node's wh
 in the process-wide shared sandbox, one verdict row (stage ``graded``) through the trace
 writer. ``tasks.graded`` is left alone: it is the final node's.
 
-The tasks are reloaded from the run's own task spec (``runs.tasks_spec`` with the run's
-``limit``) and matched by id; a spec that cannot be loaded, or no longer holds the run's tasks
-as they were, is a one-line ``UserError``.
+The keyed tasks (reference, hidden tests, test style, entry point, metadata) are read from
+the database: every task row keeps its answer key (``tasks.answer_key``), so a run is graded
+from the database alone. Rows stored before the key was kept are the one exception: when
+they have answers left to grade, their tasks are reloaded from the run's task spec
+(``runs.tasks_spec`` with the run's ``limit``) and matched by id; a spec that cannot be
+loaded, or no longer holds the run's tasks as they were, is a one-line ``UserError``.
 
 A grader that raises on one node is recorded as a verdict with ``passed`` NULL, feedback
 ``grader error: ...`` and ``details.grader_error``; grading goes on. A grader that cannot run
@@ -38,17 +41,23 @@ from loopwright.loops.execution.grade_report import Agreement, GradeProgress, Gr
 from loopwright.loops.tasks import Task, load_tasks
 from loopwright.loops.verify import (
     CodeTests,
+    Grader,
     MathAnswer,
     Verdict,
-    Verifier,
+    check_grader,
     grader_for,
     shared_sandbox,
     verdict_record,
 )
 from loopwright.sandboxes import BACKENDS, SandboxLimits
 from loopwright.traces import TraceStore, TraceWriter, UnknownRun, VerdictRecord, resolve_runs
-from loopwright.traces.queries import lit
-from loopwright.traces.records import ANSWER_ROLES
+from loopwright.traces.grading import (
+    GRADER_ERROR_KEY,
+    answer_nodes,
+    delete_grader_errors,
+    run_task_keys,
+)
+from pydantic import ValidationError
 
 __all__ = [
     "Agreement",
@@ -56,8 +65,6 @@ __all__ = [
     "GradeReport",
     "grade_run",
 ]
-
-_ERROR_KEY = "grader_error"
 
 
 @dataclass(frozen=True)
@@ -73,13 +80,54 @@ class _Answer:
 
 
 def _run_tasks(
-    store: TraceStore, run: dict[str, Any], loaded: dict[tuple[str, int | None], list[Task]]
+    store: TraceStore,
+    run: dict[str, Any],
+    loaded: dict[tuple[str, int | None], list[Task]],
+    needed: set[str],
+) -> dict[str, Task | None]:
+    """task_id -> keyed Task for every task of ``run``, in run order: from its stored answer
+    key; for a row stored without one (before keys were kept), reloaded from the run's task
+    spec when it has ``needed`` answers to grade, else None."""
+    name = run["name"]
+    rows = run_task_keys(store, run["run_id"])
+    out: dict[str, Task | None] = {}
+    for row in rows:
+        out[row["task_id"]] = None if row["answer_key"] is None else _keyed_task(row, name)
+    legacy = [row for row in rows if row["answer_key"] is None and row["task_id"] in needed]
+    if legacy:
+        out.update(_reload_tasks(run, legacy, loaded))
+    return out
+
+
+def _keyed_task(row: dict[str, Any], run_name: str) -> Task:
+    try:
+        task = Task.model_validate_json(row["answer_key"])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "task"
+        raise UserError(
+            f"task {row['task_id']!r} of run {run_name!r} has an answer key this loopwright "
+            f"cannot read ({where}: {err['msg']}): grade it with the version that ran it"
+        ) from None
+    if task.id != row["task_id"]:
+        raise UserError(
+            f"task {row['task_id']!r} of run {run_name!r} holds the answer key of task "
+            f"{task.id!r}: the trace database was edited"
+        )
+    return task
+
+
+def _reload_tasks(
+    run: dict[str, Any],
+    rows: list[dict[str, Any]],
+    loaded: dict[tuple[str, int | None], list[Task]],
 ) -> dict[str, Task]:
-    """task_id -> Task for every task of ``run``, reloaded from the run's task spec."""
+    """The keyed tasks of ``rows`` (stored without an answer key), from the run's task spec."""
     spec = run["tasks_spec"]
     name = run["name"]
+    old = "was stored before runs kept their answer keys"
     if not spec:
-        raise UserError(f"run {name!r} records no task spec, so its tasks cannot be reloaded")
+        raise UserError(f"run {name!r} {old} and records no task spec: it cannot be graded")
     try:
         limit = json.loads(run["config"] or "{}").get("limit")
     except (json.JSONDecodeError, AttributeError):
@@ -90,14 +138,12 @@ def _run_tasks(
             loaded[key] = load_tasks(spec, limit)
         except UserError as exc:
             raise UserError(
-                f"cannot load task spec {spec!r} of run {name!r}: {exc} (was the file moved?)"
+                f"run {name!r} {old}, so its tasks are read from its task spec {spec!r}, "
+                f"which cannot be loaded: {exc} (was the file moved? put it back to grade)"
             ) from None
     by_id = {t.id: t for t in loaded[key]}
     out: dict[str, Task] = {}
-    for row in store.query(
-        "SELECT task_id, prompt, reference FROM tasks WHERE run_id = ? ORDER BY idx",
-        [run["run_id"]],
-    ):
+    for row in rows:
         task = by_id.get(row["task_id"])
         if task is None:
             raise UserError(
@@ -115,35 +161,7 @@ def _run_tasks(
 
 def _answers(store: TraceStore, run_ids: list[str]) -> list[_Answer]:
     """Answer nodes of the runs, in run order, then task order, then trace order."""
-    marks = ", ".join("?" for _ in run_ids)
-    roles = ", ".join(lit(r) for r in ANSWER_ROLES)
-    rows = store.query(
-        f"""
-        WITH il AS (
-            SELECT DISTINCT node_id FROM verdicts
-            WHERE stage = 'in_loop' AND node_id IS NOT NULL AND run_id IN ({marks})
-        ), g AS (
-            SELECT node_id,
-                   count(*) FILTER (WHERE json_extract_string(details, '$.{_ERROR_KEY}')
-                                    IS NULL) AS ok,
-                   count(*) AS n
-            FROM verdicts
-            WHERE stage = 'graded' AND node_id IS NOT NULL AND run_id IN ({marks})
-            GROUP BY node_id
-        )
-        SELECT n.run_id, n.task_id, n.node_id, n.content,
-               coalesce(g.ok, 0) > 0 AS graded, coalesce(g.ok, 0) = 0 AND g.n > 0 AS errored,
-               t.idx
-        FROM nodes n
-        JOIN il ON il.node_id = n.node_id
-        JOIN tasks t ON t.run_id = n.run_id AND t.task_id = n.task_id
-        LEFT JOIN g ON g.node_id = n.node_id
-        WHERE n.run_id IN ({marks}) AND n.role IN ({roles})
-              AND n.content IS NOT NULL AND trim(n.content) <> ''
-        ORDER BY t.idx, n.created_at, n.node_id
-        """,
-        [*run_ids, *run_ids, *run_ids],
-    )
+    rows = answer_nodes(store, run_ids)
     order = {r: i for i, r in enumerate(run_ids)}
     rows.sort(key=lambda r: order[r["run_id"]])  # stable: task and trace order kept
     return [
@@ -154,7 +172,7 @@ def _answers(store: TraceStore, run_ids: list[str]) -> list[_Answer]:
     ]
 
 
-def _error_record(ans: _Answer, grader: Verifier, why: str, latency: float) -> VerdictRecord:
+def _error_record(ans: _Answer, grader: Grader, why: str, latency: float) -> VerdictRecord:
     return VerdictRecord(
         run_id=ans.run_id,
         task_id=ans.task_id,
@@ -165,7 +183,7 @@ def _error_record(ans: _Answer, grader: Verifier, why: str, latency: float) -> V
         passed=None,
         score=None,
         feedback=f"grader error: {why}"[:500],
-        details=json.dumps({"answer": None, _ERROR_KEY: why[:2000]}),
+        details=json.dumps({"answer": None, GRADER_ERROR_KEY: why[:2000]}),
         latency_s=latency,
     )
 
@@ -181,14 +199,19 @@ def grade_run(
     executor: Literal["local", "ray"] = "local",
     ray_address: str | None = None,
     workers: int | None = None,
+    grader: str | None = None,
 ) -> GradeReport:
     """Grade every not-yet-graded answer node of ``runs`` (names or ids) in ``db``.
 
     ``timeout_s`` is the wall-clock limit of one code-test run in the sandbox; ``concurrency``
     the answers graded at once (per Ray worker with ``executor="ray"``: the answers are then
     graded in the workers' own sandboxes, and this process writes every verdict). Raises
-    ``UserError`` (one line) on a missing database, an unknown run, a task spec that cannot be
-    loaded, or a sandbox or math checker that cannot run here.
+    ``UserError`` (one line) on a missing database, an unknown run, an answer key that cannot
+    be read (or, for a run stored before keys were kept, a task spec that cannot be loaded),
+    or a sandbox or math checker that cannot run here.
+
+    ``grader`` names the held-out grader (``GRADERS``) for every run; None: each run's own
+    (``--grader`` of the run, else by task kind).
     """
     t0 = time.perf_counter()
     db = str(db)
@@ -200,10 +223,11 @@ def grade_run(
         raise UserError(f"--timeout must be more than 0 seconds, got {timeout_s}")
     if sandbox not in BACKENDS:
         raise unknown("sandbox backend", sandbox, BACKENDS)
+    check_grader(grader)
     if db != ":memory:" and not Path(db).exists():
         raise UserError(f"no trace database at {db}: run `loopwright run` first")
     limits = SandboxLimits(timeout_s=timeout_s)
-    code = CodeTests(sandbox, limits)  # one instance for every code task, as verify_many has
+    code = CodeTests(sandbox, limits)  # one instance for every code task, as grade_many has
 
     store = TraceStore(db)
     try:
@@ -212,28 +236,32 @@ def grade_run(
         except UnknownRun as exc:  # a name the user typed
             raise UserError(str(exc)) from None
         run_ids = [r["run_id"] for r in by_name.values()]
-        loaded: dict[tuple[str, int | None], list[Task]] = {}
-        tasks: dict[tuple[str, str], Task] = {}
-        for run in by_name.values():
-            for tid, task in _run_tasks(store, run, loaded).items():
-                tasks[(run["run_id"], tid)] = task
         answers = _answers(store, run_ids)
+        needed = {(a.run_id, a.task_id) for a in answers if not a.graded}
+        loaded: dict[tuple[str, int | None], list[Task]] = {}
+        tasks: dict[tuple[str, str], Task | None] = {}
+        for run in by_name.values():
+            rid = run["run_id"]
+            mine = {tid for r, tid in needed if r == rid}
+            for tid, task in _run_tasks(store, run, loaded, mine).items():
+                tasks[(rid, tid)] = task
 
-        graders: dict[tuple[str, str], Verifier | None] = {}
+        names = {r["run_id"]: grader or _run_grader(r) for r in by_name.values()}
+        graders: dict[tuple[str, str], tuple[Task, Grader | None]] = {}
         for key, task in tasks.items():
-            g = grader_for(task, sandbox=sandbox)
-            graders[key] = code if isinstance(g, CodeTests) else g
-        todo: list[tuple[_Answer, Task, Verifier]] = []
+            if task is not None:
+                g = grader_for(task, name=names[key[0]], sandbox=sandbox)
+                graders[key] = (task, code if isinstance(g, CodeTests) else g)
+        todo: list[tuple[_Answer, Task, Grader]] = []
         no_grader = 0
         for ans in answers:
             if ans.graded:
                 continue
-            key = (ans.run_id, ans.task_id)
-            grader = graders[key]
-            if grader is None:
+            task, chosen = graders[(ans.run_id, ans.task_id)]
+            if chosen is None:
                 no_grader += 1
                 continue
-            todo.append((ans, tasks[key], grader))
+            todo.append((ans, task, chosen))
         skipped = sum(a.graded for a in answers)
         if any(g is code for _, _, g in todo):
             shared_sandbox(sandbox)  # a sandbox that cannot run here: one line, before any work
@@ -241,13 +269,7 @@ def grade_run(
             MathAnswer.start()  # likewise a math checker whose worker cannot start
 
         retry = [a.node_id for a, _, _ in todo if a.errored]
-        if retry:  # earlier grader-error rows make way for the new verdicts
-            store.execute(
-                f"DELETE FROM verdicts WHERE stage = 'graded' AND node_id IN "
-                f"({', '.join('?' for _ in retry)}) "
-                f"AND json_extract_string(details, '$.{_ERROR_KEY}') IS NOT NULL",
-                retry,
-            )
+        delete_grader_errors(store, retry)  # earlier error rows make way for the new verdicts
 
         progress = GradeProgress(total=len(todo))
         if on_progress:
@@ -255,18 +277,19 @@ def grade_run(
         writer = TraceWriter(store)
         try:
             if executor == "ray" and todo:  # ray is imported there, never on the default path
-                from loopwright.loops.execution.ray_executor import grade_answers
+                from loopwright.loops.execution.ray_executor import GradeOn, grade_answers
 
-                items = [(task, ans.content) for ans, task, _ in todo]
+                items = [(task, ans.content, names[ans.run_id]) for ans, task, _ in todo]
 
                 def record(
                     i: int, verdict: Verdict | None, why: str | None, latency: float
                 ) -> None:
-                    _record(todo[i][0], todo[i][2], verdict, why, latency, writer, progress)
+                    _record(todo[i][0], todo[i][2], (verdict, why, latency), writer, progress)
                     if on_progress:
                         on_progress(progress)
 
-                grade_answers(items, sandbox, timeout_s, concurrency, record, ray_address, workers)
+                how = GradeOn(sandbox, timeout_s, concurrency, ray_address, workers)
+                grade_answers(items, how, record)
             else:
                 _grade_all(todo, writer, progress, concurrency, on_progress)
             writer.flush()
@@ -293,8 +316,20 @@ def grade_run(
     )
 
 
+def _run_grader(run: dict[str, Any]) -> str | None:
+    """The grader a stored run named (``--grader``), None for by task kind."""
+    try:
+        config = json.loads(run.get("config") or "{}")
+    except json.JSONDecodeError:
+        return None
+    name = config.get("grader") if isinstance(config, dict) else None
+    if name is not None:
+        check_grader(name)  # a run graded by a plugin's grader: load it with --plugin
+    return name if isinstance(name, str) else None
+
+
 def _grade_one(
-    grader: Verifier, task: Task, content: str
+    grader: Grader, task: Task, content: str
 ) -> tuple[Verdict | None, str | None, float]:
     """(verdict, None, latency) or (None, why it raised, latency); UserError propagates."""
     t0 = time.perf_counter()
@@ -310,11 +345,12 @@ _code_tests: dict[tuple[str, float], CodeTests] = {}
 
 
 def grade_answer(
-    task: Task, content: str, sandbox: str, timeout_s: float
+    task: Task, content: str, sandbox: str, timeout_s: float, grader_name: str | None = None
 ) -> tuple[Verdict | None, str | None, float]:
     """Grade one answer in this process, as :func:`grade_run` does (what a Ray worker runs):
-    the task's grader, code tests through one ``CodeTests`` per sandbox and timeout."""
-    grader = grader_for(task, sandbox=sandbox)
+    the named grader (None: the task kind's), code tests through one ``CodeTests`` per sandbox
+    and timeout."""
+    grader = grader_for(task, name=grader_name, sandbox=sandbox)
     if grader is None:
         return None, "no grader for the task", 0.0
     if isinstance(grader, CodeTests):
@@ -325,16 +361,15 @@ def grade_answer(
     return _grade_one(grader, task, content)
 
 
+Graded = tuple[Verdict | None, str | None, float]
+"""What grading one answer gave: (verdict, None, latency), or (None, why it raised, latency)."""
+
+
 def _record(
-    ans: _Answer,
-    grader: Verifier,
-    verdict: Verdict | None,
-    why: str | None,
-    latency: float,
-    writer: TraceWriter,
-    progress: GradeProgress,
+    ans: _Answer, grader: Grader, graded: Graded, writer: TraceWriter, progress: GradeProgress
 ) -> None:
     """Queue one answer's graded verdict (or its grader-error row) and count it."""
+    verdict, why, latency = graded
     if verdict is not None:
         rec = verdict_record(
             verdict, run_id=ans.run_id, task_id=ans.task_id, node_id=ans.node_id, stage="graded"
@@ -349,7 +384,7 @@ def _record(
 
 
 def _grade_all(
-    todo: list[tuple[_Answer, Task, Verifier]],
+    todo: list[tuple[_Answer, Task, Grader]],
     writer: TraceWriter,
     progress: GradeProgress,
     concurrency: int,
@@ -362,16 +397,14 @@ def _grade_all(
         max_workers=min(concurrency, len(todo)), thread_name_prefix="loopwright-grade"
     )
     try:
-        futures: dict[
-            Future[tuple[Verdict | None, str | None, float]], tuple[_Answer, Verifier]
-        ] = {
+        futures: dict[Future[Graded], tuple[_Answer, Grader]] = {
             pool.submit(_grade_one, grader, task, ans.content): (ans, grader)
             for ans, task, grader in todo
         }
         for fut in as_completed(futures):
             ans, grader = futures[fut]
-            verdict, why, latency = fut.result()  # a UserError (no sandbox) stops the grading
-            _record(ans, grader, verdict, why, latency, writer, progress)
+            graded = fut.result()  # a UserError (no sandbox) stops the grading
+            _record(ans, grader, graded, writer, progress)
             if on_progress:
                 on_progress(progress)
     finally:

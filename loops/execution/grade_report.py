@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loopwright.traces import TraceStore
-from loopwright.traces.queries import lit
-from loopwright.traces.records import ANSWER_ROLES, OPINION_VERIFIERS
+from loopwright.traces.grading import agreement_counts
 from pydantic import BaseModel, Field
 
 
@@ -69,35 +68,8 @@ def agreement(store: TraceStore, run_ids: list[str]) -> Agreement:
     """The 2x2 over every answer node of the runs that now has a graded verdict. Opinion
     verifiers (in-loop scorers, not checks) are left out of the in-loop side, as
     harvesting's labels leave them out."""
-    marks = ", ".join("?" for _ in run_ids)
-    roles = ", ".join(lit(r) for r in ANSWER_ROLES)
-    opinion = ", ".join(lit(v) for v in OPINION_VERIFIERS)
-    rows = store.query(
-        f"""
-        WITH il AS (
-            SELECT node_id, arg_max(passed, created_at)
-                FILTER (WHERE verifier NOT IN ({opinion})) AS passed
-            FROM verdicts
-            WHERE stage = 'in_loop' AND node_id IS NOT NULL AND run_id IN ({marks})
-            GROUP BY node_id
-        ), g AS (
-            SELECT node_id, arg_max(passed, created_at) AS passed
-            FROM verdicts
-            WHERE stage = 'graded' AND node_id IS NOT NULL AND run_id IN ({marks})
-            GROUP BY node_id
-        )
-        SELECT il.passed AS il, g.passed AS g, count(*) AS n
-        FROM nodes n
-        JOIN il ON il.node_id = n.node_id
-        JOIN g ON g.node_id = n.node_id
-        WHERE n.run_id IN ({marks}) AND n.role IN ({roles})
-              AND n.content IS NOT NULL AND trim(n.content) <> ''
-        GROUP BY 1, 2
-        """,
-        [*run_ids, *run_ids, *run_ids],
-    )
     a = Agreement()
-    for r in rows:
+    for r in agreement_counts(store, run_ids):
         if r["il"] is None or r["g"] is None:
             a.undecided += r["n"]
         else:

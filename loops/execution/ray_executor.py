@@ -25,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "GradeOn",
     "RayPool",
     "grade_answers",
     "ray_pool",
@@ -37,6 +38,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from loopwright.loops.errors import UserError
@@ -48,13 +50,12 @@ from loopwright.loops.execution.ray_worker import (
     import_ray,
     init_ray,
     lost_worker_errors,
-    pack_scripted,
     ship_plugins,
-    shipped_plugins,
 )
-from loopwright.loops.execution.runner import RunConfig, task_slots
+from loopwright.loops.execution.runner import RunWork
+from loopwright.loops.execution.scope import task_slots
 from loopwright.loops.tasks import Task
-from loopwright.traces import TaskRecord, TraceWriter, new_id, utcnow
+from loopwright.traces import TaskRecord, new_id, utcnow
 
 MAX_ATTEMPTS = 3
 """Tries per task when its worker dies under it; then the task is recorded as failed."""
@@ -138,20 +139,12 @@ class RayPool:
         _active = self._outer
         self.close()
 
-    async def run(
-        self,
-        cfg: RunConfig,
-        run_id: str,
-        tasks: list[Task],
-        todo: list[Task],
-        writer: TraceWriter,
-        finished: Callable[[TaskRecord], None],
-    ) -> None:
-        """Run ``todo`` over the workers, writing each task's rows as it comes back."""
+    async def run(self, work: RunWork) -> None:
+        """Run ``work.todo`` over the workers, writing each task's rows as it comes back."""
         ray = import_ray()
-        index = {t.id: i for i, t in enumerate(tasks)}
+        cfg, todo, index = work.cfg, work.todo, work.index
         run_key = new_id()
-        payload = ray.put(Payload(cfg, list(shipped_plugins), pack_scripted(cfg)))
+        payload = ray.put(Payload.of(cfg, work.run_id))
         keeper = (
             ray.remote(BudgetKeeper).options(num_cpus=0).remote(cfg.run_budget)
             if has_limits(cfg.run_budget)
@@ -164,7 +157,7 @@ class RayPool:
 
         def start(worker: Any, chunk: list[tuple[int, int]]) -> Any:
             items = [(todo[i], index[todo[i].id], attempt(i, t)) for i, t in chunk]
-            return worker.run_tasks.remote(run_key, [payload], run_id, items, keeper, slots)
+            return worker.run_tasks.remote(run_key, [payload], items, keeper)
 
         def abandon(i: int, tries: int) -> None:
             if keeper is not None:  # what the lost attempt still held goes back to the run
@@ -172,11 +165,11 @@ class RayPool:
 
         def done(_: int, rows: list[Any]) -> None:
             for r in rows:
-                writer.write(r)
-            finished(rows[-1])
+                work.writer.write(r)
+            work.finished(rows[-1])
 
         def lost(i: int, exc: BaseException) -> list[Any]:
-            return [_lost(run_id, todo[i], index[todo[i].id], exc)]
+            return [_lost(work.run_id, todo[i], index[todo[i].id], exc)]
 
         try:
             await self._spread(len(todo), slots, start, done, lost, abandon)
@@ -191,19 +184,18 @@ class RayPool:
 
     async def grade(
         self,
-        items: Sequence[tuple[Task, str]],
-        sandbox: str,
-        timeout_s: float,
-        concurrency: int,
+        items: Sequence[tuple[Task, str, str | None]],
+        how: GradeOn,
         record: Callable[[int, Any, str | None, float], None],
     ) -> None:
-        """Grade ``items`` (task, answer) over the workers, ``concurrency`` at a time on
+        """Grade ``items`` (task, answer, grader name) over the workers, ``how.concurrency`` at a time on
         each; ``record(i, verdict, why, latency)`` runs here, in this process, per answer. An
         answer whose worker died is graded again elsewhere (grading writes nothing there)."""
+        concurrency = how.concurrency
 
         def start(worker: Any, chunk: list[tuple[int, int]]) -> Any:
             answers = [items[i] for i, _ in chunk]
-            return worker.grade_many.remote(answers, sandbox, timeout_s, concurrency)
+            return worker.grade_many.remote(answers, how.sandbox, how.timeout_s, concurrency)
 
         def lost(i: int, exc: BaseException) -> tuple[Any, str | None, float]:
             if isinstance(exc, _NoWorker):
@@ -356,7 +348,8 @@ def _lost(run_id: str, task: Task, idx: int, exc: BaseException) -> TaskRecord:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return TaskRecord(
         run_id=run_id, task_id=task.id, idx=idx, kind=task.kind, prompt=task.prompt,
-        reference=task.reference, status="failed", started_at=utcnow(), finished_at=utcnow(),
+        reference=task.reference, answer_key=task.answer_key(), status="failed",
+        started_at=utcnow(), finished_at=utcnow(),
         error=f"lost its Ray worker {MAX_ATTEMPTS} times: {type(exc).__name__}: {first}",
     )  # fmt: skip
 
@@ -375,41 +368,44 @@ def ray_pool(
         yield pool
 
 
-async def run_tasks(
-    cfg: RunConfig,
-    run_id: str,
-    tasks: list[Task],
-    todo: list[Task],
-    writer: TraceWriter,
-    finished: Callable[[TaskRecord], None],
-) -> None:
-    """The runner's hook: run ``todo`` on the active pool, or on one made for this run."""
+async def run_tasks(work: RunWork) -> None:
+    """The runner's hook: run ``work`` on the active pool, or on one made for this run."""
     if _active is not None:
-        await _active.run(cfg, run_id, tasks, todo, writer, finished)
+        await _active.run(work)
         return
-    pool = RayPool(cfg.ray_address, cfg.workers).start()  # ray.init wants the main thread
+    # ray.init wants the main thread
+    pool = RayPool(work.cfg.ray_address, work.cfg.workers).start()
     try:
-        await pool.run(cfg, run_id, tasks, todo, writer, finished)
+        await pool.run(work)
     finally:
         pool.close()
 
 
+@dataclass(frozen=True)
+class GradeOn:
+    """How ``grade --executor ray`` grades: in which sandbox, the time one code-test run may
+    take, answers at once per worker, and the cluster (none: this process's, or a local one)
+    and its worker count."""
+
+    sandbox: str
+    timeout_s: float
+    concurrency: int
+    ray_address: str | None = None
+    workers: int | None = None
+
+
 def grade_answers(
-    items: Sequence[tuple[Task, str]],
-    sandbox: str,
-    timeout_s: float,
-    concurrency: int,
+    items: Sequence[tuple[Task, str, str | None]],
+    how: GradeOn,
     record: Callable[[int, Any, str | None, float], None],
-    address: str | None = None,
-    workers: int | None = None,
 ) -> None:
     """``grade --executor ray``'s hook: grade on the active pool, or on one made for it."""
     if _active is not None:
-        _run_sync(_active.grade(items, sandbox, timeout_s, concurrency, record))
+        _run_sync(_active.grade(items, how, record))
         return
-    pool = RayPool(address, workers).start()
+    pool = RayPool(how.ray_address, how.workers).start()
     try:
-        _run_sync(pool.grade(items, sandbox, timeout_s, concurrency, record))
+        _run_sync(pool.grade(items, how, record))
     finally:
         pool.close()
 

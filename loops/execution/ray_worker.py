@@ -1,10 +1,11 @@
 """What travels to a Ray worker and what runs there, for ``--executor ray``.
 
-The driver packs a run into a :class:`Payload` (its config, the ``--plugin`` files it
-loaded, the scripted models it names); a :class:`Worker` actor unpacks it once per run,
-builds its own model clients, and runs tasks with a :class:`_TaskSink` in place of the trace
-writer, so a task's records go back to the driver whole. :class:`BudgetKeeper` is the one
-actor holding a run budget that every worker reserves from (:class:`SharedBudget`).
+The driver packs a run into a :class:`Payload` (the ``--plugin`` files it loaded, and the
+run's config, model objects included); a :class:`Worker` actor unpacks it once per run into
+the run's :class:`~loopwright.loops.execution.scope.RunScope`, as a local run builds it, with
+a :class:`_TaskSink` in place of the trace writer, so a task's records go back to the driver
+whole. :class:`BudgetKeeper` is the one actor holding a run budget that every worker
+reserves from (:class:`SharedBudget`).
 
 Ray itself is imported lazily (:func:`import_ray`); importing this module does not load it.
 """
@@ -15,22 +16,20 @@ import asyncio
 import functools
 import hashlib
 import os
+import pickle
 import socket
 import sys
-import sysconfig
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loopwright.loops.errors import BudgetExhausted, UserError
-from loopwright.loops.execution.runner import RunConfig, freeze_imports, make_clients, run_one_task
-from loopwright.loops.graphs import get_loop
-from loopwright.loops.models import scripted
+from loopwright.loops.execution.runner import RunConfig, run_one_task
+from loopwright.loops.execution.scope import RunScope
 from loopwright.loops.models.budget import Budget, BudgetLimits
-from loopwright.loops.models.client import ModelClient
 from loopwright.loops.tasks import Task
 from loopwright.traces import TaskRecord, TraceWriter
 
@@ -92,43 +91,20 @@ class _TaskSink(TraceWriter):
 
 
 @dataclass
-class _Scripted:
-    """A scripted model as shipped to the workers (its registry is per process)."""
-
-    name: str
-    replies: Any
-    supports_n: bool
-    prompt_tokens_per_call: int | None
-
-    def register(self) -> None:
-        scripted.ScriptedModel(
-            self.replies, name=self.name, supports_n=self.supports_n,
-            prompt_tokens_per_call=self.prompt_tokens_per_call,
-        ).register()  # fmt: skip
-
-
-@dataclass
 class Payload:
-    """What a worker needs to run a run's tasks: the config, the plugin files the driver
-    loaded (custom loops, verifiers, models), and the scripted models it names, pickled
-    separately so they unpickle after the plugins that may define their replies."""
+    """What a worker needs to run a run's tasks: the plugin files the driver loaded (custom
+    loops, verifiers, models) and the run (its id and config, model objects included),
+    pickled apart so that it unpickles after the plugins that may define its models."""
 
-    cfg: RunConfig
     plugins: list[tuple[str, str]]
-    scripted: bytes
+    run_id: str
+    cfg: bytes
 
+    @classmethod
+    def of(cls, cfg: RunConfig, run_id: str) -> Payload:
+        import ray.cloudpickle as cloudpickle
 
-@dataclass
-class _RunState:
-    cfg: RunConfig
-    spec: Any
-    options: Any
-    graph: Any
-    client: ModelClient
-    by_model: dict[str, ModelClient]
-    clients: dict[str, ModelClient]
-    slots: asyncio.Semaphore  # tasks of the run in progress at once on this worker
-    pool: dict[tuple[str, str | None], ModelClient] = field(default_factory=dict)
+        return cls(list(shipped_plugins), run_id, cloudpickle.dumps(cfg))
 
 
 _plugins_loaded: set[str] = set()
@@ -154,7 +130,7 @@ class Worker:
         for fn in setup:
             fn()
         self._sink = _TaskSink()
-        self._runs: dict[str, _RunState] = {}
+        self._runs: dict[str, RunScope] = {}
         self._grade_slots: dict[int, asyncio.Semaphore] = {}
         self._where = f"{socket.gethostname()}:{os.getpid()}"  # the tasks rows' worker
 
@@ -165,56 +141,40 @@ class Worker:
         """The id of the Ray node (machine) this worker runs on."""
         return str(import_ray().get_runtime_context().get_node_id())
 
-    async def _state(self, run_key: str, payload_ref: list[Any], slots: int) -> _RunState:
-        state = self._runs.get(run_key)
-        if state is not None:
-            return state
+    async def _scope(self, run_key: str, payload_ref: list[Any]) -> RunScope:
+        scope = self._runs.get(run_key)
+        if scope is not None:
+            return scope
         payload: Payload = await payload_ref[0]
         if run_key in self._runs:  # another task of the run built it meanwhile
             return self._runs[run_key]
         for path, source in payload.plugins:
             _load_plugin(path, source)
-        import pickle
-
-        for model in pickle.loads(payload.scripted):
-            model.register()
-        cfg = payload.cfg
-        spec = get_loop(cfg.loop)
-        options = spec.options(**cfg.options)
-        client, by_model, clients = make_clients(cfg, self._sink)
-        state = _RunState(
-            cfg, spec, options, spec.build(), client, by_model, clients, asyncio.Semaphore(slots)
-        )
-        freeze_imports()
-        self._runs[run_key] = state
-        return state
+        cfg: RunConfig = pickle.loads(payload.cfg)
+        scope = RunScope.build(cfg, payload.run_id, self._sink)
+        self._runs[run_key] = scope
+        return scope
 
     async def run_tasks(
         self,
         run_key: str,
         payload_ref: list[Any],
-        run_id: str,
         items: list[tuple[Task, int, str]],
         keeper: Any,
-        slots: int,
     ) -> AsyncIterator[list[tuple[int, list[Any]]]]:
-        """Run a chunk of ``(task, idx, attempt)`` items, ``slots`` tasks at a time on this
-        worker over all of a run's chunks; a Ray streaming generator: yields ``(position,
+        """Run a chunk of ``(task, idx, attempt)`` items, the run's task slots at a time on
+        this worker over all of a run's chunks; a Ray streaming generator: yields ``(position,
         rows)`` pairs as tasks end, batched (whatever has ended since the last yield), where
         rows are every trace record the task wrote, its final ``tasks`` row last."""
-        state = await self._state(run_key, payload_ref, slots)
+        scope = await self._scope(run_key, payload_ref)
 
         async def one(task: Task, idx: int, attempt: str) -> list[Any]:
-            run_budget: Budget = (
-                Budget() if keeper is None else SharedBudget(keeper, attempt, state.cfg.run_budget)
-            )
+            limits = scope.cfg.run_budget
+            run_budget = None if keeper is None else SharedBudget(keeper, attempt, limits)
             rows: list[Any] = []
             token = _task_rows.set(rows)
             try:
-                await run_one_task(
-                    state.cfg, state.spec, state.graph, state.options, state.client, self._sink,
-                    run_id, task, idx, run_budget, state.clients, state.pool,
-                )  # fmt: skip
+                await run_one_task(scope, task, idx, run_budget)
             finally:
                 _task_rows.reset(token)
             if self._sink.stray:
@@ -225,30 +185,31 @@ class Worker:
             ]
 
         jobs = [functools.partial(one, *item) for item in items]
-        async for batch in _as_they_end(jobs, state.slots):
+        async for batch in _as_they_end(jobs, scope.slots):
             yield batch
 
     async def grade_many(
-        self, items: list[tuple[Task, str]], sandbox: str, timeout_s: float, slots: int
+        self, items: list[tuple[Task, str, str | None]], sandbox: str, timeout_s: float, slots: int
     ) -> AsyncIterator[list[tuple[int, tuple[Any, str | None, float]]]]:
-        """Grade ``(task, answer)`` items in this worker's own sandbox, ``slots`` at a time
+        """Grade ``(task, answer, grader name)`` items in this worker's own sandbox, ``slots`` at a time
         (each off the event loop: grading blocks); streams ``(position, (verdict, why,
         latency))`` batches as they end."""
         from loopwright.loops.execution.grade import grade_answer
 
         sem = self._grade_slots.setdefault(slots, asyncio.Semaphore(slots))
         jobs = [
-            functools.partial(asyncio.to_thread, grade_answer, task, content, sandbox, timeout_s)
-            for task, content in items
+            functools.partial(
+                asyncio.to_thread, grade_answer, task, content, sandbox, timeout_s, grader
+            )
+            for task, content, grader in items
         ]
         async for batch in _as_they_end(jobs, sem):
             yield batch
 
     async def end_run(self, run_key: str) -> None:
-        state = self._runs.pop(run_key, None)
-        if state is not None:
-            for c in [*state.by_model.values(), *state.pool.values()]:
-                await c.aclose()
+        scope = self._runs.pop(run_key, None)
+        if scope is not None:
+            await scope.aclose()
 
 
 async def _as_they_end(
@@ -382,44 +343,3 @@ def ship_plugins(paths: Sequence[str | Path]) -> None:
         item = (str(p), Path(p).read_text(encoding="utf-8"))
         if item not in shipped_plugins:
             shipped_plugins.append(item)
-
-
-def pack_scripted(cfg: RunConfig) -> bytes:
-    names = {m.split("/", 1)[1] for m in (cfg.model, *cfg.role_models.values())
-             if m.startswith("scripted/")}  # fmt: skip
-    models = []
-    for name in sorted(names):
-        sm = scripted.lookup(name)
-        models.append(_Scripted(sm.name, sm.replies, sm.supports_n, sm.prompt_tokens_per_call))
-    import ray.cloudpickle as cloudpickle
-
-    # Replies defined in modules the workers cannot import (test files, scripts, and what
-    # they import from beside them) travel by value; installed modules by reference.
-    by_value = [m for m in list(sys.modules.values())
-                if isinstance(m, types.ModuleType) and not _importable_everywhere(m)]  # fmt: skip
-    for mod in by_value:
-        cloudpickle.register_pickle_by_value(mod)
-    try:
-        return cloudpickle.dumps(models)  # type: ignore[no-any-return]
-    finally:
-        for mod in by_value:
-            cloudpickle.unregister_pickle_by_value(mod)
-
-
-def _importable_everywhere(mod: types.ModuleType) -> bool:
-    name = getattr(mod, "__name__", "")
-    if name == "__main__" or name.split(".")[0] in ("loopwright", "ray"):
-        return True  # __main__: cloudpickle sends it by value itself
-    if name.startswith("loopwright_plugin_"):
-        return True  # the workers import the plugin files first, under the same names
-    path = getattr(mod, "__file__", None)
-    if not isinstance(path, str):
-        return True
-    return path.startswith(_installed_roots())
-
-
-@functools.cache
-def _installed_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple({str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib",
-                                                          "platlib")} | {sys.prefix, sys.base_prefix})  # fmt: skip

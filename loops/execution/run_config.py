@@ -1,62 +1,94 @@
-"""A run's configuration and what a run reports back (its progress and result)."""
+"""A run's configuration, the settings a run, a sweep and an improve series share, and what a
+run reports back (its progress and result)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+from loopwright.loops.models.base import Model
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.config import Connection, nest_connection
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from loopwright.loops.tasks import Task
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, model_validator
 
 SEED_MAX = 2**63 - 1
 """The largest seed: seeds are stored as signed 64-bit integers."""
 
 
-class RunConfig(BaseModel):
-    """One run: which loop, on which tasks, with which model, under which limits."""
+def _model_ref(value: Any) -> str | Model:
+    if isinstance(value, (str, Model)):
+        return value
+    raise ValueError(
+        "give a model string (e.g. local/smollm2-135m) or a Model object "
+        "(loopwright.loops.models.base.Model)"
+    )
+
+
+def model_name(model: str | Model) -> str:
+    """The model string a model is recorded under: the string itself, or a Model's name."""
+    return model if isinstance(model, str) else model.name
+
+
+ModelRef = Annotated[
+    str | Model,
+    PlainValidator(_model_ref),
+    PlainSerializer(model_name, return_type=str, when_used="json"),
+]
+"""A model string, or a :class:`Model` object used as it is (and pickled to Ray workers);
+stored and hashed by its name."""
+
+
+class RunSettings(BaseModel):
+    """What every run of a ``run``, a ``sweep`` or an ``improve`` series shares: trace
+    database, seed, sandbox, in-loop verifier, models per role, budgets, how models are
+    reached, and where tasks run.
+
+    One identity rule for all three (what a resume must match, :meth:`config_hash`): every
+    field, except where and how the work is done (``HOW``: the database, the sandbox
+    backend, the connection — endpoint, transport, concurrency, timeout, retries, cache —
+    and the executor) and a config's own bookkeeping (``BOOKKEEPING``: its name, resume).
+    So a series resumes against the same model served at a new address, as the call cache
+    (keyed by model string, messages and sampling settings) already treats it.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    loop: str = Field(description="Loop name, e.g. self-refine.")
-    tasks: str = Field(
-        description="Task spec: PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:NAME."
-    )
-    model: str = Field("local/smollm2-135m", description="litellm model string.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N tasks.")
     db: str = Field("loopwright.duckdb", description="Trace database path.")
-    run_name: str | None = Field(None, description="Name to resume by; generated if absent.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Run seed; per-call seeds derive from it.")
-    budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
-    run_budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Whole-run limits.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Loop options.")
     sandbox: str = Field("bwrap", description="Sandbox backend code tests run in.")
-    resume: bool = Field(False, description="Continue the run named run_name.")
     verifier: str = Field(
         "auto",
         description="In-loop verifier (loopwright.loops.verify): auto = visible-tests for "
-        "code, self for math and text; oracle reads the answer key (upper bounds only).",
+        "code, self for math and text, none for a loop whose choice ignores verdicts; oracle "
+        "reads the answer key (upper bounds only).",
     )
     verifier_options: dict[str, Any] = Field(
         default_factory=dict, description="Options of the in-loop verifier."
     )
-    role_models: dict[str, str] = Field(
+    grader: str | None = Field(
+        None,
+        description="Held-out grader by name (a built-in, or one registered with @grader); "
+        "none: by task kind (math-answer for math, code-tests for code, none for text).",
+    )
+    role_models: dict[str, ModelRef] = Field(
         default_factory=dict,
         description="Model per role (generator, critic, refiner, reflector, judge, value, "
-        "verifier, ...); roles not named use `model`.",
+        "verifier, ...); roles not named use the run's model.",
     )
+    budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
+    run_budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Whole-run limits.")
     connection: Connection = Field(
         default_factory=Connection,
         description="Endpoint, transport, concurrency, timeout, retries and call cache; may "
         "be given flat (concurrency=8, max_attempts=3).",
     )
-
     executor: Literal["local", "ray"] = Field(
         "local",
         description="Where tasks run: 'local' (this process) or 'ray' (Ray worker actors; "
-        "this process keeps the one trace writer). Not part of the run's identity.",
+        "this process keeps the one trace writer).",
     )
     ray_address: str | None = Field(
         None, description="Ray cluster to join (ray start --head's address); none: a local one."
@@ -67,34 +99,83 @@ class RunConfig(BaseModel):
 
     _flat = model_validator(mode="before")(nest_connection)
 
-    def identity(self, options: BaseModel | None = None) -> dict[str, Any]:
-        """The fields that define what a run computes (resume must match them).
+    HOW: ClassVar[frozenset[str]] = frozenset(
+        {"db", "sandbox", "connection", "executor", "ray_address", "workers"}
+    )
+    """Where and how the work is done: never part of a config's identity."""
+    BOOKKEEPING: ClassVar[frozenset[str]] = frozenset()
+    """A config's own fields that are not part of its identity either (names, resume)."""
 
-        ``options`` are the validated loop options, so defaults written out or left implicit
-        hash the same.
-        """
-        ident = self.model_dump(
-            include={
-                "loop",
-                "tasks",
-                "model",
-                "seed",
-                "options",
-                "budget",
-                "run_budget",
-                "verifier",
-                "verifier_options",
-                "role_models",
-            },
-            mode="json",
-        )
+    def settings(self) -> dict[str, Any]:
+        """The shared settings, as keyword arguments of another config (a sweep's or an
+        improve series' runs)."""
+        return {name: getattr(self, name) for name in RunSettings.model_fields}
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what the config computes (a resume must match them)."""
+        out = self.model_dump(mode="json", exclude=set(self.HOW | self.BOOKKEEPING))
+        if out.get("grader") is None:  # as runs stored before a grader could be named
+            out.pop("grader", None)
+        return out
+
+    def config_hash(self) -> str:
+        return identity_hash(self.identity())
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """The short hash stored with a run, sweep or series and compared on resume."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def inline_spec(tasks: list[Task]) -> str:
+    """How a list of tasks passed in directly is named in ``runs.tasks_spec`` and hashed: by
+    its content, so a resume with the same tasks matches and one with others does not."""
+    blob = json.dumps([t.model_dump(mode="json") for t in tasks], sort_keys=True)
+    return f"inline:{len(tasks)} tasks sha256={hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+class RunConfig(RunSettings):
+    """One run: which loop, on which tasks, with which model, under which limits."""
+
+    loop: str = Field(description="Loop name, e.g. self-refine.")
+    tasks: str | list[Task] = Field(
+        description="Task spec (PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:NAME) "
+        "or the tasks themselves."
+    )
+    model: ModelRef = Field(
+        "local/smollm2-135m", description="litellm model string, or a Model object."
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N tasks.")
+    run_name: str | None = Field(None, description="Name to resume by; generated if absent.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Loop options.")
+    resume: bool = Field(False, description="Continue the run named run_name.")
+
+    BOOKKEEPING: ClassVar[frozenset[str]] = frozenset({"run_name", "resume", "limit"})
+
+    @property
+    def tasks_spec(self) -> str:
+        """The task spec as stored: the spec given, or an inline list's content hash."""
+        return self.tasks if isinstance(self.tasks, str) else inline_spec(self.tasks)
+
+    @property
+    def model_name(self) -> str:
+        return model_name(self.model)
+
+    def identity(self, options: BaseModel | None = None) -> dict[str, Any]:
+        """What a run computes; ``options`` are the validated loop options, so defaults
+        written out or left implicit hash the same."""
+        ident = super().identity()
+        ident["tasks"] = self.tasks_spec
         if options is not None:
             ident["options"] = options.model_dump(mode="json")
         return ident
 
     def config_hash(self, options: BaseModel | None = None) -> str:
-        blob = json.dumps(self.identity(options), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return identity_hash(self.identity(options))
+
+    def stored(self) -> dict[str, Any]:
+        """The config as ``runs.config`` keeps it (models by name, inline tasks by spec)."""
+        return {**self.model_dump(mode="json", exclude={"tasks"}), "tasks": self.tasks_spec}
 
 
 @dataclass

@@ -10,47 +10,46 @@ from __future__ import annotations
 __all__ = [
     "Progress",
     "RunConfig",
+    "RunPlan",
     "RunResult",
-    "freeze_imports",
-    "make_clients",
+    "RunWork",
     "prepare",
     "run",
     "run_one_task",
-    "task_slots",
 ]
 
 import asyncio
 import contextlib
-import gc
 import json
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from langgraph.errors import GraphRecursionError
 from loopwright.loops.errors import ModelCallError, UserError, unknown
-from loopwright.loops.execution.run_config import Progress, RunConfig, RunResult
+from loopwright.loops.execution.run_config import Progress, RunConfig, RunResult, model_name
+from loopwright.loops.execution.scope import RunScope, in_loop_verifier
 from loopwright.loops.graphs import get_loop
-from loopwright.loops.graphs.base import LoopSpec
-from loopwright.loops.graphs.context import LoopContext
+from loopwright.loops.graphs.base import LoopSpec, run_loop
 from loopwright.loops.models.budget import Budget
-from loopwright.loops.models.client import ModelClient
-from loopwright.loops.models.config import ClientConfig, check_model
+from loopwright.loops.models.config import check_model
 from loopwright.loops.tasks import Task, load_tasks
 from loopwright.loops.verify import (
     VERIFIERS,
+    check_grader,
     check_verifier,
-    grader_for,
     is_oracle,
-    make_verifier,
     resolve,
-    run_check,
+    run_grader,
     verdict_record,
 )
 from loopwright.traces import TaskRecord, TraceStore, TraceWriter, run_by_name, run_summary, utcnow
+from loopwright.traces.records import MODEL_ROLES
+from loopwright.traces.run_queries import finished_counts
 from loopwright.traces.runs import finish_run, insert_run, reopen_run, stored_name
 from loopwright.traces.writer import TraceWriterError
 from pydantic import BaseModel, ValidationError
@@ -63,26 +62,21 @@ def _version() -> str:
         return "0+unknown"
 
 
-_frozen = False
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run: its loop, the validated loop options, and its tasks."""
+
+    spec: LoopSpec[Any]
+    options: BaseModel
+    tasks: list[Task]
+
+    def verifiers_used(self, cfg: RunConfig) -> dict[str, str]:
+        """Task kind -> in-loop verifier name, as the run resolves ``cfg.verifier``."""
+        name = in_loop_verifier(cfg, self.spec, self.options)
+        return {k: resolve(name, k) for k in sorted({t.kind for t in self.tasks})}
 
 
-def freeze_imports() -> None:
-    """Once per process: move what is alive now (the imported litellm, LangGraph, pydantic
-    object graphs, ~10^6 objects) out of the cyclic collector's reach. Each full collection
-    would otherwise walk all of it: ~1 ms of CPU per task at 64 in flight."""
-    global _frozen
-    if not _frozen:
-        gc.collect()
-        gc.freeze()
-        _frozen = True
-
-
-def task_slots(concurrency: int) -> int:
-    """Tasks in progress at once for ``concurrency`` requests in flight (1 stays sequential)."""
-    return concurrency + concurrency // 4
-
-
-def prepare(cfg: RunConfig) -> tuple[LoopSpec[Any], BaseModel, list[Task]]:
+def prepare(cfg: RunConfig) -> RunPlan:
     """Validate everything a user can get wrong before anything is written."""
     spec = get_loop(cfg.loop)
     try:
@@ -91,24 +85,51 @@ def prepare(cfg: RunConfig) -> tuple[LoopSpec[Any], BaseModel, list[Task]]:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "options"
         raise UserError(f"{cfg.loop} option {field}: {err['msg']}") from None
-    check_model(cfg.model, cfg.connection.api_base, cfg.connection.transport)
-    for role, model in cfg.role_models.items():
-        if role not in ROLES:
-            raise unknown("role", role, ROLES)
-        check_model(model, cfg.connection.api_base, cfg.connection.transport)
+    _check_models(cfg)
     from loopwright.sandboxes import BACKENDS
 
     if cfg.sandbox not in BACKENDS:
         raise unknown("sandbox backend", cfg.sandbox, BACKENDS)
     check_verifier(cfg.verifier, cfg.verifier_options)
-    tasks = load_tasks(cfg.tasks, cfg.limit)
+    check_grader(cfg.grader)
+    tasks = _load_tasks(cfg)
     _check_verifier_applies(cfg, tasks)
-    return spec, options, tasks
+    return RunPlan(spec, options, tasks)
 
 
-ROLES = ("generator", "critic", "refiner", "reflector", "judge", "value", "verifier", "expander",
-         "rollout")  # fmt: skip
-"""Roles a model can be chosen for with ``--role-model ROLE=MODEL``."""
+def _check_models(cfg: RunConfig) -> None:
+    """Every model string names a model that can run here; a model object is used as it is,
+    and no other model may go by its name (the trace tells models apart by name)."""
+    for role in cfg.role_models:
+        if role not in MODEL_ROLES:
+            raise unknown("role", role, MODEL_ROLES)
+    seen: dict[str, Any] = {}
+    for model in (cfg.model, *cfg.role_models.values()):
+        name = model_name(model)
+        if name not in seen:
+            seen[name] = model
+            if isinstance(model, str):
+                check_model(model, cfg.connection.api_base, cfg.connection.transport)
+        elif seen[name] is not model and not (
+            isinstance(seen[name], str) and isinstance(model, str)
+        ):
+            # a model object and anything else under its name: the trace could not tell them apart
+            raise UserError(f"two different models are named {name!r}: give each its own name")
+
+
+def _load_tasks(cfg: RunConfig) -> list[Task]:
+    if isinstance(cfg.tasks, str):
+        return load_tasks(cfg.tasks, cfg.limit)
+    tasks = cfg.tasks[: cfg.limit]
+    if not tasks:
+        raise UserError("the task list is empty: give at least one Task")
+    ids = [t.id for t in tasks]
+    twice = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
+    if twice is not None:
+        raise UserError(
+            f"task id {twice!r} is given twice: ids must be unique (resume keys on them)"
+        )
+    return tasks
 
 
 def _check_verifier_applies(cfg: RunConfig, tasks: list[Task]) -> None:
@@ -124,38 +145,38 @@ def _check_verifier_applies(cfg: RunConfig, tasks: list[Task]) -> None:
         )
 
 
-def verifiers_used(cfg: RunConfig, tasks: list[Task]) -> dict[str, str]:
-    """Task kind -> in-loop verifier name, as the run resolves ``cfg.verifier``."""
-    return {k: resolve(cfg.verifier, k) for k in sorted({t.kind for t in tasks})}
-
-
-def _stored_config(cfg: RunConfig, tasks: list[Task]) -> dict[str, Any]:
+def _stored_config(cfg: RunConfig, plan: RunPlan) -> dict[str, Any]:
     """``runs.config``: the run's settings plus the verifiers it resolved and whether any of
     them read the answer key (``oracle``), which every view of the run shows."""
-    used = verifiers_used(cfg, tasks)
-    return {
-        **cfg.model_dump(mode="json"),
-        "verifiers": used,
-        "oracle": any(is_oracle(v) for v in used.values()),
-    }
+    used = plan.verifiers_used(cfg)
+    return {**cfg.stored(), "verifiers": used, "oracle": any(is_oracle(v) for v in used.values())}
+
+
+@dataclass(frozen=True)
+class RunWork:
+    """What an executor is handed: the run, the tasks still to do, and where results go."""
+
+    cfg: RunConfig
+    run_id: str
+    writer: TraceWriter
+    todo: list[Task]
+    index: dict[str, int]
+    """Task id -> its position in the task set (``tasks.idx``)."""
+    finished: Callable[[TaskRecord], None]
+    """Called once per task, with its final record, as it ends."""
 
 
 async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = None) -> RunResult:
     """Execute (or resume) a run and return its summary."""
-    spec, options, tasks = prepare(cfg)
+    plan = prepare(cfg)
     store = TraceStore(cfg.db)
     writer = TraceWriter(store)
     try:
-        run_id, name, todo, started = _open_run(store, cfg, tasks, cfg.config_hash(options))
-        progress = Progress(total=len(tasks), skipped=len(tasks) - len(todo))
+        run_id, name, todo, started = _open_run(store, cfg, plan)
+        progress = Progress(total=len(plan.tasks), skipped=len(plan.tasks) - len(todo))
         progress.done = progress.skipped
         if progress.skipped:  # a resumed run's bar and pass rate include what was already done
-            row = store.query(
-                "SELECT count(*) FILTER (WHERE graded) AS passed, coalesce(sum(total_tokens), 0) "
-                "AS tokens FROM tasks WHERE run_id = ? AND status = 'done'",
-                [run_id],
-            )[0]
-            progress.passed, progress.tokens = int(row["passed"]), int(row["tokens"])
+            progress.passed, progress.tokens = finished_counts(store, run_id)
         if on_progress:
             on_progress(progress)
 
@@ -167,14 +188,16 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
             if on_progress:
                 on_progress(progress)
 
+        index = {t.id: i for i, t in enumerate(plan.tasks)}
+        work = RunWork(cfg, run_id, writer, todo, index, finished)
         status = "interrupted"
         try:
             if cfg.executor == "ray":  # ray is imported there, never on the default path
                 from loopwright.loops.execution.ray_executor import run_tasks
 
-                await run_tasks(cfg, run_id, tasks, todo, writer, finished)
+                await run_tasks(work)
             else:
-                await _run_local(cfg, spec, options, run_id, tasks, todo, writer, finished)
+                await _run_local(work)
             status = "done"
         except TraceWriterError:
             pass  # writer.failed says why; the run is closed as failed below
@@ -202,68 +225,30 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
         store.close()
 
 
-def make_clients(
-    cfg: RunConfig, writer: TraceWriter
-) -> tuple[ModelClient, dict[str, ModelClient], dict[str, ModelClient]]:
-    """The run's client, one client per model (shared by its roles), and role -> client."""
-    base_cfg = ClientConfig.of(cfg.model, cfg.connection)
-    client = ModelClient(base_cfg, writer=writer)
-    by_model = {cfg.model: client}
-    for model in cfg.role_models.values():
-        if model not in by_model:
-            by_model[model] = ModelClient(
-                base_cfg.model_copy(update={"model": model}), writer=writer
-            )
-    return client, by_model, {role: by_model[m] for role, m in cfg.role_models.items()}
-
-
-async def _run_local(
-    cfg: RunConfig,
-    spec: LoopSpec[Any],
-    options: BaseModel,
-    run_id: str,
-    tasks: list[Task],
-    todo: list[Task],
-    writer: TraceWriter,
-    finished: Callable[[TaskRecord], None],
-) -> None:
-    """Run ``todo`` in this process, ``task_slots(concurrency)`` tasks at a time."""
-    client, by_model, clients = make_clients(cfg, writer)
-    pool: dict[tuple[str, str | None], ModelClient] = {}  # loop options' own models
-    graph = spec.build()
-    freeze_imports()
-    run_budget = Budget(cfg.run_budget)
-    # Requests are bounded by the client; tasks get a little slack beyond that. With
-    # exactly `concurrency` tasks a slot only reopens after a finished task's verify,
-    # grade and trace work, which on a burst of answers all interleave on the event
-    # loop: the next requests then leave late every round (0.83 vs 0.90 of the ideal
-    # rate at 64 in flight, benchmarks/throughput.py).
-    sem = asyncio.Semaphore(task_slots(cfg.connection.concurrency))
-    index = {t.id: i for i, t in enumerate(tasks)}
+async def _run_local(work: RunWork) -> None:
+    """Run ``work.todo`` in this process, ``task_slots(concurrency)`` tasks at a time."""
+    scope = RunScope.build(work.cfg, work.run_id, work.writer)
 
     async def one(task: Task) -> None:
-        async with sem:
-            rec = await run_one_task(
-                cfg, spec, graph, options, client, writer, run_id, task, index[task.id],
-                run_budget, clients, pool,
-            )  # fmt: skip
-        finished(rec)
+        async with scope.slots:
+            rec = await run_one_task(scope, task, work.index[task.id])
+        work.finished(rec)
 
     try:
-        await asyncio.gather(*(one(t) for t in todo))
+        await asyncio.gather(*(one(t) for t in work.todo))
     finally:
-        for c in [*by_model.values(), *pool.values()]:
-            await c.aclose()
+        await scope.aclose()
 
 
 def _open_run(
-    store: TraceStore, cfg: RunConfig, tasks: list[Task], config_hash: str
+    store: TraceStore, cfg: RunConfig, plan: RunPlan
 ) -> tuple[str, str, list[Task], bool]:
     """The run's id and stored name, the tasks still to run, and whether it was created now."""
     if cfg.resume and not cfg.run_name:
         raise UserError("--resume needs --run-name NAME of the run to continue")
     # The name as stored: text UTF-8 cannot encode is repaired on the way into the store.
     name = stored_name(cfg.run_name or f"{cfg.loop}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    config_hash = cfg.config_hash(plan.options)
     row = run_by_name(store, name)
     if cfg.resume and row is not None:
         if row["config_hash"] != config_hash:
@@ -273,7 +258,7 @@ def _open_run(
             )
         run_id = row["run_id"]
         done = reopen_run(store, run_id)
-        todo = [t for t in tasks if t.id not in done]
+        todo = [t for t in plan.tasks if t.id not in done]
         return run_id, name, todo, False
     # --resume of a run the store does not hold: it was stopped before its run row was
     # committed, so nothing of it was stored; it starts now, under that name.
@@ -286,69 +271,41 @@ def _open_run(
         store,
         name=name,
         loop=cfg.loop,
-        model=cfg.model,
-        tasks_spec=cfg.tasks,
-        config=json.dumps(_stored_config(cfg, tasks)),
+        model=cfg.model_name,
+        tasks_spec=cfg.tasks_spec,
+        config=json.dumps(_stored_config(cfg, plan)),
         config_hash=config_hash,
         seed=cfg.seed,
         version=_version(),
     )
-    return run_id, name, tasks, True
+    return run_id, name, plan.tasks, True
 
 
 async def run_one_task(
-    cfg: RunConfig,
-    spec: LoopSpec[Any],
-    graph: Any,
-    options: BaseModel,
-    client: ModelClient,
-    writer: TraceWriter,
-    run_id: str,
-    task: Task,
-    idx: int,
-    run_budget: Budget,
-    clients: dict[str, ModelClient] | None = None,
-    pool: dict[tuple[str, str | None], ModelClient] | None = None,
+    scope: RunScope, task: Task, idx: int, run_budget: Budget | None = None
 ) -> TaskRecord:
-    budget = Budget(cfg.budget, parent=run_budget)
-    ctx = LoopContext(
-        task=task.blind(),  # the loop never sees the answer key; the grader below does
-        client=client,
-        clients=clients or {},
-        pool=pool if pool is not None else {},
-        verifier=make_verifier(
-            cfg.verifier, task, options=cfg.verifier_options, sandbox=cfg.sandbox
-        ),
-        budget=budget,
-        options=options,
-        loop=spec.name,
-        run_id=run_id,
-        seed=cfg.seed,
-        writer=writer,
-    )
+    """Run the loop on one task, grade its answer, and write the task's records; returns
+    its final ``tasks`` row. ``run_budget`` replaces the scope's (a Ray worker's share)."""
+    cfg, writer = scope.cfg, scope.writer
+    budget = Budget(cfg.budget, parent=run_budget or scope.run_budget)
+    ctx = scope.context(task, budget)
     started = utcnow()
     t0 = time.perf_counter()
     base = TaskRecord(
-        run_id=run_id,
+        run_id=scope.run_id,
         task_id=task.id,
         idx=idx,
         kind=task.kind,
         prompt=task.prompt,
         reference=task.reference,
+        answer_key=task.answer_key(),
         status="running",
         started_at=started,
     )
     writer.write(base)
     status, error, outcome = "done", None, None
     try:
-        final = await graph.ainvoke(
-            spec.initial_state(ctx),
-            config={
-                "configurable": {"loopwright": ctx},
-                "recursion_limit": spec.recursion_limit(options),
-            },
-        )
-        outcome = spec.outcome(ctx, final)
+        outcome = await run_loop(scope.spec, scope.graph, ctx)
     except ModelCallError as exc:
         status, error = "failed", f"model call failed: {exc}"
     except GraphRecursionError as exc:  # a loop bug; keep the task's record, not the run
@@ -359,10 +316,10 @@ async def run_one_task(
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
     graded = None
     if outcome is not None and outcome.final_node_id is not None:
-        grader = grader_for(task, sandbox=cfg.sandbox)
+        grader = scope.grader_for(task)
         if grader is not None:
             try:
-                v = await run_check(grader, task, outcome.final_text or "")
+                v = await run_grader(grader, task, outcome.final_text or "")
             except UserError:
                 raise
             except Exception as exc:  # the task's record says so; the run goes on
@@ -371,8 +328,8 @@ async def run_one_task(
                 graded = v.passed
                 writer.write(
                     verdict_record(
-                        v, run_id=run_id, task_id=task.id, node_id=outcome.final_node_id,
-                        stage="graded",
+                        v, run_id=scope.run_id, task_id=task.id,
+                        node_id=outcome.final_node_id, stage="graded",
                     )
                 )  # fmt: skip
         for node in ctx.nodes:

@@ -23,17 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from loopwright.loops.errors import UserError
 from loopwright.loops.execution.grid import GridEntry, parse_grid
-from loopwright.loops.models.budget import BudgetLimits
-from loopwright.loops.models.config import Connection, nest_connection
-from loopwright.traces.queries import in_list
-from loopwright.traces.records import ANSWER_ROLES
+from loopwright.loops.execution.run_config import ModelRef, RunSettings, model_name
+from loopwright.loops.models.base import Model
+from loopwright.traces.run_queries import ungraded_answers
 from loopwright.traces.runs import failed_tasks, run_status
 from loopwright.traces.store import TraceStore
 from loopwright.traces.sweeps import (
@@ -43,45 +41,28 @@ from loopwright.traces.sweeps import (
     set_sweep_status,
     sweep_by_name,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
+
+if TYPE_CHECKING:
+    from loopwright.loops.execution.run_config import RunConfig
 
 
-class SweepConfig(BaseModel):
+class SweepConfig(RunSettings):
     """One sweep: tasks, models, grid, seeds, and the run settings every point shares."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="Sweep name; re-running the same name resumes it.")
     tasks: str = Field(description="Task spec, as for `loopwright run`.")
-    models: tuple[str, ...] = Field(("local/smollm2-135m",), description="litellm models.")
+    models: tuple[ModelRef, ...] = Field(
+        ("local/smollm2-135m",), description="Models: litellm model strings or Model objects."
+    )
     grid: str = Field(description="Strategies and values, see the module docstring.")
-    seeds: int = Field(1, ge=1, le=100, description="Seeds 0..seeds-1 per point.")
+    seeds: int = Field(
+        1, ge=1, le=100, description="Seeds per point: seed, seed+1, ..., seed+seeds-1."
+    )
     limit: int | None = Field(None, ge=1, description="Only the first N tasks.")
-    db: str = Field("loopwright.duckdb", description="Trace database.")
-    sandbox: str = Field("bwrap", description="Sandbox for code tests and grading.")
-    budget: BudgetLimits = Field(default_factory=BudgetLimits, description="Per-task limits.")
-    connection: Connection = Field(
-        default_factory=Connection,
-        description="Endpoint, transport, requests in flight per run, retries and the call "
-        "cache the points share; may be given flat (concurrency=8).",
-    )
     grade: bool = Field(True, description="Grade every answer after each run.")
-    verifier: str = Field(
-        "auto", description="In-loop verifier of every point (a grid entry may override it)."
-    )
-    verifier_options: dict[str, Any] = Field(
-        default_factory=dict, description="Options of the in-loop verifier."
-    )
-    role_models: dict[str, str] = Field(
-        default_factory=dict, description="Model per role; roles not named use the point's."
-    )
-    executor: Literal["local", "ray"] = Field(
-        "local", description="Where each run's tasks run (runner.RunConfig.executor)."
-    )
-    ray_address: str | None = Field(None, description="Ray cluster to join; none: a local one.")
-    workers: int | None = Field(None, ge=1, description="Ray worker actors, kept for all runs.")
 
-    _flat = model_validator(mode="before")(nest_connection)
+    BOOKKEEPING: ClassVar[frozenset[str]] = frozenset({"name", "grade"})
 
     @field_validator("name")
     @classmethod
@@ -92,19 +73,16 @@ class SweepConfig(BaseModel):
 
     @field_validator("models")
     @classmethod
-    def _models(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        twice = [m for i, m in enumerate(v) if m in v[:i]]
+    def _models(cls, v: tuple[str | Model, ...]) -> tuple[str | Model, ...]:
+        names = [model_name(m) for m in v]
+        twice = [m for i, m in enumerate(names) if m in names[:i]]
         if twice:
             raise ValueError(f"model {twice[0]!r} is given twice")
         return v
 
-    def identity_hash(self) -> str:
-        """What must match for a re-run to resume this sweep."""
-        keep = self.model_dump(mode="json", include={"tasks", "models", "grid", "seeds", "limit",
-                                                     "budget", "verifier",
-                                                     "verifier_options", "role_models"})  # fmt: skip
-        keep["api_base"] = self.connection.api_base
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    def model_named(self, name: str) -> str | Model:
+        """The sweep's model recorded as ``name`` (a point's ``model``)."""
+        return next(m for m in self.models if model_name(m) == name)
 
 
 class PointPlan(PointRow):
@@ -120,14 +98,15 @@ def _short(model: str) -> str:
 def plan(cfg: SweepConfig, entries: list[GridEntry]) -> list[PointPlan]:
     """Every point; points of one shared run follow the run's own point (largest N first)."""
     points: list[PointPlan] = []
-    shorts = [_short(m) for m in cfg.models]
-    for model in cfg.models:
+    names = [model_name(m) for m in cfg.models]
+    shorts = [_short(m) for m in names]
+    for model in names:
         short = _short(model)
         if shorts.count(short) > 1:  # openai/x and azure/x must not share run names
             short = _short(model.replace("/", "-"))
         for entry in entries:
             values = sorted(entry.values, key=_sort_key, reverse=True) or [None]
-            for seed in range(cfg.seeds):
+            for seed in range(cfg.seed, cfg.seed + cfg.seeds):
                 top = values[0]
                 for v in values:
                     run_v = top if entry.shared else v
@@ -163,7 +142,7 @@ def open_sweep(cfg: SweepConfig, points: list[PointPlan]) -> str:
     with TraceStore(cfg.db) as store:
         row = sweep_by_name(store, cfg.name)
         if row:
-            if row["config_hash"] != cfg.identity_hash():
+            if row["config_hash"] != cfg.config_hash():
                 raise UserError(
                     f"sweep {cfg.name!r} already exists in {cfg.db} with other tasks, models, "
                     "grid or seeds: re-run it with the same arguments or pick another --name"
@@ -176,7 +155,7 @@ def open_sweep(cfg: SweepConfig, points: list[PointPlan]) -> str:
             tasks_spec=cfg.tasks,
             grid=cfg.grid,
             config=cfg.model_dump_json(),
-            config_hash=cfg.identity_hash(),
+            config_hash=cfg.config_hash(),
             points=points,
         )
 
@@ -203,7 +182,7 @@ class SweepEvent(BaseModel):
 
 def validate(cfg: SweepConfig) -> tuple[list[GridEntry], list[PointPlan]]:
     """Everything a user can get wrong, checked before anything runs."""
-    from loopwright.loops.execution.runner import RunConfig, prepare
+    from loopwright.loops.execution.runner import prepare
 
     entries = parse_grid(cfg.grid)
     points = plan(cfg, entries)
@@ -213,18 +192,22 @@ def validate(cfg: SweepConfig) -> tuple[list[GridEntry], list[PointPlan]]:
         if key in seen:
             continue
         seen.add(key)
-        prepare(_run_config(cfg, p, RunConfig))
+        prepare(run_config(cfg, p))
     return entries, points
 
 
-def _run_config(cfg: SweepConfig, p: PointPlan, run_config: Any, resume: bool = False) -> Any:
-    return run_config(
-        loop=p.loop, tasks=cfg.tasks, model=p.model, connection=cfg.connection, limit=cfg.limit,
-        db=cfg.db, run_name=p.run_name, seed=p.seed,
-        budget=cfg.budget, options=p.options, sandbox=cfg.sandbox,
-        resume=resume, verifier=p.verifier or cfg.verifier,
-        verifier_options={} if p.verifier else cfg.verifier_options, role_models=cfg.role_models,
-        executor=cfg.executor, ray_address=cfg.ray_address, workers=cfg.workers,
+def run_config(cfg: SweepConfig, p: PointPlan, resume: bool = False) -> RunConfig:
+    """The run that produces point ``p``: the sweep's settings, the point's loop, model,
+    seed and options (a grid entry's own verifier replaces the sweep's and its options)."""
+    from loopwright.loops.execution.run_config import RunConfig
+
+    settings = cfg.settings()
+    if p.verifier:
+        settings.update(verifier=p.verifier, verifier_options={})
+    return RunConfig(
+        **{**settings, "seed": p.seed}, loop=p.loop, tasks=cfg.tasks,
+        model=cfg.model_named(p.model), limit=cfg.limit, run_name=p.run_name,
+        options=p.options, resume=resume,
     )  # fmt: skip
 
 
@@ -255,7 +238,7 @@ def _run_points(
 ) -> int:
     """Run (or resume) each run of the sweep in turn; returns how many failed."""
     from loopwright.loops.execution.grade import grade_run
-    from loopwright.loops.execution.runner import RunConfig, run
+    from loopwright.loops.execution.runner import run
 
     runs = list(dict.fromkeys(p.run_name for p in points))
     failed = 0
@@ -276,7 +259,7 @@ def _run_points(
         try:
             if state != "done" or broken:  # resuming a run redoes its failed tasks
                 emit("start")
-                asyncio.run(run(_run_config(cfg, p, RunConfig, resume=state is not None),
+                asyncio.run(run(run_config(cfg, p, resume=state is not None),
                                 on_progress=on_run_progress))  # fmt: skip
             if cfg.grade:
                 emit("grade")
@@ -311,13 +294,4 @@ def _graded(cfg: SweepConfig, run_name: str) -> bool:
     if not cfg.grade:
         return True
     with TraceStore(cfg.db) as store:
-        rows = store.query(
-            "SELECT count(*) AS n FROM nodes n JOIN runs r USING (run_id) "
-            f"WHERE r.name = ? AND {in_list('n.role', ANSWER_ROLES)} "
-            "AND coalesce(trim(n.content), '') <> '' "
-            "AND EXISTS (SELECT 1 FROM verdicts v WHERE v.node_id = n.node_id "
-            "AND v.stage = 'in_loop') AND NOT EXISTS (SELECT 1 FROM verdicts v "
-            "WHERE v.node_id = n.node_id AND v.stage = 'graded')",
-            [run_name],
-        )
-    return int(rows[0]["n"]) == 0
+        return ungraded_answers(store, run_name) == 0

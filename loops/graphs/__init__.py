@@ -1,8 +1,8 @@
 """Loop graphs by name.
 
 Built-in loops are imported on first use (``get_loop``), so a loop's module loads only when
-it runs. Users add their own graphs with ``register(spec)``; they then run from the runner
-and the CLI like the built-in ones.
+it runs. Users add their own with ``@loop`` (``loopwright.loops``), which calls
+``register_loop(spec)``; they then run from the runner and the CLI like the built-in ones.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from loopwright.loops.errors import unknown
-from loopwright.loops.graphs.base import LoopOutcome, LoopSpec, budget_guard
-from loopwright.loops.graphs.self_refine import SELF_REFINE, SelfRefineOptions
+from loopwright.loops.errors import UserError, unknown
+from loopwright.loops.graphs.base import LoopOutcome, LoopSpec, budget_guard, run_loop
 
 _BUILTIN: dict[str, tuple[str, str]] = {
     "self-refine": ("self_refine", "SELF_REFINE"),
@@ -27,10 +26,11 @@ _BUILTIN: dict[str, tuple[str, str]] = {
 _REGISTERED: dict[str, LoopSpec[Any]] = {}
 
 
-def register(spec: LoopSpec[Any]) -> LoopSpec[Any]:
-    """Make ``spec`` runnable by name (``loopwright run NAME`` / ``RunConfig(loop=NAME)``)."""
+def register_loop(spec: LoopSpec[Any]) -> LoopSpec[Any]:
+    """Make ``spec`` runnable by name (``loopwright run NAME`` / ``RunConfig(loop=NAME)``);
+    registering a name again replaces the earlier loop."""
     if spec.name in _BUILTIN:
-        raise ValueError(f"{spec.name!r} is a built-in loop; choose another name")
+        raise UserError(f"{spec.name!r} is a built-in loop; choose another name")
     _REGISTERED[spec.name] = spec
     return spec
 
@@ -54,20 +54,13 @@ def all_loops() -> dict[str, LoopSpec[Any]]:
     return {name: get_loop(name) for name in loop_names()}
 
 
-def __getattr__(name: str) -> Any:
-    if name == "LOOPS":  # kept for callers that want the dict
-        return all_loops()
-    raise AttributeError(name)
-
-
 __all__ = [
-    "SELF_REFINE",
     "LoopOutcome",
     "LoopSpec",
-    "SelfRefineOptions",
     "all_loops",
     "budget_guard",
     "get_loop",
     "loop_names",
-    "register",
+    "register_loop",
+    "run_loop",
 ]

@@ -22,12 +22,10 @@ the partial they rate.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
 from loopwright.loops.errors import BudgetExhausted, UserError
-from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard
 from loopwright.loops.graphs.beam_score import (
     SCORERS,
     Partial,
@@ -37,6 +35,7 @@ from loopwright.loops.graphs.beam_score import (
     step_prompt,
 )
 from loopwright.loops.graphs.common import (
+    END,
     add_candidate,
     max_tokens_for,
     messages,
@@ -48,6 +47,9 @@ from loopwright.loops.graphs.common import (
 )
 from loopwright.loops.models.config import Sample
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
 
 Scorer = Literal["value", "prm", "rollout"]
 Variant = Literal["beam", "dvts"]
@@ -143,8 +145,10 @@ def best_terminal(terminals: Sequence[Partial]) -> Partial | None:
 # -- nodes -------------------------------------------------------------------------------------
 
 
-def _child(ctx: LoopContext, s: Sample, parent: Partial | None, tree: int, depth: int) -> Partial:
-    opts: BeamOptions = ctx.options  # type: ignore[assignment]
+def _child(
+    ctx: LoopContext[BeamOptions], s: Sample, parent: Partial | None, tree: int, depth: int
+) -> Partial:
+    opts = ctx.options
     step = split_step(s.text, opts.delimiter)
     content = parent["text"] + opts.delimiter + step if parent else step
     cand = add_candidate(
@@ -163,9 +167,9 @@ def _child(ctx: LoopContext, s: Sample, parent: Partial | None, tree: int, depth
 
 
 @budget_guard
-async def expand(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts: BeamOptions = ctx.options  # type: ignore[assignment]
+async def expand(state: State, runtime: Runtime[LoopContext[BeamOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     depth = state["depth"]
     parents: list[Partial | None] = (
         list(state["beams"]) if depth else [None] * opts.beam_width  # beam_width empty roots
@@ -195,10 +199,10 @@ async def expand(state: State, config: RunnableConfig) -> dict[str, Any]:
 
 
 @budget_guard
-async def score(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def score(state: State, runtime: Runtime[LoopContext[BeamOptions]]) -> dict[str, Any]:
     """Verify terminal children; rate the rest (and terminals, without a verifier)."""
-    ctx = ctx_of(config)
-    opts: BeamOptions = ctx.options  # type: ignore[assignment]
+    ctx = runtime.context
+    opts = ctx.options
     children = list(state["children"])
     if ctx.verifier is not None:
         done = [i for i, c in enumerate(children) if c["terminal"]]
@@ -218,8 +222,8 @@ async def score(state: State, config: RunnableConfig) -> dict[str, Any]:
     return update
 
 
-async def select(state: State, config: RunnableConfig) -> dict[str, Any]:
-    opts: BeamOptions = ctx_of(config).options  # type: ignore[assignment]
+async def select(state: State, runtime: Runtime[LoopContext[BeamOptions]]) -> dict[str, Any]:
+    opts = runtime.context.options
     children = state["children"]
     finished = [c for c in children if c["terminal"]]
     kept = select_beams(children, opts.beam_width, opts.variant)
@@ -239,9 +243,9 @@ async def select(state: State, config: RunnableConfig) -> dict[str, Any]:
     }
 
 
-async def finish(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def finish(state: State, runtime: Runtime[LoopContext[BeamOptions]]) -> dict[str, Any]:
     """Stopped before anything finished (budget): verify the best open partial and offer it."""
-    ctx = ctx_of(config)
+    ctx = runtime.context
     beams = state.get("beams") or []
     if state.get("terminals") or not beams:
         return {}
@@ -259,7 +263,9 @@ async def after_select(state: State) -> str:
 
 
 def build() -> Any:
-    g = StateGraph(State)
+    from langgraph.graph import START, StateGraph
+
+    g = StateGraph(State, context_schema=LoopContext)
     g.add_node("expand", expand)
     g.add_node("score", score)
     g.add_node("select", select)
@@ -272,8 +278,8 @@ def build() -> Any:
     return g.compile()
 
 
-def initial_state(ctx: LoopContext) -> dict[str, Any]:
-    opts: BeamOptions = ctx.options  # type: ignore[assignment]
+def initial_state(ctx: LoopContext[BeamOptions]) -> dict[str, Any]:
+    opts = ctx.options
     if opts.scorer == "rollout" and ctx.verifier is None:
         raise UserError(
             f"beam scorer=rollout needs an in-loop verifier, and task {ctx.task.id!r} "
@@ -282,11 +288,11 @@ def initial_state(ctx: LoopContext) -> dict[str, Any]:
     return {"beams": [], "children": [], "terminals": [], "depth": 0, "stop_reason": None}
 
 
-def outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
+def outcome(ctx: LoopContext[BeamOptions], state: dict[str, Any]) -> LoopOutcome:
     terminals: list[Partial] = state.get("terminals") or []
     chosen = best_terminal(terminals)
     reason = state.get("stop_reason") or "completed"
-    return common_outcome(terminals, chosen, reason, rounds=state.get("depth", 0))  # type: ignore[arg-type]
+    return common_outcome(terminals, chosen, reason, rounds=state.get("depth", 0))
 
 
 BEAM: LoopSpec[BeamOptions] = LoopSpec(

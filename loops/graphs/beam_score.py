@@ -126,9 +126,9 @@ def judge_value(text: str) -> float | None:
     return None if score is None else (score - 1) / 9
 
 
-async def value_scores(ctx: LoopContext, parts: Sequence[Partial]) -> Scores:
+async def value_scores(ctx: LoopContext[BeamOptions], parts: Sequence[Partial]) -> Scores:
     """An LLM rates each partial; the reply is a ``value`` node under the partial."""
-    opts: BeamOptions = ctx.options  # type: ignore[assignment]
+    opts = ctx.options
 
     def job(i: int, p: Partial) -> Callable[[], Awaitable[list[Sample]]]:
         prompt = render(PROMPTS, "value", question=ctx.task.prompt.rstrip(), partial=p["text"])
@@ -161,11 +161,11 @@ async def value_scores(ctx: LoopContext, parts: Sequence[Partial]) -> Scores:
     return values, reason
 
 
-async def prm_scores(ctx: LoopContext, parts: Sequence[Partial]) -> Scores:
+async def prm_scores(ctx: LoopContext[BeamOptions], parts: Sequence[Partial]) -> Scores:
     """A process reward model scores each partial (on its own scale; None on failure)."""
     from loopwright.tools.reward_model import RewardModel
 
-    opts: BeamOptions = ctx.options  # type: ignore[assignment]
+    opts = ctx.options
     assert opts.prm_api_base is not None and opts.prm_model is not None  # options validated
     prm = RewardModel(
         opts.prm_api_base,
@@ -182,14 +182,14 @@ async def prm_scores(ctx: LoopContext, parts: Sequence[Partial]) -> Scores:
     return [None if r is None else r.score for r in got], reason
 
 
-async def rollout_scores(ctx: LoopContext, parts: Sequence[Partial]) -> Scores:
+async def rollout_scores(ctx: LoopContext[BeamOptions], parts: Sequence[Partial]) -> Scores:
     """Complete each partial ``rollouts`` times; value = fraction the in-loop verifier passes.
 
     Rollouts are ``rollout`` nodes under the partial, each with its verdict row. On code
     tasks a rollout is the whole function the model wrote; otherwise the partial plus the
     continuation.
     """
-    opts: BeamOptions = ctx.options  # type: ignore[assignment]
+    opts = ctx.options
     code = ctx.task.kind == "code"
     key = "rollout_code" if code else "rollout"
     tokens = opts.code_max_tokens if code else opts.rollout_max_tokens
@@ -228,7 +228,7 @@ async def rollout_scores(ctx: LoopContext, parts: Sequence[Partial]) -> Scores:
     return values, reason
 
 
-SCORERS: dict[str, Callable[[LoopContext, Sequence[Partial]], Awaitable[Scores]]] = {
+SCORERS: dict[str, Callable[[LoopContext[BeamOptions], Sequence[Partial]], Awaitable[Scores]]] = {
     "value": value_scores,
     "prm": prm_scores,
     "rollout": rollout_scores,

@@ -2,8 +2,12 @@
 
 Sampling is ONE ``ctx.sample(n=N)`` request (the model client fans out by itself when the
 provider cannot take ``n>1``). Every sample is a ``generator`` node (no parent, depth 0, round =
-the request it came from). When the task has a verifier every sample is verified, whatever the
-selector, so each node carries a pass/fail label for harvesting.
+the request it came from). When the loop has a verifier every sample is verified, whatever the
+selector, so each node carries a pass/fail label for harvesting. A selection that ignores
+verdicts (``uses_verdicts``: majority, logprob, judge, reward, or a vote weighted by anything but
+the verifier, without rejection) gets no verifier under ``--verifier auto``, so it pays for no
+verifier calls; name one (``--verifier self``, ``--verifier visible-tests``, ...) to label the
+samples anyway.
 
 Selectors (``best_of_n_select``): ``verifier`` (first passing sample; plain majority when the
 task has no verifier), ``majority`` and ``weighted`` vote over normalised answers, ``logprob``
@@ -28,14 +32,13 @@ import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
 from loopwright.loops.errors import BudgetExhausted, UserError
-from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard
 from loopwright.loops.graphs.best_of_n_select import Selector, WeightBy, select
 from loopwright.loops.graphs.common import (
+    END,
     Candidate,
     add_candidate,
     draft_prompt,
@@ -51,6 +54,9 @@ from loopwright.loops.verify import Verdict, verdict_record
 from loopwright.tools.judge import Judge
 from loopwright.tools.reward_model import RewardEndpoint, RewardModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
 
 
 class BestOfNOptions(BaseModel):
@@ -82,7 +88,9 @@ class BestOfNOptions(BaseModel):
     def scorer(self) -> Literal["judge", "reward"] | None:
         """The external scorer the selection needs, if any."""
         used = self.weight_by if self.selector == "weighted" else self.selector
-        return used if used in ("judge", "reward") else None  # type: ignore[return-value]
+        if used == "judge":
+            return "judge"
+        return "reward" if used == "reward" else None
 
     def reward(self) -> RewardModel:
         """The reward model client; a bad URL or a missing key is a UserError."""
@@ -111,19 +119,16 @@ class BestOfNOptions(BaseModel):
 class State(TypedDict, total=False):
     cands: list[Candidate]
     checked: int
+    next: str  # the step after check, decided there
     requests: int
     signals: dict[str, float | None]
     chosen_id: str | None
     stop_reason: str | None
 
 
-def _opts(ctx: LoopContext) -> BestOfNOptions:
-    return ctx.options  # type: ignore[return-value]
-
-
-def _rejecting(ctx: LoopContext) -> bool:
+def _rejecting(ctx: LoopContext[BestOfNOptions]) -> bool:
     """Rejection mode needs a verifier to stop on; without one all n come in one request."""
-    return _opts(ctx).rejection and ctx.verifier is not None
+    return ctx.options.rejection and ctx.verifier is not None
 
 
 def calls_left(budget: Budget | None) -> int | None:
@@ -142,9 +147,9 @@ def _fit(budget: Budget, want: int, per: int = 1) -> tuple[int, str | None]:
 
 
 @budget_guard
-async def sample(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+async def sample(state: State, runtime: Runtime[LoopContext[BestOfNOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     drawn, round_ = len(state["cands"]), state["requests"]
     want = min(opts.batch_size, opts.n - drawn) if _rejecting(ctx) else opts.n
     k, short = _fit(ctx.budget, want)
@@ -166,17 +171,31 @@ async def sample(state: State, config: RunnableConfig) -> dict[str, Any]:
     return update
 
 
-async def check(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def check(state: State, runtime: Runtime[LoopContext[BestOfNOptions]]) -> dict[str, Any]:
     """Verify the samples not verified yet (all of them, whatever the selector)."""
-    ctx = ctx_of(config)
+    ctx = runtime.context
     cands, done = list(state["cands"]), state["checked"]
     if ctx.verifier is not None and done < len(cands):
         cands[done:] = await verify_all(ctx, cands[done:])
-    return {"cands": cands, "checked": len(cands)}
+    step = _after_check(ctx, cands, stopped=bool(state.get("stop_reason")))
+    return {"cands": cands, "checked": len(cands), "next": step}
+
+
+def _after_check(ctx: LoopContext[BestOfNOptions], cands: list[Candidate], stopped: bool) -> str:
+    """Sample again (rejection mode), score the samples, or choose one."""
+    if stopped:  # the budget is spent: choose from what was drawn
+        return "choose"
+    if _rejecting(ctx):
+        if any(c["passed"] for c in cands):
+            return "choose"
+        if len(cands) < ctx.options.n:
+            return "sample"
+    # No scorer: skip the score step (a LangGraph superstep costs ~1 ms of CPU per task).
+    return "choose" if ctx.options.scorer is None else "score"
 
 
 async def _score_each(
-    ctx: LoopContext,
+    ctx: LoopContext[BestOfNOptions],
     cands: Sequence[Candidate],
     per: int,
     score: Callable[[Candidate], Awaitable[tuple[float | None, Verdict]]],
@@ -209,8 +228,10 @@ async def _score_each(
     return update
 
 
-async def _judge_all(ctx: LoopContext, cands: Sequence[Candidate]) -> dict[str, Any]:
-    opts = _opts(ctx)
+async def _judge_all(
+    ctx: LoopContext[BestOfNOptions], cands: Sequence[Candidate]
+) -> dict[str, Any]:
+    opts = ctx.options
     client = ctx.client_for("judge")
     if opts.judge_model is not None:  # same retries, timeouts and cache; its own endpoint
         client = ctx.client_of(opts.judge_model, opts.judge_api_base)
@@ -228,8 +249,10 @@ async def _judge_all(ctx: LoopContext, cands: Sequence[Candidate]) -> dict[str, 
     return await _score_each(ctx, cands, opts.judge_k, one)
 
 
-async def _reward_all(ctx: LoopContext, cands: Sequence[Candidate]) -> dict[str, Any]:
-    rm = _opts(ctx).reward()
+async def _reward_all(
+    ctx: LoopContext[BestOfNOptions], cands: Sequence[Candidate]
+) -> dict[str, Any]:
+    rm = ctx.options.reward()
     gate = asyncio.Semaphore(ctx.client.config.concurrency)
 
     async def one(c: Candidate) -> tuple[float | None, Verdict]:
@@ -241,10 +264,10 @@ async def _reward_all(ctx: LoopContext, cands: Sequence[Candidate]) -> dict[str,
 
 
 @budget_guard
-async def score(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def score(state: State, runtime: Runtime[LoopContext[BestOfNOptions]]) -> dict[str, Any]:
     """Judge or reward-score every sample, when the selection needs it."""
-    ctx = ctx_of(config)
-    scorer = _opts(ctx).scorer
+    ctx = runtime.context
+    scorer = ctx.options.scorer
     if scorer is None or not state["cands"]:
         return {}
     if scorer == "judge":
@@ -252,9 +275,9 @@ async def score(state: State, config: RunnableConfig) -> dict[str, Any]:
     return await _reward_all(ctx, state["cands"])
 
 
-async def choose(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+async def choose(state: State, runtime: Runtime[LoopContext[BestOfNOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     cands = state["cands"]
     if not cands:
         return {"chosen_id": None}
@@ -298,22 +321,17 @@ async def choose(state: State, config: RunnableConfig) -> dict[str, Any]:
     }
 
 
-# Routers are async so LangGraph calls them on the event loop instead of a thread pool.
-async def after_check(state: State, config: RunnableConfig) -> str:
-    ctx = ctx_of(config)
-    if state.get("stop_reason"):  # the budget is spent: choose from what was drawn
-        return "choose"
-    if _rejecting(ctx):
-        if any(c["passed"] for c in state["cands"]):
-            return "choose"
-        if len(state["cands"]) < _opts(ctx).n:
-            return "sample"
-    # No scorer: skip the score step (a LangGraph superstep costs ~1 ms of CPU per task).
-    return "choose" if _opts(ctx).scorer is None else "score"
+# Routers read the state only (LangGraph resolves a router's annotations when it builds the
+# graph, and Runtime is imported for type checkers only); nodes put what they decided from the
+# options there. Async, so LangGraph calls them on the event loop instead of a thread pool.
+async def after_check(state: State) -> str:
+    return state["next"]
 
 
 def build() -> Any:
-    g = StateGraph(State)
+    from langgraph.graph import START, StateGraph
+
+    g = StateGraph(State, context_schema=LoopContext)
     g.add_node("sample", sample)
     g.add_node("check", check)
     g.add_node("score", score)
@@ -326,7 +344,7 @@ def build() -> Any:
     return g.compile()
 
 
-def initial_state(ctx: LoopContext) -> dict[str, Any]:
+def initial_state(ctx: LoopContext[BestOfNOptions]) -> dict[str, Any]:
     return {
         "cands": [],
         "checked": 0,
@@ -337,10 +355,21 @@ def initial_state(ctx: LoopContext) -> dict[str, Any]:
     }
 
 
-def final(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
+def final(ctx: LoopContext[BestOfNOptions], state: dict[str, Any]) -> LoopOutcome:
     cands: list[Candidate] = state.get("cands") or []
     chosen = next((c for c in cands if c["node_id"] == state.get("chosen_id")), None)
     return outcome(cands, chosen, state.get("stop_reason") or "no_draft", state.get("requests", 0))
+
+
+def uses_verdicts(o: BestOfNOptions) -> bool:
+    """Whether the selection reads in-loop verdicts: rejection stops at the first verified
+    sample, the verifier selector picks a passing one, a vote weighted by the verifier counts
+    its scores. The other selectors decide by answers, logprobs or judge/reward scores."""
+    return (
+        o.rejection
+        or o.selector == "verifier"
+        or (o.selector == "weighted" and o.weight_by == "verifier")
+    )
 
 
 def _recursion_limit(o: BestOfNOptions) -> int:
@@ -351,10 +380,12 @@ def _recursion_limit(o: BestOfNOptions) -> int:
 BEST_OF_N: LoopSpec[BestOfNOptions] = LoopSpec(
     name="best-of-n",
     description="N samples in one request, picked by verifier, vote, logprob, judge or reward "
-    "model; rejection mode stops at the first verified sample",
+    "model; rejection mode stops at the first verified sample. Selectors that ignore verdicts "
+    "get no verifier under --verifier auto: pass --verifier self (or another) to label samples",
     options=BestOfNOptions,
     build=build,
     initial_state=initial_state,
     outcome=final,
     recursion_limit=_recursion_limit,
+    uses_verdicts=uses_verdicts,
 )

@@ -82,10 +82,7 @@ def weights(
         raw = [None if c["logprob"] is None else math.exp(c["logprob"]) for c in cands]
     else:
         squash: Callable[[float], float] = _sigmoid if weight_by == "reward" else float
-        raw = [
-            None if signals.get(c["node_id"]) is None else squash(signals[c["node_id"]])  # type: ignore[arg-type]
-            for c in cands
-        ]
+        raw = [None if (v := signals.get(c["node_id"])) is None else squash(v) for c in cands]
     if all(w is None for w in raw):
         return None, f"no {weight_by} weights"
     return [w or 0.0 for w in raw], None

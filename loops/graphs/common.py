@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any
 
-from langgraph.graph import END
 from loopwright.loops.graphs.base import LoopOutcome
-from loopwright.loops.graphs.context import LoopContext
+from loopwright.loops.graphs.context import Candidate, LoopContext
 from loopwright.loops.models.config import Sample
 from loopwright.loops.prompts import (  # noqa: F401  (re-exported for loops)
     DRAFT_PROMPTS,
@@ -24,36 +23,27 @@ from loopwright.loops.prompts import (  # noqa: F401  (re-exported for loops)
     messages,
 )
 from loopwright.loops.tasks import Task, answers
-from loopwright.loops.verify import extract_answer, run_verifier, verdict_record
+from loopwright.loops.verify import LoopVerifier, extract_answer, run_verifier, verdict_record
 from loopwright.traces.metrics import tally
+from loopwright.traces.records import Role
 
-
-class Candidate(TypedDict):
-    """One attempt as loop state carries it (its node record is in ``ctx.nodes``)."""
-
-    node_id: str
-    parent_id: str | None
-    text: str
-    answer: str | None
-    passed: bool | None
-    score: float | None
-    feedback: str | None
-    logprob: float | None
-    round: int
-    depth: int
+END = "__end__"
+"""LangGraph's end node (``langgraph.graph.END``), named here so that listing loops does not
+import LangGraph."""
 
 
 def add_candidate(
-    ctx: LoopContext,
+    ctx: LoopContext[Any],
     s: Sample,
     *,
-    role: str,
+    role: Role,
     parent_id: str | None,
     depth: int,
     round_: int,
     content: str | None = None,
 ) -> Candidate:
-    """Record ``s`` as a node and return it as an unverified candidate.
+    """Record ``s`` as a node and return it as an unverified candidate (also kept in
+    ``ctx.candidates``).
 
     ``content`` overrides the node text (e.g. a partial solution = prefix + new step).
     """
@@ -62,7 +52,7 @@ def add_candidate(
     ctx.add_node(
         s, role=role, parent_id=parent_id, depth=depth, round_=round_, content=text, answer=answer
     )
-    return Candidate(
+    cand = Candidate(
         node_id=s.node_id,
         parent_id=parent_id,
         text=text,
@@ -74,31 +64,42 @@ def add_candidate(
         round=round_,
         depth=depth,
     )
+    ctx.candidates[cand["node_id"]] = cand
+    return cand
 
 
-async def verify(ctx: LoopContext, cand: Candidate) -> Candidate:
-    """Run the in-loop verifier on ``cand`` (off the event loop); record the verdict row.
+async def verify(
+    ctx: LoopContext[Any], cand: Candidate, *, verifier: LoopVerifier | None = None
+) -> Candidate:
+    """Run ``verifier`` (default: the in-loop verifier) on ``cand`` (off the event loop);
+    record the verdict row.
 
     Returns the candidate with passed/score/feedback set (unchanged when there is no verifier).
     """
-    if ctx.verifier is None:
+    check = ctx.verifier if verifier is None else verifier
+    if check is None:
         return cand
-    v = await run_verifier(ctx.verifier, ctx.task, cand["text"], ctx)
+    v = await run_verifier(check, ctx.task, cand["text"], ctx)
     ctx.record_verdict(
         verdict_record(
             v, run_id=ctx.run_id, task_id=ctx.task.id, node_id=cand["node_id"], stage="in_loop"
         )
     )
     set_node(ctx, cand["node_id"], score=v.score)
-    return {**cand, "passed": v.passed, "score": v.score, "feedback": v.feedback}
+    checked: Candidate = {**cand, "passed": v.passed, "score": v.score, "feedback": v.feedback}
+    if checked["node_id"] in ctx.candidates:
+        ctx.candidates[checked["node_id"]] = checked
+    return checked
 
 
-async def verify_all(ctx: LoopContext, cands: Iterable[Candidate]) -> list[Candidate]:
+async def verify_all(
+    ctx: LoopContext[Any], cands: Iterable[Candidate], *, verifier: LoopVerifier | None = None
+) -> list[Candidate]:
     """``verify`` many candidates concurrently; results in input order."""
-    return list(await asyncio.gather(*(verify(ctx, c) for c in cands)))
+    return list(await asyncio.gather(*(verify(ctx, c, verifier=verifier) for c in cands)))
 
 
-def set_node(ctx: LoopContext, node_id: str, **fields: Any) -> None:
+def set_node(ctx: LoopContext[Any], node_id: str, **fields: Any) -> None:
     """Update fields (score, value, visits, ...) of a recorded node before it is written."""
     for node in ctx.nodes:
         if node.node_id == node_id:
@@ -162,13 +163,18 @@ def shown(task: Task, cand: Mapping[str, Any]) -> str:
     return cand["text"].strip()
 
 
-async def verify_last(ctx: LoopContext, cands: list[Candidate]) -> list[Candidate]:
+async def verify_last(ctx: LoopContext[Any], cands: list[Candidate]) -> list[Candidate]:
     """``cands`` with the latest one run through ``verify`` (a new list)."""
     return [*cands[:-1], await verify(ctx, cands[-1])]
 
 
 def add_note(
-    ctx: LoopContext, s: Sample | None, *, role: str, about: Candidate, content: str | None = None
+    ctx: LoopContext[Any],
+    s: Sample | None,
+    *,
+    role: Role,
+    about: Candidate,
+    content: str | None = None,
 ) -> None:
     """Record ``s`` (or ``content`` alone) as a node about ``about`` -- a critique, a lesson,
     an evidence block: its child, in its round."""
@@ -201,15 +207,38 @@ def chain_outcome(
     return outcome(cands, best(cands), reason or "no_draft", last["round"] if last else 0)
 
 
-def rounds_outcome(ctx: LoopContext, state: Mapping[str, Any]) -> LoopOutcome:
+def rounds_outcome(ctx: LoopContext[Any], state: Mapping[str, Any]) -> LoopOutcome:
     """:func:`chain_outcome` of a draft-then-revise loop: ``state["drafts"]``, at most
     ``max_rounds`` revisions (the loop's option)."""
     return chain_outcome(
         state.get("drafts") or [],
         state.get("stop_reason"),
-        last_round=ctx.options.max_rounds,  # type: ignore[attr-defined]
+        last_round=ctx.options.max_rounds,
         at_last_round="max_rounds",
     )
+
+
+def chosen_outcome(
+    ctx: LoopContext[Any], chosen: Mapping[str, Any] | None, stop_reason: str | None = None
+) -> LoopOutcome:
+    """The outcome that answers with ``chosen`` (as last verified) among every candidate the
+    loop made, stopped for ``stop_reason``, else because ``chosen`` passed ("verified"), else
+    "done"; its rounds are the latest round of a candidate."""
+    cands = list(ctx.candidates.values())
+    if chosen is not None:
+        chosen = ctx.candidates.get(chosen["node_id"], chosen)
+    reason = stop_reason or ("verified" if chosen is not None and chosen["passed"] else "done")
+    return outcome(cands, chosen, reason, rounds=max((c["round"] for c in cands), default=0))
+
+
+def candidates_outcome(ctx: LoopContext[Any], state: Mapping[str, Any]) -> LoopOutcome:
+    """The default outcome of a loop: the best candidate it made (``ctx.candidates``),
+    stopped for the state's ``stop_reason`` if a node set one; the state's ``round`` if it
+    counts them."""
+    result = chosen_outcome(ctx, best(ctx.candidates.values()), state.get("stop_reason"))
+    if "round" in state:
+        return result.model_copy(update={"rounds": int(state["round"] or 0)})
+    return result
 
 
 Router = Callable[[Mapping[str, Any]], Awaitable[str]]

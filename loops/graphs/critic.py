@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from loopwright.loops.graphs.base import LoopContext, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.base import LoopContext, LoopSpec, budget_guard
 from loopwright.loops.graphs.common import (
+    END,
     Candidate,
     add_candidate,
     add_note,
@@ -37,6 +36,9 @@ from loopwright.loops.graphs.common import (
 )
 from loopwright.loops.prompts import render
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
 
 PROMPTS = "critic"
 
@@ -80,16 +82,13 @@ class CriticOptions(BaseModel):
 
 class State(TypedDict, total=False):
     drafts: list[Candidate]
+    next: str  # the step after verify (or search), decided there
     evidence: str | None
     critique: str | None
     stop_reason: str | None
 
 
-def _opts(ctx: LoopContext) -> CriticOptions:
-    return ctx.options  # type: ignore[return-value]
-
-
-def verdict_line(ctx: LoopContext, cand: Candidate) -> str:
+def verdict_line(ctx: LoopContext[CriticOptions], cand: Candidate) -> str:
     """The verifier's feedback on ``cand``, labelled by task kind."""
     if ctx.verifier is None or cand["passed"] is None:
         return render(PROMPTS, "verdict_none")
@@ -103,14 +102,14 @@ def _section(key: str, **fields: str | None) -> str:
     return "\n" + render(PROMPTS, key, **fields) + "\n"
 
 
-def _question(ctx: LoopContext) -> str:
+def _question(ctx: LoopContext[CriticOptions]) -> str:
     return ctx.task.prompt.rstrip()
 
 
 @budget_guard
-async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+async def generate(state: State, runtime: Runtime[LoopContext[CriticOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     [s] = await ctx.sample(
         messages(draft_prompt(ctx.task)),
         role="generator",
@@ -121,8 +120,26 @@ async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
     return {"drafts": [add_candidate(ctx, s, role="generator", parent_id=None, depth=0, round_=0)]}
 
 
-async def check(state: State, config: RunnableConfig) -> dict[str, Any]:
-    return {"drafts": await verify_last(ctx_of(config), state["drafts"])}
+def _feedback_step(opts: CriticOptions) -> str:
+    return "critique" if opts.critique else "refine"
+
+
+def _after_check(ctx: LoopContext[CriticOptions], last: Candidate, evidence: str | None) -> str:
+    """The step after verifying ``last``: the end, the search, or the feedback step."""
+    opts = ctx.options
+    if last["passed"] or last["round"] >= opts.max_rounds:
+        return END
+    if ctx.verifier is None and opts.search_index is None:
+        return END  # no tool has anything to say: nothing to refine from
+    if opts.search_index is not None and evidence is None:
+        return "search"
+    return _feedback_step(opts)
+
+
+async def check(state: State, runtime: Runtime[LoopContext[CriticOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    drafts = await verify_last(ctx, state["drafts"])
+    return {"drafts": drafts, "next": _after_check(ctx, drafts[-1], state.get("evidence"))}
 
 
 def _evidence(index_path: str, query: str, k: int, max_chars: int) -> str:
@@ -132,22 +149,22 @@ def _evidence(index_path: str, query: str, k: int, max_chars: int) -> str:
         return index.evidence(query, k, max_chars)
 
 
-async def search(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def search(state: State, runtime: Runtime[LoopContext[CriticOptions]]) -> dict[str, Any]:
     """Fetch the evidence block for the question once; it is the same every round."""
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+    ctx = runtime.context
+    opts = ctx.options
     assert opts.search_index is not None
     text = await asyncio.to_thread(
         _evidence, opts.search_index, _question(ctx), opts.search_k, opts.evidence_chars
     )
     add_note(ctx, None, role="evidence", about=state["drafts"][-1], content=text)
-    return {"evidence": text}
+    return {"evidence": text, "next": _feedback_step(opts)}
 
 
 @budget_guard
-async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+async def critique(state: State, runtime: Runtime[LoopContext[CriticOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     last = state["drafts"][-1]
     prompt = render(
         PROMPTS,
@@ -169,9 +186,9 @@ async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
 
 
 @budget_guard
-async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+async def refine(state: State, runtime: Runtime[LoopContext[CriticOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     last = state["drafts"][-1]
     round_ = last["round"] + 1
     prompt = render(
@@ -197,34 +214,22 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
     return {"drafts": [*state["drafts"], cand], "critique": None}
 
 
-# Routers are async so LangGraph calls them on the event loop instead of a thread pool.
+# Routers read the state only (LangGraph resolves a router's annotations when it builds the
+# graph, and Runtime is imported for type checkers only); nodes put what they decided from the
+# options there. Async, so LangGraph calls them on the event loop instead of a thread pool.
 after_sample = unless_stopped("verify", needs="drafts")
 after_critique = unless_stopped("refine")
 
 
-def _feedback_step(opts: CriticOptions) -> str:
-    return "critique" if opts.critique else "refine"
-
-
-async def after_verify(state: State, config: RunnableConfig) -> str:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
-    last = state["drafts"][-1]
-    if last["passed"] or last["round"] >= opts.max_rounds:
-        return END
-    if ctx.verifier is None and opts.search_index is None:
-        return END  # no tool has anything to say: nothing to refine from
-    if opts.search_index is not None and state.get("evidence") is None:
-        return "search"
-    return _feedback_step(opts)
-
-
-async def after_search(state: State, config: RunnableConfig) -> str:
-    return _feedback_step(_opts(ctx_of(config)))
+async def decided(state: State) -> str:
+    """The step the verify or search node chose."""
+    return state["next"]
 
 
 def build() -> Any:
-    g = StateGraph(State)
+    from langgraph.graph import START, StateGraph
+
+    g = StateGraph(State, context_schema=LoopContext)
     g.add_node("generate", generate)
     g.add_node("verify", check)
     g.add_node("search", search)
@@ -232,14 +237,14 @@ def build() -> Any:
     g.add_node("refine", refine)
     g.add_edge(START, "generate")
     g.add_conditional_edges("generate", after_sample, ["verify", END])
-    g.add_conditional_edges("verify", after_verify, ["search", "critique", "refine", END])
-    g.add_conditional_edges("search", after_search, ["critique", "refine"])
+    g.add_conditional_edges("verify", decided, ["search", "critique", "refine", END])
+    g.add_conditional_edges("search", decided, ["critique", "refine"])
     g.add_conditional_edges("critique", after_critique, ["refine", END])
     g.add_conditional_edges("refine", after_sample, ["verify", END])
     return g.compile()
 
 
-def initial_state(ctx: LoopContext) -> dict[str, Any]:
+def initial_state(ctx: LoopContext[CriticOptions]) -> dict[str, Any]:
     return {"drafts": [], "evidence": None, "critique": None, "stop_reason": None}
 
 

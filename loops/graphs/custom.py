@@ -1,16 +1,19 @@
-"""Custom loops: compose node factories (ours or your own) into a LangGraph graph.
+"""Node factories for loops written as graphs: compose them (and your own nodes) into a
+LangGraph graph, decorate its builder with ``@loop(graph=True)``.
 
-A custom loop gets what the built-in ones get -- every call, candidate and verdict traced,
+A graph loop gets what the built-in ones get -- every call, candidate and verdict traced,
 per-task and per-run budgets, concurrency across tasks, the held-out grader, ``--resume`` --
 without extra code, because all of that lives in the runner and in ``LoopContext``::
 
     from langgraph.graph import END, START, StateGraph
+    from loopwright.loops import Context, loop
     from loopwright.loops.graphs.custom import (
-        CandidatesState, define_loop, make_generate, make_refine, make_verify,
+        CandidatesState, make_generate, make_refine, make_verify, until_verified,
     )
 
-    def build():
-        g = StateGraph(CandidatesState)
+    @loop(graph=True)
+    def generate_refine() -> StateGraph:
+        g = StateGraph(CandidatesState, context_schema=Context)
         g.add_node("generate", make_generate(n=4))
         g.add_node("verify", make_verify())
         g.add_node("refine", make_refine())
@@ -18,69 +21,52 @@ without extra code, because all of that lives in the runner and in ``LoopContext
         g.add_edge("generate", "verify")
         g.add_conditional_edges("verify", until_verified(max_rounds=2), ["refine", END])
         g.add_edge("refine", "verify")
-        return g.compile()
+        return g                                # now: loopwright run generate-refine
 
-    define_loop("generate-refine", build, register=True)   # now: loopwright run generate-refine
-
-Nodes are ``async def node(state, config) -> dict``; inside, ``ctx_of(config)`` is the
-task's ``LoopContext`` (task, model client, verifier, budget, options) and the helpers in
-``loopwright.loops.graphs.common`` record candidates and verdicts. Routers are plain
-(async) functions of the state. See ``examples/custom_loop.py`` for a whole file.
+Nodes are ``async def node(state, runtime: Runtime[Context[Opts]]) -> dict``; inside,
+``runtime.context`` is the task's ``LoopContext`` (task, model client, verifier, budget,
+options, and the steps ``draft``, ``critique``, ``refine``, ``verify``, ``best``). Routers are
+plain (async) functions of the state. See ``examples/custom_loop.py`` for a whole file.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypedDict
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END
-from loopwright.loops.graphs import common
-from loopwright.loops.graphs import register as _register
-from loopwright.loops.graphs.base import LoopOutcome, LoopSpec, budget_guard, ctx_of
-from loopwright.loops.graphs.context import LoopContext
-from loopwright.loops.prompts import render
-from pydantic import BaseModel, ConfigDict
+from loopwright.loops.graphs.common import END
+from loopwright.loops.graphs.context import Candidate, LoopContext
 
-Node = Callable[[dict[str, Any], RunnableConfig], Awaitable[dict[str, Any]]]
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
 
 
 class CandidatesState(TypedDict, total=False):
-    """State of a custom loop: every candidate so far (appended by nodes), and why it stopped."""
+    """State of a graph loop over candidates: every candidate so far (appended by nodes), the
+    verified ones, the round, and why it stopped."""
 
-    candidates: Annotated[list[common.Candidate], operator.add]
-    verified: list[common.Candidate]
+    candidates: Annotated[list[Candidate], operator.add]
+    verified: list[Candidate]
     round: int
     stop_reason: str | None
 
 
-class NoOptions(BaseModel):
-    """A loop without options (``-o`` is rejected)."""
+class Node(Protocol):
+    """A node of a graph over ``CandidatesState``, as LangGraph calls it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    def __call__(
+        self, state: CandidatesState, *, runtime: Runtime[LoopContext[Any]]
+    ) -> Awaitable[dict[str, Any]]: ...
 
 
-def make_generate(
-    n: int = 1, *, temperature: float = 0.7, max_tokens: int = 256, code_max_tokens: int = 384
-) -> Node:
+def make_generate(n: int = 1, *, temperature: float = 0.7, max_tokens: int | None = None) -> Node:
     """A node that samples ``n`` first drafts (one request) and appends them as candidates."""
 
-    @budget_guard
-    async def generate(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        ctx = ctx_of(config)
-        samples = await ctx.sample(
-            common.messages(common.draft_prompt(ctx.task)),
-            role="generator",
-            round_=0,
-            n=n,
-            temperature=temperature,
-            max_tokens=common.max_tokens_for(ctx.task, max_tokens, code_max_tokens),
-        )
-        cands = [
-            common.add_candidate(ctx, s, role="generator", parent_id=None, depth=0, round_=0)
-            for s in samples
-        ]
+    async def generate(
+        state: CandidatesState, runtime: Runtime[LoopContext[Any]]
+    ) -> dict[str, Any]:
+        cands = await runtime.context.draft(n, temperature=temperature, max_tokens=max_tokens)
         return {"candidates": cands, "round": 0}
 
     return generate
@@ -89,62 +75,38 @@ def make_generate(
 def make_verify() -> Node:
     """A node that runs the in-loop verifier on every candidate not verified yet."""
 
-    async def verify(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        ctx = ctx_of(config)
+    async def verify(state: CandidatesState, runtime: Runtime[LoopContext[Any]]) -> dict[str, Any]:
         done = {c["node_id"] for c in state.get("verified") or []}
         todo = [c for c in state.get("candidates") or [] if c["node_id"] not in done]
-        checked = await common.verify_all(ctx, todo)
+        checked = await runtime.context.verify(todo)
         return {"verified": [*(state.get("verified") or []), *checked]}
 
     return verify
 
 
-def make_refine(
-    *, temperature: float = 0.7, max_tokens: int = 256, code_max_tokens: int = 384
-) -> Node:
-    """A node that revises the best failed candidate, with the verifier's feedback in the prompt."""
+def make_refine(*, temperature: float = 0.7, max_tokens: int | None = None) -> Node:
+    """A node that revises the best candidate verified so far, with the verifier's feedback
+    in the prompt, and counts the refinement in the state's ``round``; with nothing verified
+    it stops the loop."""
 
-    @budget_guard
-    async def refine(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        ctx = ctx_of(config)
-        target = common.best(state.get("verified") or [])
+    async def refine(state: CandidatesState, runtime: Runtime[LoopContext[Any]]) -> dict[str, Any]:
+        ctx = runtime.context
+        target = ctx.best(state.get("verified") or [])
         if target is None:
             return {"stop_reason": "nothing to refine"}
-        round_ = int(state.get("round") or 0) + 1
-        flavour = common.flavour(ctx.task)
-        prompt = render(
-            common.DRAFT_PROMPTS,
-            f"refine_{flavour}",
-            question=ctx.task.prompt.rstrip(),
-            answer=(target["answer"] if flavour == "code" else None) or target["text"],
-            feedback=target["feedback"] or "The answer did not pass the check.",
-            test_feedback=target["feedback"] or "",
-        )
-        [s] = await ctx.sample(
-            common.messages(prompt),
-            role="refiner",
-            round_=round_,
-            temperature=temperature,
-            max_tokens=common.max_tokens_for(ctx.task, max_tokens, code_max_tokens),
-        )
-        cand = common.add_candidate(
-            ctx,
-            s,
-            role="refiner",
-            parent_id=target["node_id"],
-            depth=target["depth"] + 1,
-            round_=round_,
-        )
-        return {"candidates": [cand], "round": round_}
+        cand = await ctx.refine(target, temperature=temperature, max_tokens=max_tokens)
+        return {"candidates": [cand], "round": int(state.get("round") or 0) + 1}
 
     return refine
 
 
-def until_verified(max_rounds: int, *, refine: str = "refine") -> Callable[[dict[str, Any]], Any]:
-    """A router: END once a candidate passed, the budget ran out or ``max_rounds`` refinements
-    were made; otherwise go to the ``refine`` node."""
+def until_verified(
+    max_rounds: int, *, refine: str = "refine"
+) -> Callable[[CandidatesState], Awaitable[str]]:
+    """A router: END once a candidate passed, a node set ``stop_reason`` or ``max_rounds``
+    refinements were made; otherwise go to the ``refine`` node."""
 
-    async def route(state: dict[str, Any]) -> str:
+    async def route(state: CandidatesState) -> str:
         if state.get("stop_reason"):
             return END
         if any(c["passed"] for c in state.get("verified") or []):
@@ -156,56 +118,4 @@ def until_verified(max_rounds: int, *, refine: str = "refine") -> Callable[[dict
     return route
 
 
-def _initial(ctx: LoopContext) -> dict[str, Any]:
-    return {"candidates": [], "verified": [], "round": 0, "stop_reason": None}
-
-
-def _outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
-    verified = state.get("verified") or []
-    by_id = {c["node_id"]: c for c in verified}
-    cands = [by_id.get(c["node_id"], c) for c in state.get("candidates") or []]
-    chosen = common.best(cands)
-    reason = state.get("stop_reason") or (
-        "verified" if chosen is not None and chosen["passed"] else "done"
-    )
-    return common.outcome(cands, chosen, reason, rounds=int(state.get("round") or 0))
-
-
-def define_loop(
-    name: str,
-    build: Callable[[], Any],
-    *,
-    description: str = "a custom loop",
-    options: type[BaseModel] = NoOptions,
-    initial_state: Callable[[LoopContext], dict[str, Any]] = _initial,
-    outcome: Callable[[LoopContext, dict[str, Any]], LoopOutcome] = _outcome,
-    max_steps: int = 200,
-    register: bool = False,
-) -> LoopSpec[Any]:
-    """A LoopSpec for a graph built by ``build``; ``register`` makes it runnable by name.
-
-    The defaults fit graphs over ``CandidatesState``: the answer is the best candidate
-    (verified first, then score). ``max_steps`` bounds graph steps per task; a loop that
-    reaches it fails that task with a clear error instead of hanging.
-    """
-    spec: LoopSpec[Any] = LoopSpec(
-        name=name,
-        description=description,
-        options=options,
-        build=build,
-        initial_state=initial_state,
-        outcome=outcome,
-        recursion_limit=lambda _opts: max_steps,
-    )
-    return _register(spec) if register else spec
-
-
-__all__ = [
-    "CandidatesState",
-    "NoOptions",
-    "define_loop",
-    "make_generate",
-    "make_refine",
-    "make_verify",
-    "until_verified",
-]
+__all__ = ["CandidatesState", "make_generate", "make_refine", "make_verify", "until_verified"]

@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
 from loopwright.loops.errors import BudgetExhausted
 from loopwright.loops.graphs import common
 from loopwright.loops.graphs import mcts_tree as mt
-from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard
+from loopwright.loops.graphs.common import END
 from loopwright.loops.graphs.mcts_tree import TreeNode
 from loopwright.loops.prompts import render
 from loopwright.tools.judge_parse import parse_score
+from loopwright.traces.records import Role
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
 
 PROMPTS = "mcts"
 VALUE_SCALE = (0.0, 10.0)
@@ -74,14 +77,11 @@ class State(TypedDict, total=False):
     fresh: list[str]
     reflections: list[str]
     simulations: int
+    reflect: bool  # reflect on this simulation's attempts (decided by evaluate)
     stop_reason: str | None
 
 
-def _opts(ctx: LoopContext) -> MctsOptions:
-    return ctx.options  # type: ignore[return-value]
-
-
-def _fields(ctx: LoopContext, node: TreeNode) -> dict[str, str]:
+def _fields(ctx: LoopContext[MctsOptions], node: TreeNode) -> dict[str, str]:
     """Template fields describing ``node`` (question, attempt, status, test feedback)."""
     status = "status_failed" if node["passed"] is False else "status_unchecked"
     return {
@@ -97,7 +97,7 @@ def _prompt(key: str, **fields: str) -> str:
 
 
 def expansion_messages(
-    ctx: LoopContext, node: TreeNode, reflections: list[str]
+    ctx: LoopContext[MctsOptions], node: TreeNode, reflections: list[str]
 ) -> list[dict[str, Any]]:
     """First drafts under the root; an "improve on this attempt" prompt below it."""
     if node["parent_id"] is None:
@@ -108,9 +108,9 @@ def expansion_messages(
     return common.messages(_prompt(key, lessons=lessons, **_fields(ctx, node)), prompts=PROMPTS)
 
 
-async def plant(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def plant(state: State, runtime: Runtime[LoopContext[MctsOptions]]) -> dict[str, Any]:
     """Record the root (the question; no model call)."""
-    ctx = ctx_of(config)
+    ctx = runtime.context
     rec = ctx.add_node(
         None, role="root", parent_id=None, depth=0, round_=0, content=ctx.task.prompt
     )
@@ -131,19 +131,19 @@ async def plant(state: State, config: RunnableConfig) -> dict[str, Any]:
     return {"root_id": rec.node_id, "tree": {rec.node_id: root}}
 
 
-async def select(state: State, config: RunnableConfig) -> dict[str, Any]:
-    opts = _opts(ctx_of(config))
+async def select(state: State, runtime: Runtime[LoopContext[MctsOptions]]) -> dict[str, Any]:
+    opts = runtime.context.options
     leaf = mt.select(state["tree"], state["root_id"], opts.c_uct, opts.max_depth)
     return {"leaf": leaf, "stop_reason": None if leaf else "exhausted"}
 
 
 @budget_guard
-async def expand(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+async def expand(state: State, runtime: Runtime[LoopContext[MctsOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     leaf = state["tree"][state["leaf"] or ""]
     round_ = state.get("simulations", 0) + 1
-    role = "generator" if leaf["parent_id"] is None else "expander"
+    role: Role = "generator" if leaf["parent_id"] is None else "expander"
     samples = await ctx.sample(
         expansion_messages(ctx, leaf, state.get("reflections") or []),
         role=role,
@@ -166,14 +166,16 @@ async def expand(state: State, config: RunnableConfig) -> dict[str, Any]:
     }
 
 
-def _value_messages(ctx: LoopContext, node: TreeNode) -> list[dict[str, Any]]:
+def _value_messages(ctx: LoopContext[MctsOptions], node: TreeNode) -> list[dict[str, Any]]:
     key = "value_code" if ctx.task.kind == "code" else "value"
     return common.messages(_prompt(key, **_fields(ctx, node)), prompts=PROMPTS)
 
 
-async def _rate(ctx: LoopContext, node: TreeNode, index: int, round_: int) -> float | None:
+async def _rate(
+    ctx: LoopContext[MctsOptions], node: TreeNode, index: int, round_: int
+) -> float | None:
     """The LLM value of ``node`` in 0..1 (None when the rating cannot be parsed)."""
-    opts = _opts(ctx)
+    opts = ctx.options
     [s] = await ctx.sample(
         _value_messages(ctx, node),
         role="value",
@@ -196,15 +198,15 @@ async def _rate(ctx: LoopContext, node: TreeNode, index: int, round_: int) -> fl
 
 
 @budget_guard
-async def evaluate(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def evaluate(state: State, runtime: Runtime[LoopContext[MctsOptions]]) -> dict[str, Any]:
     """Rate the fresh attempts and set their rewards (their first visit).
 
     Value calls are skipped once an attempt verified (the search ends) and when the value
     has no weight. A budget stop keeps the rewards of what was rated; the rest fall back to
     their verifier score, so the simulation can still be backed up.
     """
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+    ctx = runtime.context
+    opts = ctx.options
     tree = dict(state["tree"])
     kids = [tree[i] for i in state["fresh"]]
     round_ = state.get("simulations", 0) + 1
@@ -230,7 +232,9 @@ async def evaluate(state: State, config: RunnableConfig) -> dict[str, Any]:
     for k, v in zip(kids, values, strict=True):
         reward = mt.mix_reward(v, k["score"], opts.value_weight, has_verifier)
         tree[k["node_id"]] = mt.evaluated(k, reward, v)
-    return {"tree": tree, "stop_reason": stop}
+    verified = any(k["passed"] for k in kids)
+    reflect = opts.reflect and not verified and stop is None
+    return {"tree": tree, "stop_reason": stop, "reflect": reflect}
 
 
 def _failed_terminal(node: TreeNode, max_depth: int) -> bool:
@@ -238,10 +242,10 @@ def _failed_terminal(node: TreeNode, max_depth: int) -> bool:
 
 
 @budget_guard
-async def reflect(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def reflect(state: State, runtime: Runtime[LoopContext[MctsOptions]]) -> dict[str, Any]:
     """One short lesson per simulation, on its best-rewarded failed terminal attempt."""
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+    ctx = runtime.context
+    opts = ctx.options
     kids = [state["tree"][i] for i in state["fresh"]]
     failed = [k for k in kids if _failed_terminal(k, opts.max_depth)]
     if not failed:
@@ -264,10 +268,10 @@ async def reflect(state: State, config: RunnableConfig) -> dict[str, Any]:
     return {"reflections": kept if lesson else state.get("reflections") or []}
 
 
-async def backprop(state: State, config: RunnableConfig) -> dict[str, Any]:
+async def backprop(state: State, runtime: Runtime[LoopContext[MctsOptions]]) -> dict[str, Any]:
     """Back the best fresh reward up to the root; write visits and values onto the nodes."""
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+    ctx = runtime.context
+    opts = ctx.options
     kids = [state["tree"][i] for i in state["fresh"]]
     reward = max(k["reward"] or 0.0 for k in kids)
     leaf = state["leaf"] or ""
@@ -284,7 +288,9 @@ async def backprop(state: State, config: RunnableConfig) -> dict[str, Any]:
     return {"tree": tree, "simulations": sims, "stop_reason": stop}
 
 
-# Routers are async so LangGraph calls them on the event loop instead of a thread pool.
+# Routers read the state only (LangGraph resolves a router's annotations when it builds the
+# graph, and Runtime is imported for type checkers only); nodes put what they decided from the
+# options there. Async, so LangGraph calls them on the event loop instead of a thread pool.
 async def after_select(state: State) -> str:
     return END if state.get("leaf") is None else "expand"
 
@@ -293,12 +299,8 @@ async def after_expand(state: State) -> str:
     return END if state.get("stop_reason") else "evaluate"
 
 
-async def after_evaluate(state: State, config: RunnableConfig) -> str:
-    opts = _opts(ctx_of(config))
-    verified = any(state["tree"][i]["passed"] for i in state["fresh"])
-    if opts.reflect and not verified and not state.get("stop_reason"):
-        return "reflect"
-    return "backprop"
+async def after_evaluate(state: State) -> str:
+    return "reflect" if state.get("reflect") and not state.get("stop_reason") else "backprop"
 
 
 async def after_backprop(state: State) -> str:
@@ -306,7 +308,9 @@ async def after_backprop(state: State) -> str:
 
 
 def build() -> Any:
-    g = StateGraph(State)
+    from langgraph.graph import START, StateGraph
+
+    g = StateGraph(State, context_schema=LoopContext)
     g.add_node("plant", plant)
     g.add_node("select", select)
     g.add_node("expand", expand)
@@ -323,11 +327,11 @@ def build() -> Any:
     return g.compile()
 
 
-def initial_state(ctx: LoopContext) -> dict[str, Any]:
+def initial_state(ctx: LoopContext[MctsOptions]) -> dict[str, Any]:
     return {"tree": {}, "fresh": [], "reflections": [], "simulations": 0, "stop_reason": None}
 
 
-def outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
+def outcome(ctx: LoopContext[MctsOptions], state: dict[str, Any]) -> LoopOutcome:
     tree: dict[str, TreeNode] = state.get("tree") or {}
     root_id = state.get("root_id") or ""
     attempts = [n for nid, n in tree.items() if nid != root_id]

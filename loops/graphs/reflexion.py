@@ -18,12 +18,11 @@ a lesson (role reflector) and refused drafts hang off the attempt they follow fr
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec, budget_guard
 from loopwright.loops.graphs.common import (
+    END,
     Candidate,
     add_candidate,
     add_note,
@@ -41,6 +40,9 @@ from loopwright.loops.prompts import render
 from loopwright.loops.tasks import Task
 from loopwright.loops.verify import extract_answer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
 
 PROMPTS = "reflexion"
 
@@ -91,13 +93,10 @@ class Lesson(TypedDict):
 
 class State(TypedDict, total=False):
     attempts: list[Candidate]
+    done: bool  # the latest attempt passed, was the last trial, or cannot fail (no verifier)
     memory: list[Lesson]
     tried: list[str]
     stop_reason: str | None
-
-
-def _opts(ctx: LoopContext) -> ReflexionOptions:
-    return ctx.options  # type: ignore[return-value]
 
 
 def _listed(task: Task, answers: list[str]) -> str:
@@ -125,9 +124,9 @@ def _key(task: Task, answer: str | None) -> str | None:
 
 
 @budget_guard
-async def act(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+async def act(state: State, runtime: Runtime[LoopContext[ReflexionOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     attempts = state["attempts"]
     trial = len(attempts)
     parent = attempts[-1] if attempts else None
@@ -159,21 +158,24 @@ async def act(state: State, config: RunnableConfig) -> dict[str, Any]:
     raise AssertionError("the last resample is always accepted")
 
 
-async def check(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
+async def check(state: State, runtime: Runtime[LoopContext[ReflexionOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
     attempts = await verify_last(ctx, state["attempts"])
     last = attempts[-1]
     tried = list(state["tried"])
     key = _key(ctx.task, last["answer"])
     if last["answer"] is not None and key not in {_key(ctx.task, a) for a in tried}:
         tried.append(last["answer"])
-    return {"attempts": attempts, "tried": tried}
+    done = (
+        bool(last["passed"]) or ctx.verifier is None or last["round"] + 1 >= ctx.options.max_trials
+    )
+    return {"attempts": attempts, "tried": tried, "done": done}
 
 
 @budget_guard
-async def reflect(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts = _opts(ctx)
+async def reflect(state: State, runtime: Runtime[LoopContext[ReflexionOptions]]) -> dict[str, Any]:
+    ctx = runtime.context
+    opts = ctx.options
     last = state["attempts"][-1]
     verdict = render(PROMPTS, f"verdict_{flavour(ctx.task)}", feedback=last["feedback"] or "failed")
     prompt = render(
@@ -195,21 +197,21 @@ async def reflect(state: State, config: RunnableConfig) -> dict[str, Any]:
     return {"memory": [*state["memory"], lesson][-opts.memory_size :]}
 
 
-# Routers are async so LangGraph calls them on the event loop instead of a thread pool.
+# Routers read the state only (LangGraph resolves a router's annotations when it builds the
+# graph, and Runtime is imported for type checkers only); nodes put what they decided from the
+# options there. Async, so LangGraph calls them on the event loop instead of a thread pool.
 after_act = unless_stopped("verify", needs="attempts")
 after_reflect = unless_stopped("act")
 
 
-async def after_verify(state: State, config: RunnableConfig) -> str:
-    ctx = ctx_of(config)
-    last = state["attempts"][-1]
-    if last["passed"] or ctx.verifier is None or last["round"] + 1 >= _opts(ctx).max_trials:
-        return END
-    return "reflect"
+async def after_verify(state: State) -> str:
+    return END if state["done"] else "reflect"
 
 
 def build() -> Any:
-    g = StateGraph(State)
+    from langgraph.graph import START, StateGraph
+
+    g = StateGraph(State, context_schema=LoopContext)
     g.add_node("act", act)
     g.add_node("verify", check)
     g.add_node("reflect", reflect)
@@ -220,17 +222,17 @@ def build() -> Any:
     return g.compile()
 
 
-def reflexion_outcome(ctx: LoopContext, state: dict[str, Any]) -> LoopOutcome:
+def reflexion_outcome(ctx: LoopContext[ReflexionOptions], state: dict[str, Any]) -> LoopOutcome:
     return chain_outcome(
         state.get("attempts") or [],
         state.get("stop_reason"),
-        last_round=_opts(ctx).max_trials - 1,  # trial k is round k
+        last_round=ctx.options.max_trials - 1,  # trial k is round k
         at_last_round="max_trials",
     )
 
 
-def initial_state(ctx: LoopContext) -> dict[str, Any]:
-    return {"attempts": [], "memory": [], "tried": [], "stop_reason": None}
+def initial_state(ctx: LoopContext[ReflexionOptions]) -> dict[str, Any]:
+    return {"attempts": [], "done": False, "memory": [], "tried": [], "stop_reason": None}
 
 
 REFLEXION: LoopSpec[ReflexionOptions] = LoopSpec(

@@ -7,29 +7,30 @@ Every draft and critique is a node; a refinement's parent is the draft it revise
 Prompts are chosen by task kind (math, code, text). On code tasks the critic and the refiner
 also see the verifier's feedback on the draft (the first failing test), and drafts get
 ``code_max_tokens``.
+
+The loop is a plain sequence, so it is written as a loop function (``@loop``): LangGraph runs
+it as a one-node graph, and a budget that runs out at any step ends it with the best draft so
+far (stop reason ``budget: ...``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, TypedDict
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from loopwright.loops.graphs.base import LoopContext, LoopSpec, budget_guard, ctx_of
+from loopwright.loops.graphs.base import LoopContext, LoopOutcome, LoopSpec
 from loopwright.loops.graphs.common import (
     Candidate,
     add_candidate,
     add_note,
+    chain_outcome,
     draft_messages,
     flavour,
     max_tokens_for,
     messages,
-    rounds_outcome,
     shown,
-    unless_stopped,
-    verify_last,
+    verify,
 )
+from loopwright.loops.graphs.function import loop
 from loopwright.loops.prompts import render
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,21 +54,13 @@ class SelfRefineOptions(BaseModel):
     stop_on_no_issues: bool = Field(True, description="Stop when the critic finds nothing to fix.")
 
 
-class State(TypedDict, total=False):
-    drafts: list[Candidate]
-    critique: str | None
-    critique_id: str | None
-    stop_reason: str | None
-
-
 def _test_feedback(draft: Candidate) -> str:
     return draft["feedback"] or "not run (this task has no tests)."
 
 
-@budget_guard
-async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
+async def generate(ctx: LoopContext[SelfRefineOptions]) -> Candidate:
+    """The first draft (round 0)."""
+    opts = ctx.options
     [s] = await ctx.sample(
         draft_messages(ctx.task),
         role="generator",
@@ -75,21 +68,12 @@ async def generate(state: State, config: RunnableConfig) -> dict[str, Any]:
         temperature=opts.temperature,
         max_tokens=max_tokens_for(ctx.task, opts.max_tokens, opts.code_max_tokens),
     )
-    return {"drafts": [add_candidate(ctx, s, role="generator", parent_id=None, depth=0, round_=0)]}
+    return add_candidate(ctx, s, role="generator", parent_id=None, depth=0, round_=0)
 
 
-async def verify(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    if ctx.verifier is None:
-        return {}
-    return {"drafts": await verify_last(ctx, list(state["drafts"]))}
-
-
-@budget_guard
-async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
-    last = state["drafts"][-1]
+async def critique(ctx: LoopContext[SelfRefineOptions], last: Candidate) -> str:
+    """The critic's reply on ``last`` (a node under it, in its round)."""
+    opts = ctx.options
     if ctx.task.kind == "code":
         # A failed test is evidence: the critic explains it instead of judging from scratch.
         key = "critique_code" if last["feedback"] else "critique_code_untested"
@@ -110,17 +94,12 @@ async def critique(state: State, config: RunnableConfig) -> dict[str, Any]:
         max_tokens=opts.critic_max_tokens,
     )
     add_note(ctx, s, role="critic", about=last)
-    update: dict[str, Any] = {"critique": s.text, "critique_id": s.node_id}
-    if opts.stop_on_no_issues and _NO_ISSUES.search(s.text):
-        update["stop_reason"] = "critic_satisfied"
-    return update
+    return s.text
 
 
-@budget_guard
-async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
-    ctx = ctx_of(config)
-    opts: SelfRefineOptions = ctx.options  # type: ignore[assignment]
-    last = state["drafts"][-1]
+async def refine(ctx: LoopContext[SelfRefineOptions], last: Candidate, feedback: str) -> Candidate:
+    """A revision of ``last`` from the critic's ``feedback`` (its child, one round later)."""
+    opts = ctx.options
     round_ = last["round"] + 1
     code = ctx.task.kind == "code"
     prompt = render(
@@ -128,7 +107,7 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
         f"refine_{flavour(ctx.task)}",
         question=ctx.task.prompt.rstrip() if code else ctx.task.prompt,
         answer=shown(ctx.task, last),
-        feedback=state.get("critique") or "",
+        feedback=feedback,
         test_feedback=_test_feedback(last),  # only the code template uses it
     )
     [s] = await ctx.sample(
@@ -138,55 +117,34 @@ async def refine(state: State, config: RunnableConfig) -> dict[str, Any]:
         temperature=opts.temperature,
         max_tokens=max_tokens_for(ctx.task, opts.max_tokens, opts.code_max_tokens),
     )
-    draft = add_candidate(
+    return add_candidate(
         ctx, s, role="refiner", parent_id=last["node_id"], depth=last["depth"] + 1, round_=round_
     )
-    return {"drafts": [*state["drafts"], draft]}
 
 
-# Routers are async so LangGraph calls them on the event loop instead of a thread pool.
-after_generate = unless_stopped("verify", needs="drafts")
-after_critique = unless_stopped("refine")
-after_refine = unless_stopped("verify")
-
-
-async def after_verify(state: State, config: RunnableConfig) -> str:
-    opts: SelfRefineOptions = ctx_of(config).options  # type: ignore[assignment]
-    last = state["drafts"][-1]
-    if state.get("stop_reason"):
-        return END
-    if last["passed"]:
-        return END
-    if last["round"] >= opts.max_rounds:
-        return END
-    return "critique"
-
-
-def build() -> Any:
-    g = StateGraph(State)
-    g.add_node("generate", generate)
-    g.add_node("verify", verify)
-    g.add_node("critique", critique)
-    g.add_node("refine", refine)
-    g.add_edge(START, "generate")
-    g.add_conditional_edges("generate", after_generate, ["verify", END])
-    g.add_conditional_edges("verify", after_verify, ["critique", END])
-    g.add_conditional_edges("critique", after_critique, ["refine", END])
-    g.add_conditional_edges("refine", after_refine, ["verify", END])
-    return g.compile()
-
-
-def initial_state(ctx: LoopContext) -> dict[str, Any]:
-    return {"drafts": [], "critique": None, "critique_id": None, "stop_reason": None}
-
-
-SELF_REFINE: LoopSpec[SelfRefineOptions] = LoopSpec(
-    name="self-refine",
+@loop(
     description="generate -> verify -> critique -> refine, until verified, critic satisfied, "
     "max rounds or budget",
     options=SelfRefineOptions,
-    build=build,
-    initial_state=initial_state,
-    outcome=rounds_outcome,
-    recursion_limit=lambda o: 4 * (o.max_rounds + 2) + 10,
+    register=False,  # built-in loops are found by name without registering
 )
+async def self_refine(ctx: LoopContext[SelfRefineOptions]) -> LoopOutcome:
+    opts = ctx.options
+    drafts = [await generate(ctx)]
+    stop_reason: str | None = None
+    while True:
+        drafts[-1] = await verify(ctx, drafts[-1])
+        last = drafts[-1]
+        if last["passed"] or last["round"] >= opts.max_rounds:
+            break
+        feedback = await critique(ctx, last)
+        if opts.stop_on_no_issues and _NO_ISSUES.search(feedback):
+            stop_reason = "critic_satisfied"
+            break
+        drafts.append(await refine(ctx, last, feedback))
+    return chain_outcome(
+        drafts, stop_reason, last_round=opts.max_rounds, at_last_round="max_rounds"
+    )
+
+
+SELF_REFINE: LoopSpec[SelfRefineOptions] = self_refine

@@ -5,17 +5,15 @@ Plain pydantic, no torch: the CLI validates everything here before anything heav
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from loopwright.loops.execution.run_config import SEED_MAX, RunSettings
 from loopwright.loops.improve.export import ExportType
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["rest-em", "star", "dpo", "self-reward"]
 METHODS: tuple[Method, ...] = ("rest-em", "star", "dpo", "self-reward")
 Device = Literal["auto", "cpu", "cuda"]
-SEED_MAX = 2**63 - 1  # the same bound as a run's seed (stored as a signed 64-bit integer)
 
 
 class TrainConfig(BaseModel):
@@ -49,10 +47,9 @@ class TrainConfig(BaseModel):
         return 5e-5 if lora else 5e-6
 
 
-class ImproveConfig(BaseModel):
-    """A series of self-improvement rounds, stored under ``name`` in the trace database."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ImproveConfig(RunSettings):
+    """A series of self-improvement rounds, stored under ``name`` in the trace database; its
+    generation and eval runs share the run settings (``RunSettings``)."""
 
     name: str = Field(min_length=1, description="Name of the series (resume keys on it).")
     tasks: str = Field(description="Train task spec (the loop's tasks each round).")
@@ -78,26 +75,12 @@ class ImproveConfig(BaseModel):
         "replace", description="Train on every round's samples so far, or this round's only."
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Trainer settings.")
-    db: str = Field("loopwright.duckdb", description="Trace database.")
     workdir: str | None = Field(
         None, description="Where data and models go; default NAME.improve/ beside the db."
     )
-    concurrency: int = Field(4, ge=1, description="Model requests in flight.")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the runs.")
-    sandbox: str = Field("bwrap", description="Sandbox of code tests.")
-    verifier: str = Field(
-        "auto",
-        description="In-loop verifier of the loop runs (training data is labelled by the "
-        "held-out grader either way); oracle makes the eval's loop column an upper bound.",
-    )
     resume: bool = Field(False, description="Continue the series called name.")
-    executor: Literal["local", "ray"] = Field(
-        "local",
-        description="Where the generation and eval runs' tasks (and their grading) run: "
-        "local or ray (runner.RunConfig.executor); training stays in this process.",
-    )
-    ray_address: str | None = Field(None, description="Ray cluster to join; none: a local one.")
-    workers: int | None = Field(None, ge=1, description="Ray worker actors per run.")
+
+    BOOKKEEPING: ClassVar[frozenset[str]] = frozenset({"resume", "workdir"})
 
     @model_validator(mode="after")
     def _method_objective(self) -> ImproveConfig:
@@ -106,25 +89,6 @@ class ImproveConfig(BaseModel):
             # The method decides the trainer; a config that says otherwise is rewritten.
             object.__setattr__(self, "train", self.train.model_copy(update={"objective": want}))
         return self
-
-    def identity(self) -> dict[str, Any]:
-        """What a resumed series must match (everything that changes the results)."""
-        return self.model_dump(
-            mode="json",
-            exclude={
-                "resume",
-                "db",
-                "workdir",
-                "concurrency",
-                "executor",
-                "ray_address",
-                "workers",
-            },
-        )
-
-    def config_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
     def restarts_from_base(self) -> bool:
         """ReST-EM and STaR fine-tune the base each round; DPO methods iterate."""

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from loopwright.loops.analysis.samples import Sample, load_samples
+from loopwright.loops.analysis.pairs import VERIFIER as PAIRWISE
+from loopwright.loops.analysis.samples import BestOfNSample, load_samples
 from loopwright.traces import TraceStore, run_by_name
 from loopwright.traces import metrics as M
+from loopwright.traces.grading import final_grades
+from loopwright.traces.judging import judgements_of_graded_pairs
 
 
 def _ci(values: list[float], seed: int = 0) -> dict[str, float]:
@@ -19,14 +22,14 @@ def _ci(values: list[float], seed: int = 0) -> dict[str, float]:
     return {"mean": mean, "lo": lo, "hi": hi}
 
 
-def _run_samples(store: TraceStore, run: str) -> tuple[str, dict[str, list[Sample]]]:
+def _run_samples(store: TraceStore, run: str) -> tuple[str, dict[str, list[BestOfNSample]]]:
     row = run_by_name(store, run)
     if row is None:
         raise ValueError(f"no run {run!r}")
     return row["run_id"], load_samples(store, [row["run_id"]]).get(row["run_id"], {})
 
 
-def _shape(per_task: dict[str, list[Sample]]) -> dict[str, Any]:
+def _shape(per_task: dict[str, list[BestOfNSample]]) -> dict[str, Any]:
     samples = [s for ss in per_task.values() for s in ss]
     distinct = [len({s.key for s in ss if s.key is not None}) for ss in per_task.values()]
     return {
@@ -52,12 +55,8 @@ def eval_metrics(store: TraceStore, run: str, k: int) -> dict[str, Any]:
     out["pass@k"] = out[f"pass@{kk}"]
     votes = [[(s.key, bool(s.correct)) for s in per_task[t][:kk]] for t in tasks]
     out["maj@k"] = _ci([M.maj_at_k([v], kk) for v in votes])
-    loop = store.query(
-        "SELECT CAST(coalesce(graded, false) AS DOUBLE) AS g FROM tasks "
-        "WHERE run_id = ? AND status = 'done' ORDER BY task_id",
-        [run_id],
-    )
-    out["loop"] = _ci([float(r["g"]) for r in loop]) if loop else None
+    loop = final_grades(store, run_id)
+    out["loop"] = _ci(loop) if loop else None
     return out
 
 
@@ -81,19 +80,7 @@ def judge_agreement(store: TraceStore, run: str) -> dict[str, Any]:
     row = run_by_name(store, run)
     if row is None:
         return {"pairs": 0, "agreement": None}
-    rows = store.query(
-        """
-        WITH j AS (
-            SELECT details->>'$.a_node_id' AS a, details->>'$.b_node_id' AS b,
-                   details->>'$.a_first.winner' AS af, details->>'$.b_first.winner' AS bf
-            FROM verdicts WHERE run_id = ? AND verifier = 'llm-judge-pairwise'),
-        g AS (SELECT node_id, bool_or(passed) AS passed FROM verdicts
-              WHERE run_id = ? AND stage = 'graded' GROUP BY node_id)
-        SELECT j.af, j.bf, ga.passed AS pa, gb.passed AS pb
-        FROM j JOIN g ga ON ga.node_id = j.a JOIN g gb ON gb.node_id = j.b
-        WHERE ga.passed <> gb.passed""",
-        [row["run_id"], row["run_id"]],
-    )
+    rows = judgements_of_graded_pairs(store, row["run_id"], PAIRWISE)
     decided = [r for r in rows if r["af"] == r["bf"] and r["af"] in ("a", "b")]
     agree = sum((r["af"] == "a") == bool(r["pa"]) for r in decided)
     return {

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -25,7 +26,6 @@ from loopwright.loops.execution.runner import run as run_loop
 from loopwright.loops.improve.config import ImproveConfig
 from loopwright.loops.improve.metrics import eval_metrics, judge_agreement, train_metrics
 from loopwright.loops.improve.star import hinted_task_file, strip_hints, unsolved_tasks
-from loopwright.loops.models.config import Connection
 from loopwright.loops.tasks import load_tasks
 from loopwright.traces import TraceStore, new_id, run_by_name
 from loopwright.traces import lineage as L
@@ -118,10 +118,7 @@ def _run(cfg: ImproveConfig, name: str, loop_cfg: dict[str, Any], events: Events
         row = run_by_name(store, name)
     if row is not None and row["status"] == "done":
         return
-    rc = RunConfig(run_name=name, resume=row is not None, db=cfg.db, seed=cfg.seed,
-                   connection=Connection(concurrency=cfg.concurrency), sandbox=cfg.sandbox, verifier=cfg.verifier,
-                   executor=cfg.executor, ray_address=cfg.ray_address, workers=cfg.workers,
-                   **loop_cfg)  # fmt: skip
+    rc = RunConfig(**cfg.settings(), run_name=name, resume=row is not None, **loop_cfg)
     asyncio.run(run_loop(rc, lambda p: events.run_progress(label, p)))
 
 
@@ -173,12 +170,13 @@ def _hold_series(work: Path, name: str) -> IO[str]:
 def _run_series(cfg: ImproveConfig, work: Path, ev: Events) -> ImproveResult:
     train_spec, limit, eval_file = check_split(cfg, work)
     train_cfg = {"loop": cfg.loop, "tasks": train_spec, "limit": limit, "options": cfg.options}
-    prepare(RunConfig(model=cfg.base, verifier=cfg.verifier, **train_cfg))
+    prepare(RunConfig(**cfg.settings(), model=cfg.base, **train_cfg))
     if cfg.rounds:
         from loopwright.loops.improve.train import _need_train
 
         _need_train()  # before round 0 spends its time
     _open_series(cfg)
+    series = _Series(cfg, train_cfg, eval_file, work, ev)
     model = cfg.base
     failed = None
     with contextlib.ExitStack() as stack:
@@ -193,7 +191,7 @@ def _run_series(cfg: ImproveConfig, work: Path, ev: Events) -> ImproveResult:
                 model = row["model"]
                 continue
             try:
-                model = _round(cfg, rnd, model, row, train_cfg, eval_file, work, ev)
+                model = _round(series, rnd, model, row)
             except _RoundFailed as exc:
                 failed = str(exc)
                 break
@@ -206,14 +204,28 @@ class _RoundFailed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Series:
+    """What every round of a series shares: its config, the train runs' settings, the eval
+    file held out of harvests, the work folder and where progress goes."""
+
+    cfg: ImproveConfig
+    train_cfg: dict[str, Any]
+    eval_file: Path
+    work: Path
+    ev: Events
+
+
 def served_as(path: Path) -> str:
     """The model string a trained file is served and traced under."""
     return f"local/{path}"
 
 
-def _round(cfg: ImproveConfig, rnd: int, parent: str, row: dict[str, Any],
-           train_cfg: dict[str, Any], eval_file: Path, work: Path, ev: Events) -> str:  # fmt: skip
+def _round(series: _Series, rnd: int, parent: str, row: dict[str, Any]) -> str:
     """Finish round ``rnd`` from the stage its row is at; returns the round's model."""
+    cfg, train_cfg, eval_file, work, ev = (
+        series.cfg, series.train_cfg, series.eval_file, series.work, series.ev
+    )  # fmt: skip
     name = cfg.name
     stage = row.get("stage") or "generate"
     model = row.get("model") or parent
@@ -227,12 +239,12 @@ def _round(cfg: ImproveConfig, rnd: int, parent: str, row: dict[str, Any],
         ev.stage(rnd, "grade")
         _grade(cfg, train_run)
         if cfg.method == "star":
-            _rationalise(cfg, rnd, parent, train_cfg, work, ev)
+            _rationalise(series, rnd, parent)
         if cfg.method == "self-reward":
             ev.stage(rnd, "judge", f"{parent} judges pairs of its own samples")
             asyncio.run(judge_pairs(cfg.db, [train_run], parent, seed=cfg.seed,
                                     pairs_per_task=cfg.max_per_prompt or 4,
-                                    concurrency=cfg.concurrency, with_reference=False))  # fmt: skip
+                                    concurrency=cfg.connection.concurrency, with_reference=False))  # fmt: skip
         ev.stage(rnd, "harvest")
         data, rows = _harvest(cfg, rnd, eval_file, work)
         with TraceStore(cfg.db) as store:
@@ -242,7 +254,7 @@ def _round(cfg: ImproveConfig, rnd: int, parent: str, row: dict[str, Any],
             L.set_round(store, name, rnd, stage="train", metrics=metrics)
         if rows == 0:
             _fail(cfg, rnd, "harvest found no training rows (no verified samples)")
-        model = _train(cfg, rnd, parent, data, rows, work, ev)
+        model = _train(series, rnd, parent, data, rows)
     eval_run = f"{name}-r{rnd}-eval"
     with TraceStore(cfg.db) as store:
         L.set_round(store, name, rnd, stage="eval", model=model, eval_run=eval_run)
@@ -293,9 +305,9 @@ def _harvest(cfg: ImproveConfig, rnd: int, eval_file: Path, work: Path) -> tuple
     return out, res.rows
 
 
-def _rationalise(cfg: ImproveConfig, rnd: int, parent: str, train_cfg: dict[str, Any],
-                 work: Path, ev: Events) -> None:  # fmt: skip
+def _rationalise(series: _Series, rnd: int, parent: str) -> None:
     """STaR: the never-solved train tasks again, with their reference as a hint."""
+    cfg, train_cfg, work, ev = series.cfg, series.train_cfg, series.work, series.ev
     todo = unsolved_tasks(cfg.db, f"{cfg.name}-r{rnd}-train", train_cfg["tasks"],
                           train_cfg["limit"])  # fmt: skip
     if not todo:
@@ -308,9 +320,9 @@ def _rationalise(cfg: ImproveConfig, rnd: int, parent: str, train_cfg: dict[str,
     _grade(cfg, name)
 
 
-def _train(cfg: ImproveConfig, rnd: int, parent: str, data: Path, rows: int, work: Path,
-           ev: Events) -> str:  # fmt: skip
+def _train(series: _Series, rnd: int, parent: str, data: Path, rows: int) -> str:
     """Train and export model ``rnd`` unless its ``models`` row already exists."""
+    cfg, work, ev = series.cfg, series.work, series.ev
     with TraceStore(cfg.db) as store:
         done = L.model_of_round(store, cfg.name, rnd)
     if done is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from loopwright.loops.tasks import Task, load_tasks
 from loopwright.traces import TraceStore, run_by_name
+from loopwright.traces.grading import done_task_ids, graded_passed_task_ids
 
 MARK = "\n\n(Hint: the correct answer is"
 HINT = MARK + " {reference}. Explain step by step how to get it.)"
@@ -23,17 +24,8 @@ def unsolved_tasks(db: str, run: str, spec: str, limit: int | None) -> list[Task
         row = run_by_name(store, run)
         if row is None:
             return []
-        solved = {
-            r["task_id"]
-            for r in store.query(
-                "SELECT DISTINCT v.task_id FROM verdicts v WHERE v.run_id = ? "
-                "AND v.stage = 'graded' AND v.passed",
-                [row["run_id"]],
-            )
-        }
-        ran = {r["task_id"] for r in store.query(
-            "SELECT task_id FROM tasks WHERE run_id = ? AND status = 'done'", [row["run_id"]]
-        )}  # fmt: skip
+        solved = graded_passed_task_ids(store, row["run_id"])
+        ran = done_task_ids(store, row["run_id"])
     return [t for t in load_tasks(spec, limit) if t.id in ran - solved and t.reference]
 
 

@@ -1,8 +1,11 @@
-"""Model access: the client (``client``), its config and records (``config``), retry policy
-(``retry``), loopwright's litellm providers (``providers``), the direct OpenAI-compatible
-transport (``http_transport``), the in-process engine (``local_model``), scripted test
-doubles (``scripted``) and budgets (``budget``). A new provider goes in ``providers`` (a
-litellm custom provider) or, for an in-process engine, next to ``local_model``."""
+"""Model access. The seam is ``base`` (the ``Model`` protocol: ``generate(messages, params,
+n)``); its implementations are ``litellm_model`` (any litellm model string; the only module
+that imports litellm), ``http_transport`` (direct OpenAI-compatible JSON), ``engine_model``
+(the in-process engine of ``local_model``), ``function_model`` and ``scripted`` (test
+doubles with faults); ``providers.resolve_model`` picks one for a model string. Around every
+call: the client (``client``: budget, cache, retries, tracing), its config and records
+(``config``), the retry policy and error kinds (``retry``), prices (``pricing``) and budgets
+(``budget``). docs/models.md shows how to write a model of your own."""
 
 import os
 

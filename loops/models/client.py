@@ -1,11 +1,12 @@
-"""The model client: budgeted, cached, traced, retried sampling over litellm or the direct
-OpenAI-compatible transport.
+"""The model client: budgeted, cached, traced, retried sampling from any ``Model``.
 
-Async, bounded concurrency, tenacity retries on transient provider errors only (``retry``),
-per-call timeout, token/cost accounting, n>1 in one request where the provider allows it
-(fan-out otherwise), a call cache keyed on request content *and sample index*, a budget check
-before every request, and one trace row per sample. Configuration and records are in
-``config``; loopwright's own litellm providers in ``providers``.
+A ``Model`` (``base``) makes one request; around it the client does the rest: bounded
+concurrency, retries of transient provider errors only (``retry``; the wait goes through an
+injectable ``sleep``), a per-call timeout for models that are not in process, token/cost
+accounting (pricing tokens the model did not price), n>1 in one request where the model
+allows it (fan-out otherwise), a call cache keyed on request content *and sample index*, a
+budget check before every request, and one trace row per sample. Which model serves a model
+string is ``providers.resolve_model``'s choice; configuration and records are in ``config``.
 """
 
 from __future__ import annotations
@@ -14,47 +15,65 @@ import asyncio
 import dataclasses
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-import litellm
 from loopwright.loops.errors import ModelCallError, UserError
-from loopwright.loops.models import http_transport, providers
+from loopwright.loops.models.base import CallParams, Completion, Model
 from loopwright.loops.models.budget import Budget
 from loopwright.loops.models.config import (
     CallContext,
     ClientConfig,
     Sample,
     cache_key,
-    supports_n,
-    uses_http,
 )
-from loopwright.loops.models.parse import parse_json, parse_response
-from loopwright.loops.models.retry import TooFewChoices, is_retryable
-from loopwright.traces.queries import cache_lookup
-from loopwright.traces.records import CacheRecord, CallRecord, new_id
-from loopwright.traces.writer import TraceWriter
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+from loopwright.loops.models.parse import check_count
+from loopwright.loops.models.pricing import token_cost
+from loopwright.loops.models.providers import resolve_model
+from loopwright.loops.models.retry import TooFewChoices, is_model_error, is_retryable
+from loopwright.traces.queries import cache_has_rows, cache_lookup
+from loopwright.traces.records import ROLES, CacheRecord, CallRecord, Role, new_id
 
-providers.install()
+if TYPE_CHECKING:
+    from loopwright.traces.writer import TraceWriter
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+class RequestFailed(ModelCallError):
+    """A request failed with a provider error, after ``attempts`` tries."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
 
 
 class ModelClient:
-    """Sample completions; every sample is budgeted, cached and traced."""
+    """Sample completions; every sample is budgeted, cached and traced.
+
+    ``model`` serves the calls (default: the one ``config.model`` names, see
+    ``resolve_model``); given, its ``name`` is the model string of the trace. ``sleep`` waits
+    between tries (default ``asyncio.sleep``; a test passes one that records the delays).
+    """
 
     def __init__(
-        self, config: ClientConfig | str | None = None, *, writer: TraceWriter | None = None
+        self,
+        config: ClientConfig | str | None = None,
+        *,
+        writer: TraceWriter | None = None,
+        model: Model | None = None,
+        sleep: Sleep | None = None,
     ) -> None:
         if isinstance(config, str) or config is None:
-            config = ClientConfig(model=config or ClientConfig().model)
+            default = model.name if model is not None else ClientConfig().model
+            config = ClientConfig(model=config or default)
+        if model is not None and config.model != model.name:
+            config = config.model_copy(update={"model": model.name})
         self.config = config
         self.writer = writer
-        self.http = uses_http(config.model, config.api_base, config.transport)
-        self.n_supported = True if self.http else supports_n(config.model)
-        self._free = config.model.split("/", 1)[0] in ("local", "scripted")
-        self._price: tuple[float, float] | None = None  # USD per prompt / completion token
-        # In-process models cannot hang on a network: a timeout would only abandon work the
-        # engine goes on doing, and the retry would queue the same work again behind it.
-        self._in_process = self._free
+        self.backend: Model = model if model is not None else resolve_model(config)
+        self.n_supported = self.backend.supports_n
+        self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._db_had_cache: bool | None = None
         self._written_keys: set[str] = set()
         self._sem: asyncio.Semaphore | None = None
@@ -62,6 +81,7 @@ class ModelClient:
 
     @property
     def model(self) -> str:
+        """The model string, as the trace records it."""
         return self.config.model
 
     def _semaphore(self) -> asyncio.Semaphore:
@@ -84,26 +104,36 @@ class ModelClient:
         context: CallContext | None = None,
         role: str | None = None,
     ) -> list[Sample]:
-        """Draw ``n`` completions. Raises BudgetExhausted before spending, ModelCallError after retries.
+        """Draw ``n`` completions. Raises BudgetExhausted before spending, ModelCallError
+        after retries; a bug in the model (any error that is not a provider's) propagates.
 
         The ``n`` calls are reserved in ``budget`` (and its parents) until they are charged, so
         concurrent requests cannot together overshoot a call limit each one fits alone.
         ``role`` names the calls' role in the trace when ``context`` does not (a tool's
-        default, e.g. ``judge``).
+        default, e.g. ``judge``; tools name roles as plain strings).
         """
         if n < 1:
             raise ValueError("n must be >= 1")
         if role is not None and (context is None or context.role is None):
+            if not _is_role(role):
+                raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
             context = dataclasses.replace(context or CallContext(), role=role)
+        ctx = context or CallContext()
+        params = CallParams(
+            temperature=self.config.temperature if temperature is None else temperature,
+            max_tokens=max_tokens or self.config.max_tokens,
+            seed=seed,
+            stop=None if stop is None else tuple(stop),
+            role=ctx.role,
+            round=ctx.round,
+            task_id=ctx.task_id,
+            run_id=ctx.run_id,
+        )
         if budget is None:
-            return await self._sample(
-                messages, n, temperature, max_tokens, seed, stop, None, context
-            )
+            return await self._sample(messages, n, params, None, ctx)
         await budget.areserve(n)
         try:
-            return await self._sample(
-                messages, n, temperature, max_tokens, seed, stop, budget, context
-            )
+            return await self._sample(messages, n, params, budget, ctx)
         finally:
             budget.release(n)
 
@@ -111,28 +141,18 @@ class ModelClient:
         self,
         messages: list[dict[str, Any]],
         n: int,
-        temperature: float | None,
-        max_tokens: int | None,
-        seed: int | None,
-        stop: list[str] | None,
+        params: CallParams,
         budget: Budget | None,
-        context: CallContext | None,
+        ctx: CallContext,
     ) -> list[Sample]:
-        ctx = context or CallContext()
-        params: dict[str, Any] = {
-            "temperature": self.config.temperature if temperature is None else temperature,
-            "max_tokens": max_tokens or self.config.max_tokens,
-            "seed": seed,
-            "stop": stop,
-        }
         # Unseeded sampling at temperature > 0 is not replayable, so it is never cached.
         cacheable = (
             self.config.cache
             and self.writer is not None
-            and (params["temperature"] == 0 or seed is not None)
+            and (params.temperature == 0 or params.seed is not None)
         )
         key = (
-            cache_key(f"{self.model}@{self.config.api_base or ''}", messages, params)
+            cache_key(f"{self.model}@{self.config.api_base or ''}", messages, _key_params(params))
             if cacheable
             else None
         )
@@ -147,36 +167,13 @@ class ModelClient:
         if samples is None:
             t0 = time.perf_counter()
             try:
-                if n > 1 and self.n_supported:
-                    try:
-                        samples, attempts = await self._request(messages, params, n)
-                    except ModelCallError as exc:
-                        if not isinstance(exc.__cause__, TooFewChoices):
-                            raise
-                        self.n_supported = False  # the server ignores n: fan out from now on
-                if n == 1:
-                    samples, attempts = await self._request(messages, params, n)
-                elif not self.n_supported:  # fan out: n requests of one sample, derived seeds
-                    parts = await asyncio.gather(
-                        *(
-                            self._request(
-                                messages, {**params, "seed": None if seed is None else seed + i}, 1
-                            )
-                            for i in range(n)
-                        )
-                    )
-                    samples = []
-                    for i, (got, tries) in enumerate(parts):
-                        got[0].sample_index = i
-                        samples.extend(got)
-                        attempts = max(attempts, tries)
+                samples, attempts = await self._draw(messages, params, n)
             except ModelCallError as exc:
                 self._trace_failure(
-                    request_id, messages, params, n, ctx, exc, time.perf_counter() - t0
+                    request_id, messages, params, n, ctx, exc=exc, latency=time.perf_counter() - t0
                 )
                 raise
             latency = time.perf_counter() - t0
-            assert samples is not None
             if key is not None and self.writer is not None:
                 self._written_keys.add(key)
                 for s in samples:
@@ -211,113 +208,115 @@ class ModelClient:
                 )
         return samples
 
-    async def _once(
-        self, messages: list[dict[str, Any]], kwargs: dict[str, Any], n: int
-    ) -> list[Sample]:
-        cfg = self.config
-        timeout = None if self._in_process else cfg.timeout_s
-        async with self._semaphore():
-            # Backstop for providers (custom ones included) that ignore litellm's timeout.
-            async with asyncio.timeout(None if timeout is None else timeout + 5):
-                if self.http:
-                    body = {k: v for k, v in kwargs.items() if k != "api_base"}
-                    data = await http_transport.chat(
-                        cfg.model, str(cfg.api_base), messages, body, timeout=timeout
-                    )
-                    return parse_json(data, n, self._token_cost)
-                resp = await litellm.acompletion(
-                    model=cfg.model,
-                    messages=messages,
-                    timeout=timeout,
-                    num_retries=0,
-                    max_retries=0,
-                    **kwargs,
-                )
-        return parse_response(resp, n, self._cost(resp))
-
-    async def _request(
-        self, messages: list[dict[str, Any]], params: dict[str, Any], n: int
+    async def _draw(
+        self, messages: list[dict[str, Any]], params: CallParams, n: int
     ) -> tuple[list[Sample], int]:
-        cfg = self.config
-        kwargs: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
-        if n > 1:
-            kwargs["n"] = n
-        if cfg.api_base:
-            kwargs["api_base"] = cfg.api_base
-        attempts = 1
-        try:
-            # The first try skips the retry machinery: most calls succeed at once.
+        """``n`` fresh samples and the most tries one request took: one request when the model
+        samples ``n`` at once, else (or once it answered an n>1 request with one choice) ``n``
+        requests of one, seeds ``seed + i``."""
+        if n > 1 and self.n_supported:
             try:
-                return await self._once(messages, kwargs, n), 1
-            except Exception as exc:
-                if not is_retryable(exc) or cfg.retry.max_attempts == 1:
+                return await self._request(messages, params, n)
+            except RequestFailed as exc:
+                if not isinstance(exc.__cause__, TooFewChoices):
                     raise
-                await asyncio.sleep(cfg.retry.delay(exc, 1))
-            retrying = AsyncRetrying(
-                retry=retry_if_exception(is_retryable),
-                stop=stop_after_attempt(cfg.retry.max_attempts - 1),
-                wait=lambda st: cfg.retry.delay(
-                    st.outcome.exception() if st.outcome else None, st.attempt_number + 1
-                ),
-                reraise=True,
+                self.n_supported = False  # the model ignores n: fan out from now on
+        if n == 1:
+            return await self._request(messages, params, 1)
+        seed = params.seed
+        parts = await asyncio.gather(
+            *(
+                self._request(
+                    messages,
+                    dataclasses.replace(params, seed=None if seed is None else seed + i),
+                    1,
+                )
+                for i in range(n)
             )
-            async for attempt in retrying:
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number + 1
-                    samples = await self._once(messages, kwargs, n)
-        except Exception as exc:
-            if isinstance(exc, litellm.AuthenticationError) or (
-                isinstance(exc, http_transport.EndpointError) and exc.status_code in (401, 403)
-            ):
-                raise UserError(
-                    f"{cfg.model}: the provider rejected the API key ({_first_line(exc)})"
-                ) from exc
-            err = ModelCallError(
-                f"{type(exc).__name__}: {_first_line(exc)} (after {attempts} attempt(s))"
-            )
-            err.attempts = attempts  # type: ignore[attr-defined]
-            raise err from exc
+        )
+        samples: list[Sample] = []
+        attempts = 0
+        for i, (got, tries) in enumerate(parts):
+            got[0].sample_index = i
+            samples.extend(got)
+            attempts = max(attempts, tries)
         return samples, attempts
 
-    def _token_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """litellm's price table, looked up once per client; unpriced models cost 0."""
-        if self._free or self.model.startswith("hosted_vllm/"):
-            return 0.0
-        if self._price is None:
+    async def _once(
+        self, messages: list[dict[str, Any]], params: CallParams, n: int
+    ) -> list[Sample]:
+        model = self.backend
+        async with self._semaphore():
+            if model.in_process:
+                # No timeout: it would only abandon work the engine goes on doing, and the
+                # retry would queue the same work again behind it.
+                got = await model.generate(messages, params, n)
+            else:
+                # A backstop for models that do not keep to their own timeout.
+                async with asyncio.timeout(self.config.timeout_s + 5):
+                    got = await model.generate(messages, params, n)
+        check_count(len(got), n)
+        return [self._fresh(i, c) for i, c in enumerate(got[:n])]
+
+    async def _request(
+        self, messages: list[dict[str, Any]], params: CallParams, n: int
+    ) -> tuple[list[Sample], int]:
+        policy = self.config.retry
+        attempt = 1
+        while True:
             try:
-                p, c = litellm.cost_per_token(
-                    model=self.model, prompt_tokens=1, completion_tokens=1
-                )
-                self._price = (float(p), float(c))
-            except Exception:  # not in the cost map: "unknown", recorded as 0
-                self._price = (0.0, 0.0)
-        return prompt_tokens * self._price[0] + completion_tokens * self._price[1]
+                return await self._once(messages, params, n), attempt
+            except Exception as exc:
+                if attempt < policy.max_attempts and is_retryable(exc):
+                    await self._sleep(policy.delay(exc, attempt))
+                    attempt += 1
+                    continue
+                if not is_model_error(exc):
+                    raise  # a bug (in a model function, say), with its traceback
+                if getattr(exc, "status_code", None) in (401, 403):
+                    raise UserError(
+                        f"{self.model}: the provider rejected the API key ({_first_line(exc)})"
+                    ) from exc
+                raise RequestFailed(
+                    f"{type(exc).__name__}: {_first_line(exc)} (after {attempt} attempt(s))",
+                    attempt,
+                ) from exc
+
+    def _fresh(self, i: int, c: Completion) -> Sample:
+        """Choice ``i`` of a fresh answer: the request's prompt is charged on choice 0."""
+        prompt_tokens = c.prompt_tokens if i == 0 else 0
+        cost = c.cost_usd
+        if cost is None:
+            cost = (
+                0.0
+                if self.backend.in_process
+                else token_cost(self.model, prompt_tokens, c.completion_tokens)
+            )
+        return Sample(
+            text=c.text,
+            node_id=new_id(),
+            call_id=new_id(),
+            sample_index=i,
+            finish_reason=c.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            cost_usd=cost,
+            logprob_mean=c.logprob_mean,
+            cache_hit=False,
+        )
 
     async def aclose(self) -> None:
-        """Release the http transport's connections (the loop's shutdown also does)."""
-        if self.http:
-            await http_transport.close_session()
+        """Release what the model holds (the http transport's connections; the loop's
+        shutdown also closes those)."""
+        await self.backend.aclose()
 
     def _may_be_cached(self, key: str) -> bool:
         """Skip the DB round trip when the cache table was empty and this key is new."""
         if self.writer is None or self.writer.store is None:  # a Ray worker's record sink
             return False
         if self._db_had_cache is None:
-            rows = self.writer.store.query("SELECT EXISTS (SELECT 1 FROM call_cache) AS any")
-            self._db_had_cache = bool(rows[0]["any"])
+            self._db_had_cache = cache_has_rows(self.writer.store)
         return bool(self._db_had_cache) or key in self._written_keys
-
-    def _cost(self, resp: Any) -> float:
-        if self._free:
-            return 0.0
-        hidden = getattr(resp, "_hidden_params", None) or {}
-        cost = hidden.get("response_cost")  # litellm already priced it
-        if cost is None:
-            try:
-                cost = litellm.completion_cost(completion_response=resp)
-            except Exception:  # a model missing from the cost map costs "unknown", i.e. 0
-                cost = 0.0
-        return float(cost or 0.0)
 
     def _from_cache(self, row: dict[str, Any], i: int) -> Sample:
         return Sample(
@@ -337,10 +336,11 @@ class ModelClient:
         self,
         request_id: str,
         messages: list[dict[str, Any]],
-        params: dict[str, Any],
+        params: CallParams,
         n: int,
         ctx: CallContext,
-        exc: Exception,
+        *,
+        exc: ModelCallError,
         latency: float,
     ) -> None:
         if self.writer is None:
@@ -363,7 +363,7 @@ class ModelClient:
         request_id: str,
         ctx: CallContext,
         messages_json: str,
-        params: dict[str, Any],
+        params: CallParams,
         n: int,
         **fields: Any,
     ) -> CallRecord:
@@ -371,9 +371,23 @@ class ModelClient:
         return CallRecord(
             request_id=request_id, run_id=ctx.run_id, task_id=ctx.task_id, loop=ctx.loop,
             round=ctx.round, role=ctx.role, model=self.model, messages=messages_json,
-            temperature=params["temperature"], max_tokens=params["max_tokens"], n=n,
-            seed=params["seed"], **fields,
+            temperature=params.temperature, max_tokens=params.max_tokens, n=n,
+            seed=params.seed, **fields,
         )  # fmt: skip
+
+
+def _key_params(params: CallParams) -> dict[str, Any]:
+    """What of a request's settings its cache key covers (not where in a run it was made)."""
+    return {
+        "temperature": params.temperature,
+        "max_tokens": params.max_tokens,
+        "seed": params.seed,
+        "stop": None if params.stop is None else list(params.stop),
+    }
+
+
+def _is_role(name: str) -> TypeGuard[Role]:
+    return name in ROLES
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,11 +7,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import litellm
 from loopwright.loops.errors import UserError
 from loopwright.loops.models import http_transport, scripted
-from loopwright.loops.models.local_model import spec_for
+from loopwright.loops.models.local_model import is_installed, spec_for
 from loopwright.loops.models.retry import RetryPolicy
+from loopwright.traces.records import Role
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Transport = Literal["auto", "litellm", "http"]
@@ -87,9 +87,19 @@ def nest_connection(data: Any) -> Any:
 class ClientConfig(Connection):
     """One model, how to reach it, and its default sampling settings."""
 
-    model: str = Field("local/smollm2-135m", description="Any litellm model string.")
+    model: str = Field(
+        "local/smollm2-135m",
+        description="A litellm model string, local/NAME (the in-process engine) or "
+        "scripted/NAME (a registered scripted model).",
+    )
     temperature: float = Field(0.7, ge=0, description="Default sampling temperature.")
     max_tokens: int = Field(512, gt=0, description="Default completion length cap.")
+    in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Samples the run may have in flight at once (concurrency x n); the "
+        "in-process engine sizes its parallel slots to it. None: the engine's default.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -97,9 +107,11 @@ class ClientConfig(Connection):
         return _nest_retry(data) if isinstance(data, dict) else data
 
     @classmethod
-    def of(cls, model: str, connection: Connection) -> ClientConfig:
+    def of(
+        cls, model: str, connection: Connection, *, in_flight: int | None = None
+    ) -> ClientConfig:
         """The client config for ``model`` reached through ``connection``."""
-        return cls(model=model, **dict(connection))
+        return cls(model=model, in_flight=in_flight, **dict(connection))
 
 
 @dataclass
@@ -110,7 +122,7 @@ class CallContext:
     task_id: str | None = None
     loop: str | None = None
     round: int | None = None
-    role: str | None = None
+    role: Role | None = None
 
 
 @dataclass
@@ -150,21 +162,6 @@ def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def supports_n(model: str) -> bool:
-    provider = model.split("/", 1)[0]
-    if provider == "local":
-        return True
-    if provider == "scripted":
-        return scripted.lookup(model.split("/", 1)[1]).supports_n
-    try:
-        _, prov, _, _ = litellm.get_llm_provider(model)
-        return "n" in (
-            litellm.get_supported_openai_params(model=model, custom_llm_provider=prov) or []
-        )
-    except Exception:
-        return False
-
-
 def check_model(model: str, api_base: str | None = None, transport: Transport = "auto") -> None:
     """Fail fast, in one line, on an unknown model, a missing local model or a missing key."""
     provider, _, name = model.partition("/")
@@ -176,8 +173,6 @@ def check_model(model: str, api_base: str | None = None, transport: Transport = 
         )
     if provider == "local":
         spec = spec_for(name)
-        from loopwright.loops.models.local_model import is_installed
-
         if spec.path is not None and not is_installed(spec):
             raise UserError(f"local model {model}: no such GGUF file")
         if not is_installed(spec):
@@ -186,19 +181,8 @@ def check_model(model: str, api_base: str | None = None, transport: Transport = 
     if provider == "scripted":
         scripted.lookup(name)
         return
-    try:
-        litellm.get_llm_provider(model, api_base=api_base)
-    except Exception:
-        raise UserError(
-            f"unknown model {model!r}: use a litellm model string such as "
-            "'openai/gpt-4o-mini', 'anthropic/claude-3-5-haiku-latest', 'hosted_vllm/NAME' "
-            "with --api-base, or 'local/smollm2-135m'"
-        ) from None
-    if api_base is None:
-        env = litellm.validate_environment(model)
-        if not env.get("keys_in_environment", True):
-            missing = ", ".join(env.get("missing_keys") or ["an API key"])
-            raise UserError(
-                f"{model} needs {missing} in the environment: export it, "
-                "or use --model local/smollm2-135m to run offline"
-            )
+    if uses_http(model, api_base, transport):
+        return  # the endpoint is the user's: nothing here can check more before the first call
+    from loopwright.loops.models import litellm_model
+
+    litellm_model.check(model, api_base)

@@ -1,15 +1,17 @@
-"""A direct client for OpenAI-compatible chat-completions endpoints (vLLM, SGLang, llama.cpp).
+"""A direct client for OpenAI-compatible chat-completions endpoints (vLLM, SGLang, llama.cpp),
+and :class:`HttpModel`, the model that uses it.
 
 litellm spends ~10 ms of CPU on every call (parameter mapping, response objects, logging
 tasks); on two cores that caps a run at ~60 calls/s however fast the server is. For a
 self-hosted OpenAI-compatible server nothing of that is needed: the request is the OpenAI
 JSON body and the answer is the OpenAI JSON answer. This module posts it with one shared
 aiohttp session per event loop (~1 ms of CPU per call). ``benchmarks/throughput.py`` measures
-both paths.
+both paths. aiohttp is imported on the first request.
 
 Errors are raised as ``EndpointError`` (an HTTP status, with the response headers so that a
-Retry-After is honoured), ``EndpointConnectionError`` or ``asyncio.TimeoutError``; the model
-client decides what is retried. Nothing here logs a request, a reply or a key.
+Retry-After is honoured), ``EndpointConnectionError``, ``EndpointGarbage`` (all model errors,
+see ``retry``) or ``asyncio.TimeoutError``; the model client decides what is retried.
+Nothing here logs a request, a reply or a key.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+from loopwright.loops.models.base import CallParams, Completion
+from loopwright.loops.models.parse import parse_json
+from loopwright.loops.models.retry import ConnectionFailed, MalformedResponse, ModelError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # Providers whose wire format is OpenAI's chat completions, and where their key lives.
 PROVIDERS: dict[str, tuple[str, ...]] = {
@@ -29,8 +36,8 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 
 
-class EndpointError(Exception):
-    """The endpoint answered with an HTTP error status."""
+class EndpointError(ModelError):
+    """The endpoint answered with an HTTP error status (retried on 408, 429 and 5xx)."""
 
     def __init__(self, status_code: int, message: str, headers: Mapping[str, str]) -> None:
         super().__init__(f"HTTP {status_code}: {message}")
@@ -38,11 +45,11 @@ class EndpointError(Exception):
         self.headers = dict(headers)
 
 
-class EndpointConnectionError(Exception):
+class EndpointConnectionError(ConnectionFailed):
     """The endpoint could not be reached, or dropped the connection."""
 
 
-class EndpointGarbage(Exception):
+class EndpointGarbage(MalformedResponse):
     """The endpoint answered 2xx with a body that is not a chat completion."""
 
 
@@ -75,6 +82,8 @@ async def _closer(s: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
 
 def session() -> aiohttp.ClientSession:
     """The running loop's shared session (created on first use)."""
+    import aiohttp
+
     loop = asyncio.get_running_loop()
     s = _sessions.get(loop)
     if s is None or s.closed:
@@ -134,6 +143,8 @@ async def chat(
     ``model`` is the litellm-style string (``hosted_vllm/NAME``); the server sees ``NAME``.
     ``params`` are OpenAI body fields (temperature, max_tokens, seed, stop, n).
     """
+    import aiohttp
+
     body = {"model": model.split("/", 1)[1], "messages": messages, **params}
     headers = {"content-type": "application/json"}
     key = api_key(model)
@@ -163,3 +174,37 @@ async def chat(
     if not isinstance(data, dict):
         raise EndpointGarbage(f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+class HttpModel:
+    """A model behind an OpenAI-compatible endpoint (``openai/NAME`` or ``hosted_vllm/NAME``
+    with an ``api_base``), reached with :func:`chat`. A ``hosted_vllm/`` server is
+    self-hosted and costs 0; an ``openai/`` model is priced by the client from its tokens."""
+
+    in_process = False
+    supports_n = True  # a server that ignores n answers with one choice: the client fans out
+
+    def __init__(self, name: str, api_base: str, *, timeout_s: float | None = None) -> None:
+        if not supports(name, api_base):
+            raise ValueError(f"{name!r} at {api_base!r} is not an OpenAI-compatible endpoint")
+        self.name = name
+        self.api_base = api_base
+        self.timeout_s = timeout_s
+        self._priced = name.split("/", 1)[0] != "hosted_vllm"
+
+    async def generate(
+        self, messages: list[dict[str, Any]], params: CallParams, n: int
+    ) -> list[Completion]:
+        body: dict[str, Any] = {"temperature": params.temperature, "max_tokens": params.max_tokens}
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop is not None:
+            body["stop"] = list(params.stop)
+        if n > 1:
+            body["n"] = n
+        data = await chat(self.name, self.api_base, messages, body, timeout=self.timeout_s)
+        return parse_json(data, n, priced=self._priced)
+
+    async def aclose(self) -> None:
+        """Close the running loop's shared session (the loop's shutdown also does)."""
+        await close_session()

@@ -1,9 +1,13 @@
-"""Tasks: the record a loop is given (``task``), the loaders behind ``--tasks SPEC``
-(``sources``), and answer normalisation per task kind (``answers``)."""
+"""Tasks: the record a loop is given (``task``), the task sources behind ``--tasks SPEC``
+(``sources``: ``@task_source`` registers a loader), and answer normalisation per task kind
+(``answers``)."""
 
 from loopwright.loops.tasks.sources import (
     CODE_TASKS,
+    TASK_SOURCES,
     TaskFileError,
+    TaskRow,
+    TaskSource,
     builtin_arithmetic,
     builtin_code,
     load_gsm8k,
@@ -12,8 +16,11 @@ from loopwright.loops.tasks.sources import (
     load_native,
     load_tasks,
     read_jsonl,
+    task_source,
+    task_source_names,
 )
 from loopwright.loops.tasks.task import (
+    BLIND_METADATA,
     TEST_STYLES,
     Task,
     TaskKind,
@@ -23,11 +30,15 @@ from loopwright.loops.tasks.task import (
 )
 
 __all__ = [
+    "BLIND_METADATA",
     "CODE_TASKS",
+    "TASK_SOURCES",
     "TEST_STYLES",
     "Task",
     "TaskFileError",
     "TaskKind",
+    "TaskRow",
+    "TaskSource",
     "TestStyle",
     "builtin_arithmetic",
     "builtin_code",
@@ -38,5 +49,7 @@ __all__ = [
     "load_native",
     "load_tasks",
     "read_jsonl",
+    "task_source",
+    "task_source_names",
     "visible_tests",
 ]

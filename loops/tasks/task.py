@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from typing import Any, Literal, get_args
 
 from loopwright.traces.records import repair_text
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticSerializationError
 
 TaskKind = Literal["math", "code", "text"]
 TestStyle = Literal["asserts", "humaneval", "io"]
@@ -32,7 +34,15 @@ class Task(BaseModel):
         "run); None derives them: the prompt's doctest examples, else the first assert.",
     )
     entry_point: str | None = Field(None, description="Function under test for code tasks.")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Anything else.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Anything else; only the grader sees it, except the keys named in "
+        "public_metadata (and test_style, visible_io_cases).",
+    )
+    public_metadata: list[str] = Field(
+        default_factory=list,
+        description="Metadata keys a loop and its verifier may see (kept by blind()).",
+    )
 
     @field_validator("id")
     @classmethod
@@ -41,27 +51,45 @@ class Task(BaseModel):
         keeps, in which text UTF-8 cannot encode is repaired (``records.repair_text``)."""
         return repair_text(value)[0]
 
-    def blind(self) -> Task:
-        """The task as a deployed system sees it: no reference, no hidden tests, no solution.
+    def answer_key(self) -> str:
+        """The keyed task as JSON, as a run stores it for its grader (``tasks.answer_key``). A
+        lone surrogate (legal in a JSON task file) is escaped; the store repairs it as it
+        repairs every other text."""
+        try:
+            return self.model_dump_json()
+        except PydanticSerializationError:
+            return json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
 
-        Loops and in-loop verifiers get this view; only the grader (and the opt-in
-        ``oracle`` verifier) sees the answer key. Visible tests stay.
+    def blind(self) -> Task:
+        """The task as a deployed system sees it, built from an allow-list.
+
+        Kept: ``id``, ``prompt``, ``kind``, ``entry_point``, the visible tests
+        (``visible_tests(self)``), and of ``metadata`` only ``test_style``,
+        ``visible_io_cases`` (derived for stdin/stdout tasks: the first case unless given) and
+        the keys named in ``public_metadata``. Everything else — the reference, hidden tests,
+        any other metadata key (a solution, expected outputs, a gold label under any name) —
+        is dropped. Loops and in-loop verifiers get this view; only the grader (and the
+        opt-in ``oracle`` verifier) sees the keyed task.
         """
-        meta = {k: v for k, v in self.metadata.items() if k not in _ANSWER_KEY_METADATA}
+        keep = BLIND_METADATA.union(self.public_metadata)
+        meta = {k: v for k, v in self.metadata.items() if k in keep}
         if self.kind == "code" and self.metadata.get("test_style") == "io":
             cases = self.metadata.get("io_cases") or []
             meta["visible_io_cases"] = self.metadata.get("visible_io_cases", cases[:1])
-        return self.model_copy(
-            update={
-                "reference": None,
-                "tests": [],
-                "visible_tests": visible_tests(self),
-                "metadata": meta,
-            }
+        return Task(
+            id=self.id,
+            prompt=self.prompt,
+            kind=self.kind,
+            visible_tests=visible_tests(self),
+            entry_point=self.entry_point,
+            metadata=meta,
+            public_metadata=list(self.public_metadata),
         )
 
 
-_ANSWER_KEY_METADATA = frozenset({"solution", "io_cases", "canonical_solution", "answer"})
+BLIND_METADATA = frozenset({"test_style", "visible_io_cases"})
+"""Metadata keys every blind task keeps: how its tests run and the stdin/stdout cases it
+shows. A task source adds keys with ``Task.public_metadata``."""
 
 
 _QUOTES = re.compile(r"^\s*(?:\"\"\"|\'\'\')")

@@ -1,13 +1,15 @@
 """Verdicts, the two verification roles, and the registry of in-loop verifiers.
 
-A *check* (``Check``: ``check(task, response) -> Verdict``, blocking) compares a response with
-the task's answer key: the held-out grader is one. An *in-loop verifier* (``LoopVerifier``) is
-what a loop may see and optimise; it gets the task without its answer key unless it is the
-``oracle`` (the grader's own check, opt-in, for upper-bound studies). Verifiers that ask a
-model (``self``, ``consistency``, ``judge``) sample through the loop's context, so their calls
-are budgeted, cached and traced like every other call.
+A *grader* (``Grader``: ``grader(task, response) -> Verdict``, blocking) compares a response
+with the task's answer key and runs after the loop, held out. An *in-loop verifier*
+(``LoopVerifier``) is what a loop may see and optimise; it gets the task without its answer
+key (``Task.blind()``) unless it is the ``oracle`` (the grader's own check, opt-in, for
+upper-bound studies). Verifiers that ask a model (``self``, ``consistency``, ``judge``)
+sample through the loop's context, so their calls are budgeted, cached and traced like every
+other call.
 
-Verifiers live in a registry like loops do: ``register(MyVerifier)`` and ``--verifier NAME``.
+In-loop verifiers live in a registry like loops do: ``register_verifier(MyVerifier)`` (or the
+``@verifier`` decorator on a function) and ``--verifier NAME``.
 """
 
 from __future__ import annotations
@@ -15,28 +17,37 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from loopwright.loops.errors import UserError, unknown
+from loopwright.loops.options import NoOptions
 from loopwright.loops.tasks import Task
 from loopwright.tools.verdict import Verdict
 from loopwright.traces.records import VerdictRecord
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:
     from loopwright.loops.models.client import ModelClient
     from loopwright.loops.models.config import Sample
+    from loopwright.traces.records import Role
+
+ALL_KINDS: tuple[str, ...] = ("math", "code", "text")
+
+Stage = Literal["in_loop", "graded"]
+"""Where a verdict was reached: inside the loop (a verifier) or after it (the grader)."""
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 def verdict_record(
-    v: Verdict, *, run_id: str, task_id: str, node_id: str | None, stage: str
+    v: Verdict, *, run_id: str, task_id: str, node_id: str | None, stage: Stage
 ) -> VerdictRecord:
     """The ``verdicts`` row of ``v`` for a node of a run."""
     return VerdictRecord(
         run_id=run_id,
         task_id=task_id,
         node_id=node_id,
-        stage=stage,  # type: ignore[arg-type]
+        stage=stage,
         verifier=v.verifier,
         verifier_version=v.version,
         passed=v.passed,
@@ -47,15 +58,17 @@ def verdict_record(
     )
 
 
-class Check(Protocol):
-    """A blocking check of a response against the task's answer key (the grader's kind)."""
+class Grader(Protocol):
+    """The held-out grader: a blocking check of a response against the task's answer key.
+
+    It receives the keyed task (reference, hidden tests, every metadata key). A grader may
+    also have ``applies(task) -> bool`` (whether it can grade ``task``; default: yes) and
+    ``quick(task, response) -> Verdict | None`` (a verdict without blocking, or None).
+    """
 
     name: str
 
     def __call__(self, task: Task, response: str) -> Verdict: ...
-
-
-Verifier = Check  # the name earlier releases used for a check
 
 
 class VerifyContext(Protocol):
@@ -65,13 +78,13 @@ class VerifyContext(Protocol):
     task: Task
     memo: dict[str, Any]
 
-    def client_for(self, role: str) -> ModelClient: ...
+    def client_for(self, role: Role) -> ModelClient: ...
 
     async def sample(
         self,
         messages: list[dict[str, Any]],
         *,
-        role: str,
+        role: Role,
         round_: int,
         n: int = 1,
         temperature: float | None = None,
@@ -80,17 +93,13 @@ class VerifyContext(Protocol):
         stop: list[str] | None = None,
     ) -> list[Sample]: ...
 
-    def call_seed(self, role: str, round_: int, extra: int = 0) -> int: ...
+    def call_seed(self, role: Role, round_: int, extra: int = 0) -> int: ...
 
 
-class NoOptions(BaseModel):
-    """A verifier without options."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LoopVerifier(ABC):
-    """An in-loop verifier. Subclasses set ``name``, ``kinds`` and ``Options``.
+class LoopVerifier(ABC, Generic[OptionsT]):
+    """An in-loop verifier. Subclasses set ``name``, ``kinds`` and ``Options`` (and name it
+    as the type parameter, ``class Mine(LoopVerifier[MyOptions])``, so ``self.options`` is
+    typed).
 
     ``oracle`` is True only for verifiers that read the task's answer key; everything that
     shows a run that used one says so.
@@ -98,39 +107,46 @@ class LoopVerifier(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
-    kinds: ClassVar[tuple[str, ...]] = ("math", "code", "text")
+    kinds: ClassVar[tuple[str, ...]] = ALL_KINDS
     oracle: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
 
-    def __init__(self, options: BaseModel, *, sandbox: str = "bwrap") -> None:
-        self.options = options
+    def __init__(self, options: OptionsT, *, sandbox: str = "bwrap") -> None:
+        self.options: OptionsT = options
         self.sandbox = sandbox
 
     def applies(self, task: Task) -> bool:
         """Whether this verifier can judge ``task`` (else the task runs without one)."""
         return task.kind in self.kinds
 
-    def bind(self, task: Task) -> LoopVerifier:
-        """The verifier for ``task`` (the full task, answer key included: only the oracle
-        keeps it; loops get ``task.blind()``)."""
+    def bind(self, task: Task) -> LoopVerifier[OptionsT]:
+        """The verifier for ``task`` (the keyed task, answer key included: only the oracle
+        keeps it; loops get ``task.blind()``). Returns a verifier for that task alone when
+        it holds per-task state, so one instance may serve many tasks."""
         return self
 
     @abstractmethod
     async def verify(self, ctx: VerifyContext, task: Task, response: str) -> Verdict:
-        """Judge ``response`` to ``task``; may sample through ``ctx``."""
+        """Judge ``response`` to ``task`` (the blind view); may sample through ``ctx``."""
 
 
-VERIFIERS: dict[str, type[LoopVerifier]] = {}
+VERIFIERS: dict[str, type[LoopVerifier[Any]]] = {}
 DEFAULTS: dict[str, str] = {"code": "visible-tests", "math": "self", "text": "self"}
 """The verifier a run uses per task kind when ``--verifier`` is ``auto``; see docs/verifiers.md."""
 
 AUTO = "auto"
 
 
-def register(cls: type[LoopVerifier]) -> type[LoopVerifier]:
-    """Add an in-loop verifier class to the registry (usable as a decorator)."""
+V = TypeVar("V", bound=type[LoopVerifier[Any]])
+
+
+def register_verifier(cls: V) -> V:
+    """Add an in-loop verifier class to the registry (usable as a class decorator);
+    ``--verifier NAME`` then runs it."""
     if not getattr(cls, "name", None):
         raise TypeError(f"{cls.__name__} needs a class attribute `name`")
+    if cls.name == AUTO:
+        raise TypeError(f"{cls.__name__}: {AUTO!r} is reserved (the default per task kind)")
     VERIFIERS[cls.name] = cls
     return cls
 
@@ -167,7 +183,7 @@ def is_oracle(name: str) -> bool:
 
 def make_verifier(
     name: str, task: Task, *, options: dict[str, Any] | None = None, sandbox: str = "bwrap"
-) -> LoopVerifier | None:
+) -> LoopVerifier[Any] | None:
     """The in-loop verifier for ``task`` under ``--verifier name`` (None: the task has none)."""
     resolved = resolve(name, task.kind)
     if resolved == "none":
@@ -177,26 +193,30 @@ def make_verifier(
     return verifier.bind(task) if verifier.applies(task) else None
 
 
-async def run_check(check: Check, task: Task, response: str) -> Verdict:
-    """``check(task, response)`` off the event loop, unless it can answer without blocking.
+async def run_grader(grader: Grader, task: Task, response: str) -> Verdict:
+    """``grader(task, response)`` off the event loop, unless it can answer without blocking.
 
     A thread hop costs a GIL hand-off and a wake-up of the loop: ~1 ms of CPU per task at 64
     in flight (benchmarks/throughput.py), more than the check itself for plain numbers.
     """
-    quick = getattr(check, "quick", None)
-    if quick is not None:
-        v = quick(task, response)
-        if v is not None:
-            return v  # type: ignore[no-any-return]
-    return await asyncio.to_thread(check, task, response)
+    quick = getattr(grader, "quick", None)
+    v: Verdict | None = quick(task, response) if quick is not None else None
+    if v is None:
+        v = await asyncio.to_thread(grader, task, response)
+    return signed(v, grader)
 
 
 async def run_verifier(
-    verifier: LoopVerifier | Check, task: Task, response: str, ctx: VerifyContext | None = None
+    verifier: LoopVerifier[Any], task: Task, response: str, ctx: VerifyContext
 ) -> Verdict:
-    """Run an in-loop verifier (with the loop's context) or a blocking check."""
-    if isinstance(verifier, LoopVerifier):
-        if ctx is None:
-            raise TypeError(f"verifier {verifier.name} needs the loop's context")
-        return await verifier.verify(ctx, task, response)
-    return await run_check(verifier, task, response)
+    """Run an in-loop verifier on ``response`` with the loop's context."""
+    return signed(await verifier.verify(ctx, task, response), verifier)
+
+
+def signed(v: Verdict, by: Grader | LoopVerifier[Any]) -> Verdict:
+    """``v`` with the name (and version, else ``unversioned``) of who judged, where the
+    verdict left them empty: no verdict row is stored without them."""
+    if v.verifier and v.version:
+        return v
+    version = v.version or getattr(by, "version", None) or "unversioned"
+    return v.model_copy(update={"verifier": v.verifier or by.name, "version": str(version)})

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Sequence
@@ -23,42 +24,45 @@ from typing import Any
 
 from loopwright.loops.errors import ModelCallError
 from loopwright.loops.models.config import CallContext, Sample
+from loopwright.loops.options import NoOptions
 from loopwright.loops.prompts import draft_messages, render
 from loopwright.loops.tasks import Task
 from loopwright.loops.tasks.answers import normalise_answer, vote_keys
 from loopwright.loops.verify.base import (
     LoopVerifier,
-    NoOptions,
     Verdict,
     VerifyContext,
-    register,
-    run_check,
+    register_verifier,
+    run_grader,
 )
-from loopwright.loops.verify.checks import CodeTests, extract_answer, grader_for
+from loopwright.loops.verify.graders import CodeTests, extract_answer, grader_for
 from loopwright.tools.judge import Judge
 from loopwright.tools.reward_model import RewardEndpoint, RewardModel
+from loopwright.traces.records import Role
 from pydantic import BaseModel, ConfigDict, Field
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 VERSION = "verify-1"
 
 
-@register
-class Oracle(LoopVerifier):
+@register_verifier
+class Oracle(LoopVerifier[NoOptions]):
     """The grader's own check (reference answer, hidden tests): an upper bound, not a result."""
 
     name = "oracle"
     description = "the grader's check against the answer key (opt-in; results are upper bounds)"
     oracle = True
 
-    def __init__(self, options: BaseModel, *, sandbox: str = "bwrap") -> None:
+    def __init__(self, options: NoOptions, *, sandbox: str = "bwrap") -> None:
         super().__init__(options, sandbox=sandbox)
         self._keyed: Task | None = None
 
     def bind(self, task: Task) -> Oracle:
-        """Hold ``task`` with its answer key: loops only ever get the blind view."""
-        self._keyed = task
-        return self
+        """An oracle holding ``task`` with its answer key: loops only ever get the blind
+        view."""
+        bound = copy.copy(self)
+        bound._keyed = task
+        return bound
 
     def applies(self, task: Task) -> bool:
         return grader_for(task, sandbox=self.sandbox) is not None
@@ -67,9 +71,9 @@ class Oracle(LoopVerifier):
         keyed = self._keyed
         if keyed is None or keyed.id != task.id:
             raise RuntimeError(f"oracle verifier was not bound to task {task.id!r}")
-        check = grader_for(keyed, sandbox=self.sandbox)
-        assert check is not None  # applies() said so
-        v = await run_check(check, keyed, response)
+        grader = grader_for(keyed, sandbox=self.sandbox)
+        assert grader is not None  # applies() said so
+        v = await run_grader(grader, keyed, response)
         return v.model_copy(
             update={
                 "verifier": self.name,
@@ -79,15 +83,15 @@ class Oracle(LoopVerifier):
         )
 
 
-@register
-class VisibleTests(LoopVerifier):
+@register_verifier
+class VisibleTests(LoopVerifier[NoOptions]):
     """The tests the problem statement shows; the hidden ones stay with the grader."""
 
     name = "visible-tests"
     description = "code: the tests the problem shows (docstring examples, visible_tests)"
     kinds = ("code",)
 
-    def __init__(self, options: BaseModel, *, sandbox: str = "bwrap") -> None:
+    def __init__(self, options: NoOptions, *, sandbox: str = "bwrap") -> None:
         super().__init__(options, sandbox=sandbox)
         self._shown: Task | None = None
 
@@ -98,13 +102,15 @@ class VisibleTests(LoopVerifier):
         return task.kind == "code" and bool(blind.visible_tests)
 
     def bind(self, task: Task) -> VisibleTests:
-        """Build the task with only its visible tests once, not on every verification."""
-        self._shown = _shown_tests(task)
-        return self
+        """A verifier holding ``task`` with only its visible tests, built once, not on every
+        verification."""
+        bound = copy.copy(self)
+        bound._shown = _shown_tests(task)
+        return bound
 
     async def verify(self, ctx: VerifyContext, task: Task, response: str) -> Verdict:
         shown = self._shown if self._shown is not None and self._shown.id == task.id else None
-        v = await run_check(CodeTests(self.sandbox), shown or _shown_tests(task), response)
+        v = await run_grader(CodeTests(self.sandbox), shown or _shown_tests(task), response)
         return v.model_copy(
             update={
                 "verifier": self.name,
@@ -140,8 +146,8 @@ class SelfOptions(BaseModel):
 _VERDICT = re.compile(r"\b(IN)?CORRECT\b", re.IGNORECASE)
 
 
-@register
-class SelfCheck(LoopVerifier):
+@register_verifier
+class SelfCheck(LoopVerifier[SelfOptions]):
     """The model (role ``verifier``) checks the answer without any reference."""
 
     name = "self"
@@ -149,7 +155,7 @@ class SelfCheck(LoopVerifier):
     Options = SelfOptions
 
     async def verify(self, ctx: VerifyContext, task: Task, response: str) -> Verdict:
-        o: SelfOptions = self.options  # type: ignore[assignment]
+        o = self.options
         t0 = time.perf_counter()
         shown = _answer_text(task, response)
         msgs = [
@@ -179,7 +185,7 @@ class SelfCheck(LoopVerifier):
         note: str,
         t0: float,
     ) -> Verdict:
-        o: SelfOptions = self.options  # type: ignore[assignment]
+        o = self.options
         feedback = " ".join(note.split())[:500] if note else "no usable verdict"
         return own_verdict(
             self, task, response, t0,
@@ -191,7 +197,7 @@ class SelfCheck(LoopVerifier):
 
 
 def own_verdict(
-    verifier: LoopVerifier,
+    verifier: LoopVerifier[Any],
     task: Task,
     response: str,
     t0: float,
@@ -248,8 +254,8 @@ class ConsistencyOptions(BaseModel):
     max_tokens: int = Field(256, gt=0, description="Their completion cap.")
 
 
-@register
-class Consistency(LoopVerifier):
+@register_verifier
+class Consistency(LoopVerifier[ConsistencyOptions]):
     """Pass when the answer agrees with the majority of ``k`` fresh samples of the task."""
 
     name = "consistency"
@@ -265,7 +271,7 @@ class Consistency(LoopVerifier):
         memo_key = f"consistency:{self.options.model_dump_json()}"
         cost: dict[str, float] = {}
         if memo_key not in ctx.memo:
-            o: ConsistencyOptions = self.options  # type: ignore[assignment]
+            o = self.options
             samples = await ctx.sample(
                 draft_messages(task), role="verifier", round_=0, n=o.k,
                 temperature=o.temperature, max_tokens=o.max_tokens,
@@ -317,8 +323,8 @@ class JudgeOptions(BaseModel):
     max_tokens: int = Field(256, gt=0, description="Completion cap of judge replies.")
 
 
-@register
-class JudgeVerifier(LoopVerifier):
+@register_verifier
+class JudgeVerifier(LoopVerifier[JudgeOptions]):
     """An LLM judge scores the answer on a rubric; no reference answer is shown to it."""
 
     name = "judge"
@@ -326,7 +332,7 @@ class JudgeVerifier(LoopVerifier):
     Options = JudgeOptions
 
     async def verify(self, ctx: VerifyContext, task: Task, response: str) -> Verdict:
-        o: JudgeOptions = self.options  # type: ignore[assignment]
+        o = self.options
         judge = Judge(
             ctx.client_for("judge"), rubric=o.rubric, k=o.k, max_tokens=o.max_tokens,
             seed=ctx.call_seed("judge", 0),
@@ -354,8 +360,8 @@ class RewardOptions(BaseModel):
     threshold: float = Field(0.0, description="Reward to pass, on the model's own scale.")
 
 
-@register
-class RewardVerifier(LoopVerifier):
+@register_verifier
+class RewardVerifier(LoopVerifier[RewardOptions]):
     """A reward-model endpoint scores the answer."""
 
     name = "reward"
@@ -365,15 +371,15 @@ class RewardVerifier(LoopVerifier):
     Options = RewardOptions
 
     async def verify(self, ctx: VerifyContext, task: Task, response: str) -> Verdict:
-        o: RewardOptions = self.options  # type: ignore[assignment]
+        o = self.options
         rm = RewardModel(o.api_base, o.model, o.api_key_env, endpoint=o.endpoint)
         r = await rm.score(task.prompt, _answer_text(task, response), budget=_budget(ctx))
         v = r.to_verdict(o.threshold)
         return v.model_copy(update={"verifier": self.name, "version": f"{VERSION}/{v.version}"})
 
 
-@register
-class NoVerifier(LoopVerifier):
+@register_verifier
+class NoVerifier(LoopVerifier[NoOptions]):
     """No in-loop verifier: loops stop on their own signals (critic, max rounds)."""
 
     name = "none"
@@ -391,7 +397,7 @@ def _budget(ctx: VerifyContext) -> Any:
     return getattr(ctx, "budget", None)
 
 
-def _call_context(ctx: VerifyContext, role: str) -> CallContext:
+def _call_context(ctx: VerifyContext, role: Role) -> CallContext:
     return CallContext(
         run_id=getattr(ctx, "run_id", ""),
         task_id=ctx.task.id,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import duckdb
 from loopwright.traces.harvest.base import lit, provenance_sql
 from loopwright.traces.harvest.options import HarvestOptions
+from loopwright.traces.queries import in_list
+from loopwright.traces.records import FEEDBACK_ROLES
 
 CRITIQUE_TEMPLATE = (
     "Review the answer to the question below. Say what is wrong with it, if anything, "
@@ -258,7 +260,7 @@ def critique(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
         CREATE OR REPLACE TEMP TABLE units AS
         WITH crit AS (
             SELECT n.node_id, n.parent_id, n.content FROM nodes_f n
-            WHERE n.role IN ('critic', 'reflector') AND coalesce(trim(n.content), '') <> ''),
+            WHERE {in_list("n.role", FEEDBACK_ROLES)} AND coalesce(trim(n.content), '') <> ''),
         rev AS (
             SELECT anc.anc_id AS d, arg_max(r.node_id, (r.passed, r.score)) AS r_id
             FROM anc JOIN cand r ON r.node_id = anc.node_id GROUP BY anc.anc_id)
@@ -295,7 +297,7 @@ def corrections(con: duckdb.DuckDBPyConnection, opts: HarvestOptions) -> Plan:
             FROM chain JOIN anc ON anc.node_id = chain.node WHERE chain.hops < 64),
         fb AS (
             SELECT parent_id AS node_id, arg_min(content, created_at) AS text FROM nodes_f
-            WHERE role IN ('critic', 'reflector') AND coalesce(trim(content), '') <> ''
+            WHERE {in_list("role", FEEDBACK_ROLES)} AND coalesce(trim(content), '') <> ''
             GROUP BY parent_id),
         turns AS (
             SELECT chain.leaf,

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from loopwright.traces.queries import oracle_sql, verifier_sql
+from loopwright.traces.records import DRAFT_ROLES
 from loopwright.traces.store import TraceStore
 from loopwright.traces.view.diff import word_diff
 
@@ -216,9 +217,9 @@ def task_tree(store: TraceStore, run: str, task_id: str, node: str = "") -> dict
             "selected": selected}  # fmt: skip
 
 
-# Roles whose text is not a draft of the answer (the MCTS root holds the question), so a
-# node under one of them, or of one, gets no draft/revision diff.
-_DRAFT_ROLES_NOT = {"critic", "reflector", "judge", "verifier", "value", "vote", "root"}
+# A node and its parent both holding drafts of the answer get a draft/revision diff; other
+# roles' text is no draft (a critique, a vote's tally, the MCTS root holds the question).
+_DRAFTS = frozenset(DRAFT_ROLES)
 
 
 def node_detail(store: TraceStore, node_id: str) -> dict[str, Any]:
@@ -250,7 +251,7 @@ def node_detail(store: TraceStore, node_id: str) -> dict[str, Any]:
         if prow:
             parent = prow[0]
             node["parent"] = parent
-            if node["role"] not in _DRAFT_ROLES_NOT and parent["role"] not in _DRAFT_ROLES_NOT:
+            if node["role"] in _DRAFTS and parent["role"] in _DRAFTS:
                 node["diff"] = word_diff(parent["content"] or "", node["content"] or "")
     return node
 

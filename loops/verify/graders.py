@@ -1,26 +1,29 @@
-"""The checks against a task's answer key: the held-out grader's, chosen by task kind.
+"""The held-out graders: checks of a response against the task's answer key.
 
-Math tasks are checked by the math checker (math-verify over the whole response in a worker
-process, lenient about units); code tasks run their (hidden) tests in a sandbox
-(``CodeTests``). These checks read the reference and the hidden tests, so a loop sees them
-only through the ``oracle`` in-loop verifier, opt-in. A check that cannot run raises (a
-one-line ``UserError`` when it cannot run here at all): it is never a failed verdict.
+By task kind (the default): math tasks are graded by the math checker (``MathAnswer``:
+math-verify over the whole response in a worker process, lenient about units); code tasks run
+their (hidden) tests in a sandbox (``CodeTests``). Graders read the reference and the hidden
+tests, so a loop sees them only through the ``oracle`` in-loop verifier, opt-in. A grader
+that cannot run raises (a one-line ``UserError`` when it cannot run here at all): it is never
+a failed verdict.
 
-Checks block (a worker process, a sandbox run): loops call them through ``run_check``, which
-takes a check's non-blocking ``quick`` verdict when it has one and goes to a thread
-otherwise; ``verify_many`` checks a batch on a thread pool.
+Graders live in a registry (``GRADERS``; ``@grader`` on a function adds one), so a run can
+name the one it grades with; ``grader_for(task, name=...)`` picks it. Graders block (a worker
+process, a sandbox run): loops call them through ``run_grader``, which takes a grader's
+non-blocking ``quick`` verdict when it has one and goes to a thread otherwise;
+``grade_many`` grades a batch on a thread pool.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.tasks import Task
-from loopwright.loops.verify.base import Check, Verdict
+from loopwright.loops.verify.base import Grader, Verdict
 from loopwright.sandboxes import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -43,6 +46,10 @@ class MathAnswer:
     name = "math-answer"
     _checker: math_check.MathChecker | None = None  # one worker process per Python process
     _lock = threading.Lock()
+
+    def applies(self, task: Task) -> bool:
+        """A math task with a reference answer."""
+        return task.kind == "math" and task.reference is not None
 
     @staticmethod
     def _get_checker() -> math_check.MathChecker:
@@ -135,6 +142,10 @@ class CodeTests:
     def version(self) -> str:
         return f"{code_tests.VERSION}-{self.backend}"
 
+    def applies(self, task: Task) -> bool:
+        """A code task with tests to run (hidden tests, or io cases)."""
+        return task.kind == "code" and _has_code_tests(task)
+
     def __call__(self, task: Task, response: str) -> Verdict:
         sandbox = shared_sandbox(self.backend)
         t0 = time.perf_counter()
@@ -188,41 +199,82 @@ def _has_code_tests(task: Task) -> bool:
 
 
 # -- choosing --------------------------------------------------------------------------------
-def grader_for(task: Task, *, sandbox: str = DEFAULT_BACKEND) -> Check | None:
-    """The held-out grader: compares with the reference; for code, runs the hidden tests.
+GRADERS: dict[str, Callable[[str], Grader]] = {
+    MathAnswer.name: lambda sandbox: MathAnswer(),
+    CodeTests.name: CodeTests,
+}
+"""Graders by name: each makes its grader for a sandbox backend (the one code runs in)."""
 
-    ``sandbox`` is the backend code tests run in (``bwrap`` unless the user chose another).
+DEFAULT_GRADERS: dict[str, str] = {"math": MathAnswer.name, "code": CodeTests.name}
+"""The grader of each task kind when a run names none (text tasks have none)."""
+
+
+def register_grader(grader: Grader) -> Grader:
+    """Add ``grader`` to the registry under ``grader.name`` (``@grader`` does this for a
+    function); a run that names it grades with it."""
+    name = getattr(grader, "name", None)
+    if not name or not isinstance(name, str):
+        raise TypeError(f"{grader!r} needs a `name` to be registered as a grader")
+    GRADERS[name] = lambda sandbox: grader
+    return grader
+
+
+def grader_names() -> list[str]:
+    return sorted(GRADERS)
+
+
+def check_grader(name: str | None) -> None:
+    """A one-line ``UserError`` unless ``name`` is None (by task kind) or a registered grader."""
+    if name is not None and name not in GRADERS:
+        raise unknown("grader", name, grader_names())
+
+
+def grader_for(
+    task: Task, *, name: str | None = None, sandbox: str = DEFAULT_BACKEND
+) -> Grader | None:
+    """The held-out grader of ``task`` (the keyed task), or None when it has none.
+
+    ``name`` picks a registered grader (``GRADERS``); None picks by task kind: math tasks
+    with a reference are compared with it, code tasks with tests run them. A grader that
+    does not apply to ``task`` (``applies``) gives None. ``sandbox`` is the backend code runs
+    in (``bwrap`` unless the user chose another).
     """
-    if task.kind == "math" and task.reference is not None:
-        return MathAnswer()
-    if task.kind == "code" and _has_code_tests(task):
-        return CodeTests(sandbox)
-    return None
+    if name is None:
+        name = DEFAULT_GRADERS.get(task.kind)
+        if name is None:
+            return None
+    check_grader(name)
+    grader = GRADERS[name](sandbox)
+    applies = getattr(grader, "applies", None)
+    return grader if applies is None or applies(task) else None
 
 
-def verify_many(
+def grade_many(
     items: Iterable[tuple[Task, str]],
     *,
     concurrency: int = 4,
     sandbox: str = DEFAULT_BACKEND,
     limits: SandboxLimits | None = None,
+    grader: str | None = None,
 ) -> list[Verdict | None]:
-    """Grade ``(task, response)`` pairs on a thread pool; verdicts in input order.
+    """Grade ``(task, response)`` pairs (keyed tasks) on a thread pool, each by the grader
+    named ``grader`` (None: its kind's); verdicts in input order.
 
-    None where a task has no verifier. ``limits`` apply to each code-test run. A
+    None where a task has no grader. ``limits`` apply to each code-test run. A
     ``UserError`` (e.g. no sandbox) propagates.
     """
     if concurrency < 1:
         raise UserError("concurrency must be at least 1")
+    check_grader(grader)
     pairs = list(items)
     code = CodeTests(sandbox, limits)
 
     def one(pair: tuple[Task, str]) -> Verdict | None:
         task, response = pair
-        check = grader_for(task, sandbox=sandbox)
-        if isinstance(check, CodeTests):
-            check = code
-        return check(task, response) if check is not None else None
+        chosen = grader_for(task, name=grader, sandbox=sandbox)
+        if isinstance(chosen, CodeTests):
+            chosen = code
+        return chosen(task, response) if chosen is not None else None
 
     if concurrency == 1 or len(pairs) <= 1:
         return [one(p) for p in pairs]
