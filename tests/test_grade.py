@@ -537,3 +537,20 @@ async def test_an_unknown_grader_is_one_line_before_any_work(tmp_path: Path) -> 
     assert not Path(db_of(tmp_path)).exists()
     with pytest.raises(UserError, match="unknown grader 'nope'"):
         grade_run(db_of(tmp_path), ["r"], grader="nope")
+
+
+async def test_unchecked_samples_of_a_majority_vote_are_graded(tmp_path: Path) -> None:
+    """Under ``--verifier auto`` a majority vote checks no sample in the loop; grading still
+    reaches every sample (what pass@k and maj@k count), not only the final."""
+    _, rows = await run_loop(
+        tmp_path, ScriptedModel(PerTask()), ARITH, run_name="vote", concurrency=1,
+        verifier="auto", options={"n": 4, "selector": "majority"},
+    )  # fmt: skip
+    assert [v for v in rows["verdicts"] if v["stage"] == "in_loop"] == []
+    report = grade_run(db_of(tmp_path), ["vote"])
+    assert (report.answers, report.graded, report.skipped) == (8, 6, 2)
+    after = read_rows(db_of(tmp_path), rows["tasks"][0]["run_id"])
+    graded = {v["node_id"]: v["passed"] for v in after["verdicts"] if v["stage"] == "graded"}
+    assert {n["node_id"]: graded[n["node_id"]] for n in answers(rows)} == {
+        n["node_id"]: GRADED[reply_index(n)] for n in answers(rows)
+    }

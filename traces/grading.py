@@ -1,8 +1,11 @@
 """What post-hoc grading reads and writes: the keyed tasks of a run, the answer nodes to
 grade, the grader-error rows a new grading replaces, and the in-loop x graded table.
 
-*Answer nodes* are the nodes of the answer roles (``records.ANSWER_ROLES``) with at least one
-``in_loop`` verdict and non-empty content. A graded verdict whose ``details`` holds
+*Answer nodes* are the nodes with non-empty content of the whole-answer roles
+(``WHOLE_ANSWER_ROLES``: a draft or a revision, checked in the loop or not -- best-of-n under
+a majority vote checks none, and its samples are still what pass@k counts), and of the other
+answer roles (``records.ANSWER_ROLES``: a search step, a rollout) those with at least one
+``in_loop`` verdict (a step the loop checked as an answer, not a partial one). A graded verdict whose ``details`` holds
 ``GRADER_ERROR_KEY`` records a grader that raised: the answer is not graded yet.
 """
 
@@ -11,13 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from loopwright.traces.queries import in_list, lit
-from loopwright.traces.records import ANSWER_ROLES, OPINION_VERIFIERS
+from loopwright.traces.records import ANSWER_ROLES, OPINION_VERIFIERS, Role
 from loopwright.traces.store import TraceStore
 
 GRADER_ERROR_KEY = "grader_error"
 """The ``details`` key of a graded verdict written when the grader raised."""
 
 _ERROR = f"json_extract_string(details, '$.{GRADER_ERROR_KEY}')"
+
+WHOLE_ANSWER_ROLES: tuple[Role, ...] = ("generator", "refiner")
+"""Roles whose nodes are always whole answers (never a partial step of a search)."""
 
 
 def _marks(values: list[str]) -> str:
@@ -56,10 +62,11 @@ def answer_nodes(store: TraceStore, run_ids: list[str]) -> list[dict[str, Any]]:
                coalesce(coalesce(g.ok, 0) = 0 AND g.n > 0, FALSE) AS errored,
                t.idx
         FROM nodes n
-        JOIN il ON il.node_id = n.node_id
+        LEFT JOIN il ON il.node_id = n.node_id
         JOIN tasks t ON t.run_id = n.run_id AND t.task_id = n.task_id
         LEFT JOIN g ON g.node_id = n.node_id
         WHERE n.run_id IN ({marks}) AND {in_list("n.role", ANSWER_ROLES)}
+              AND ({in_list("n.role", WHOLE_ANSWER_ROLES)} OR il.node_id IS NOT NULL)
               AND n.content IS NOT NULL AND trim(n.content) <> ''
         ORDER BY t.idx, n.created_at, n.node_id
         """,
