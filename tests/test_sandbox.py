@@ -339,9 +339,8 @@ def test_fork_bomb_is_contained(isolated: Sandbox) -> None:
             try: os.fork()
             except OSError: pass
     """
-    t0 = time.monotonic()
     r = run(isolated, code, limits=SandboxLimits(timeout_s=2, max_processes=32))
-    assert time.monotonic() - t0 < 2 + 2 and r.timed_out
+    assert r.timed_out and r.killed_by == "timeout"  # the deadline ended it, not the host
     assert subprocess.run(["true"]).returncode == 0
     _assert_nothing_survives(isolated)
     assert run(isolated, "print('next')").stdout == "next\n"
@@ -627,28 +626,32 @@ def test_concurrent_runs_use_separate_slots(isolated: Sandbox) -> None:
     The warm bwrap path runs as many programs at once as it has workers; the others wait,
     so the invariant is checked on the runs' actual time spans.
     """
-    results: list[ExecResult] = []
-    code = (
-        "import os, time; t0 = time.time(); time.sleep(0.5); "
-        "print(os.getuid(), os.stat('/tmp').st_dev, t0, time.time())"
-    )
+    overlapping: list[tuple[list[str], list[str]]] = []
+    for hold in (0.5, 2.0, 5.0):  # a busy machine may start them apart: hold them longer
+        results: list[ExecResult] = []
+        code = (
+            f"import os, time; t0 = time.time(); time.sleep({hold}); "
+            "print(os.getuid(), os.stat('/tmp').st_dev, t0, time.time())"
+        )
 
-    def one() -> None:
-        results.append(run(isolated, code))
+        def one(code: str = code, results: list[ExecResult] = results) -> None:
+            results.append(run(isolated, code))
 
-    threads = [threading.Thread(target=one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(r.ok for r in results), results
-    rows = [r.stdout.split() for r in results]
-    overlapping = [
-        (a, b)
-        for i, a in enumerate(rows)
-        for b in rows[i + 1 :]
-        if float(a[2]) < float(b[3]) and float(b[2]) < float(a[3])
-    ]
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r.ok for r in results), results
+        rows = [r.stdout.split() for r in results]
+        overlapping = [
+            (a, b)
+            for i, a in enumerate(rows)
+            for b in rows[i + 1 :]
+            if float(a[2]) < float(b[3]) and float(b[2]) < float(a[3])
+        ]
+        if overlapping:
+            break
     assert overlapping, "the four runs should overlap at least pairwise"
     for a, b in overlapping:
         if isinstance(isolated, DockerSandbox):
