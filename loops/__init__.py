@@ -52,7 +52,12 @@ if TYPE_CHECKING:  # what type checkers see; at run time ``__getattr__`` imports
     from loopwright.loops.models.scripted import Fault as Fault
     from loopwright.loops.models.scripted import ScriptedModel as ScriptedModel
     from loopwright.loops.options import NoOptions as NoOptions
+    from loopwright.loops.tasks import DatasetTasks as DatasetTasks
+    from loopwright.loops.tasks import FieldMap as FieldMap
+    from loopwright.loops.tasks import SourceInfo as SourceInfo
     from loopwright.loops.tasks import Task as Task
+    from loopwright.loops.tasks import TaskSet as TaskSet
+    from loopwright.loops.tasks import load_task_set as load_task_set
     from loopwright.loops.tasks import load_tasks as load_tasks
     from loopwright.loops.tasks.sources import task_source as task_source
     from loopwright.loops.verify import Grader as Grader
@@ -89,6 +94,11 @@ _EXPORTS: dict[str, str] = {
     "task_source": "tasks.sources",
     "Task": "tasks",
     "load_tasks": "tasks",
+    "load_task_set": "tasks",
+    "TaskSet": "tasks",
+    "SourceInfo": "tasks",
+    "DatasetTasks": "tasks",
+    "FieldMap": "tasks",
     # models
     "Model": "models.base",
     "CallParams": "models.base",

@@ -78,7 +78,8 @@ PLUGIN = textwrap.dedent(
 )
 
 COMMANDS = ("run", "runs", "models", "loops", "verifiers", "verify", "harvest", "grade",
-            "sweep", "report", "view", "improve", "sandbox", "check", "judge", "search")  # fmt: skip
+            "sweep", "report", "view", "improve", "sandbox", "check", "judge", "search",
+            "tasks")  # fmt: skip
 
 
 def _in_process(args: list[str]) -> Result:

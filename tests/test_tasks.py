@@ -382,7 +382,7 @@ def test_builtin_sources_share_the_registry() -> None:
     assert {"gsm8k", "math", "humaneval", "builtin:arithmetic", "builtin:code"} <= set(
         task_source_names()
     )
-    assert TASK_SOURCES["gsm8k"].usage == "gsm8k:PATH"
+    assert TASK_SOURCES["gsm8k"].usage == "gsm8k[:PATH]"  # without :PATH, the hub copy
     assert TASK_SOURCES["builtin:code"].usage == "builtin:code?seed=INT&n=INT"
     assert len(load_tasks("builtin:arithmetic", limit=150)) == 150  # --limit sizes the set
 
@@ -417,7 +417,10 @@ def test_a_bad_row_from_a_source_is_one_line(
         ("needs:x?n=2&k=3", "needs takes ?n=INT, not k=3"),
         ("needs:x?n=two", "needs takes ?n=INT, not n=two"),
         ("builtin:geometry", "unknown task source 'builtin:geometry'"),
-        ("nonsense", "math:PATH, needs:NAME?n=INT, plain"),
+        (
+            "nonsense",
+            "mbpp-sanitized[:PATH]?split=TEXT&config=TEXT&revision=TEXT, needs:NAME?n=INT, plain",
+        ),
     ],
 )
 def test_a_spec_that_does_not_fit_its_source_is_one_line(

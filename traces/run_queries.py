@@ -1,6 +1,6 @@
 """What the runner and the sweep driver read back from the store while they work: a resumed
-run's finished counts, whether a sweep run's answers all have a graded verdict, and the rows
-of a sweep's summary table."""
+run's finished counts, whether a sweep run's answers all have a graded verdict, the rows
+of a sweep's summary table, and the sample rows a tracker mirror shows."""
 
 from __future__ import annotations
 
@@ -51,4 +51,15 @@ def sweep_summary(store: TraceStore, name: str) -> list[dict[str, Any]]:
         " LEFT JOIN tasks t ON t.run_id = r.run_id AND NOT p.derived"
         " WHERE s.name = ? GROUP BY ALL ORDER BY p.model, p.strategy, p.value",
         [name],
+    )
+
+
+def task_samples(store: TraceStore, run_id: str, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` tasks of a run, in task order, as a tracker's sample table shows
+    them: id, prompt, final answer, in-loop verdict, graded verdict, status, stop reason,
+    tokens."""
+    return store.query(
+        "SELECT task_id, prompt, final_answer, verdict, graded, status, stop_reason,"
+        " total_tokens FROM tasks WHERE run_id = ? ORDER BY idx, task_id LIMIT ?",
+        [run_id, limit],
     )

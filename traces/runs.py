@@ -5,11 +5,12 @@ shows. The one place that writes a ``runs`` row."""
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from loopwright.traces.queries import verifier_label
-from loopwright.traces.records import new_id, repair_row, repair_text, utcnow
+from loopwright.traces.records import new_id, repair_json_text, repair_row, repair_text, utcnow
 from loopwright.traces.schema import JSON_COLUMNS
 from loopwright.traces.store import TraceStore, TraceStoreError
 
@@ -39,6 +40,11 @@ class UnknownRun(TraceStoreError):
 
 def run_by_name(store: TraceStore, name: str) -> dict[str, Any] | None:
     rows = store.query("SELECT * FROM runs WHERE name = ?", [stored_name(name)])
+    return rows[0] if rows else None
+
+
+def run_by_id(store: TraceStore, run_id: str) -> dict[str, Any] | None:
+    rows = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
     return rows[0] if rows else None
 
 
@@ -95,14 +101,47 @@ def list_runs(store: TraceStore) -> list[dict[str, Any]]:
                coalesce(t.cost_usd, 0) AS cost_usd,
                date_diff('millisecond', r.started_at, coalesce(r.finished_at, t.last_finished))
                    / 1000.0 AS wall_s,
-               r.started_at, r.config
+               r.started_at, r.config, {provenance} AS provenance
         FROM runs r LEFT JOIN t USING (run_id)
         ORDER BY r.started_at DESC
-        """
+        """.format(provenance="r.provenance" if has_provenance(store) else "NULL")
     )
     for r in rows:
         r["verifier"], r["oracle"] = verifier_label(r.pop("config"))
+        r["source_sha256"] = _rows_sha256(_json(r.pop("provenance")))
     return rows
+
+
+def has_provenance(store: TraceStore) -> bool:
+    """Whether the file has ``runs.provenance`` (schema v7): a file of an older loopwright
+    opened read-only is not migrated."""
+    rows = store.query(
+        "SELECT count(*) AS n FROM duckdb_columns() "
+        "WHERE table_name = 'runs' AND column_name = 'provenance'"
+    )
+    return bool(rows[0]["n"])
+
+
+def run_provenance(store: TraceStore, run_id: str) -> dict[str, Any] | None:
+    """What run ``run_id`` ran on (``runs.provenance``), or None for a run stored without it
+    (before schema v7)."""
+    if not has_provenance(store):
+        return None
+    rows = store.query("SELECT provenance FROM runs WHERE run_id = ?", [run_id])
+    return _json(rows[0]["provenance"]) if rows else None
+
+
+def _json(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    out = json.loads(value) if isinstance(value, str) else value
+    return out if isinstance(out, dict) else None
+
+
+def _rows_sha256(provenance: dict[str, Any] | None) -> str | None:
+    source = (provenance or {}).get("source") or {}
+    value = source.get("rows_sha256") if isinstance(source, dict) else None
+    return str(value) if value else None
 
 
 def run_summary(store: TraceStore, run_id: str) -> dict[str, Any]:
@@ -176,8 +215,10 @@ def insert_run(
     config_hash: str,
     seed: int | None,
     version: str,
+    provenance: str | None = None,
 ) -> str:
     """Write a new ``runs`` row in state ``running`` and commit it; returns its run_id.
+    ``provenance`` (JSON) is what the run ran on (``loops/execution/provenance.py``).
 
     Its text is repaired like every row's (``records.repair_row``), each repaired value
     recorded in ``text_repairs`` in the same transaction."""
@@ -187,7 +228,7 @@ def insert_run(
         {
             "run_id": run_id, "name": name, "loop": loop, "model": model,
             "tasks_spec": tasks_spec, "config": config, "config_hash": config_hash,
-            "seed": seed, "version": version,
+            "seed": seed, "version": version, "provenance": provenance,
         },
         JSON_COLUMNS["runs"],
     )  # fmt: skip
@@ -196,7 +237,8 @@ def insert_run(
     try:
         cur.execute(
             "INSERT INTO runs (run_id, name, loop, model, tasks_spec, config, config_hash, "
-            "seed, version, status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+            "seed, version, provenance, status, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
             [*row.values(), now],
         )
         for field, rep in fixes.items():
@@ -212,13 +254,21 @@ def insert_run(
     return run_id
 
 
-def reopen_run(store: TraceStore, run_id: str) -> set[str]:
+def reopen_run(store: TraceStore, run_id: str, provenance: str | None = None) -> set[str]:
     """Mark a run running again for ``--resume``: its unfinished tasks' rows are discarded
-    (so nothing is duplicated); returns the ids of its finished tasks."""
+    (so nothing is duplicated); returns the ids of its finished tasks. ``provenance`` (JSON),
+    when given, replaces the stored one (a run stored without one keeps none)."""
     discard_partial_tasks(store, run_id)
-    store.execute(
-        "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id]
-    )
+    if provenance is None:
+        store.execute(
+            "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id]
+        )
+    else:
+        store.execute(
+            "UPDATE runs SET status = 'running', finished_at = NULL, provenance = ? "
+            "WHERE run_id = ?",
+            [repair_json_text(provenance)[0], run_id],
+        )
     return {tid for tid, st in task_statuses(store, run_id).items() if st == "done"}
 
 

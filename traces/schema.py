@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 ADDED_COLUMNS: list[tuple[int, str, str, str]] = [
     (4, "tasks", "worker", "VARCHAR"),  # where a task ran (--executor ray)
     (6, "tasks", "answer_key", "JSON"),  # the keyed task, what grading reads
+    (7, "runs", "provenance", "JSON"),  # what the run ran on (loops/execution/provenance.py)
 ]
 """``(schema version, table, column, type)`` of columns added after a table's first version."""
 
@@ -38,7 +39,8 @@ TABLES: dict[str, str] = {
             version VARCHAR,
             status VARCHAR NOT NULL,
             started_at TIMESTAMP,
-            finished_at TIMESTAMP
+            finished_at TIMESTAMP,
+            provenance JSON
         )""",
     "tasks": """
         CREATE TABLE IF NOT EXISTS tasks (

@@ -66,6 +66,36 @@ def insert_sweep(
         "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
         [*_storable("sweeps", row), utcnow()],
     )
+    insert_points(store, sweep_id, points)
+    return sweep_id
+
+
+def sweep_points(store: TraceStore, sweep_id: str) -> list[dict[str, Any]]:
+    """The sweep's ``sweep_points`` rows as stored."""
+    return store.query("SELECT * FROM sweep_points WHERE sweep_id = ?", [sweep_id])
+
+
+def update_sweep(
+    store: TraceStore, sweep_id: str, *, grid: str, config: str, config_hash: str
+) -> None:
+    """A sweep grown by new points: its grid, config and identity hash now."""
+    row = {"grid": grid, "config": config, "config_hash": config_hash}
+    store.execute(
+        "UPDATE sweeps SET grid = ?, config = ?, config_hash = ? WHERE sweep_id = ?",
+        [*_storable("sweeps", row), sweep_id],
+    )
+
+
+def repoint(store: TraceStore, point: PointRow) -> None:
+    """A stored point now read from another run (its old run is no longer planned)."""
+    store.execute(
+        "UPDATE sweep_points SET run_name = ?, derived = ?, options = ? WHERE point_id = ?",
+        [point.run_name, point.derived, json.dumps(point.options), point.point_id],
+    )
+
+
+def insert_points(store: TraceStore, sweep_id: str, points: Iterable[PointRow]) -> None:
+    """Write ``points`` of sweep ``sweep_id`` as ``pending``."""
     for p in points:
         point: dict[str, Any] = {
             "point_id": p.point_id, "sweep_id": sweep_id, "strategy": p.strategy,
@@ -79,7 +109,6 @@ def insert_sweep(
             " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
             _storable("sweep_points", point),
         )
-    return sweep_id
 
 
 def _storable(table: str, row: dict[str, Any]) -> list[Any]:

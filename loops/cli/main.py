@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from loopwright.loops.cli.config_options import ConfigOption, DryRunOption, SetOption
 from loopwright.loops.cli.options import (
     RUN_SETTINGS,
     LoopOptionsOption,
@@ -40,11 +41,15 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
 @app.command()
 @with_flags(RUN_SETTINGS)
 def run(
-    loop: Annotated[str, typer.Argument(help="Loop to run, e.g. self-refine.")],
-    tasks: Annotated[
-        str, typer.Option(help="PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:arithmetic")
-    ],
+    ctx: typer.Context,
     settings: dict[str, Any],
+    loop: Annotated[
+        str | None, typer.Argument(help="Loop to run, e.g. self-refine (or give --config).")
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:arithmetic"),
+    ] = None,
     model: Annotated[str, typer.Option(help="litellm model string")] = "local/smollm2-135m",
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
     run_name: Annotated[
@@ -61,30 +66,60 @@ def run(
             help="Python file of your own loops, verifiers, graders, task sources or models."
         ),
     ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    dry_run: DryRunOption = False,
 ) -> None:
-    """Run LOOP over a task set; every call, draft and verdict lands in the trace DB."""
+    """Run LOOP over a task set (or the run a --config file describes); every call, draft
+    and verdict lands in the trace DB."""
     import asyncio
 
+    from loopwright.loops.errors import UserError
     from loopwright.loops.execution.runner import RunConfig
     from loopwright.loops.execution.runner import run as run_loop
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    load_plugins(plugin)
-    if settings["executor"] == "ray" and plugin:  # Ray workers import the same files
-        from loopwright.loops.execution.ray_executor import ship_plugins
+    experiment = None
+    if config is not None:  # the file's plugins load before its loop and options are checked
+        from loopwright.loops.execution.config_file import load
 
-        ship_plugins(plugin)
+        experiment = load(config, set_ or [])
+        plugin = [*(plugin or []), *experiment.plugins]
+    elif set_:
+        raise UserError("-s/--set overrides a key of a --config file: give --config FILE")
+    load_plugins(plugin)
     options = parse_options(option)
     if max_rounds is not None:
         options["max_rounds"] = max_rounds
-    try:
-        cfg = RunConfig(
-            **settings, loop=loop, tasks=tasks, model=model, limit=limit,
-            run_name=run_name, resume=resume, options=options,
-        )  # fmt: skip
-    except ValidationError as exc:  # pydantic: one line naming the flag and the bad value
-        raise config_error(exc) from None
+    if experiment is not None:
+        from loopwright.loops.cli.config_options import given
+
+        cfg = experiment.run_config(given(ctx, settings, {
+            "loop": ("loop", loop), "tasks": ("tasks", tasks), "model": ("model", model),
+            "limit": ("limit", limit), "run_name": ("run_name", run_name),
+            "resume": ("resume", resume), "option": ("options", options or None),
+            "max_rounds": ("options", options or None),
+        }))  # fmt: skip
+    else:
+        if loop is None or tasks is None:
+            raise UserError("run takes LOOP and --tasks SPEC, or --config FILE")
+        try:
+            cfg = RunConfig(
+                **settings, loop=loop, tasks=tasks, model=model, limit=limit,
+                run_name=run_name, resume=resume, options=options,
+            )  # fmt: skip
+        except ValidationError as exc:  # pydantic: one line naming the flag and the bad value
+            raise config_error(exc) from None
+    if dry_run:
+        from loopwright.loops.cli.config_options import print_run_plan
+
+        print_run_plan(cfg)
+        return
+    if cfg.executor == "ray" and plugin:  # Ray workers import the same files
+        from loopwright.loops.execution.ray_executor import ship_plugins
+
+        ship_plugins(plugin)
 
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -96,7 +131,7 @@ def run(
         TimeElapsedColumn(),
         console=err,
     )
-    bar_id = bar.add_task(f"{loop}", total=None, rate="-", tokens=0, failed=0)
+    bar_id = bar.add_task(cfg.loop, total=None, rate="-", tokens=0, failed=0)
 
     def on_progress(p: Any) -> None:
         # The bar starts with the first report, i.e. only once the config has been validated.
@@ -153,10 +188,21 @@ def _print_summary(result: RunResult, db: str, *, resume: bool = False) -> None:
 
 
 @app.command()
-def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb") -> None:
-    """List runs: tasks done, pass rate, tokens, cost, wall time."""
+def runs(
+    db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.duckdb",
+    show: Annotated[
+        str | None,
+        typer.Option(
+            help="Print what run NAME ran on: task source, hashes, seeds, versions, machine."
+        ),
+    ] = None,
+) -> None:
+    """List runs: tasks done, pass rate, tokens, cost, wall time, task source hash."""
     from loopwright.traces import TraceStore, list_runs
 
+    if show is not None:
+        _show_provenance(db, show)
+        return
     with TraceStore(db, read_only=True) as store:
         rows = list_runs(store)
     t = Table(title=escape(f"runs in {db}"))
@@ -173,10 +219,13 @@ def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.
         "calls",
         "cost $",
         "wall s",
+        "source",
     ):
         t.add_column(
             col,
-            justify="left" if col in ("name", "loop", "model", "verifier", "status") else "right",
+            justify="left"
+            if col in ("name", "loop", "model", "verifier", "status", "source")
+            else "right",
         )
     for r in rows:
         verifier = escape(r["verifier"])
@@ -195,8 +244,51 @@ def runs(db: Annotated[str, typer.Option(help="Trace database.")] = "loopwright.
             str(r["calls"]),
             f"{r['cost_usd']:.4f}",
             "-" if r["wall_s"] is None else f"{r['wall_s']:.1f}",
+            (r["source_sha256"] or "-")[:8],
         )
+    out = console
+    if not console.is_terminal:  # piped: as wide as its names need, none cut short
+        need = console.measure(t, options=console.options.update_width(1000)).maximum
+        if need > console.width:
+            from rich.console import Console
+
+            out = Console(width=need)
+    out.print(t)
+
+
+def _show_provenance(db: str, name: str) -> None:
+    """``runs --show NAME``: the run's provenance record, one dotted key a line."""
+    from loopwright.traces import TraceStore
+    from loopwright.traces.runs import resolve_runs, run_provenance
+
+    with TraceStore(db, read_only=True) as store:
+        [(stored, row)] = resolve_runs(store, db, [name]).items()
+        record = run_provenance(store, row["run_id"])
+    if record is None:
+        console.print(
+            f"run {stored!r} was stored before runs recorded what they ran on (trace schema "
+            "v7): nothing to show",
+            markup=False,
+            highlight=False,
+        )
+        return
+    t = Table(title=escape(f"provenance of run {stored} ({row['loop']}, {row['model']})"))
+    t.add_column("what", no_wrap=True)
+    t.add_column("value", overflow="fold")
+    for key, value in _flatten(record):
+        t.add_row(escape(key), escape("-" if value is None else str(value)))
     console.print(t)
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts and lists as (dotted key, leaf value) pairs; an empty one as itself."""
+    if isinstance(value, dict) and value:
+        items: list[tuple[str, Any]] = list(value.items())
+    elif isinstance(value, list) and value:
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return [(prefix, value if value != {} and value != [] else "(none)")]
+    return [pair for k, v in items for pair in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
 @app.command()
@@ -286,10 +378,16 @@ def _mount_tools() -> None:
     from loopwright.loops.cli.grade import grade
 
     app.command("grade")(grade)
+    from loopwright.loops.cli.tasks import tasks
+
+    app.command("tasks")(tasks)
     from loopwright.loops.cli.sweep import report, sweep
 
     app.command("sweep")(sweep)
     app.command("report")(report)
+    from loopwright.loops.cli.export import export_config
+
+    app.command("export-config")(export_config)
     from loopwright.loops.cli.view import view
 
     app.command("view")(view)

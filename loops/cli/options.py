@@ -87,6 +87,8 @@ def _run_settings(v: Mapping[str, Any]) -> dict[str, Any]:
         "executor": v["executor"],
         "ray_address": v["ray_address"],
         "workers": v["workers"],
+        "tracker": v["tracker"],
+        "tracker_project": v["tracker_project"],
     }
 
 
@@ -226,6 +228,23 @@ RUN_SETTINGS = FlagGroup(
         Flag("executor", ExecutorOption, "local"),
         Flag("ray_address", RayAddressOption),
         Flag("workers", WorkersOption),
+        Flag(
+            "tracker",
+            Annotated[
+                str | None,
+                _opt(
+                    "Mirror metrics and a sample table to trackio, wandb or mlflow (offline "
+                    "without an account; the trace database stays the record)."
+                ),
+            ],
+        ),
+        Flag(
+            "tracker_project",
+            Annotated[
+                str | None,
+                _opt("The tracker's project (MLflow: experiment); default: loopwright."),
+            ],
+        ),
     ),
     read=_run_settings,
 )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from loopwright.loops.cli.config_options import ConfigOption, DryRunOption, SetOption
 from loopwright.loops.cli.options import RUN_SETTINGS, config_error, with_flags
 from loopwright.loops.cli.progress import console
 from rich.markup import escape
@@ -14,14 +15,15 @@ from rich.table import Table
 
 @with_flags(RUN_SETTINGS)
 def sweep(
-    tasks: Annotated[str, typer.Option(help="Task spec, as for `loopwright run`.")],
+    ctx: typer.Context,
+    settings: dict[str, Any],
+    tasks: Annotated[str | None, typer.Option(help="Task spec, as for `loopwright run`.")] = None,
     grid: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="e.g. 'best-of-n:n=1,2,4,8,16; self-refine:rounds=1,2,4; reflexion:trials=1,2,4'"
         ),
-    ],
-    settings: dict[str, Any],
+    ] = None,
     model: Annotated[list[str] | None, typer.Option(help="litellm model (repeatable).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per point (from --seed on).")] = 1,
     name: Annotated[
@@ -31,31 +33,65 @@ def sweep(
     no_grade: Annotated[
         bool, typer.Option("--no-grade", help="Skip grading every answer (maj@k needs it).")
     ] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Run a grid of strategies x values x models x seeds as one sweep (resumable)."""
     import hashlib
 
-    from loopwright.loops.execution.sweep import SweepConfig, SweepEvent, run_sweep, validate
+    from loopwright.loops.errors import UserError
+    from loopwright.loops.execution.sweep import (
+        SweepConfig,
+        SweepEvent,
+        preview,
+        run_sweep,
+        validate,
+    )
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     models = tuple(model or ["local/smollm2-135m"])
-    if name is None:
-        key = f"{tasks}|{models}|{grid}|{seeds}|{limit}".encode()
-        name = f"sweep-{hashlib.sha256(key).hexdigest()[:8]}"
-    try:
-        cfg = SweepConfig(
-            **settings, name=name, tasks=tasks, models=models, grid=grid,
-            seeds=seeds, limit=limit, grade=not no_grade,
-        )  # fmt: skip
-    except ValidationError as exc:  # pydantic: one line naming the flag and the bad value
-        raise config_error(exc) from None
-    _, points = validate(cfg)
+    if config is not None:
+        from loopwright.loops.cli.config_options import given
+        from loopwright.loops.cli.main import load_plugins
+        from loopwright.loops.execution.config_file import load
+
+        experiment = load(config, set_ or [])
+        load_plugins(experiment.plugins)
+        cfg = experiment.sweep_config(given(ctx, settings, {
+            "tasks": ("tasks", tasks), "grid": ("grid", grid), "model": ("models", model),
+            "seeds": ("seeds", seeds), "name": ("name", name), "limit": ("limit", limit),
+            "no_grade": ("grade", not no_grade),
+        }))  # fmt: skip
+    else:
+        if set_:
+            raise UserError("-s/--set overrides a key of a --config file: give --config FILE")
+        if tasks is None or grid is None:
+            raise UserError("sweep takes --tasks SPEC and --grid GRID, or --config FILE")
+        if name is None:
+            key = f"{tasks}|{models}|{grid}|{seeds}|{limit}".encode()
+            name = f"sweep-{hashlib.sha256(key).hexdigest()[:8]}"
+        try:
+            cfg = SweepConfig(
+                **settings, name=name, tasks=tasks, models=models, grid=grid,
+                seeds=seeds, limit=limit, grade=not no_grade,
+            )  # fmt: skip
+        except ValidationError as exc:  # pydantic: one line naming the flag and the bad value
+            raise config_error(exc) from None
+    if dry_run:
+        from loopwright.loops.cli.config_options import print_sweep_plan
+
+        print_sweep_plan(cfg)
+        return
+    validate(cfg)
+    _, points, new = preview(cfg)
+    stored = f"{len(points) - len(new)} stored, " if len(new) < len(points) else ""
     out = console()
     runs = len({p.run_name for p in points})
     out.print(
-        f"sweep [bold]{escape(cfg.name)}[/bold]: {len(points)} points "
-        f"({sum(p.derived for p in points)} read from shared samples) in {runs} runs "
+        f"sweep [bold]{escape(cfg.name)}[/bold]: {len(points)} points ({stored}"
+        f"{sum(p.derived for p in points)} read from shared samples) in {runs} runs "
         f"on {escape(cfg.tasks)} -> {escape(cfg.db)}",
         highlight=False,
         soft_wrap=True,

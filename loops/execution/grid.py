@@ -73,6 +73,36 @@ class GridEntry(BaseModel):
         return opts
 
 
+def format_value(value: Any) -> str:
+    """``value`` as a grid writes it, so that it reads back the same; ValueError when it
+    cannot be written (it holds , ; ( ) or =, or is not finite)."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+            text = json.dumps(value)  # would read back as a number or a bool: quote it
+        except json.JSONDecodeError:
+            text = value
+    else:
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            text = ""
+    if not text or text != text.strip() or any(c in text for c in ",;()="):
+        raise ValueError(f"{value!r} cannot be written in a grid (it holds , ; ( ) or =)")
+    return text
+
+
+def format_entry(entry: GridEntry) -> str:
+    """``entry`` as a grid writes it: ``LOOP(OPT=VAL,...):PARAM=V1,V2``."""
+    text = entry.loop
+    if entry.fixed:
+        inner = ",".join(f"{k}={format_value(v)}" for k, v in sorted(entry.fixed.items()))
+        text += f"({inner})"
+    if entry.param is not None:
+        text += f":{entry.param}=" + ",".join(format_value(v) for v in entry.values)
+    return text
+
+
 def parse_grid(text: str) -> list[GridEntry]:
     """Parse and validate a grid against the loops' option models (one clear error line)."""
     from loopwright.loops.graphs import get_loop

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from loopwright.loops.models.base import Model
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.config import Connection, nest_connection
-from loopwright.loops.tasks import Task
+from loopwright.loops.tasks import DatasetTasks, Task
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, model_validator
 
 SEED_MAX = 2**63 - 1
@@ -49,7 +49,7 @@ class RunSettings(BaseModel):
     One identity rule for all three (what a resume must match, :meth:`config_hash`): every
     field, except where and how the work is done (``HOW``: the database, the sandbox
     backend, the connection — endpoint, transport, concurrency, timeout, retries, cache —
-    and the executor) and a config's own bookkeeping (``BOOKKEEPING``: its name, resume).
+    the executor, and the tracker runs are mirrored to) and a config's own bookkeeping (``BOOKKEEPING``: its name, resume).
     So a series resumes against the same model served at a new address, as the call cache
     (keyed by model string, messages and sampling settings) already treats it.
     """
@@ -96,11 +96,20 @@ class RunSettings(BaseModel):
     workers: int | None = Field(
         None, ge=1, description="Ray worker actors; none: one per CPU of the cluster."
     )
+    tracker: Literal["trackio", "wandb", "mlflow"] | None = Field(
+        None,
+        description="Mirror metrics and a sample table to this experiment tracker (offline "
+        "when no account is set up); the trace database stays the record. docs/trackers.md.",
+    )
+    tracker_project: str | None = Field(
+        None, description="The tracker's project (MLflow: experiment); none: loopwright."
+    )
 
     _flat = model_validator(mode="before")(nest_connection)
 
     HOW: ClassVar[frozenset[str]] = frozenset(
         {"db", "sandbox", "connection", "executor", "ray_address", "workers"}
+        | {"tracker", "tracker_project"}
     )
     """Where and how the work is done: never part of a config's identity."""
     BOOKKEEPING: ClassVar[frozenset[str]] = frozenset()
@@ -138,9 +147,9 @@ class RunConfig(RunSettings):
     """One run: which loop, on which tasks, with which model, under which limits."""
 
     loop: str = Field(description="Loop name, e.g. self-refine.")
-    tasks: str | list[Task] = Field(
-        description="Task spec (PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:NAME) "
-        "or the tasks themselves."
+    tasks: str | DatasetTasks | list[Task] = Field(
+        description="Task spec (PATH.jsonl, gsm8k:PATH, math:PATH, humaneval, builtin:NAME), "
+        "a dataset with its field map (DatasetTasks), or the tasks themselves."
     )
     model: ModelRef = Field(
         "local/smollm2-135m", description="litellm model string, or a Model object."
@@ -154,7 +163,10 @@ class RunConfig(RunSettings):
 
     @property
     def tasks_spec(self) -> str:
-        """The task spec as stored: the spec given, or an inline list's content hash."""
+        """The task spec as stored: the spec given, a dataset's canonical spec, or an inline
+        list's content hash."""
+        if isinstance(self.tasks, DatasetTasks):
+            return self.tasks.spec()
         return self.tasks if isinstance(self.tasks, str) else inline_spec(self.tasks)
 
     @property

@@ -31,13 +31,21 @@ from typing import Any
 
 from langgraph.errors import GraphRecursionError
 from loopwright.loops.errors import ModelCallError, UserError, unknown
+from loopwright.loops.execution.provenance import (
+    Provenance,
+    build_provenance,
+    resume_record,
+    source_at,
+    stored_rows_sha256,
+)
 from loopwright.loops.execution.run_config import Progress, RunConfig, RunResult, model_name
 from loopwright.loops.execution.scope import RunScope, in_loop_verifier
+from loopwright.loops.execution.trackers import check_tracker, mirror_run
 from loopwright.loops.graphs import get_loop
 from loopwright.loops.graphs.base import LoopSpec, run_loop
 from loopwright.loops.models.budget import Budget
 from loopwright.loops.models.config import check_model
-from loopwright.loops.tasks import Task, load_tasks
+from loopwright.loops.tasks import SourceInfo, Task, load_task_set
 from loopwright.loops.verify import (
     VERIFIERS,
     check_grader,
@@ -50,7 +58,7 @@ from loopwright.loops.verify import (
 from loopwright.traces import TaskRecord, TraceStore, TraceWriter, run_by_name, run_summary, utcnow
 from loopwright.traces.records import MODEL_ROLES
 from loopwright.traces.run_queries import finished_counts
-from loopwright.traces.runs import finish_run, insert_run, reopen_run, stored_name
+from loopwright.traces.runs import finish_run, insert_run, reopen_run, run_provenance, stored_name
 from loopwright.traces.writer import TraceWriterError
 from pydantic import BaseModel, ValidationError
 
@@ -64,11 +72,13 @@ def _version() -> str:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A checked run: its loop, the validated loop options, and its tasks."""
+    """A checked run: its loop, the validated loop options, its tasks and where they came
+    from."""
 
     spec: LoopSpec[Any]
     options: BaseModel
     tasks: list[Task]
+    source: SourceInfo
 
     def verifiers_used(self, cfg: RunConfig) -> dict[str, str]:
         """Task kind -> in-loop verifier name, as the run resolves ``cfg.verifier``."""
@@ -92,9 +102,10 @@ def prepare(cfg: RunConfig) -> RunPlan:
         raise unknown("sandbox backend", cfg.sandbox, BACKENDS)
     check_verifier(cfg.verifier, cfg.verifier_options)
     check_grader(cfg.grader)
-    tasks = _load_tasks(cfg)
+    check_tracker(cfg.tracker)
+    tasks, source = _load_tasks(cfg)
     _check_verifier_applies(cfg, tasks)
-    return RunPlan(spec, options, tasks)
+    return RunPlan(spec, options, tasks, source)
 
 
 def _check_models(cfg: RunConfig) -> None:
@@ -117,9 +128,11 @@ def _check_models(cfg: RunConfig) -> None:
             raise UserError(f"two different models are named {name!r}: give each its own name")
 
 
-def _load_tasks(cfg: RunConfig) -> list[Task]:
-    if isinstance(cfg.tasks, str):
-        return load_tasks(cfg.tasks, cfg.limit)
+def _load_tasks(cfg: RunConfig) -> tuple[list[Task], SourceInfo]:
+    """The run's tasks and their source record."""
+    if not isinstance(cfg.tasks, list):
+        loaded = load_task_set(cfg.tasks, cfg.limit)
+        return loaded.tasks, loaded.source
     tasks = cfg.tasks[: cfg.limit]
     if not tasks:
         raise UserError("the task list is empty: give at least one Task")
@@ -129,7 +142,7 @@ def _load_tasks(cfg: RunConfig) -> list[Task]:
         raise UserError(
             f"task id {twice!r} is given twice: ids must be unique (resume keys on them)"
         )
-    return tasks
+    return tasks, load_task_set(cfg.tasks, cfg.limit).source
 
 
 def _check_verifier_applies(cfg: RunConfig, tasks: list[Task]) -> None:
@@ -166,8 +179,16 @@ class RunWork:
     """Called once per task, with its final record, as it ends."""
 
 
-async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = None) -> RunResult:
-    """Execute (or resume) a run and return its summary."""
+async def run(
+    cfg: RunConfig,
+    on_progress: Callable[[Progress], None] | None = None,
+    *,
+    mirror: bool = True,
+) -> RunResult:
+    """Execute (or resume) a run and return its summary. With ``cfg.tracker`` (and
+    ``mirror``), the finished run is mirrored to that tracker (``trackers.mirror_run``); a
+    sweep or an improve series passes ``mirror=False`` and mirrors at its own level."""
+    began = time.monotonic()
     plan = prepare(cfg)
     store = TraceStore(cfg.db)
     writer = TraceWriter(store)
@@ -212,6 +233,10 @@ async def run(cfg: RunConfig, on_progress: Callable[[Progress], None] | None = N
                 f"{writer.failed}; run {name!r} is marked failed: once the cause is fixed, "
                 f"continue it with --resume --run-name {name}"
             ) from writer.failed.__cause__
+        if cfg.tracker and mirror:  # on the driver, after the run row is closed
+            mirror_run(cfg.tracker, cfg.tracker_project, store, run_id, name=name,
+                       config=_stored_config(cfg, plan), status=status,
+                       wall_s=time.monotonic() - began)  # fmt: skip
         return RunResult(
             run_id=run_id,
             name=name,
@@ -257,7 +282,7 @@ def _open_run(
                 "resume it with the same arguments or start a new --run-name"
             )
         run_id = row["run_id"]
-        done = reopen_run(store, run_id)
+        done = reopen_run(store, run_id, _resumed_provenance(store, run_id, name, cfg, plan))
         todo = [t for t in plan.tasks if t.id not in done]
         return run_id, name, todo, False
     # --resume of a run the store does not hold: it was stopped before its run row was
@@ -277,8 +302,35 @@ def _open_run(
         config_hash=config_hash,
         seed=cfg.seed,
         version=_version(),
+        provenance=build_provenance(cfg, plan.source, len(plan.tasks)).model_dump_json(),
     )
     return run_id, name, plan.tasks, True
+
+
+def _resumed_provenance(
+    store: TraceStore, run_id: str, name: str, cfg: RunConfig, plan: RunPlan
+) -> str | None:
+    """The provenance of a run being resumed, with this session appended; refuses a task
+    source whose rows changed since the run was made (read at the run's first --limit, so a
+    resume may still extend or shorten it). None: the run was stored without one (before
+    schema v7), and resumes as it did then."""
+    stored = run_provenance(store, run_id)
+    was = stored_rows_sha256(stored)
+    if stored is None or was is None:
+        return None
+    source = plan.source
+    if "limit" in stored and stored["limit"] != cfg.limit:
+        source = source_at(cfg, stored["limit"])
+    now = source.rows_sha256
+    if now != was:
+        raise UserError(
+            f"run {name!r} was made on tasks with hash {was[:12]}; {cfg.tasks_spec} now hashes "
+            f"to {now[:12]}: the task source changed. Run under a new --run-name, or restore "
+            "the source"
+        )
+    record = Provenance.model_validate(stored)
+    record.resumes.append(resume_record())
+    return record.model_dump_json()
 
 
 async def run_one_task(

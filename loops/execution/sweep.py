@@ -23,24 +23,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from loopwright.loops.errors import UserError
-from loopwright.loops.execution.grid import GridEntry, parse_grid
-from loopwright.loops.execution.run_config import ModelRef, RunSettings, model_name
+from loopwright.loops.execution.grid import GridEntry, format_entry, parse_grid
+from loopwright.loops.execution.run_config import (
+    ModelRef,
+    RunSettings,
+    identity_hash,
+    model_name,
+)
 from loopwright.loops.models.base import Model
+from loopwright.traces import run_by_name
+from loopwright.traces.queries import table_names
 from loopwright.traces.run_queries import ungraded_answers
 from loopwright.traces.runs import failed_tasks, run_status
 from loopwright.traces.store import TraceStore
 from loopwright.traces.sweeps import (
     PointRow,
+    insert_points,
     insert_sweep,
+    repoint,
     set_point_status,
     set_sweep_status,
     sweep_by_name,
+    update_sweep,
 )
+from loopwright.traces.sweeps import sweep_points as stored_points
 from pydantic import BaseModel, Field, field_validator
 
 if TYPE_CHECKING:
@@ -63,6 +77,20 @@ class SweepConfig(RunSettings):
     grade: bool = Field(True, description="Grade every answer after each run.")
 
     BOOKKEEPING: ClassVar[frozenset[str]] = frozenset({"name", "grade"})
+    POINTS: ClassVar[frozenset[str]] = frozenset({"grid", "models", "seed", "seeds"})
+    """What picks the points: not the sweep's identity, so a sweep grows by new points (its
+    stored grid, models and seeds become the union) without redoing the others."""
+
+    def identity(self) -> dict[str, Any]:
+        """What every point shares (tasks, settings): a re-run must match it."""
+        out = super().identity()
+        for k in self.POINTS:
+            out.pop(k, None)
+        return out
+
+    def legacy_hash(self) -> str:
+        """The hash sweeps stored before they could grow (their points included)."""
+        return identity_hash(super().identity())
 
     @field_validator("name")
     @classmethod
@@ -137,27 +165,144 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (0, v) if isinstance(v, int | float) else (1, str(v))
 
 
-def open_sweep(cfg: SweepConfig, points: list[PointPlan]) -> str:
-    """Insert the sweep and its points, or check a re-run matches and return its id."""
+def open_sweep(cfg: SweepConfig) -> tuple[str, SweepConfig, list[PointPlan]]:
+    """Insert the sweep and its points; or check a re-run shares the stored sweep's tasks
+    and settings, and grow it by the points it adds. Returns the sweep id, the sweep as it
+    now stands (stored and new points) and its points as they run."""
     with TraceStore(cfg.db) as store:
         row = sweep_by_name(store, cfg.name)
-        if row:
-            if row["config_hash"] != cfg.config_hash():
-                raise UserError(
-                    f"sweep {cfg.name!r} already exists in {cfg.db} with other tasks, models, "
-                    "grid or seeds: re-run it with the same arguments or pick another --name"
-                )
-            set_sweep_status(store, row["sweep_id"], "running")
-            return str(row["sweep_id"])
-        return insert_sweep(
-            store,
-            name=cfg.name,
-            tasks_spec=cfg.tasks,
-            grid=cfg.grid,
-            config=cfg.model_dump_json(),
-            config_hash=cfg.config_hash(),
-            points=points,
+        if row is None:
+            points = plan(cfg, parse_grid(cfg.grid))
+            sweep_id = insert_sweep(
+                store, name=cfg.name, tasks_spec=cfg.tasks, grid=cfg.grid,
+                config=cfg.model_dump_json(), config_hash=cfg.config_hash(), points=points,
+            )  # fmt: skip
+            return sweep_id, cfg, points
+        sweep_id = str(row["sweep_id"])
+        grown, points, new, moved = settle(cfg, row, stored_points(store, sweep_id))
+        if grown.grid != row["grid"] or row["config_hash"] != grown.config_hash() or new:
+            update_sweep(store, sweep_id, grid=grown.grid, config=grown.model_dump_json(),
+                         config_hash=grown.config_hash())  # fmt: skip
+        insert_points(store, sweep_id, new)
+        for p in moved:
+            repoint(store, p)
+        set_sweep_status(store, sweep_id, "running")
+        return sweep_id, grown, points
+
+
+def preview(cfg: SweepConfig) -> tuple[SweepConfig, list[PointPlan], set[str]]:
+    """What ``open_sweep`` would run, read without writing (no database is created): the
+    sweep as it would stand, its points, and the ids of the points it would add."""
+    points = plan(cfg, parse_grid(cfg.grid))
+    if not Path(cfg.db).exists():
+        return cfg, points, {p.point_id for p in points}
+    with TraceStore(cfg.db, read_only=True) as store:
+        row = sweep_by_name(store, cfg.name) if "sweeps" in table_names(store) else None
+        if row is None:
+            return cfg, points, {p.point_id for p in points}
+        grown, points, new, _ = settle(cfg, row, stored_points(store, str(row["sweep_id"])))
+    return grown, points, {p.point_id for p in new}
+
+
+def settle(
+    cfg: SweepConfig, row: dict[str, Any], stored: list[dict[str, Any]]
+) -> tuple[SweepConfig, list[PointPlan], list[PointPlan], list[PointPlan]]:
+    """A re-run of a stored sweep: (the grown sweep, its points as they run, the new points,
+    the stored points now read from another run). Refused when the tasks or the settings
+    every point shares differ."""
+    if row["config_hash"] not in (cfg.config_hash(), cfg.legacy_hash()) and (
+        _stored_hash(row) != cfg.config_hash()
+    ):
+        raise UserError(
+            f"sweep {cfg.name!r} already exists in {cfg.db} with other tasks or settings "
+            "(points may be added: other loops, values, models or seeds): re-run it with "
+            "the same tasks and settings or pick another --name"
         )
+    grown = _grow(cfg, row)
+    points, new, moved = reconcile(plan(grown, parse_grid(grown.grid)), stored)
+    return grown, points, new, moved
+
+
+def _stored_hash(row: dict[str, Any]) -> str | None:
+    """The shared-settings hash of a stored sweep's config (None if it no longer reads)."""
+    try:
+        return SweepConfig.model_validate_json(row["config"] or "").config_hash()
+    except ValueError:
+        return None
+
+
+def _grow(cfg: SweepConfig, row: dict[str, Any]) -> SweepConfig:
+    """The stored sweep and ``cfg`` united: grid entries merged by label (values added),
+    models added, seeds from the lowest to the highest of both."""
+    try:
+        old = SweepConfig.model_validate_json(row["config"] or "")
+    except ValueError:  # a config this version cannot read: the stored points stay as they are
+        return cfg
+    try:
+        entries = {e.label: e for e in parse_grid(row["grid"] or old.grid)}
+    except UserError as exc:
+        raise UserError(f"sweep {cfg.name!r} in {cfg.db}: its stored grid: {exc}") from None
+    changed = False
+    for e in parse_grid(cfg.grid):
+        have = entries.get(e.label)
+        if have is None:
+            entries[e.label], changed = e, True
+        elif have.param != e.param:
+            raise UserError(
+                f"sweep {cfg.name!r}: {e.label} was swept over {have.param or 'nothing'} and "
+                f"now over {e.param or 'nothing'}: keep one, or pick another --name"
+            )
+        elif any(v not in have.values for v in e.values):
+            values = (*have.values, *(v for v in e.values if v not in have.values))
+            entries[e.label], changed = have.model_copy(update={"values": values}), True
+    grid = "; ".join(format_entry(e) for e in entries.values()) if changed else row["grid"]
+    names = [model_name(m) for m in cfg.models]
+    models = (*cfg.models, *(m for m in old.models if model_name(m) not in names))
+    seed = min(cfg.seed, old.seed)
+    seeds = max(cfg.seed + cfg.seeds, old.seed + old.seeds) - seed
+    return cfg.model_copy(update={"grid": grid, "models": models, "seed": seed, "seeds": seeds})
+
+
+def reconcile(
+    planned: list[PointPlan], stored: list[dict[str, Any]]
+) -> tuple[list[PointPlan], list[PointPlan], list[PointPlan]]:
+    """The planned points as they run over what is stored: a stored point keeps the run it
+    has (a point that had its own run keeps it; one read from a run keeps reading it while
+    that run is planned), so growing a sweep redoes nothing. Returns (points, new points,
+    stored points now read from another run)."""
+    rows = {r["point_id"]: r for r in stored}
+    out: dict[str, PointPlan] = {}
+    rename: dict[str, str] = {}
+    for p in planned:  # own runs first: a stored one keeps its run, a planned one is its own
+        r = rows.get(p.point_id)
+        if r is not None and not r["derived"]:
+            out[p.point_id] = p.model_copy(update={
+                "run_name": r["run_name"], "derived": False,
+                "options": json.loads(r["options"]) if r["options"] else p.options,
+            })  # fmt: skip
+            if not p.derived:
+                rename[p.run_name] = r["run_name"]
+        elif not p.derived:
+            out[p.point_id] = p
+    own = {p.run_name for p in out.values()}
+    for p in planned:
+        if p.point_id in out:
+            continue
+        r = rows.get(p.point_id)
+        if r is not None and r["run_name"] in own:
+            out[p.point_id] = p.model_copy(update={
+                "run_name": r["run_name"], "derived": True,
+                "options": json.loads(r["options"]) if r["options"] else p.options,
+            })  # fmt: skip
+            continue
+        out[p.point_id] = p.model_copy(update={"run_name": rename.get(p.run_name, p.run_name)})
+    points = [out[p.point_id] for p in planned]
+    new = [p for p in points if p.point_id not in rows]
+    moved = [
+        p for p in points if p.point_id in rows
+        and (p.run_name, p.derived) != (rows[p.point_id]["run_name"], rows[p.point_id]["derived"])
+    ]  # fmt: skip
+    return points, new, moved
 
 
 def _set_status(db: str, run_name: str, status: str, error: str | None = None) -> None:
@@ -217,8 +362,8 @@ def run_sweep(
     on_run_progress: Callable[[Any], None] | None = None,
 ) -> str:
     """Run (or resume) every point of the sweep; returns the sweep id."""
-    _, points = validate(cfg)
-    sweep_id = open_sweep(cfg, points)
+    validate(cfg)
+    sweep_id, cfg, points = open_sweep(cfg)
     with contextlib.ExitStack() as stack:
         if cfg.executor == "ray":  # one pool of workers for every run of the sweep
             from loopwright.loops.execution.ray_executor import ray_pool
@@ -256,11 +401,14 @@ def _run_points(
             emit("skip", "already done")
             _set_status(cfg.db, name, "done")
             continue
+        wall_s: float | None = None  # set when the run ran now: then it is mirrored
         try:
             if state != "done" or broken:  # resuming a run redoes its failed tasks
                 emit("start")
+                began = time.monotonic()
                 asyncio.run(run(run_config(cfg, p, resume=state is not None),
-                                on_progress=on_run_progress))  # fmt: skip
+                                on_progress=on_run_progress, mirror=False))  # fmt: skip
+                wall_s = time.monotonic() - began
             if cfg.grade:
                 emit("grade")
                 grade_run(cfg.db, [name], sandbox=cfg.sandbox, executor=cfg.executor,
@@ -271,6 +419,8 @@ def _run_points(
             emit("failed", str(exc))
             continue
         broken, error = _failed_tasks(cfg.db, name)
+        if cfg.tracker and wall_s is not None:
+            _mirror_point(cfg, p, "failed" if broken else "done", wall_s)
         if broken:
             # A point with failed tasks would be measured on the tasks that happened to work.
             failed += 1
@@ -281,6 +431,26 @@ def _run_points(
         _set_status(cfg.db, name, "done")
         emit("done")
     return failed
+
+
+def _mirror_point(cfg: SweepConfig, p: PointPlan, status: str, wall_s: float) -> None:
+    """Mirror the run of point ``p`` to the sweep's tracker, after grading: one tracker run
+    in the sweep's group, the point's settings as its config. (The smaller N a best-of-n run
+    also answers for are read from its samples by ``loopwright report``, not mirrored.)"""
+    from loopwright.loops.execution.trackers import mirror_run
+
+    config = {
+        "sweep": cfg.name, "tasks": cfg.tasks, "limit": cfg.limit, "strategy": p.strategy,
+        "loop": p.loop, "model": p.model, "seed": p.seed, "param": p.param, "value": p.value,
+        "options": p.options, "verifier": p.verifier or cfg.verifier, "point_id": p.point_id,
+    }  # fmt: skip
+    with TraceStore(cfg.db) as store:
+        row = run_by_name(store, p.run_name)
+        if row is None:  # nothing was recorded to mirror
+            return
+        mirror_run(cfg.tracker or "", cfg.tracker_project, store, row["run_id"],
+                   name=p.run_name, config=config, status=status, wall_s=wall_s,
+                   group=cfg.name)  # fmt: skip
 
 
 def _failed_tasks(db: str, run_name: str) -> tuple[int, str | None]:

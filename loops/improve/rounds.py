@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -23,6 +24,7 @@ from loopwright.loops.errors import UserError
 from loopwright.loops.execution.grade import grade_run
 from loopwright.loops.execution.runner import Progress, RunConfig, prepare
 from loopwright.loops.execution.runner import run as run_loop
+from loopwright.loops.execution.trackers import Tracker, make_tracker, numeric_metrics
 from loopwright.loops.improve.config import ImproveConfig
 from loopwright.loops.improve.metrics import eval_metrics, judge_agreement, train_metrics
 from loopwright.loops.improve.star import hinted_task_file, strip_hints, unsolved_tasks
@@ -119,7 +121,8 @@ def _run(cfg: ImproveConfig, name: str, loop_cfg: dict[str, Any], events: Events
     if row is not None and row["status"] == "done":
         return
     rc = RunConfig(**cfg.settings(), run_name=name, resume=row is not None, **loop_cfg)
-    asyncio.run(run_loop(rc, lambda p: events.run_progress(label, p)))
+    # the series is mirrored as one tracker run (its rounds), not run by run
+    asyncio.run(run_loop(rc, lambda p: events.run_progress(label, p), mirror=False))
 
 
 def _grade(cfg: ImproveConfig, run: str) -> None:
@@ -180,6 +183,7 @@ def _run_series(cfg: ImproveConfig, work: Path, ev: Events) -> ImproveResult:
     model = cfg.base
     failed = None
     with contextlib.ExitStack() as stack:
+        mirror = stack.enter_context(_mirrored(cfg))
         if cfg.executor == "ray":  # Ray up for the series; each run gets fresh workers
             from loopwright.loops.execution.ray_executor import ray_session
 
@@ -189,12 +193,15 @@ def _run_series(cfg: ImproveConfig, work: Path, ev: Events) -> ImproveResult:
                 row = L.get_round(store, cfg.name, rnd) or {}
             if row.get("stage") == "done":
                 model = row["model"]
+                mirror.round(rnd)
                 continue
             try:
                 model = _round(series, rnd, model, row)
             except _RoundFailed as exc:
                 failed = str(exc)
                 break
+            mirror.round(rnd)
+        mirror.status = "failed" if failed else "done"
     with TraceStore(cfg.db) as store:
         rows = L.rounds_of(store, cfg.name)
     return ImproveResult(name=cfg.name, rounds=rows, failed=failed)
@@ -202,6 +209,36 @@ def _run_series(cfg: ImproveConfig, work: Path, ev: Events) -> ImproveResult:
 
 class _RoundFailed(Exception):
     pass
+
+
+class _Mirror:
+    """The series' tracker run (``--tracker``): each finished round's metrics at step =
+    round, on resume the rounds done before too. A no-op without a tracker."""
+
+    def __init__(self, cfg: ImproveConfig) -> None:
+        self.cfg = cfg
+        self.status = "interrupted"
+        self.tracker: Tracker | None = None
+        if cfg.tracker:
+            self.tracker = make_tracker(cfg.tracker, cfg.tracker_project)
+            self.tracker.start(cfg.name, cfg.model_dump(mode="json"))
+
+    def round(self, rnd: int) -> None:
+        if self.tracker is None:
+            return
+        with TraceStore(self.cfg.db) as store:
+            row = L.get_round(store, self.cfg.name, rnd) or {}
+        self.tracker.log({**numeric_metrics(row.get("metrics") or {}), "round": rnd}, step=rnd)
+
+
+@contextlib.contextmanager
+def _mirrored(cfg: ImproveConfig) -> Iterator[_Mirror]:
+    mirror = _Mirror(cfg)
+    try:
+        yield mirror
+    finally:
+        if mirror.tracker is not None:
+            mirror.tracker.finish(mirror.status)
 
 
 @dataclass(frozen=True)

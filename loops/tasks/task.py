@@ -11,9 +11,16 @@ from loopwright.traces.records import repair_text
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticSerializationError
 
-TaskKind = Literal["math", "code", "text"]
+TaskKind = Literal["math", "code", "text", "choice"]
+"""What a task asks for, which picks its verifier and grader: a math answer, a program, free
+text, or one of ``choices`` (answered by its letter: A, B, ...)."""
+TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 TestStyle = Literal["asserts", "humaneval", "io"]
 TEST_STYLES: tuple[str, ...] = get_args(TestStyle)
+COMPLETE_PROMPT = "complete_prompt"
+"""Public metadata flag of a code task whose prompt is a whole instruction written by its
+benchmark's harness (a problem statement and the answer format: LiveCodeBench, APPS),
+not a function to complete: the loops send it as it is instead of wrapping it in theirs."""
 
 
 class Task(BaseModel):
@@ -23,7 +30,9 @@ class Task(BaseModel):
 
     id: str = Field(description="Unique within the task set; resume keys on it.")
     prompt: str = Field(description="What the model is asked.")
-    kind: TaskKind = Field("text", description="math, code or text: picks the verifier.")
+    kind: TaskKind = Field(
+        "text", description="math, code, text or choice: picks the verifier and the grader."
+    )
     reference: str | None = Field(None, description="Gold answer for the grader.")
     tests: list[str] = Field(
         default_factory=list, description="Hidden test code for code tasks (the grader's)."
@@ -34,6 +43,11 @@ class Task(BaseModel):
         "run); None derives them: the prompt's doctest examples, else the first assert.",
     )
     entry_point: str | None = Field(None, description="Function under test for code tasks.")
+    choices: list[str] | None = Field(
+        None,
+        description="The options of a multiple-choice task, in the order shown (A, B, ...); "
+        "public: the reference is the letter of the right one.",
+    )
     metadata: dict[str, Any] = Field(
         default_factory=dict,
         description="Anything else; only the grader sees it, except the keys named in "
@@ -63,7 +77,7 @@ class Task(BaseModel):
     def blind(self) -> Task:
         """The task as a deployed system sees it, built from an allow-list.
 
-        Kept: ``id``, ``prompt``, ``kind``, ``entry_point``, the visible tests
+        Kept: ``id``, ``prompt``, ``kind``, ``entry_point``, ``choices``, the visible tests
         (``visible_tests(self)``), and of ``metadata`` only ``test_style``,
         ``visible_io_cases`` (derived for stdin/stdout tasks: the first case unless given) and
         the keys named in ``public_metadata``. Everything else — the reference, hidden tests,
@@ -82,6 +96,7 @@ class Task(BaseModel):
             kind=self.kind,
             visible_tests=visible_tests(self),
             entry_point=self.entry_point,
+            choices=None if self.choices is None else list(self.choices),
             metadata=meta,
             public_metadata=list(self.public_metadata),
         )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Typ
 
 from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.options import NoOptions
-from loopwright.loops.tasks import Task
+from loopwright.loops.tasks import TASK_KINDS, Task
 from loopwright.tools.verdict import Verdict
 from loopwright.traces.records import VerdictRecord
 from pydantic import BaseModel, ValidationError
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from loopwright.loops.models.config import Sample
     from loopwright.traces.records import Role
 
-ALL_KINDS: tuple[str, ...] = ("math", "code", "text")
+ALL_KINDS: tuple[str, ...] = TASK_KINDS
+"""Every task kind (``Task.kind``): what a verifier or grader judges unless it names some."""
 
 Stage = Literal["in_loop", "graded"]
 """Where a verdict was reached: inside the loop (a verifier) or after it (the grader)."""

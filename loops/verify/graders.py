@@ -2,7 +2,8 @@
 
 By task kind (the default): math tasks are graded by the math checker (``MathAnswer``:
 math-verify over the whole response in a worker process, lenient about units); code tasks run
-their (hidden) tests in a sandbox (``CodeTests``). Graders read the reference and the hidden
+their (hidden) tests in a sandbox (``CodeTests``); multiple-choice tasks compare the letter
+picked with the reference letter (``ChoiceLetter``). Graders read the reference and the hidden
 tests, so a loop sees them only through the ``oracle`` in-loop verifier, opt-in. A grader
 that cannot run raises (a one-line ``UserError`` when it cannot run here at all): it is never
 a failed verdict.
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from loopwright.loops.errors import UserError, unknown
 from loopwright.loops.tasks import Task
+from loopwright.loops.tasks.answers import extract_choice
 from loopwright.loops.verify.base import Grader, Verdict
 from loopwright.sandboxes import (
     BACKENDS,
@@ -198,14 +200,58 @@ def _has_code_tests(task: Task) -> bool:
     return bool(task.tests)
 
 
+# -- multiple choice -------------------------------------------------------------------------
+class ChoiceLetter:
+    """Pass when the letter the response picks (``answers.extract_choice``: ``Answer: C``,
+    ``(C)``, ``\\boxed{C}``, a last line that is the letter) is the reference letter.
+
+    Never blocks: loops get its verdict without a thread hop (``quick``).
+    """
+
+    name = "choice-letter"
+    version = "choice-letter-1"
+
+    def applies(self, task: Task) -> bool:
+        """A multiple-choice task with a reference letter."""
+        return task.kind == "choice" and bool(task.reference)
+
+    def quick(self, task: Task, response: str) -> Verdict:
+        return self(task, response)
+
+    def __call__(self, task: Task, response: str) -> Verdict:
+        t0 = time.perf_counter()
+        want = (task.reference or "").strip().upper()
+        got = extract_choice(response, len(task.choices) if task.choices else 26)
+        if got is None:
+            feedback = "no choice letter found (end with a line 'Answer: X')"
+        elif got == want:
+            feedback = f"chose {got}: correct"
+        else:
+            feedback = f"chose {got}: incorrect"
+        return Verdict(
+            passed=got is not None and got == want,
+            score=1.0 if got is not None and got == want else 0.0,
+            answer=got,
+            feedback=feedback,
+            verifier=self.name,
+            version=self.version,
+            latency_s=time.perf_counter() - t0,
+        )
+
+
 # -- choosing --------------------------------------------------------------------------------
 GRADERS: dict[str, Callable[[str], Grader]] = {
     MathAnswer.name: lambda sandbox: MathAnswer(),
     CodeTests.name: CodeTests,
+    ChoiceLetter.name: lambda sandbox: ChoiceLetter(),
 }
 """Graders by name: each makes its grader for a sandbox backend (the one code runs in)."""
 
-DEFAULT_GRADERS: dict[str, str] = {"math": MathAnswer.name, "code": CodeTests.name}
+DEFAULT_GRADERS: dict[str, str] = {
+    "math": MathAnswer.name,
+    "code": CodeTests.name,
+    "choice": ChoiceLetter.name,
+}
 """The grader of each task kind when a run names none (text tasks have none)."""
 
 
@@ -283,9 +329,12 @@ def grade_many(
 
 
 def extract_answer(task: Task, response: str) -> str | None:
-    """The answer part of a response: the final number for math, the program for code."""
+    """The answer part of a response: the final number for math, the program for code, the
+    letter for multiple choice."""
     if task.kind == "math":
         return math_check.extract_answer(response)
     if task.kind == "code":
         return code_tests.extract_code(response, task.prompt, task.entry_point)
+    if task.kind == "choice":
+        return extract_choice(response, len(task.choices) if task.choices else 26)
     return None

@@ -14,6 +14,7 @@ from typing import Any
 
 from loopwright.traces.queries import oracle_sql, verifier_sql
 from loopwright.traces.records import DRAFT_ROLES
+from loopwright.traces.runs import run_provenance
 from loopwright.traces.store import TraceStore
 from loopwright.traces.view.diff import word_diff
 
@@ -119,6 +120,7 @@ def run_detail(store: TraceStore, name: str) -> dict[str, Any]:
     ]
     run["config"] = json.loads(cfg["config"]) if cfg["config"] else {}
     run["tasks_spec"], run["seed"], run["version"] = cfg["tasks_spec"], cfg["seed"], cfg["version"]
+    run["provenance"] = run_provenance(store, run["run_id"])  # None: stored before schema v7
     run["stop_reasons"] = store.query(
         "SELECT stop_reason, count(*) AS n FROM tasks WHERE run_id = ? AND status = 'done' "
         "GROUP BY 1 ORDER BY 2 DESC",

@@ -204,7 +204,15 @@ function runHeader(run) {
     el("div", {}, el("b", {}, "tokens "), num(run.tokens)),
     el("div", {}, el("b", {}, "cost "), usd(run.cost_usd)),
     el("div", {}, el("b", {}, "wall "), secs(run.wall_s)),
-    el("div", {}, el("b", {}, "tasks "), run.tasks_spec ?? "–"));
+    el("div", {}, el("b", {}, "tasks "), run.tasks_spec ?? "–"),
+    el("div", {}, el("b", {}, "source "), sourceHash(run.provenance)));
+}
+
+function sourceHash(prov) {
+  const src = prov && prov.source;
+  if (!src || !src.rows_sha256) return "–";
+  const code = prov.loopwright && prov.loopwright.commit ? ` · loopwright ${prov.loopwright.commit.slice(0, 10)}` : "";
+  return el("code", { title: `${src.kind} ${src.location}${code}` }, src.rows_sha256.slice(0, 12));
 }
 
 async function pageRun(name) {
