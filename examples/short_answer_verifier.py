@@ -5,6 +5,8 @@ options), by name, returning a bool, a score in [0, 1] or a Verdict.
         --verifier short-answer --verifier-option max_words=40 --tasks 'builtin:arithmetic?n=5'
 
 A loop can also hand it to ``ctx.verify(cands, verifier=short_answer)`` directly.
+
+    python examples/short_answer_verifier.py # self-refine checked by it, embedded model
 """
 
 from loopwright.loops import verifier
@@ -22,3 +24,17 @@ def short_answer(response: str, answer: str | None, options: Limits) -> float:
         return 0.0
     words = len(response.split())
     return max(0.0, 1.0 - words / (2 * options.max_words))
+
+
+if __name__ == "__main__":
+    import asyncio
+
+    from loopwright.loops import RunConfig, run
+
+    # A loop calls the verifier on its drafts; here self-refine on the embedded model.
+    config = RunConfig(
+        loop="self-refine", tasks="builtin:arithmetic?n=3", verifier="short-answer",
+        verifier_options={"max_words": 40}, options={"max_rounds": 1},
+    )  # fmt: skip
+    result = asyncio.run(run(config))
+    print(result.name, result.summary)

@@ -5,6 +5,8 @@ task file's lines); ``--tasks squares?n=20&start=3`` fills its parameters by nam
 
 ``load_tasks("squares?n=5")`` does the same from Python. The reference is the answer key: the
 held-out grader sees it, the loop and its in-loop verifier never do.
+
+    python examples/square_tasks.py          # prints three tasks
 """
 
 from collections.abc import Iterator
@@ -19,3 +21,10 @@ def squares(n: int = 10, start: int = 2) -> Iterator[Task]:
         yield Task(
             id=f"square-{k}", prompt=f"What is {k} squared?", kind="math", reference=str(k * k)
         )
+
+
+if __name__ == "__main__":
+    from loopwright.loops import load_tasks
+
+    for task in load_tasks("squares?n=3&start=5"):
+        print(task.id, task.prompt, "| answer key:", task.reference)

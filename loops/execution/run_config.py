@@ -12,6 +12,7 @@ from loopwright.loops.models.base import Model
 from loopwright.loops.models.budget import BudgetLimits
 from loopwright.loops.models.config import Connection, nest_connection
 from loopwright.loops.tasks import DatasetTasks, Task
+from loopwright.loops.tasks.datasets import inline_spec
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, model_validator
 
 SEED_MAX = 2**63 - 1
@@ -134,13 +135,6 @@ class RunSettings(BaseModel):
 def identity_hash(identity: dict[str, Any]) -> str:
     """The short hash stored with a run, sweep or series and compared on resume."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def inline_spec(tasks: list[Task]) -> str:
-    """How a list of tasks passed in directly is named in ``runs.tasks_spec`` and hashed: by
-    its content, so a resume with the same tasks matches and one with others does not."""
-    blob = json.dumps([t.model_dump(mode="json") for t in tasks], sort_keys=True)
-    return f"inline:{len(tasks)} tasks sha256={hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 class RunConfig(RunSettings):

@@ -130,19 +130,18 @@ def _check_models(cfg: RunConfig) -> None:
 
 def _load_tasks(cfg: RunConfig) -> tuple[list[Task], SourceInfo]:
     """The run's tasks and their source record."""
-    if not isinstance(cfg.tasks, list):
-        loaded = load_task_set(cfg.tasks, cfg.limit)
-        return loaded.tasks, loaded.source
-    tasks = cfg.tasks[: cfg.limit]
-    if not tasks:
-        raise UserError("the task list is empty: give at least one Task")
-    ids = [t.id for t in tasks]
-    twice = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
-    if twice is not None:
-        raise UserError(
-            f"task id {twice!r} is given twice: ids must be unique (resume keys on them)"
-        )
-    return tasks, load_task_set(cfg.tasks, cfg.limit).source
+    if isinstance(cfg.tasks, list):  # given in Python: say so in the caller's terms
+        tasks = cfg.tasks[: cfg.limit]
+        if not tasks:
+            raise UserError("the task list is empty: give at least one Task")
+        ids = [t.id for t in tasks]
+        twice = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
+        if twice is not None:
+            raise UserError(
+                f"task id {twice!r} is given twice: ids must be unique (resume keys on them)"
+            )
+    loaded = load_task_set(cfg.tasks, cfg.limit)
+    return loaded.tasks, loaded.source
 
 
 def _check_verifier_applies(cfg: RunConfig, tasks: list[Task]) -> None:

@@ -164,6 +164,12 @@ def _stdout_to_stderr() -> Iterator[None]:
 # -- the trackers -------------------------------------------------------------------------------
 
 
+def _grid(rows: list[dict[str, Any]]) -> tuple[list[Any], list[list[Any]]]:
+    """A table's columns (the first row's keys) and its rows as lists in that order."""
+    columns: list[Any] = list(rows[0]) if rows else []
+    return columns, [[r.get(c) for c in columns] for r in rows]
+
+
 class TrackioTracker:
     """Trackio (local-first: a SQLite file per project under ``TRACKIO_DIR``; a Space when
     ``TRACKIO_SPACE_ID`` is set)."""
@@ -189,8 +195,7 @@ class TrackioTracker:
     def table(self, name: str, rows: list[dict[str, Any]]) -> None:
         import trackio
 
-        columns: list[Any] = list(rows[0]) if rows else []
-        data = [[r.get(c) for c in columns] for r in rows]
+        columns, data = _grid(rows)
         self.run.log({name: trackio.Table(columns=columns, data=data)})
 
     def finish(self, status: str = "done") -> None:
@@ -256,8 +261,7 @@ class WandbTracker:
     def table(self, name: str, rows: list[dict[str, Any]]) -> None:
         import wandb
 
-        columns: list[Any] = list(rows[0]) if rows else []
-        data = [[r.get(c) for c in columns] for r in rows]
+        columns, data = _grid(rows)
         self.run.log({name: wandb.Table(columns=columns, data=data)})
 
     def finish(self, status: str = "done") -> None:
@@ -313,8 +317,8 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=batch)
 
     def table(self, name: str, rows: list[dict[str, Any]]) -> None:
-        columns: list[Any] = list(rows[0]) if rows else []
-        data = {c: [r.get(c) for r in rows] for c in columns}
+        columns, cells = _grid(rows)
+        data = {c: [row[i] for row in cells] for i, c in enumerate(columns)}
         try:
             with warnings.catch_warnings():  # pandas' notices about MLflow's own calls
                 warnings.simplefilter("ignore")

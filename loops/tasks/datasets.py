@@ -473,7 +473,8 @@ def load_task_set(spec: str | DatasetTasks | list[Task], limit: int | None = Non
 
 
 def inline_spec(tasks: list[Task]) -> str:
-    """How tasks passed in directly are named: by their content (as ``RunConfig`` does)."""
+    """How a list of tasks passed in directly is named in ``runs.tasks_spec`` and hashed: by
+    its content, so a resume with the same tasks matches and one with others does not."""
     import hashlib
     import json
 
