@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # what type checkers see; at run time ``__getattr__`` imports
     from loopwright.loops.graphs.context import Candidate as Candidate
     from loopwright.loops.graphs.context import LoopContext as Context  # noqa: F401
     from loopwright.loops.graphs.function import loop as loop
+    from loopwright.loops.improve.record import ingest_completions as ingest_completions
+    from loopwright.loops.improve.rewards import reward_function as reward_function
+    from loopwright.loops.improve.rewards import task_dataset as task_dataset
     from loopwright.loops.models.base import CallParams as CallParams
     from loopwright.loops.models.base import Completion as Completion
     from loopwright.loops.models.base import Model as Model
@@ -99,6 +102,10 @@ _EXPORTS: dict[str, str] = {
     "SourceInfo": "tasks",
     "DatasetTasks": "tasks",
     "FieldMap": "tasks",
+    # training elsewhere (TRL): a loopwright check as a reward, a task set as its dataset
+    "reward_function": "improve.rewards",
+    "task_dataset": "improve.rewards",
+    "ingest_completions": "improve.record",  # TRL's completion logs into the store
     # models
     "Model": "models.base",
     "CallParams": "models.base",

@@ -10,6 +10,13 @@ from loopwright.traces.records import (
     new_id,
     utcnow,
 )
+from loopwright.traces.rollouts import (
+    RolloutRecord,
+    discard_steps_after,
+    rollouts_of,
+    step_metrics,
+    step_run_name,
+)
 from loopwright.traces.runs import (
     UnknownRun,
     discard_partial_tasks,
@@ -28,6 +35,7 @@ __all__ = [
     "CacheRecord",
     "CallRecord",
     "NodeRecord",
+    "RolloutRecord",
     "TaskRecord",
     "TraceStore",
     "TraceStoreError",
@@ -36,11 +44,15 @@ __all__ = [
     "VerdictRecord",
     "cache_lookup",
     "discard_partial_tasks",
+    "discard_steps_after",
     "list_runs",
     "new_id",
     "resolve_runs",
+    "rollouts_of",
     "run_by_name",
     "run_summary",
+    "step_metrics",
+    "step_run_name",
     "task_statuses",
     "utcnow",
 ]

@@ -35,6 +35,7 @@ class ModelRecord(BaseModel):
     train_config: dict[str, Any]
     final_loss: float | None
     train_s: float
+    step: int | None = Field(None, description="GRPO: the step the checkpoint was taken at.")
 
 
 def _storable(table: str, row: dict[str, Any]) -> dict[str, Any]:

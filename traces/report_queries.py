@@ -68,7 +68,8 @@ def task_costs(store: TraceStore, run_ids: Sequence[str]) -> list[dict[str, Any]
 
 
 def best_of_n_samples(store: TraceStore, run_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per generator sample of the runs' finished best-of-n tasks, in production
+    """One row per generator sample of the runs' finished best-of-n tasks (and GRPO step
+    runs, whose completions are samples alike: traces/rollouts.py), in production
     order (run, task, call time, request, sample index): the node (``node_id``,
     ``content``, ``answer``, ``is_final``), the task ``kind``, its latest in-loop
     (``verified``, ``score``) and graded (``correct``) verdicts from checks (opinion
@@ -107,7 +108,7 @@ def best_of_n_samples(store: TraceStore, run_ids: Sequence[str]) -> list[dict[st
         LEFT JOIN v il ON il.node_id = n.node_id AND il.stage = 'in_loop'
         LEFT JOIN v g ON g.node_id = n.node_id AND g.stage = 'graded'
         LEFT JOIN sig ON sig.node_id = n.node_id
-        WHERE n.run_id IN ({marks}) AND r.loop = 'best-of-n' AND n.role = 'generator'
+        WHERE n.run_id IN ({marks}) AND r.loop IN ('best-of-n', 'grpo') AND n.role = 'generator'
           AND t.status = 'done'
         ORDER BY n.run_id, n.task_id, c.created_at, c.request_id, c.sample_index""",
         [*run_ids, *run_ids, *run_ids],

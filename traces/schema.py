@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 ADDED_COLUMNS: list[tuple[int, str, str, str]] = [
     (4, "tasks", "worker", "VARCHAR"),  # where a task ran (--executor ray)
     (6, "tasks", "answer_key", "JSON"),  # the keyed task, what grading reads
     (7, "runs", "provenance", "JSON"),  # what the run ran on (loops/execution/provenance.py)
+    (8, "models", "step", "INTEGER"),  # the GRPO step a checkpoint was taken at
 ]
 """``(schema version, table, column, type)`` of columns added after a table's first version."""
 
@@ -195,7 +196,8 @@ TABLES: dict[str, str] = {
             train_config JSON,
             final_loss DOUBLE,
             train_s DOUBLE,
-            created_at TIMESTAMP
+            created_at TIMESTAMP,
+            step INTEGER
         )""",
     "rounds": """
         CREATE TABLE IF NOT EXISTS rounds (
@@ -234,6 +236,37 @@ TABLES: dict[str, str] = {
             record VARCHAR NOT NULL,
             created_at TIMESTAMP
         )""",
+    # v8: online RL (GRPO). One row per rollout (a completion of a step's run, keyed by its
+    # generator node): the step, its group, the reward per term, the advantage. One row of
+    # metrics per step (traces/rollouts.py writes and reads both).
+    "rollouts": """
+        CREATE TABLE IF NOT EXISTS rollouts (
+            run_id VARCHAR NOT NULL,
+            node_id VARCHAR PRIMARY KEY,
+            improve VARCHAR NOT NULL,
+            step INTEGER NOT NULL,
+            task_id VARCHAR NOT NULL,
+            group_index INTEGER,
+            sample_index INTEGER,
+            policy VARCHAR,
+            reward DOUBLE,
+            rewards JSON,
+            advantage DOUBLE,
+            completion_tokens INTEGER,
+            clipped BOOLEAN,
+            pseudo_label VARCHAR,
+            correct BOOLEAN,
+            created_at TIMESTAMP
+        )""",
+    "train_steps": """
+        CREATE TABLE IF NOT EXISTS train_steps (
+            improve VARCHAR NOT NULL,
+            step INTEGER NOT NULL,
+            run_id VARCHAR,
+            metrics JSON,
+            created_at TIMESTAMP,
+            PRIMARY KEY (improve, step)
+        )""",
 }
 
 # Tables rows may only be appended to (never updated): the writer batches these as Arrow.
@@ -246,6 +279,8 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "calls": ("call_id",),
     "verdicts": ("verdict_id",),
     "call_cache": ("cache_key", "sample_index"),
+    "rollouts": ("node_id",),
+    "train_steps": ("improve", "step"),
 }
 """The columns that identify a row of each table the writer (or ``insert_run``) writes."""
 

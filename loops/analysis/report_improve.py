@@ -3,6 +3,12 @@
 One row per round: eval pass@1 and pass@k with 95 % bootstrap CIs (tasks resampled), maj@k,
 the loop's own answer, and the round's training side: yield of verified samples, tasks
 solved, distinct answers per task, mean completion length, rows trained on, final loss.
+
+A GRPO series (``--method grpo``, or TRL logs brought in by ``loopwright ingest``) adds its
+steps: one table row per step (``train_steps``: reward with a 95 % CI resampling the step's
+prompt groups, the grader's correctness, format and clip rates, length, groups without
+signal, majority agreement, loss, KL, entropy, step time), reward against step, and the
+held-out accuracy of each checkpoint (pass@1, pass@k, maj@k with CIs) against its step.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import Any
 from loopwright.loops.errors import UserError
 from loopwright.traces import TraceStore
 from loopwright.traces import lineage as L
+from loopwright.traces import metrics as M
+from loopwright.traces import rollouts as R
 
 
 def _ci(m: dict[str, Any] | None) -> str:
@@ -91,29 +99,168 @@ def _plots(out: Path, rounds: list[dict[str, Any]]) -> list[str]:
     return made
 
 
+def _first(m: dict[str, Any], *keys: str) -> Any:
+    return next((m[k] for k in keys if m.get(k) is not None), None)
+
+
+def reward_cis(rewards: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Step -> mean reward with a 95 % bootstrap CI, resampling the step's prompt groups (the
+    completions of one group are not independent)."""
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for r in rewards:
+        by_step.setdefault(int(r["step"]), []).append(r)
+    out = {}
+    for step, rows in sorted(by_step.items()):
+        mean, lo, hi = M.bootstrap_ci([float(r["reward"]) for r in rows], seed=step,
+                                      groups=[r["group_index"] for r in rows])  # fmt: skip
+        out[step] = {"mean": mean, "lo": lo, "hi": hi}
+    return out
+
+
+def grpo_table(steps: list[dict[str, Any]], cis: dict[int, dict[str, float]]) -> str:
+    """The GRPO steps as a Markdown table (metrics from ``train_steps``)."""
+    head = ("| step | rollouts | reward (95% CI) | correct | format | clipped | mean tok "
+            "| no-signal groups | maj. agreement | loss | KL | entropy | step s |")  # fmt: skip
+    lines = [head, "|" + "---|" * 13]
+    pct = "{:.1%}"
+    for row in steps:
+        m, step = row["metrics"], int(row["step"])
+        ci = cis.get(step)
+        reward = (f"{ci['mean']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci
+                  else _num(m.get("reward_mean"), "{:.3f}"))  # fmt: skip
+        lines.append(
+            f"| {step} | {_num(m.get('completions'), '{}')} | {reward} "
+            f"| {_num(m.get('correct_rate'), pct)} | {_num(m.get('format_rate'), pct)} "
+            f"| {_num(m.get('clip_rate'), pct)} | {_num(m.get('completion_tokens_mean'), '{:.0f}')} "
+            f"| {_num(m.get('frac_reward_zero_std'), pct)} "
+            f"| {_num(m.get('majority_agreement'), pct)} | {_num(m.get('loss'), '{:.4f}')} "
+            f"| {_num(_first(m, 'kl', 'objective/kl'), '{:.4f}')} "
+            f"| {_num(m.get('entropy'), '{:.3f}')} "
+            f"| {_num(_first(m, 'step_s', 'step_time'), '{:.1f}')} |"
+        )
+    return "\n".join(lines)
+
+
+def _checkpoints(rounds: list[dict[str, Any]], marks: dict[int, int]) -> list[tuple[int, dict]]:
+    """(step, round row) of every evaluated round whose step is known (round 0: step 0)."""
+    out = []
+    for r in rounds:
+        step = 0 if r["round"] == 0 else marks.get(int(r["round"]))
+        if step is not None and (r.get("metrics") or {}).get("eval"):
+            out.append((step, r))
+    return out
+
+
+def checkpoint_table(points: list[tuple[int, dict[str, Any]]]) -> str:
+    lines = ["| step | round | eval pass@1 | eval pass@k | maj@k |", "|---|---|---|---|---|"]
+    for step, r in points:
+        e = r["metrics"]["eval"]
+        lines.append(f"| {step} | {r['round']} | {_ci(e.get('pass@1'))} | {_ci(e.get('pass@k'))} "
+                     f"| {_ci(e.get('maj@k'))} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _grpo_plots(out: Path, steps: list[dict[str, Any]], cis: dict[int, dict[str, float]],
+                points: list[tuple[int, dict[str, Any]]]) -> list[str]:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    made = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = sorted(cis)
+    if xs:
+        ax.plot(xs, [cis[x]["mean"] for x in xs], marker=".", label="mean reward")
+        ax.fill_between(xs, [cis[x]["lo"] for x in xs], [cis[x]["hi"] for x in xs], alpha=0.25,
+                        label="95% CI (prompt groups resampled)")  # fmt: skip
+    correct = [(int(s["step"]), s["metrics"].get("correct_rate")) for s in steps]
+    correct = [(x, y) for x, y in correct if y is not None]
+    if correct:
+        ax.plot([x for x, _ in correct], [y for _, y in correct], linestyle="--", marker=".",
+                label="graded correct (train rollouts)")  # fmt: skip
+    ax.set_xlabel("GRPO step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("reward")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "reward_vs_step.png", dpi=110)
+    plt.close(fig)
+    made.append("reward_vs_step.png")
+    if not points:
+        return made
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    px = [p[0] for p in points]
+    for key in ("pass@1", "pass@k", "maj@k"):
+        vals = [p[1]["metrics"]["eval"].get(key) for p in points]
+        if not all(vals):
+            continue
+        ax.errorbar(px, [v["mean"] for v in vals], capsize=4, marker="o", label=key,
+                    yerr=[[v["mean"] - v["lo"] for v in vals], [v["hi"] - v["mean"] for v in vals]])  # fmt: skip
+    ax.set_xlabel("GRPO step of the checkpoint (0 = base model)")
+    ax.set_ylabel("held-out accuracy (95% CI)")
+    ax.set_xticks(px)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "heldout_vs_step.png", dpi=110)
+    plt.close(fig)
+    made.append("heldout_vs_step.png")
+    return made
+
+
+def _grpo_section(out: Path, steps: list[dict[str, Any]], rewards: list[dict[str, Any]],
+                  rounds: list[dict[str, Any]], marks: dict[int, int]) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The GRPO steps' Markdown lines and PNGs."""
+    cis = reward_cis(rewards)
+    points = _checkpoints(rounds, marks)
+    pngs = _grpo_plots(out, steps, cis, points)
+    lines = ["## GRPO steps", "", grpo_table(steps, cis), ""]
+    if points:
+        lines += ["## Held-out accuracy by checkpoint step", "", checkpoint_table(points), ""]
+    return lines, pngs
+
+
 def write_improve_report(db: str, name: str, out: Path) -> Path:
     """Write ``out/report.md`` and its PNGs for the series ``name``."""
     if not Path(db).exists():
         raise UserError(f"no trace database at {db}")
     with TraceStore(db, read_only=True) as store:
         rounds = L.rounds_of(store, name)
-        if not rounds:
-            known = ", ".join(L.improve_names(store)) or "none"
+        steps = R.step_metrics(store, name)
+        if not rounds and not steps:
+            names = sorted({*L.improve_names(store), *R.grpo_series(store)})
+            known = ", ".join(names) or "none"
             raise UserError(f"no improve series named {name!r} in {db} (series: {known})")
         models = L.models_of(store, name)
+        rewards = R.step_rewards(store, name) if steps else []
+        marks = R.checkpoint_steps(store, name) if steps else {}
     out.mkdir(parents=True, exist_ok=True)
-    pngs = _plots(out, rounds)
-    cfg = rounds[0].get("config") or {}
+    pngs = _plots(out, rounds) if rounds else []
+    grpo_lines: list[str] = []
+    if steps:
+        grpo_lines, more = _grpo_section(out, steps, rewards, rounds, marks)
+        pngs += more
+    cfg = rounds[0].get("config") or {} if rounds else {}
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if rounds:
+        head = [
+            f"method {cfg.get('method')}, loop {cfg.get('loop')} {cfg.get('options') or ''}, "
+            f"train `{cfg.get('tasks')}`, eval `{cfg.get('eval_tasks')}` "
+            f"({cfg.get('eval_samples')} samples a task); generated {when}.",
+            "",
+            improve_table(rounds),
+            "",
+        ]
+    else:  # GRPO steps alone (a TRL run brought in by `loopwright ingest`): no rounds
+        head = [f"{len(steps)} GRPO steps, no evaluated rounds; generated {when}.", ""]
     lines = [
         f"# improve {name}",
         "",
-        f"method {cfg.get('method')}, loop {cfg.get('loop')} {cfg.get('options') or ''}, "
-        f"train `{cfg.get('tasks')}`, eval `{cfg.get('eval_tasks')}` "
-        f"({cfg.get('eval_samples')} samples a task); generated "
-        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
-        "",
-        improve_table(rounds),
-        "",
+        *head,
+        *grpo_lines,
         "## Lineage",
         "",
         "| round | model | parent | trained from | rows | data sha256 | loss | train s |",

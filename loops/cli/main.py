@@ -394,6 +394,9 @@ def _mount_tools() -> None:
     from loopwright.loops.cli.improve import improve
 
     app.command("improve")(improve)
+    from loopwright.loops.cli.ingest import ingest
+
+    app.command("ingest")(ingest)
     from loopwright.loops.cli.judge import judge_app
 
     app.add_typer(judge_app, name="judge", help="Judge a run's answers after the fact.")

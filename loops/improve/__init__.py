@@ -3,6 +3,12 @@
 Only ``train`` imports torch/TRL (lazily, when a round trains); the rest is light.
 """
 
-from loopwright.loops.improve.config import METHODS, ImproveConfig, Method, TrainConfig
+from loopwright.loops.improve.config import (
+    METHODS,
+    GrpoConfig,
+    ImproveConfig,
+    Method,
+    TrainConfig,
+)
 
-__all__ = ["METHODS", "ImproveConfig", "Method", "TrainConfig"]
+__all__ = ["METHODS", "GrpoConfig", "ImproveConfig", "Method", "TrainConfig"]
