@@ -79,6 +79,7 @@ BENCHES: list[Bench] = [
         ["--calls", "1000", "--code-copies", "2", "--repeats", "1", "--writer-tasks", "5000"],
     ),
     Bench("improve_train", ["--rows", "16", "--steps", "2", "--repeats", "2"]),
+    Bench("grpo", ["--steps", "2"], timeout_quick=900.0),
 ]
 NAMES = [b.name for b in BENCHES]
 

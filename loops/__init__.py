@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # what type checkers see; at run time ``__getattr__`` imports
     from loopwright.loops.improve.record import ingest_completions as ingest_completions
     from loopwright.loops.improve.rewards import reward_function as reward_function
     from loopwright.loops.improve.rewards import task_dataset as task_dataset
+    from loopwright.loops.improve.rollout_engine import PolicyEngine as PolicyEngine
+    from loopwright.loops.improve.rollout_engine import make_rollout_func as make_rollout_func
     from loopwright.loops.models.base import CallParams as CallParams
     from loopwright.loops.models.base import Completion as Completion
     from loopwright.loops.models.base import Model as Model
@@ -106,6 +108,8 @@ _EXPORTS: dict[str, str] = {
     "reward_function": "improve.rewards",
     "task_dataset": "improve.rewards",
     "ingest_completions": "improve.record",  # TRL's completion logs into the store
+    "PolicyEngine": "improve.rollout_engine",  # GRPO rollouts from the embedded engine
+    "make_rollout_func": "improve.rollout_engine",
     # models
     "Model": "models.base",
     "CallParams": "models.base",

@@ -60,7 +60,7 @@ TRAINING = FlagGroup(
     (
         Flag("lora_rank", Annotated[int, typer.Option(help="LoRA rank; 0 fine-tunes every weight.")], 16),
         Flag("epochs", Annotated[float, typer.Option(help="Passes over the data.")], 2.0),
-        Flag("max_steps", Annotated[int | None, typer.Option(help="Stop training after N steps.")]),
+        Flag("max_steps", Annotated[int | None, typer.Option(help="Stop training after N steps (grpo: its steps, default 40).")]),
         Flag("learning_rate", Annotated[float | None, typer.Option(help="Default depends on method and LoRA.")]),
         Flag("batch_size", Annotated[int, typer.Option(help="Rows per optimizer step.")], 8),
         Flag("max_length", Annotated[int, typer.Option(help="Tokens kept per training row.")], 512),
@@ -72,7 +72,49 @@ TRAINING = FlagGroup(
 """The trainer's flags (``TrainConfig``); its seed is the series' ``--seed``."""
 
 
-@with_flags(RUN_SETTINGS, TRAINING)
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+GRPO = FlagGroup(
+    "grpo",
+    (
+        Flag("reward", Annotated[str | None, typer.Option(help="grpo: grader (RLVR on the train labels), verifier[:NAME] or majority (label-free). Default grader.")]),
+        Flag("generations", Annotated[int | None, typer.Option(help="grpo: completions per prompt (group size). Default 4.")]),
+        Flag("prompts_per_step", Annotated[int | None, typer.Option(help="grpo: train prompts per step. Default 2.")]),
+        Flag("max_completion_tokens", Annotated[int | None, typer.Option(help="grpo: completion length cap. Default 128.")]),
+        Flag("temperature", Annotated[float | None, typer.Option(help="grpo: rollout temperature. Default 1.0.")]),
+        Flag("kl_beta", Annotated[float | None, typer.Option(help="grpo: KL weight to the base; 0 none. Default 0.")]),
+        Flag("loss_type", Annotated[str | None, typer.Option(help="grpo: dapo, grpo, dr_grpo or bnpo. Default dapo.")]),
+        Flag("scale_rewards", Annotated[str | None, typer.Option(help="grpo: advantage scaling group, batch or none. Default group.")]),
+        Flag("format_weight", Annotated[float | None, typer.Option(help="grpo: weight of the format term. Default 0.")]),
+        Flag("length_weight", Annotated[float | None, typer.Option(help="grpo: weight of the length term. Default 0.")]),
+        Flag("eval_every", Annotated[int | None, typer.Option(help="grpo: export and evaluate every K steps (each a round); 0 at the end. Default 0.")]),
+        Flag("save_every", Annotated[int | None, typer.Option(help="grpo: resumable checkpoint every K steps. Default 5.")]),
+        Flag("keep_checkpoints", Annotated[int | None, typer.Option(help="grpo: resumable checkpoints kept. Default 2.")]),
+        Flag("rollout", Annotated[str | None, typer.Option(help="grpo: auto, engine (llama.cpp) or trl generation. Default auto.")]),
+        Flag("eval_selector", Annotated[str | None, typer.Option(help="grpo: the eval loop's pick, majority (no extra calls) or verifier (self-check). Default majority.")]),
+    ),
+    _given,
+)  # fmt: skip
+"""``--method grpo``'s flags (``GrpoConfig``; ``--kl-beta`` is its beta); ``--max-steps``
+counts its steps."""
+
+
+def _grpo_error(exc: Any) -> Exception | None:
+    """A ``GrpoConfig`` error named by its flag (``grpo.beta`` is ``--kl-beta``)."""
+    from loopwright.loops.errors import UserError
+
+    e = exc.errors()[0]
+    loc = e["loc"]
+    if not loc or loc[0] != "grpo":
+        return None
+    field = str(loc[1]) if len(loc) > 1 else "reward"  # its model check is the reward's
+    flag = {"beta": "kl-beta", "steps": "max-steps"}.get(field, field.replace("_", "-"))
+    return UserError(f"--{flag}: {str(e['msg']).removeprefix('Value error, ')}")
+
+
+@with_flags(RUN_SETTINGS, TRAINING, GRPO)
 def improve(
     tasks: Annotated[str, typer.Option(help="Train task spec (the loop runs on these).")],
     eval_tasks: Annotated[
@@ -81,8 +123,11 @@ def improve(
     name: Annotated[str, typer.Option(help="Name of the series (resume keys on it).")],
     settings: dict[str, Any],
     training: dict[str, Any],
+    grpo: dict[str, Any],
     rounds: Annotated[int, typer.Option(help="Training rounds after the base evaluation.")] = 3,
-    method: Annotated[str, typer.Option(help="rest-em, star, dpo or self-reward.")] = "rest-em",
+    method: Annotated[
+        str, typer.Option(help="rest-em, star, dpo, self-reward or grpo.")
+    ] = "rest-em",
     loop: Annotated[str, typer.Option(help="Loop generating the samples.")] = "best-of-n",
     option: LoopOptionsOption = None,
     base: Annotated[
@@ -107,20 +152,29 @@ def improve(
 ) -> None:
     """Self-improvement rounds: generate -> grade -> harvest -> train -> serve -> evaluate."""
     from loopwright.loops.cli.main import parse_options
+    from loopwright.loops.errors import UserError
     from loopwright.loops.improve import ImproveConfig, TrainConfig
     from loopwright.loops.improve.rounds import run_improve
     from pydantic import ValidationError
 
+    if grpo and method != "grpo":
+        flag = "--" + sorted(grpo)[0].replace("_", "-")
+        raise UserError(f"{flag} applies to --method grpo only")
+    if method == "grpo":
+        if "kl_beta" in grpo:
+            grpo["beta"] = grpo.pop("kl_beta")
+        if training.get("max_steps") is not None:  # --max-steps counts GRPO steps
+            grpo["steps"] = training.pop("max_steps")
     try:
         cfg = ImproveConfig(
             **settings, name=name, tasks=tasks, eval_tasks=eval_tasks, rounds=rounds,
             method=method, loop=loop, options=parse_options(option), base=base, limit=limit,
             eval_limit=eval_limit, eval_samples=eval_samples, max_per_prompt=max_per_prompt,
             data=data, drop_overlap=drop_overlap, workdir=workdir, resume=resume,
-            train=TrainConfig(**training, seed=settings["seed"]),
+            train=TrainConfig(**training, seed=settings["seed"]), grpo=grpo,
         )  # fmt: skip
     except ValidationError as exc:  # pydantic: one line naming the flag and the bad value
-        raise config_error(exc) from None
+        raise _grpo_error(exc) or config_error(exc) from None
     bars = _Bars()
     try:
         result = run_improve(cfg, bars)  # type: ignore[arg-type]

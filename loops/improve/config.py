@@ -92,6 +92,12 @@ class GrpoConfig(BaseModel):
         5, ge=1, description="Save a resumable checkpoint every K steps (kill -9 loses at most K)."
     )
     keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept on disk.")
+    eval_selector: Literal["majority", "verifier"] = Field(
+        "majority",
+        description="The eval loop's own pick among its samples: majority (no extra calls) "
+        "or verifier (the model's self-check, as rounds do; doubles the eval's calls). "
+        "pass@1, pass@k and maj@k read the plain samples either way.",
+    )
     rollout: RolloutBackend = Field(
         "auto",
         description="auto: the embedded llama.cpp engine on CPU, TRL's own generation (vLLM "

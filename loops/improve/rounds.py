@@ -34,7 +34,7 @@ from loopwright.traces import lineage as L
 from loopwright.traces.harvest import HarvestOptions, harvest, overlapping
 from pydantic import BaseModel, Field
 
-IMPLEMENTED = ("rest-em", "star", "dpo", "self-reward")
+IMPLEMENTED = ("rest-em", "star", "dpo", "self-reward", "grpo")
 
 
 class Events:
@@ -141,6 +141,10 @@ def run_improve(cfg: ImproveConfig, events: Events | None = None) -> ImproveResu
     work.mkdir(parents=True, exist_ok=True)
     lock = _hold_series(work, cfg.name)
     try:
+        if cfg.method == "grpo":
+            from loopwright.loops.improve.grpo import run_grpo
+
+            return run_grpo(cfg, work, ev)
         return _run_series(cfg, work, ev)
     finally:
         lock.close()  # also released by the OS if this process is killed
@@ -292,11 +296,20 @@ def _round(series: _Series, rnd: int, parent: str, row: dict[str, Any]) -> str:
         if rows == 0:
             _fail(cfg, rnd, "harvest found no training rows (no verified samples)")
         model = _train(series, rnd, parent, data, rows)
+    evaluate_round(cfg, rnd, model, metrics, ev)
+    return model
+
+
+def evaluate_round(cfg: ImproveConfig, rnd: int, model: str, metrics: dict[str, Any],
+                   ev: Events, selector: str = "verifier") -> None:  # fmt: skip
+    """Evaluate round ``rnd``'s model on the held-out eval tasks (plain samples, graded) and
+    mark the round done with ``metrics`` plus the eval's. Resumable like every stage."""
+    name = cfg.name
     eval_run = f"{name}-r{rnd}-eval"
     with TraceStore(cfg.db) as store:
         L.set_round(store, name, rnd, stage="eval", model=model, eval_run=eval_run)
     ev.stage(rnd, "eval", f"{model} on {cfg.eval_tasks}")
-    eval_opts = {"n": cfg.eval_samples, "selector": "verifier"}
+    eval_opts = {"n": cfg.eval_samples, "selector": selector}
     _run(cfg, eval_run, {"loop": "best-of-n", "tasks": cfg.eval_tasks, "model": model,
                          "options": eval_opts, "limit": cfg.eval_limit}, ev, f"r{rnd} eval")  # fmt: skip
     _grade(cfg, eval_run)
@@ -307,7 +320,6 @@ def _round(series: _Series, rnd: int, parent: str, row: dict[str, Any]) -> str:
             metrics["final_loss"] = m["final_loss"]
             metrics["train_s"] = m["train_s"]
         L.set_round(store, name, rnd, stage="done", metrics=metrics)
-    return model
 
 
 def _fail(cfg: ImproveConfig, rnd: int, why: str) -> NoReturn:

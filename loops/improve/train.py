@@ -133,11 +133,26 @@ def read_rows(data: Path, objective: str) -> list[dict[str, Any]]:
     return out
 
 
+def lora_config(cfg: TrainConfig) -> Any:
+    """PEFT's LoRA settings for ``cfg`` (None: rank 0, every weight trains), for every trainer:
+    all linear layers, alpha 2 x rank unless given, no dropout."""
+    if not cfg.lora_rank:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
 def _trainer(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: TrainConfig, device: str,
              callbacks: list[Any]) -> Any:  # fmt: skip
     """The TRL trainer for ``cfg`` (shared with the benchmark's bare-TRL baseline)."""
     from datasets import Dataset
-    from peft import LoraConfig
 
     common: dict[str, Any] = {
         "output_dir": "/tmp/loopwright-trl-unused",  # nothing is saved: save_strategy no
@@ -156,15 +171,7 @@ def _trainer(model: Any, tok: Any, rows: list[dict[str, Any]], cfg: TrainConfig,
         "max_length": cfg.max_length,
         "dataloader_pin_memory": device == "cuda",
     }
-    peft_config = None
-    if cfg.lora_rank:
-        peft_config = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
-            lora_dropout=0.0,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
+    peft_config = lora_config(cfg)
     ds = Dataset.from_list(rows)
     trainer: Any
     if cfg.objective == "dpo":
