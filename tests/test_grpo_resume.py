@@ -157,7 +157,7 @@ def test_out_of_memory_ends_the_series_in_one_line(
     from trl import GRPOTrainer
 
     def evaluate(cfg: ImproveConfig, rnd: int, model: str, metrics: dict[str, Any],
-                 ev: Any) -> None:  # fmt: skip
+                 ev: Any, selector: str = "verifier") -> None:  # fmt: skip
         with TraceStore(cfg.db) as store:  # the eval is not what this test is about
             L.set_round(store, cfg.name, rnd, stage="done", model=model, metrics=metrics)
 
