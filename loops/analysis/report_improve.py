@@ -246,8 +246,15 @@ def write_improve_report(db: str, name: str, out: Path) -> Path:
     cfg = rounds[0].get("config") or {} if rounds else {}
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     if rounds:
+        g = cfg.get("grpo") or {}
+        how = (
+            f"reward {g.get('reward')}, {g.get('steps')} steps of {g.get('prompts_per_step')} "
+            f"prompts x {g.get('generations')} completions"
+            if cfg.get("method") == "grpo"
+            else f"loop {cfg.get('loop')} {cfg.get('options') or ''}"
+        )
         head = [
-            f"method {cfg.get('method')}, loop {cfg.get('loop')} {cfg.get('options') or ''}, "
+            f"method {cfg.get('method')}, {how}, "
             f"train `{cfg.get('tasks')}`, eval `{cfg.get('eval_tasks')}` "
             f"({cfg.get('eval_samples')} samples a task); generated {when}.",
             "",
