@@ -55,6 +55,13 @@ NO_FEEDBACK = "The answer did not pass the check."
 """What a refinement is told when neither the caller nor a verifier said what was wrong."""
 
 
+def derive_seed(seed: int | None, task_id: str, role: str, round_: int, extra: int = 0) -> int:
+    """The seed of one model call: the same run seed, task, role, round and repeat give the
+    same seed. surrogatepass: an id holding a lone surrogate still gets one."""
+    blob = f"{seed}|{task_id}|{role}|{round_}|{extra}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
+
+
 @dataclass
 class LoopContext(Generic[Opts]):
     """Everything one task's loop may touch: model, verifier, budget, trace writer.
@@ -113,12 +120,7 @@ class LoopContext(Generic[Opts]):
 
     def call_seed(self, role: str, round_: int, extra: int = 0) -> int:
         """A deterministic per-call seed: same run seed, task, role and round -> same seed."""
-        # surrogatepass: an id holding a lone surrogate still gets a seed (text without one
-        # encodes as before)
-        blob = f"{self.seed}|{self.task.id}|{role}|{round_}|{extra}".encode(
-            "utf-8", "surrogatepass"
-        )
-        return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
+        return derive_seed(self.seed, self.task.id, role, round_, extra)
 
     async def sample(
         self,

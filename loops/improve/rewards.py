@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import hashlib
 import json
 import math
 import threading
@@ -244,9 +243,9 @@ class _RewardContext:
         return self._scorer.client_for(role)
 
     def call_seed(self, role: Role, round_: int, extra: int = 0) -> int:
-        seed = self._scorer.settings.seed
-        blob = f"{seed}|{self.task.id}|{role}|{round_}|{extra}".encode("utf-8", "surrogatepass")
-        return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
+        from loopwright.loops.graphs.context import derive_seed
+
+        return derive_seed(self._scorer.settings.seed, self.task.id, role, round_, extra)
 
     async def sample(
         self,
