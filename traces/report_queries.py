@@ -132,6 +132,23 @@ def revision_chain(store: TraceStore, run_id: str, roles: Sequence[Role]) -> lis
     )
 
 
+def revision_pairs(store: TraceStore, run_id: str) -> list[dict[str, Any]]:
+    """Each refiner node of one run with the draft it revised (its parent generator node):
+    ``task_id``, ``node_id`` (the revision's), ``draft_passed`` and ``revision_passed`` (the
+    latest graded verdicts; None: not graded), in trace order."""
+    return store.query(
+        """
+        WITH g AS (SELECT node_id, arg_max(passed, created_at) AS passed FROM verdicts
+                   WHERE run_id = ? AND stage = 'graded' GROUP BY 1)
+        SELECT r.task_id, r.node_id, gd.passed AS draft_passed, gr.passed AS revision_passed
+        FROM nodes r JOIN nodes d ON d.node_id = r.parent_id AND d.role = 'generator'
+        LEFT JOIN g gd ON gd.node_id = d.node_id LEFT JOIN g gr ON gr.node_id = r.node_id
+        WHERE r.run_id = ? AND r.role = 'refiner'
+        ORDER BY r.task_id, r.created_at""",
+        [run_id, run_id],
+    )
+
+
 def pairwise_judgements(
     store: TraceStore, run_ids: Sequence[str], verifier: str
 ) -> list[dict[str, Any]]:

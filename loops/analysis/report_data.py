@@ -229,7 +229,7 @@ def _spent(
     return sum(cost(s) for s in first) + rest * len(first) / len(samples)
 
 
-_REVISION_LOOPS = ("self-refine", "critic", "reflexion")
+_REVISION_LOOPS = ("self-refine", "critic", "reflexion", "two-turn")
 _REVISION_ROLES: tuple[CandidateRole, ...] = ("generator", "refiner")
 """The roles of a revision loop's drafts and their revisions."""
 

@@ -160,6 +160,75 @@ def checkpoint_table(points: list[tuple[int, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def turns_table(points: list[tuple[int, dict[str, Any]]]) -> str:
+    """Turn-1 vs turn-2 accuracy of the two-turn eval by checkpoint (``metrics["turns"]``)."""
+    lines = [
+        "| step | round | episodes | turn 1 | turn 2 | turn 2 - turn 1 | wrong→right "
+        "| right→wrong | right→right | wrong→wrong |",
+        "|" + "---|" * 10,
+    ]
+    for step, r in points:
+        t = r["metrics"].get("turns") or {}
+        lines.append(
+            f"| {step} | {r['round']} | {t.get('episodes', 0)} | {_ci(t.get('turn1'))} "
+            f"| {_ci(t.get('turn2'))} | {_ci(t.get('delta'))} | {t.get('wrong_to_right', '-')} "
+            f"| {t.get('right_to_wrong', '-')} | {t.get('right_to_right', '-')} "
+            f"| {t.get('wrong_to_wrong', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def train_turns_table(steps: list[dict[str, Any]]) -> str:
+    """Turn-1 vs turn-2 correctness of the two-turn train rollouts, step by step."""
+    pct = "{:.1%}"
+    lines = ["| step | turn 1 correct | turn 2 correct | wrong→right | right→wrong |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for row in steps:
+        m = row["metrics"]
+        if m.get("turn1_correct_rate") is None:
+            continue
+        lines.append(
+            f"| {row['step']} | {_num(m.get('turn1_correct_rate'), pct)} "
+            f"| {_num(m.get('turn2_correct_rate'), pct)} | {_num(m.get('wrong_to_right'), pct)} "
+            f"| {_num(m.get('right_to_wrong'), pct)} |"
+        )
+    return "\n".join(lines)
+
+
+def _checkpoint_plot(out: Path, name: str, px: list[int],
+                     series: list[tuple[str, list[dict[str, float]]]], ylabel: str) -> str:  # fmt: skip
+    """Accuracy with 95 % CI error bars against the checkpoints' steps, one line a series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, vals in series:
+        ax.errorbar(px, [v["mean"] for v in vals], capsize=4, marker="o", label=label,
+                    yerr=[[v["mean"] - v["lo"] for v in vals], [v["hi"] - v["mean"] for v in vals]])  # fmt: skip
+    ax.set_xlabel("GRPO step of the checkpoint (0 = base model)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(px)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _turns_plot(out: Path, points: list[tuple[int, dict[str, Any]]]) -> str | None:
+    have = [(step, r["metrics"]["turns"]) for step, r in points
+            if (r["metrics"].get("turns") or {}).get("turn1")]  # fmt: skip
+    if not have:
+        return None
+    series = [(label, [t[key] for _, t in have])
+              for key, label in (("turn1", "turn 1 (draft)"), ("turn2", "turn 2 (revision)"))]  # fmt: skip
+    return _checkpoint_plot(out, "turns_vs_step.png", [p[0] for p in have], series,
+                            "held-out accuracy of the two-turn loop (95% CI)")  # fmt: skip
+
+
 def _grpo_plots(out: Path, steps: list[dict[str, Any]], cis: dict[int, dict[str, float]],
                 points: list[tuple[int, dict[str, Any]]]) -> list[str]:  # fmt: skip
     import matplotlib
@@ -191,22 +260,10 @@ def _grpo_plots(out: Path, steps: list[dict[str, Any]], cis: dict[int, dict[str,
     made.append("reward_vs_step.png")
     if not points:
         return made
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    px = [p[0] for p in points]
-    for key in ("pass@1", "pass@k", "maj@k"):
-        vals = [p[1]["metrics"]["eval"].get(key) for p in points]
-        if not all(vals):
-            continue
-        ax.errorbar(px, [v["mean"] for v in vals], capsize=4, marker="o", label=key,
-                    yerr=[[v["mean"] - v["lo"] for v in vals], [v["hi"] - v["mean"] for v in vals]])  # fmt: skip
-    ax.set_xlabel("GRPO step of the checkpoint (0 = base model)")
-    ax.set_ylabel("held-out accuracy (95% CI)")
-    ax.set_xticks(px)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "heldout_vs_step.png", dpi=110)
-    plt.close(fig)
+    series = [(key, vals) for key in ("pass@1", "pass@k", "maj@k")
+              if all(vals := [p[1]["metrics"]["eval"].get(key) for p in points])]  # fmt: skip
+    _checkpoint_plot(out, "heldout_vs_step.png", [p[0] for p in points], series,
+                     "held-out accuracy (95% CI)")  # fmt: skip
     made.append("heldout_vs_step.png")
     return made
 
@@ -218,8 +275,22 @@ def _grpo_section(out: Path, steps: list[dict[str, Any]], rewards: list[dict[str
     points = _checkpoints(rounds, marks)
     pngs = _grpo_plots(out, steps, cis, points)
     lines = ["## GRPO steps", "", grpo_table(steps, cis), ""]
+    if any(s["metrics"].get("turn1_correct_rate") is not None for s in steps):
+        lines += ["## Two-turn train episodes (draft → revision, graded)", "",
+                  train_turns_table(steps), ""]  # fmt: skip
     if points:
         lines += ["## Held-out accuracy by checkpoint step", "", checkpoint_table(points), ""]
+    turned = [(step, r) for step, r in points if r["metrics"].get("turns")]
+    if turned:
+        lines += [
+            "## Two-turn loop by checkpoint (draft → revision on the eval tasks, graded)", "",
+            "One episode per eval task (`two-turn` loop, no in-loop verifier: the episode "
+            "trained); step 0 is the same loop on the base model.", "",
+            turns_table(turned), "",
+        ]  # fmt: skip
+        png = _turns_plot(out, turned)
+        if png:
+            pngs.append(png)
     return lines, pngs
 
 
@@ -249,7 +320,12 @@ def write_improve_report(db: str, name: str, out: Path) -> Path:
         g = cfg.get("grpo") or {}
         how = (
             f"reward {g.get('reward')}, {g.get('steps')} steps of {g.get('prompts_per_step')} "
-            f"prompts x {g.get('generations')} completions"
+            f"prompts x {g.get('generations')} "
+            + (
+                "two-turn episodes (draft → revision)"
+                if g.get("rollout") == "self-refine"
+                else "completions"
+            )
             if cfg.get("method") == "grpo"
             else f"loop {cfg.get('loop')} {cfg.get('options') or ''}"
         )

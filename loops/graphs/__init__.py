@@ -15,6 +15,7 @@ from loopwright.loops.graphs.base import LoopOutcome, LoopSpec, budget_guard, ru
 
 _BUILTIN: dict[str, tuple[str, str]] = {
     "self-refine": ("self_refine", "SELF_REFINE"),
+    "two-turn": ("two_turn", "TWO_TURN"),
     "critic": ("critic", "CRITIC"),
     "reflexion": ("reflexion", "REFLEXION"),
     "best-of-n": ("best_of_n", "BEST_OF_N"),

@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
 
 LossType = Literal["dapo", "grpo", "dr_grpo", "bnpo"]
 ScaleRewards = Literal["group", "batch", "none"]
-RolloutBackend = Literal["auto", "engine", "trl"]
+RolloutBackend = Literal["auto", "engine", "trl", "self-refine"]
 
 
 class GrpoConfig(BaseModel):
@@ -101,8 +101,20 @@ class GrpoConfig(BaseModel):
     rollout: RolloutBackend = Field(
         "auto",
         description="auto: the embedded llama.cpp engine on CPU, TRL's own generation (vLLM "
-        "when installed) on GPU; engine or trl to choose.",
+        "when installed) on GPU; engine or trl to choose. self-refine: two-turn episodes "
+        "(draft, then a revision of it in the same conversation: the two-turn loop) on the "
+        "engine, rewarded on the revision plus improve_weight x (revision - draft).",
     )
+    improve_weight: float = Field(
+        0.5,
+        ge=0,
+        description="rollout self-refine: weight of the improvement term, the revision's "
+        "correctness minus the draft's (SCoRe's progress bonus); 0: none.",
+    )
+
+    def episode(self) -> bool:
+        """Whether rollouts are two-turn episodes (``rollout=self-refine``)."""
+        return self.rollout == "self-refine"
 
     def reward_kind(self) -> str:
         """grader, verifier or majority."""

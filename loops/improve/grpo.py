@@ -179,7 +179,7 @@ class _Session:
     # -- recording --------------------------------------------------------------------------
     def record(self, trainer: Any, inputs: list[dict[str, Any]], out: dict[str, Any]) -> None:
         """Step ``global_step + 1``'s rollouts (the ones it trains on) into the store."""
-        from loopwright.loops.improve.record import RolloutRow, record_step
+        from loopwright.loops.improve.record import record_step
 
         step = int(trainer.state.global_step) + 1
         tok = trainer.processing_class
@@ -187,10 +187,31 @@ class _Session:
         lens = out["completion_mask"].detach().cpu().sum(dim=1).tolist()
         prompt_lens = out["prompt_mask"].detach().cpu().sum(dim=1).tolist()
         adv = out["advantages"].detach().float().cpu().tolist()
-        eos = set(getattr(trainer, "eos_token_ids", None) or [tok.eos_token_id])
-        cap = self.cfg.grpo.max_completion_tokens
         seqs = [ids[i, : int(n)].tolist() for i, n in enumerate(lens)]
-        texts = [tok.decode(s, skip_special_tokens=True) for s in seqs]
+        advs = [float(a) if math.isfinite(a) else None for a in adv]
+        if inputs and "revision" in inputs[0]:
+            rows = self._episode_rows(inputs, seqs, prompt_lens, advs)
+        else:
+            eos = set(getattr(trainer, "eos_token_ids", None) or [tok.eos_token_id])
+            texts = [tok.decode(s, skip_special_tokens=True) for s in seqs]
+            rows = self._rows(inputs, texts, seqs, prompt_lens, advs, eos)
+        timings: dict[str, float | None] = {
+            "generate_s": self._gen_s,
+            "reward_s": self._reward_s,
+            "tokens": float(sum(prompt_lens) + sum(len(s) for s in seqs)),
+        }
+        if self.engine is not None:
+            sync = float(self.engine.timings.get("sync_s") or 0.0)
+            timings["sync_s"] = sync
+            timings["generate_s"] = max(0.0, self._gen_s - sync)
+        record_step(self.cfg.db, self.cfg.name, step, policy_name(self.cfg, step), rows,
+                    timings, self.cfg.seed)  # fmt: skip
+
+    def _rows(self, inputs: list[dict[str, Any]], texts: list[str], seqs: list[list[int]],
+              prompt_lens: list[int], advs: list[float | None], eos: set[int]) -> list[Any]:  # fmt: skip
+        from loopwright.loops.improve.record import RolloutRow
+
+        cap = self.cfg.grpo.max_completion_tokens
         task_ids = [str(x["task_id"]) for x in inputs]
         outcomes = self.rewards.last()
         if len(outcomes) != len(texts):
@@ -209,21 +230,49 @@ class _Session:
                     finish_reason="length" if clipped else "stop",
                     outcome=outcomes[i],
                     graded=graded[i],
-                    advantage=float(adv[i]) if math.isfinite(adv[i]) else None,
+                    advantage=advs[i],
                     group_index=i // self.cfg.grpo.generations,  # TRL's groups: consecutive
                 )
             )
-        timings: dict[str, float | None] = {
-            "generate_s": self._gen_s,
-            "reward_s": self._reward_s,
-            "tokens": float(sum(prompt_lens) + sum(len(s) for s in seqs)),
-        }
-        if self.engine is not None:
-            sync = float(self.engine.timings.get("sync_s") or 0.0)
-            timings["sync_s"] = sync
-            timings["generate_s"] = max(0.0, self._gen_s - sync)
-        record_step(self.cfg.db, self.cfg.name, step, policy_name(self.cfg, step), rows,
-                    timings, self.cfg.seed)  # fmt: skip
+        return rows
+
+    def _episode_rows(self, inputs: list[dict[str, Any]], seqs: list[list[int]],
+                      prompt_lens: list[int], advs: list[float | None]) -> list[Any]:  # fmt: skip
+        """Two-turn episodes: the revision is the row's completion, the draft its parent."""
+        from loopwright.loops.improve.record import DraftTurn, RolloutRow
+        from loopwright.loops.prompts import revision_turn
+
+        task_ids = [str(x["task_id"]) for x in inputs]
+        drafts = [str(x["draft"]) for x in inputs]
+        revs = [str(x["revision"]) for x in inputs]
+        outcomes = self.rewards.last()
+        if len(outcomes) != len(revs):
+            outcomes = self.rewards.score_episode(task_ids, drafts, revs)
+        firsts = self.rewards.last_drafts()
+        graded = self.rewards.grade(task_ids, revs)
+        graded_drafts = self.rewards.grade(task_ids, drafts)
+        rows = []
+        for i, tid in enumerate(task_ids):
+            x = inputs[i]
+            d_tok, r_tok = int(x.get("draft_tokens") or 0), int(x.get("revision_tokens") or 0)
+            task = self.tasks[tid]
+            draft = DraftTurn(
+                completion=drafts[i], completion_tokens=d_tok,
+                finish_reason=x.get("draft_finish"),
+                answer=firsts[i].answer if len(firsts) == len(revs) else None,
+                graded=graded_drafts[i], turn=revision_turn(task),
+                turn_tokens=max(0, len(seqs[i]) - d_tok - r_tok),
+            )  # fmt: skip
+            rows.append(
+                RolloutRow(
+                    task=task, messages=list(x["prompt"]), completion=revs[i],
+                    completion_tokens=r_tok, prompt_tokens=int(prompt_lens[i]),
+                    finish_reason="length" if x.get("revision_finish") == "length" else "stop",
+                    outcome=outcomes[i], graded=graded[i], advantage=advs[i],
+                    group_index=i // self.cfg.grpo.generations, draft=draft,
+                )
+            )  # fmt: skip
+        return rows
 
     def step_logged(self, step: int, logs: dict[str, Any]) -> float | None:
         """Merge TRL's logs of ``step`` and the step's time into its ``train_steps`` row;
@@ -492,7 +541,13 @@ def _train(cfg: ImproveConfig, work: Path, ev: Events, mirror: _Mirror, train_sp
                  f"of {g.steps}, rollouts from "
                  f"{'the embedded engine' if _engine_rollouts(cfg, device) else 'TRL'}")  # fmt: skip
         config_kw, trainer_kw, session.engine = engine_trainer_kwargs(
-            g, device, tok, base.template, work / "engine", seed=cfg.seed
+            g,
+            device,
+            tok,
+            base.template,
+            work / "engine",
+            seed=cfg.seed,
+            revision_turn=_revision_turns(tasks) if g.episode() else None,
         )
         try:
             with _quiet():
@@ -526,6 +581,20 @@ def _train(cfg: ImproveConfig, work: Path, ev: Events, mirror: _Mirror, train_sp
             if session.engine is not None:
                 session.engine.close()
     return session.failed
+
+
+def _revision_turns(tasks: list[Task]) -> Callable[[Any], str]:
+    """A train prompt (its chat messages, as ``grpo_dataset`` writes them) -> the user turn
+    that asks to revise a draft of its task (by the task's kind)."""
+    from loopwright.loops.prompts import draft_messages, revision_turn
+
+    turns = {json.dumps(draft_messages(t), sort_keys=True): revision_turn(t) for t in tasks}
+    fallback = revision_turn(tasks[0]) if tasks else ""
+
+    def turn(prompt: Any) -> str:
+        return turns.get(json.dumps(prompt, sort_keys=True), fallback)
+
+    return turn
 
 
 def _engine_rollouts(cfg: ImproveConfig, device: str) -> bool:

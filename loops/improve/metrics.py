@@ -15,6 +15,7 @@ from loopwright.traces import TraceStore, run_by_name
 from loopwright.traces import metrics as M
 from loopwright.traces.grading import final_grades
 from loopwright.traces.judging import judgements_of_graded_pairs
+from loopwright.traces.report_queries import revision_pairs
 
 
 def _ci(values: list[float], seed: int = 0) -> dict[str, float]:
@@ -57,6 +58,29 @@ def eval_metrics(store: TraceStore, run: str, k: int) -> dict[str, Any]:
     out["maj@k"] = _ci([M.maj_at_k([v], kk) for v in votes])
     loop = final_grades(store, run_id)
     out["loop"] = _ci(loop) if loop else None
+    return out
+
+
+def turn_metrics(store: TraceStore, run: str) -> dict[str, Any]:
+    """Turn-1 vs turn-2 accuracy of a two-turn run (draft -> revision): each turn's graded
+    accuracy and the change with bootstrap CIs over episodes, and the wrong->right /
+    right->wrong transition counts (episodes with both turns graded)."""
+    row = run_by_name(store, run)
+    if row is None:
+        raise ValueError(f"no run {run!r}")
+    pairs = [
+        (bool(r["draft_passed"]), bool(r["revision_passed"]))
+        for r in revision_pairs(store, row["run_id"])
+        if r["draft_passed"] is not None and r["revision_passed"] is not None
+    ]
+    out: dict[str, Any] = {"episodes": len(pairs)}
+    if not pairs:
+        return out
+    out["turn1"] = _ci([float(a) for a, _ in pairs])
+    out["turn2"] = _ci([float(b) for _, b in pairs])
+    out["delta"] = _ci([float(b) - float(a) for a, b in pairs])
+    [counts] = M.transitions([[a, b] for a, b in pairs])
+    out.update(counts)
     return out
 
 

@@ -41,6 +41,7 @@ from loopwright.traces.runs import finish_run, insert_run
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DraftTurn",
     "IngestResult",
     "RolloutReward",
     "RolloutRow",
@@ -72,6 +73,19 @@ class RolloutReward(BaseModel):
     )
 
 
+class DraftTurn(BaseModel):
+    """The first turn of a two-turn episode (``--rollout self-refine``); the row's
+    completion is the revision that answered ``turn``."""
+
+    completion: str
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    answer: str | None = Field(None, description="The draft's extracted answer.")
+    graded: Verdict | None = Field(None, description="The held-out grader's verdict (record).")
+    turn: str = Field("", description="The user turn after the draft that asked to revise it.")
+    turn_tokens: int = Field(0, description="Tokens of that turn (chat template included).")
+
+
 class RolloutRow(BaseModel):
     """One completion of a GRPO step, as the trainer saw it."""
 
@@ -88,6 +102,9 @@ class RolloutRow(BaseModel):
     advantage: float | None = None
     group_index: int | None = Field(
         None, description="Its prompt group in the step; None: consecutive rows of one task."
+    )
+    draft: DraftTurn | None = Field(
+        None, description="Two-turn episodes: the draft this completion (the revision) revised."
     )
 
 
@@ -188,6 +205,13 @@ def step_summary(rows: list[RolloutRow], groups: list[int] | None = None) -> dic
             if holders:
                 agree.append(any(holders))
         out["majority_agreement"] = sum(agree) / len(agree) if agree else None
+    pairs = [(r.draft.graded.passed, r.graded.passed) for r in rows
+             if r.draft is not None and r.draft.graded is not None and r.graded is not None]  # fmt: skip
+    if pairs:  # two-turn episodes: turn-1 vs turn-2 correctness
+        out["turn1_correct_rate"] = sum(a for a, _ in pairs) / len(pairs)
+        out["turn2_correct_rate"] = sum(b for _, b in pairs) / len(pairs)
+        out["wrong_to_right"] = sum((not a) and b for a, b in pairs) / len(pairs)
+        out["right_to_wrong"] = sum(a and not b for a, b in pairs) / len(pairs)
     return out
 
 
@@ -259,20 +283,58 @@ def _build(
         o = r.outcome
         total = _finite(o.total)
         adv = _finite(r.advantage)
+        d = r.draft
+        parent = None
+        if d is not None:  # the draft: a generator node under which the revision is
+            parent = NodeRecord(
+                run_id=run_id, task_id=r.task.id, loop=R.GRPO_LOOP, model=policy,
+                role="generator", depth=0, round=0, content=d.completion, answer=d.answer,
+            )  # fmt: skip
+            out.rows.append(parent)
+            out.rows.append(
+                CallRecord(
+                    request_id=requests[g], run_id=run_id, task_id=r.task.id,
+                    node_id=parent.node_id, loop=R.GRPO_LOOP, round=0, role="generator",
+                    model=policy, messages=_json_text(r.messages), temperature=temperature,
+                    max_tokens=max_tokens, n=sizes[g], seed=seed, sample_index=k,
+                    output=d.completion, finish_reason=d.finish_reason,
+                    prompt_tokens=r.prompt_tokens if k == 0 else 0,
+                    completion_tokens=d.completion_tokens,
+                )
+            )  # fmt: skip
+            if d.graded is not None:
+                out.rows.append(
+                    verdict_record(
+                        d.graded,
+                        run_id=run_id,
+                        task_id=r.task.id,
+                        node_id=parent.node_id,
+                        stage="graded",
+                    )
+                )
         node = NodeRecord(
-            run_id=run_id, task_id=r.task.id, loop=R.GRPO_LOOP, model=policy, role="generator",
-            depth=0, round=0, content=r.completion, answer=o.answer, score=total,
+            run_id=run_id, task_id=r.task.id, loop=R.GRPO_LOOP, model=policy,
+            role="generator" if d is None else "refiner", parent_id=parent and parent.node_id,
+            depth=int(d is not None), round=int(d is not None), content=r.completion,
+            answer=o.answer, score=total,
         )  # fmt: skip
         out.rows.append(node)
         per_task.setdefault(r.task.id, []).append((r, node, k))
+        messages = r.messages
+        if d is not None:
+            messages = [*messages, {"role": "assistant", "content": d.completion},
+                        {"role": "user", "content": d.turn}]  # fmt: skip
         out.rows.append(
             CallRecord(
-                request_id=requests[g], run_id=run_id, task_id=r.task.id, node_id=node.node_id,
-                loop=R.GRPO_LOOP, round=0, role="generator", model=policy,
-                messages=_json_text(r.messages), temperature=temperature, max_tokens=max_tokens,
-                n=sizes[g], seed=seed, sample_index=k, output=r.completion,
+                request_id=requests[g] if d is None else new_id(), run_id=run_id,
+                task_id=r.task.id, node_id=node.node_id, loop=R.GRPO_LOOP,
+                round=int(d is not None), role="generator" if d is None else "refiner",
+                model=policy, messages=_json_text(messages), temperature=temperature,
+                max_tokens=max_tokens, n=sizes[g] if d is None else 1, seed=seed,
+                sample_index=k if d is None else 0, output=r.completion,
                 finish_reason=r.finish_reason,
-                prompt_tokens=r.prompt_tokens if k == 0 else 0,
+                prompt_tokens=(r.prompt_tokens + d.completion_tokens + d.turn_tokens
+                               if d is not None else r.prompt_tokens if k == 0 else 0),
                 completion_tokens=r.completion_tokens,
             )
         )  # fmt: skip
@@ -326,7 +388,7 @@ def _build(
                 verdict=_passed(final[0].outcome) if final else None,
                 graded=final[0].graded.passed if final and final[0].graded else None,
                 score=statistics.fmean(totals) if totals else None, stop_reason="grpo step",
-                rounds=0, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                rounds=int(any(x.draft is not None for x, _, _ in members)), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens, calls=len(members), status="done",
             )
         )  # fmt: skip

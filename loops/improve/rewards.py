@@ -564,8 +564,12 @@ class Rewards:
         self._tasks = {t.id: t for t in tasks}
         self._scorer = _Scorer(self.settings)
         self._last: list[RewardOutcome] = []
+        self._last_drafts: list[RewardOutcome] = []
         self._last_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._lock = threading.Lock()
+        g = cfg.grpo
+        self.improve_weight = g.improve_weight if g.episode() else 0.0
+        """Weight of the ``improve`` term (two-turn episodes only)."""
         if self.settings.kind == "grader":
             s = self.settings
             if not any(grader_for(t, name=s.grader, sandbox=s.sandbox) for t in tasks):
@@ -605,6 +609,43 @@ class Rewards:
             self._last_key = (tuple(task_ids), tuple(completions))
         return out
 
+    def score_episode(
+        self,
+        task_ids: list[str],
+        drafts: list[str],
+        revisions: list[str],
+        draft_tokens: Sequence[int | None] | None = None,
+        revision_tokens: Sequence[int | None] | None = None,
+    ) -> list[RewardOutcome]:
+        """The reward of each two-turn episode: the revision's (every term, as ``score``
+        gives it), plus ``improve_weight`` x the ``improve`` term, the revision's correctness
+        minus the draft's (SCoRe's progress bonus: +1 fixed, -1 broken, 0 kept; under the
+        majority reward both are scored against the revisions' pseudo-label). The drafts' own
+        outcomes are kept (``last_drafts``)."""
+        tasks: list[Task | None] = [self._task(t) for t in task_ids]
+        first = self._scorer.score(tasks, list(drafts), None, draft_tokens)
+        second = self._scorer.score(tasks, list(revisions), None, revision_tokens)
+        out = []
+        for task, d, r in zip(tasks, first, second, strict=True):
+            if self.improve_weight > 0:
+                c1, c2 = d.terms.get("correct"), r.terms.get("correct")
+                if self.settings.kind == "majority" and task is not None:
+                    # one pseudo-label per task, the revisions' vote: the draft is scored
+                    # against it too, not against a vote of its own
+                    key = vote_key(task, d.answer)
+                    c1 = float(key is not None and key == r.pseudo_label)
+                gain = None if c1 is None or c2 is None else c2 - c1
+                total = r.total
+                if gain is not None:
+                    total = (total or 0.0) + self.improve_weight * gain
+                r = r.model_copy(update={"terms": {**r.terms, "improve": gain}, "total": total})
+            out.append(r)
+        with self._lock:
+            self._last = out
+            self._last_drafts = first
+            self._last_key = (tuple(task_ids), tuple(revisions))
+        return out
+
     def grade(self, task_ids: list[str], completions: list[str]) -> list[Verdict | None]:
         """The held-out grader's verdict of each completion, for the record (None: its task
         has no grader, or grading it failed). Under ``reward=grader`` the verdicts of the last
@@ -624,11 +665,18 @@ class Rewards:
             out.append(s.format_weight)
         if s.length_weight > 0:
             out.append(s.length_weight)
+        if self.improve_weight > 0:
+            out.append(self.improve_weight)
         return out
 
     def term_names(self) -> list[str]:
         s = self.settings
-        return ["correct"] + ["format"] * (s.format_weight > 0) + ["length"] * (s.length_weight > 0)
+        return (
+            ["correct"]
+            + ["format"] * (s.format_weight > 0)
+            + ["length"] * (s.length_weight > 0)
+            + ["improve"] * (self.improve_weight > 0)
+        )
 
     def trl_funcs(self) -> list[TrlReward]:
         """One TRL reward function per term (``__name__`` = the term), weighted by
@@ -638,6 +686,16 @@ class Rewards:
 
         def outcomes(kwargs: dict[str, Any]) -> list[RewardOutcome]:
             ids = [str(t) for t in kwargs["task_id"]]
+            if "revision" in kwargs:  # two-turn episodes: the revision is the answer
+                revs = [str(x) for x in kwargs["revision"]]
+                with self._lock:
+                    if self._last_key == (tuple(ids), tuple(revs)):
+                        return list(self._last)
+                dt, rt = kwargs.get("draft_tokens"), kwargs.get("revision_tokens")
+                return self.score_episode(
+                    ids, [str(x) for x in kwargs["draft"]], revs,
+                    dt if cap and dt is not None else None, rt if cap and rt is not None else None,
+                )  # fmt: skip
             texts = [completion_text(c) for c in kwargs["completions"]]
             with self._lock:
                 if self._last_key == (tuple(ids), tuple(texts)):
@@ -660,6 +718,11 @@ class Rewards:
         """The outcomes of the most recent batch (for the recorder)."""
         with self._lock:
             return list(self._last)
+
+    def last_drafts(self) -> list[RewardOutcome]:
+        """The drafts' own outcomes of the most recent two-turn batch (for the recorder)."""
+        with self._lock:
+            return list(self._last_drafts)
 
     def close(self) -> None:
         """Stop the private event loop and close the model clients verifiers used."""

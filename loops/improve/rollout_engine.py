@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 PROMPT_ROOM = 384
 """Context tokens per slot kept for the prompt (the completion cap comes on top)."""
 
+TURN_ROOM = 160
+"""Context tokens per slot kept for a two-turn episode's second user turn (on top of the
+prompt and both turns' caps)."""
+
+_MARK = "<<loopwright-draft>>"
+"""Stands for the draft when the chat template writes the turns after it."""
+
 
 class EngineSample(BaseModel):
     """One completion sampled by the engine."""
@@ -94,6 +101,11 @@ class PolicyEngine:
         self._server: Any = None
         self._layout: _Layout | None = None
         self._eos = _eos_id(self.template)
+
+    @property
+    def eos_id(self) -> int | None:
+        """The served model's end-of-sequence token id (None: its GGUF names none)."""
+        return self._eos
 
     # -- weights -> server ----------------------------------------------------------------
 
@@ -428,6 +440,7 @@ def make_rollout_func(
     on_samples: Callable[[list[EngineSample]], None] | None = None,
     *,
     seed: int = 0,
+    revision_turn: Callable[[Any], str] | None = None,
 ) -> Callable[[list[Any], Any], dict[str, Any]]:
     """TRL's ``rollout_func(prompts, trainer)`` on ``engine`` (``GRPOTrainer(...,
     rollout_func=...)``).
@@ -441,6 +454,9 @@ def make_rollout_func(
     last sync. Temperature, completion cap and top-k/top-p/min-p/repetition penalty are the
     trainer's (falling back to ``cfg``). ``on_samples`` gets the step's samples in TRL's
     order (the recorder); ``engine.timings`` holds ``sync_s`` and ``generate_s``.
+
+    ``revision_turn`` (a prompt's messages -> the user turn that asks to revise; given when
+    ``cfg.episode()``) makes each rollout a two-turn episode (:func:`episode_rollout`).
     """
     calls: dict[int, int] = {}  # rollouts asked at each step (more than 1: eval, reuse)
 
@@ -465,12 +481,21 @@ def make_rollout_func(
                 sampling[ours] = value
         cap = getattr(trainer, "max_completion_length", None) or cfg.max_completion_tokens
         temperature = float(getattr(trainer, "temperature", None) or cfg.temperature)
+        step_seed = seed + 100_003 * step + 7_919 * calls.get(step, 0)
+        if revision_turn is not None:
+            calls[step] = calls.get(step, 0) + 1
+            engine.timings["sync_s"] = sync_s
+            return episode_rollout(
+                engine, tokenizer, heads, ids, n, revision_turn, max_tokens=int(cap),
+                temperature=temperature, seed=step_seed, sampling=sampling,
+                on_samples=on_samples,
+            )  # fmt: skip
         out = engine.generate_ids(
             ids,
             n,
             max_tokens=int(cap),
             temperature=temperature,
-            seed=seed + 100_003 * step + 7_919 * calls.get(step, 0),
+            seed=step_seed,
             sampling=sampling,
         )
         calls[step] = calls.get(step, 0) + 1  # seeds hang on the step: a resumed run samples alike
@@ -493,13 +518,94 @@ def make_rollout_func(
     return rollout
 
 
+def turn_ids(tokenizer: Any, prompt: Any, turn: str, *, draft_ended: bool) -> list[int]:
+    """The tokens between a draft and the revision in a two-turn episode, as the chat
+    template writes them: the end of the assistant's turn (its EOS left out when the draft
+    ended on it: the draft's tokens hold it), the user's ``turn`` and the next assistant
+    header. A plain-text prompt gets ``turn`` on lines of its own."""
+    if isinstance(prompt, str):
+        return list(tokenizer(f"\n\n{turn}\n\n", add_special_tokens=False)["input_ids"])
+    msgs = [*prompt, {"role": "assistant", "content": _MARK}, {"role": "user", "content": turn}]
+    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    after = text[text.index(_MARK) + len(_MARK) :]
+    eos = getattr(tokenizer, "eos_token", None)
+    if draft_ended and eos and after.startswith(eos):
+        after = after[len(eos) :]
+    return [int(x) for x in tokenizer(after, add_special_tokens=False)["input_ids"]]
+
+
+def episode_rollout(
+    engine: PolicyEngine,
+    tokenizer: Any,
+    heads: list[Any],
+    ids: list[list[int]],
+    n: int,
+    revision_turn: Callable[[Any], str],
+    *,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    sampling: dict[str, Any] | None = None,
+    on_samples: Callable[[list[EngineSample]], None] | None = None,
+) -> dict[str, Any]:
+    """Two-turn episodes for TRL's ``rollout_func``: ``n`` drafts of each prompt (``heads``,
+    token ids ``ids``), then one revision of each draft, conditioned on the prompt, the draft
+    and the revision turn, all sequences of a turn decoded together.
+
+    Each completion is draft + turn + revision; ``env_mask`` is 0 on the turn's tokens (the
+    policy did not write them: no loss on them). ``draft``, ``revision`` (texts),
+    ``draft_tokens``, ``revision_tokens``, ``draft_finish`` and ``revision_finish`` ride along
+    as extra fields: TRL hands them to the reward functions and the recorder reads them."""
+    first = engine.generate_ids(ids, n, max_tokens=max_tokens, temperature=temperature,
+                                seed=seed, sampling=sampling)  # fmt: skip
+    gen_s = float(engine.timings.get("generate_s") or 0.0)
+    drafts = [s for group in first for s in group]
+    eos = engine.eos_id
+    env: list[list[int]] = []
+    second_ids: list[list[int]] = []
+    for i, d in enumerate(drafts):
+        head = heads[i // n]
+        ended = bool(d.token_ids) and eos is not None and d.token_ids[-1] == eos
+        turn = turn_ids(tokenizer, head, revision_turn(head), draft_ended=ended)
+        env.append(turn)
+        second_ids.append([*ids[i // n], *d.token_ids, *turn])
+    second = engine.generate_ids(second_ids, 1, max_tokens=max_tokens, temperature=temperature,
+                                 seed=seed + 50_021, sampling=sampling)  # fmt: skip
+    engine.timings["generate_s"] = gen_s + float(engine.timings.get("generate_s") or 0.0)
+    revisions = [group[0] for group in second]
+    if on_samples is not None:
+        on_samples(revisions)
+    completions = [[*d.token_ids, *t, *r.token_ids]
+                   for d, t, r in zip(drafts, env, revisions, strict=True)]  # fmt: skip
+    mask = [[1] * len(d.token_ids) + [0] * len(t) + [1] * len(r.token_ids)
+            for d, t, r in zip(drafts, env, revisions, strict=True)]  # fmt: skip
+    logprobs: list[list[float]] | None = None
+    exact = abs(temperature - 1.0) <= 1e-6
+    if exact and all(s.logprobs is not None for s in [*drafts, *revisions]):
+        logprobs = [[*(d.logprobs or []), *([0.0] * len(t)), *(r.logprobs or [])]
+                    for d, t, r in zip(drafts, env, revisions, strict=True)]  # fmt: skip
+    return {
+        "prompt_ids": [p for p in ids for _ in range(n)],
+        "completion_ids": completions,
+        "logprobs": logprobs,
+        "env_mask": mask,
+        "draft": [d.text for d in drafts],
+        "revision": [r.text for r in revisions],
+        "draft_tokens": [len(d.token_ids) for d in drafts],
+        "revision_tokens": [len(r.token_ids) for r in revisions],
+        "draft_finish": [d.finish_reason for d in drafts],
+        "revision_finish": [r.finish_reason for r in revisions],
+    }
+
+
 # -- choosing the rollout path --------------------------------------------------------------
 
 
 def use_engine(cfg: GrpoConfig, device: str) -> bool:
-    """Whether rollouts come from the embedded engine: ``rollout=engine`` always,
-    ``trl`` never, ``auto`` on a CPU (on a GPU, TRL's own generation is faster)."""
-    if cfg.rollout == "engine":
+    """Whether rollouts come from the embedded engine: ``rollout=engine`` (and two-turn
+    ``self-refine`` episodes) always, ``trl`` never, ``auto`` on a CPU (on a GPU, TRL's own
+    generation is faster)."""
+    if cfg.rollout in ("engine", "self-refine"):
         return True
     if cfg.rollout == "trl":
         return False
@@ -527,12 +633,14 @@ def start_engine(
     threads: int | None = None,
 ) -> PolicyEngine:
     """A :class:`PolicyEngine` sized for ``cfg``: one slot per sample of a step
-    (prompts per step x generations), each with room for a prompt and the completion cap."""
+    (prompts per step x generations), each with room for a prompt and the completion cap
+    (two caps and a user turn for two-turn episodes)."""
+    cap = cfg.max_completion_tokens
     return PolicyEngine(
         template_gguf,
         work,
         slots=cfg.prompts_per_step * cfg.generations,
-        ctx=PROMPT_ROOM + cfg.max_completion_tokens,
+        ctx=PROMPT_ROOM + (2 * cap + TURN_ROOM if cfg.episode() else cap),
         export=export,
         threads=threads,
     )
@@ -548,12 +656,16 @@ def engine_trainer_kwargs(
     on_samples: Callable[[list[EngineSample]], None] | None = None,
     export: ExportType = DEFAULT_EXPORT,
     seed: int = 0,
+    revision_turn: Callable[[Any], str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], PolicyEngine | None]:
     """Everything the trainer needs for the chosen rollout path, in one call:
     (``GRPOConfig`` keywords, ``GRPOTrainer`` keywords, the engine or None). The caller
     closes the engine when training ends."""
     if not use_engine(cfg, device):
         return trl_generation_kwargs(cfg, device), {}, None
+    if cfg.episode() and revision_turn is None:
+        raise ValueError("rollout self-refine needs revision_turn (a prompt -> its revision turn)")
     engine = start_engine(cfg, template_gguf, work, export=export)
-    func = make_rollout_func(engine, tokenizer, cfg, on_samples, seed=seed)
+    func = make_rollout_func(engine, tokenizer, cfg, on_samples, seed=seed,
+                             revision_turn=revision_turn if cfg.episode() else None)  # fmt: skip
     return {}, {"rollout_func": func}, engine

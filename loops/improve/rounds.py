@@ -26,7 +26,12 @@ from loopwright.loops.execution.runner import Progress, RunConfig, prepare
 from loopwright.loops.execution.runner import run as run_loop
 from loopwright.loops.execution.trackers import Tracker, make_tracker, numeric_metrics
 from loopwright.loops.improve.config import ImproveConfig
-from loopwright.loops.improve.metrics import eval_metrics, judge_agreement, train_metrics
+from loopwright.loops.improve.metrics import (
+    eval_metrics,
+    judge_agreement,
+    train_metrics,
+    turn_metrics,
+)
 from loopwright.loops.improve.star import hinted_task_file, strip_hints, unsolved_tasks
 from loopwright.loops.tasks import load_tasks
 from loopwright.traces import TraceStore, new_id, run_by_name
@@ -120,7 +125,7 @@ def _run(cfg: ImproveConfig, name: str, loop_cfg: dict[str, Any], events: Events
         row = run_by_name(store, name)
     if row is not None and row["status"] == "done":
         return
-    rc = RunConfig(**cfg.settings(), run_name=name, resume=row is not None, **loop_cfg)
+    rc = RunConfig(**{**cfg.settings(), **loop_cfg}, run_name=name, resume=row is not None)
     # the series is mirrored as one tracker run (its rounds), not run by run
     asyncio.run(run_loop(rc, lambda p: events.run_progress(label, p), mirror=False))
 
@@ -303,7 +308,11 @@ def _round(series: _Series, rnd: int, parent: str, row: dict[str, Any]) -> str:
 def evaluate_round(cfg: ImproveConfig, rnd: int, model: str, metrics: dict[str, Any],
                    ev: Events, selector: str = "verifier") -> None:  # fmt: skip
     """Evaluate round ``rnd``'s model on the held-out eval tasks (plain samples, graded) and
-    mark the round done with ``metrics`` plus the eval's. Resumable like every stage."""
+    mark the round done with ``metrics`` plus the eval's. Resumable like every stage.
+
+    A GRPO series trained on two-turn episodes (``--rollout self-refine``) also runs the
+    ``two-turn`` loop once per eval task (run ``NAME-rN-turns``, no in-loop verifier, as
+    trained): ``metrics["turns"]`` holds turn-1 and turn-2 accuracy and the transitions."""
     name = cfg.name
     eval_run = f"{name}-r{rnd}-eval"
     with TraceStore(cfg.db) as store:
@@ -313,8 +322,18 @@ def evaluate_round(cfg: ImproveConfig, rnd: int, model: str, metrics: dict[str, 
     _run(cfg, eval_run, {"loop": "best-of-n", "tasks": cfg.eval_tasks, "model": model,
                          "options": eval_opts, "limit": cfg.eval_limit}, ev, f"r{rnd} eval")  # fmt: skip
     _grade(cfg, eval_run)
+    turns_run = f"{name}-r{rnd}-turns" if cfg.method == "grpo" and cfg.grpo.episode() else None
+    if turns_run is not None:
+        ev.stage(rnd, "eval", f"{model}: two-turn episodes on {cfg.eval_tasks}")
+        turn_opts = {"max_tokens": cfg.grpo.max_completion_tokens, "verifier_feedback": False}
+        _run(cfg, turns_run, {"loop": "two-turn", "tasks": cfg.eval_tasks, "model": model,
+                              "options": turn_opts, "limit": cfg.eval_limit, "verifier": "none"},
+             ev, f"r{rnd} two-turn")  # fmt: skip
+        _grade(cfg, turns_run)
     with TraceStore(cfg.db) as store:
         metrics["eval"] = eval_metrics(store, eval_run, cfg.eval_samples)
+        if turns_run is not None:
+            metrics["turns"] = turn_metrics(store, turns_run)
         m = L.model_of_round(store, name, rnd)
         if m is not None:
             metrics["final_loss"] = m["final_loss"]

@@ -44,3 +44,26 @@ def draft_prompt(task: Task) -> str:
 def draft_messages(task: Task) -> list[dict[str, Any]]:
     """The messages of a first draft of ``task``: what every loop's generator sends."""
     return messages(draft_prompt(task))
+
+
+REVISION_PROMPTS = "two_turn"
+"""The prompt file of the two-turn episode's second user turn."""
+
+
+def revision_turn(task: Task, feedback: str | None = None) -> str:
+    """The user turn that asks for a revision of the draft above it in the conversation
+    (by kind); ``feedback``: an in-loop verifier's words on the draft, put in front."""
+    ask = render(REVISION_PROMPTS, f"revise_{flavour(task)}")
+    if feedback:
+        return f"{render(REVISION_PROMPTS, 'check', feedback=feedback.strip())}\n\n{ask}"
+    return ask
+
+
+def revision_messages(task: Task, draft: str, feedback: str | None = None) -> list[dict[str, Any]]:
+    """The two-turn episode's second request: the first draft's messages, the draft as the
+    assistant's turn, then :func:`revision_turn`."""
+    return [
+        *draft_messages(task),
+        {"role": "assistant", "content": draft},
+        {"role": "user", "content": revision_turn(task, feedback)},
+    ]
