@@ -32,11 +32,11 @@ from loopwright.loops.improve.config import ImproveConfig
 from loopwright.loops.improve.rounds import (
     Events,
     ImproveResult,
-    _Mirror,
-    _mirrored,
-    _open_series,
+    SeriesMirror,
     check_split,
     evaluate_round,
+    mirrored,
+    open_series,
     served_as,
 )
 from loopwright.loops.tasks import Task, load_tasks
@@ -137,7 +137,7 @@ def window_summary(steps: dict[int, dict[str, Any]], first: int, last: int) -> d
 class _Session:
     """One ``trainer.train()`` of a series: what the trainer subclass and the callback share."""
 
-    def __init__(self, cfg: ImproveConfig, work: Path, ev: Events, mirror: _Mirror,
+    def __init__(self, cfg: ImproveConfig, work: Path, ev: Events, mirror: SeriesMirror,
                  tasks: dict[str, Task], rewards: Any, base: Any, device: str) -> None:  # fmt: skip
         self.cfg = cfg
         self.work = work
@@ -375,9 +375,7 @@ def _release_engine(model_id: str) -> None:
     another file, and a long series would otherwise keep one server per checkpoint."""
     from loopwright.loops.models.local_model import LocalEngine
 
-    name = model_id.removeprefix("local/")
-    with LocalEngine._lock:
-        LocalEngine._engines.pop(name, None)
+    LocalEngine.release(model_id.removeprefix("local/"))
 
 
 def _callback(session: _Session) -> Any:
@@ -501,7 +499,7 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _train(cfg: ImproveConfig, work: Path, ev: Events, mirror: _Mirror, train_spec: str,
+def _train(cfg: ImproveConfig, work: Path, ev: Events, mirror: SeriesMirror, train_spec: str,
            limit: int | None) -> str | None:  # fmt: skip
     """Train from the last checkpoint (or the start) to the end; returns why it stopped."""
     import os
@@ -611,10 +609,10 @@ def run_grpo(cfg: ImproveConfig, work: Path, ev: Events) -> ImproveResult:
     train_cfg = {"loop": cfg.loop, "tasks": train_spec, "limit": limit, "options": cfg.options}
     prepare(RunConfig(**cfg.settings(), model=cfg.base, **train_cfg))
     _need_train()  # before round 0 spends its time
-    _open_series(cfg)
+    open_series(cfg)
     marks = cfg.grpo.checkpoints()
     failed: str | None = None
-    with _mirrored(cfg) as mirror:
+    with mirrored(cfg) as mirror:
         with TraceStore(cfg.db) as store:
             row0 = L.get_round(store, cfg.name, 0) or {}
         if row0.get("stage") != "done":

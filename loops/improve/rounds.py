@@ -97,7 +97,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _open_series(cfg: ImproveConfig) -> None:
+def open_series(cfg: ImproveConfig) -> None:
+    """Check that a ``--resume`` names a series the database holds (one line if not)."""
     with TraceStore(cfg.db) as store:
         first = L.get_round(store, cfg.name, 0)
         if first is None and cfg.resume:
@@ -187,12 +188,12 @@ def _run_series(cfg: ImproveConfig, work: Path, ev: Events) -> ImproveResult:
         from loopwright.loops.improve.train import _need_train
 
         _need_train()  # before round 0 spends its time
-    _open_series(cfg)
+    open_series(cfg)
     series = _Series(cfg, train_cfg, eval_file, work, ev)
     model = cfg.base
     failed = None
     with contextlib.ExitStack() as stack:
-        mirror = stack.enter_context(_mirrored(cfg))
+        mirror = stack.enter_context(mirrored(cfg))
         if cfg.executor == "ray":  # Ray up for the series; each run gets fresh workers
             from loopwright.loops.execution.ray_executor import ray_session
 
@@ -220,7 +221,7 @@ class _RoundFailed(Exception):
     pass
 
 
-class _Mirror:
+class SeriesMirror:
     """The series' tracker run (``--tracker``): each finished round's metrics at step =
     round, on resume the rounds done before too. A no-op without a tracker."""
 
@@ -241,8 +242,9 @@ class _Mirror:
 
 
 @contextlib.contextmanager
-def _mirrored(cfg: ImproveConfig) -> Iterator[_Mirror]:
-    mirror = _Mirror(cfg)
+def mirrored(cfg: ImproveConfig) -> Iterator[SeriesMirror]:
+    """The series' :class:`SeriesMirror`, its tracker run finished with ``status`` on exit."""
+    mirror = SeriesMirror(cfg)
     try:
         yield mirror
     finally:

@@ -391,6 +391,14 @@ class LocalEngine:
             engine.reserve(engine_slots(slots, engine.path, engine.ctx_per_slot))
         return engine
 
+    @classmethod
+    def release(cls, name: str) -> None:
+        """Forget the process-wide engine for ``name`` (its server goes when the last
+        reference does): a caller that is done with a model file, e.g. a checkpoint after its
+        eval, keeps a long series from holding one server per file."""
+        with cls._lock:
+            cls._engines.pop(name, None)
+
     def reserve(self, slots: int) -> None:
         """Make room for ``slots`` sequences (see the class notes: restart when idle)."""
         with self._cond:
