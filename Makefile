@@ -98,23 +98,24 @@ improve: install sysdeps
 # docs/improve-grpo.md: GRPO on builtin:arithmetic with SmolLM2-135M (LoRA r=16), rewarded by
 # the grader on the train tasks' references (RLVR), then the same budget with the label-free
 # majority reward; both evaluated on 150 tasks of another seed x 4 samples (train prompts
-# overlapping them are dropped). One database, so the base model's eval (round 0, the same
-# calls for both series) is sampled once and read from the call cache the second time.
-# Sizing on the 2-core machine: ~30 s a step (2 prompts x 4 completions <= 128 tokens), ~10
-# min an eval, ~1 hour in all. Re-running resumes. Reports in docs/improve-grpo/REWARD/.
+# overlapping them are dropped). Rollouts at the eval's temperature (0.8), 8 a prompt: at 1.0
+# or with 4 a prompt most groups of the base model are all wrong (no signal). One database, so
+# the base model's eval (round 0, the same calls for both series) is sampled once and read from
+# the call cache the second time. Sizing on the 2-core machine: ~50 s a step, ~10 min an
+# eval, ~1 hour in all. Re-running resumes. Reports in docs/improve-grpo/REWARD/.
 GRPO_DB := build/improve-grpo/grpo.duckdb
 GRPO_ARGS := --method grpo --tasks 'builtin:arithmetic?seed=1&n=200' \
 	--eval-tasks 'builtin:arithmetic?seed=2&n=150' --drop-overlap --eval-samples 4 \
-	--max-steps 30 --prompts-per-step 2 --generations 4 --max-completion-tokens 128 \
-	--eval-every 0 --lora-rank 16 --db $(GRPO_DB)
+	--max-steps 24 --prompts-per-step 2 --generations 8 --max-completion-tokens 128 \
+	--temperature 0.8 --eval-every 0 --lora-rank 16 --learning-rate 1e-4 --db $(GRPO_DB)
 improve-grpo: install sysdeps
 	mkdir -p build/improve-grpo
 	for reward in grader majority; do \
 		resume=; \
-		if [ -f build/improve-grpo/grpo-$$reward.improve/eval_prompts.jsonl ]; then resume=--resume; fi; \
-		$(VENV)/bin/loopwright improve $(GRPO_ARGS) --reward $$reward --name grpo-$$reward \
+		if [ -f build/improve-grpo/$$reward.improve/eval_prompts.jsonl ]; then resume=--resume; fi; \
+		$(VENV)/bin/loopwright improve $(GRPO_ARGS) --reward $$reward --name $$reward \
 			$$resume || exit 1; \
-		$(VENV)/bin/loopwright report --improve grpo-$$reward --db $(GRPO_DB) \
+		$(VENV)/bin/loopwright report --improve $$reward --db $(GRPO_DB) \
 			--out docs/improve-grpo/$$reward || exit 1; \
 	done
 
