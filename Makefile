@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install sysdeps demo test test-fast lint bench experiment improve improve-grpo clean
+.PHONY: install sysdeps demo test test-fast lint bench experiment improve improve-grpo improve-grpo-turns clean
 
 install: $(STAMP)
 
@@ -118,6 +118,19 @@ improve-grpo: install sysdeps
 		$(VENV)/bin/loopwright report --improve $$reward --db $(GRPO_DB) \
 			--out docs/improve-grpo/$$reward || exit 1; \
 	done
+
+# docs/improve-grpo.md "Two-turn episodes": the same settings trained on two-turn episodes
+# (--rollout self-refine: draft -> revision, rewarded on the revision + 0.5 x its gain), in the
+# same database (round 0's plain eval comes from the call cache); each checkpoint and the base
+# model also run the two-turn loop once per eval task. ~35 min. Report in
+# docs/improve-grpo/turns/.
+improve-grpo-turns: install sysdeps
+	mkdir -p build/improve-grpo
+	resume=; \
+	if [ -f build/improve-grpo/turns.improve/eval_prompts.jsonl ]; then resume=--resume; fi; \
+	$(VENV)/bin/loopwright improve $(subst --max-steps 24,--max-steps 12,$(GRPO_ARGS)) \
+		--reward grader --rollout self-refine --name turns $$resume || exit 1; \
+	$(VENV)/bin/loopwright report --improve turns --db $(GRPO_DB) --out docs/improve-grpo/turns
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -30,7 +30,9 @@ class TwoTurnOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of both turns.")
+    temperature: float = Field(
+        0.8, ge=0, le=2, description="Sampling temperature of both turns (best-of-n's default)."
+    )
     max_tokens: int = Field(256, gt=0, description="Completion cap of each turn.")
     code_max_tokens: int = Field(384, gt=0, description="Completion cap on code tasks.")
     verifier_feedback: bool = Field(
