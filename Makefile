@@ -122,7 +122,7 @@ improve-grpo: install sysdeps
 # docs/improve-grpo.md "Two-turn episodes": the same settings trained on two-turn episodes
 # (--rollout self-refine: draft -> revision, rewarded on the revision + 0.5 x its gain), in the
 # same database (round 0's plain eval comes from the call cache); each checkpoint and the base
-# model also run the two-turn loop once per eval task. ~35 min. Report in
+# model also run the two-turn loop once per eval task (not yet timed to the end). Report in
 # docs/improve-grpo/turns/.
 improve-grpo-turns: install sysdeps
 	mkdir -p build/improve-grpo
