@@ -193,6 +193,13 @@ def test_the_revision_is_rewarded_plus_its_improvement_on_the_draft(
     assert [o.total for o in r.last()] == [1.5, -0.5, 1.0, 0.0]
     assert [o.answer for o in r.last_drafts()] == [str(int(a.reference or 0) + 1), a.reference,
                                                    a.reference, str(int(a.reference or 0) + 1)]  # fmt: skip
+    # the record reuses both turns' grader verdicts: nothing is graded twice
+    assert all(
+        g is o.verdict for g, o in zip(r.grade([a.id] * 4, revisions), r.last(), strict=True)
+    )
+    assert all(
+        g is o.verdict for g, o in zip(r.grade([a.id] * 4, drafts), r.last_drafts(), strict=True)
+    )
     # other rollouts have no improvement term, whatever its weight
     plain = Rewards(_cfg(improve_weight=0.5), arith)
     made.append(plain)

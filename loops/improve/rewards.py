@@ -565,6 +565,7 @@ class Rewards:
         self._scorer = _Scorer(self.settings)
         self._last: list[RewardOutcome] = []
         self._last_drafts: list[RewardOutcome] = []
+        self._drafts_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._last_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._lock = threading.Lock()
         g = cfg.grpo
@@ -643,17 +644,21 @@ class Rewards:
         with self._lock:
             self._last = out
             self._last_drafts = first
+            self._drafts_key = (tuple(task_ids), tuple(drafts))
             self._last_key = (tuple(task_ids), tuple(revisions))
         return out
 
     def grade(self, task_ids: list[str], completions: list[str]) -> list[Verdict | None]:
         """The held-out grader's verdict of each completion, for the record (None: its task
         has no grader, or grading it failed). Under ``reward=grader`` the verdicts of the last
-        ``score`` of the same batch are reused, not graded twice."""
+        ``score`` (or the drafts of the last ``score_episode``) of the same batch are reused,
+        not graded twice."""
+        key = (tuple(task_ids), tuple(completions))
         with self._lock:
-            same = self._last_key == (tuple(task_ids), tuple(completions))
-            last = list(self._last)
-        if same and self.settings.kind == "grader":
+            last = list(self._last) if self._last_key == key else None
+            if last is None and self._drafts_key == key:
+                last = list(self._last_drafts)
+        if last is not None and self.settings.kind == "grader":
             return [None if _is_error(o.verdict) else o.verdict for o in last]
         return self._scorer.grade([self._task(t) for t in task_ids], list(completions))
 
